@@ -1,0 +1,1 @@
+"""What every shopmesh service shares: start-up, config, errors, identity, storage, logs."""

@@ -1,0 +1,129 @@
+"""Typed settings read once at start, from flags and SHOP_* environment variables.
+
+Each service declares a frozen dataclass of settings (see `ServerConfig`); `load` builds
+its command line from the fields, takes each value from the flag, else the environment
+variable SHOP_<NAME>, else the default, and fails with every problem listed at once.
+Nothing else in the code reads os.environ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+ENV_PREFIX = "SHOP_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+T = TypeVar("T", bound="ServerConfig")
+
+
+class ConfigError(Exception):
+    """Bad settings, every problem listed; the process reports them and exits."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = tuple(problems)
+
+
+def setting(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by --help and in the README)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings every service has."""
+
+    host: str = setting("127.0.0.1", "address to listen on (loopback unless you mean it)")
+    port: int = setting(0, "port to listen on; 0 picks a free one")
+    db_path: pathlib.Path = setting(pathlib.Path("var/service.db"), "SQLite database file")
+    db_synchronous: str = setting(
+        "FULL", "SQLite synchronous mode: FULL survives power loss, NORMAL only crashes"
+    )
+    seed_file: pathlib.Path | None = setting(
+        None, "JSON file of demo data loaded at start (existing rows are kept)"
+    )
+    ready_file: pathlib.Path | None = setting(
+        None, "file written with the bound port and pid once the service is serving"
+    )
+    grace_seconds: float = setting(5.0, "how long in-flight calls may finish on SIGTERM")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    def problems(self) -> list[str]:
+        """Every problem with these settings; services add their own checks."""
+        found = []
+        if not 0 <= self.port <= 65535:
+            found.append(f"port must be 0..65535, got {self.port}")
+        if self.db_synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            found.append(
+                f"db_synchronous must be FULL, NORMAL or EXTRA, got {self.db_synchronous!r}"
+            )
+        if self.seed_file is not None and not self.seed_file.is_file():
+            found.append(f"seed_file {self.seed_file} does not exist")
+        if self.grace_seconds < 0:
+            found.append(f"grace_seconds must be >= 0, got {self.grace_seconds}")
+        if self.log_level not in LOG_LEVELS:
+            found.append(
+                f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        return found
+
+
+def _parser_for(kind: Any) -> Callable[[str], Any]:
+    """How to turn a flag or environment string into the field's type."""
+    if isinstance(kind, types.UnionType):  # X | None
+        inner = [k for k in typing.get_args(kind) if k is not type(None)]
+        parse = _parser_for(inner[0])
+        return lambda text: None if text == "" else parse(text)
+    if kind is bool:
+        return lambda text: {"1": True, "true": True, "0": False, "false": False}[text.lower()]
+    return typing.cast(Callable[[str], Any], kind)
+
+
+def load(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    prog: str | None = None,
+) -> T:
+    """Reads `cls` from flags, then SHOP_* variables, then defaults; raises ConfigError."""
+    environ = environ if environ is not None else {}
+    hints = typing.get_type_hints(cls)
+    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
+    for field in dataclasses.fields(cls):
+        env = ENV_PREFIX + field.name.upper()
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            default=None,
+            metavar=field.name.upper(),
+            help=f"{field.metadata.get('help', '')} [env {env}, default {field.default!r}]",
+        )
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for field in dataclasses.fields(cls):
+        env = ENV_PREFIX + field.name.upper()
+        text = getattr(args, field.name)
+        source = f"--{field.name.replace('_', '-')}"
+        if text is None and env in environ:
+            text, source = environ[env], env
+        if text is None:
+            continue
+        try:
+            values[field.name] = _parser_for(hints[field.name])(text)
+        except (ValueError, KeyError):
+            problems.append(f"{source}={text!r} is not a valid {field.name}")
+    if problems:
+        raise ConfigError(problems)
+    config = cls(**values)
+    problems = config.problems()
+    if problems:
+        raise ConfigError(problems)
+    return config

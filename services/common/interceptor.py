@@ -1,0 +1,75 @@
+"""The one place where a handler's outcome becomes a gRPC status.
+
+A ServiceError becomes its status with ErrorInfo/BadRequest; any other exception becomes
+INTERNAL with a generic message (grpc would otherwise send the exception text to the
+client as UNKNOWN). Each failed call is logged once; successes only at DEBUG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from services.common.errors import ErrorKind, ServiceError
+from services.common.status import internal_status, to_grpc_status
+
+log = logging.getLogger(__name__)
+
+# Statuses a caller causes (bad input, wrong state): logged at INFO, not as failures.
+_CALLER_ERRORS = {
+    ErrorKind.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND,
+    ErrorKind.ALREADY_EXISTS,
+    ErrorKind.PERMISSION_DENIED,
+    ErrorKind.UNAUTHENTICATED,
+    ErrorKind.FAILED_PRECONDITION,
+}
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps errors of every unary-unary method to statuses; `domain` goes in ErrorInfo."""
+
+    def __init__(self, domain: str) -> None:
+        self._domain = domain
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        behavior: Behavior = handler.unary_unary
+        domain = self._domain
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                response = await behavior(request, context)
+            except ServiceError as error:
+                level = logging.INFO if error.kind in _CALLER_ERRORS else logging.WARNING
+                log.log(level, "%s -> %s %s", method, error.kind.name, error.reason)
+                await context.abort_with_status(to_grpc_status(error, domain))
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception:
+                log.exception("%s -> INTERNAL (unexpected exception)", method)
+                await context.abort_with_status(internal_status(domain))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s -> OK in %.1f ms", method, (time.perf_counter() - started) * 1e3)
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,35 @@
+"""AIP-158 pagination: page sizes and opaque page tokens shared by the List methods."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from services.common.errors import Violations
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+
+
+def page_size(requested: int, violations: Violations) -> int:
+    violations.check(0 <= requested <= MAX_PAGE_SIZE, "page_size", f"must be 0..{MAX_PAGE_SIZE}")
+    return requested or DEFAULT_PAGE_SIZE
+
+
+def encode_token(cursor: str) -> str:
+    """An opaque token for the page after `cursor` (the last key of this page)."""
+    return base64.urlsafe_b64encode(f"v1:{cursor}".encode()).decode()
+
+
+def decode_token(token: str, violations: Violations) -> str | None:
+    """The cursor a token stands for; None (and a violation) for a token we never made."""
+    if not token:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(token.encode("ascii")).decode()
+    except (binascii.Error, UnicodeError, ValueError):
+        text = ""
+    if not text.startswith("v1:") or len(text) > 512:
+        violations.add("page_token", "is not a token this method returned")
+        return None
+    return text[3:]

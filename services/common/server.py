@@ -1,0 +1,121 @@
+"""Start-up shared by the three services: build the server, serve, stop gracefully.
+
+`build_server` returns `(server, port)` and binds port 0 in tests, as grpc's own examples
+do. `main` is each service's entry point: settings, logging, uvloop, then `serve` until
+SIGTERM or SIGINT, when health turns NOT_SERVING and in-flight calls drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
+
+import grpc
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common import logs
+from services.common.config import ConfigError, ServerConfig, load
+from services.common.interceptor import ErrorInterceptor
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C", bound=ServerConfig)
+
+
+class Service(Protocol):
+    """What a service hands to the shared start-up."""
+
+    @property
+    def name(self) -> str:
+        """Short name, used in logs and as the ErrorInfo domain (`<name>.shopmesh`)."""
+
+    @property
+    def service_names(self) -> Sequence[str]:
+        """Full names of the gRPC services it serves, for health and reflection."""
+
+    def register(self, server: grpc.aio.Server) -> None: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+async def build_server(
+    service: Service, host: str = "127.0.0.1", port: int = 0
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A server with the service, health and reflection, bound but not started."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(f"{service.name}.shopmesh")])
+    service.register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    return server, bound, health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, service: Service) -> None:
+    for name in ("", *service.service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def serve(service: Service, config: ServerConfig) -> None:
+    """Serves until SIGTERM/SIGINT, then stops gracefully."""
+    server, port, health_servicer = await build_server(service, config.host, config.port)
+    await server.start()
+    await service.start()
+    await set_serving(health_servicer, service)
+    log.info("%s serving on %s:%d (pid %d)", service.name, config.host, port, os.getpid())
+    if config.ready_file is not None:
+        # Written to a temporary name first so a reader never sees half a file.
+        partial = config.ready_file.with_suffix(".partial")
+        partial.write_text(json.dumps({"port": port, "pid": os.getpid()}))
+        partial.replace(config.ready_file)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+
+    log.info(
+        "%s stopping: NOT_SERVING, draining for up to %.1fs", service.name, config.grace_seconds
+    )
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(config.grace_seconds)
+    await service.stop()
+    log.info("%s stopped", service.name)
+
+
+def main(
+    name: str,
+    config_class: type[C],
+    make_service: Callable[[C], Awaitable[Service]],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Entry point of a service process: `python -m services.<name>`."""
+    try:
+        config = load(config_class, argv, os.environ, prog=f"python -m services.{name}")
+    except ConfigError as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        return 2
+    logs.setup(name, config.log_level)
+
+    async def run() -> None:
+        await serve(await make_service(config), config)
+
+    try:
+        uvloop.run(run())
+    except OSError as error:
+        log.error("%s cannot start: %s", name, error)
+        return 1
+    return 0

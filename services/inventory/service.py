@@ -1,0 +1,63 @@
+"""The inventory service as the shared start-up runs it: store, servicer, hold sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import grpc
+from shop.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
+
+from services.inventory.config import InventoryConfig
+from services.inventory.servicer import InventoryServicer
+from services.inventory.store import InventoryStore
+
+log = logging.getLogger(__name__)
+
+
+class InventoryService:
+    name = "inventory"
+    service_names = (
+        inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
+    )
+
+    def __init__(self, config: InventoryConfig) -> None:
+        self._config = config
+        self.store = InventoryStore(config.db_path, config.db_synchronous)
+        if config.seed_file is not None:
+            added = self.store.seed(config.seed_file)
+            log.info("seeded %d products from %s", added, config.seed_file)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def register(self, server: grpc.aio.Server) -> None:
+        inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server(
+            InventoryServicer(self.store), server
+        )
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        self.store.close()
+
+    async def _sweep_forever(self) -> None:
+        """Gives back holds nobody committed: an order service may have died for good."""
+        while True:
+            await asyncio.sleep(self._config.sweep_interval_seconds)
+            try:
+                expired = self.store.expire_due(time.time())
+            except Exception:
+                log.exception("sweeping expired holds failed; trying again later")
+                continue
+            if expired:
+                log.info("%d holds expired and gave their stock back", expired)
+
+
+async def create(config: InventoryConfig) -> InventoryService:
+    return InventoryService(config)

@@ -1,0 +1,113 @@
+"""Order's domain: orders, the saga's phases, limits and failures. No gRPC, no SQL.
+
+The saga's phases, in order: STARTED (order persisted) -> RESERVED (stock held, prices
+known) -> AUTHORIZED (money held) -> COMMITTING (the pivot: from here the order goes
+forward) -> CONFIRMED. A final failure before the pivot, or a commit that finds its hold
+gone, moves to COMPENSATING -> CANCELLED.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import dataclass
+
+from services.common.errors import ErrorKind, FieldViolation, ServiceError
+
+SKU_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9-]{0,63}")
+MAX_LINE_ITEMS = 50
+MAX_QUANTITY = 1000
+MAX_TOTAL_MINOR = 100_000_000
+CANCELLED_BY_USER = "CANCELLED_BY_USER"
+
+
+class OrderState(enum.Enum):
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    CANCELLED = "CANCELLED"
+
+
+class Phase(enum.Enum):
+    STARTED = "STARTED"
+    RESERVED = "RESERVED"
+    AUTHORIZED = "AUTHORIZED"
+    COMMITTING = "COMMITTING"
+    COMPENSATING = "COMPENSATING"
+    CONFIRMED = "CONFIRMED"
+    CANCELLED = "CANCELLED"
+
+
+FINAL_PHASES = frozenset({Phase.CONFIRMED, Phase.CANCELLED})
+# Phases a user's cancel can still stop: the pivot has not been passed.
+CANCELLABLE_PHASES = frozenset({Phase.STARTED, Phase.RESERVED, Phase.AUTHORIZED})
+# Phases after which an AuthorizePayment may have reached payment, so a void is owed.
+PAYMENT_ATTEMPTED_PHASES = frozenset({Phase.RESERVED, Phase.AUTHORIZED, Phase.COMMITTING})
+
+
+@dataclass(frozen=True)
+class LineItem:
+    sku: str
+    quantity: int
+    price_minor: int | None = None
+    currency: str = ""
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    user_id: str
+    request_id: str
+    items: tuple[LineItem, ...]
+    state: OrderState
+    cancel_reason: str
+    total_minor: int | None
+    currency: str
+    created_at: float
+    updated_at: float
+    seq: int
+
+
+@dataclass(frozen=True)
+class Saga:
+    order_id: str
+    phase: Phase
+    compensate_from: Phase | None
+    cancel_requested: bool
+    failure: ServiceError | None
+
+
+def fingerprint(items: tuple[LineItem, ...]) -> str:
+    """What makes two CreateOrder calls with one request id the same request."""
+    return ";".join(f"{i.sku}x{i.quantity}" for i in items)
+
+
+def cancelled_by_user() -> ServiceError:
+    return ServiceError(
+        ErrorKind.FAILED_PRECONDITION, CANCELLED_BY_USER, "the user cancelled the order"
+    )
+
+
+def encode_failure(error: ServiceError) -> str:
+    return json.dumps(
+        {
+            "kind": error.kind.value,
+            "reason": error.reason,
+            "message": error.message,
+            "metadata": error.metadata,
+            "violations": [[v.field, v.description] for v in error.violations],
+        }
+    )
+
+
+def decode_failure(text: str) -> ServiceError | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    return ServiceError(
+        ErrorKind(data["kind"]),
+        data["reason"],
+        data["message"],
+        metadata=data["metadata"],
+        violations=tuple(FieldViolation(f, d) for f, d in data["violations"]),
+    )

@@ -1,0 +1,75 @@
+"""The order service as the shared start-up runs it: store, saga runner, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import grpc
+from shop.order.v1 import order_service_pb2, order_service_pb2_grpc
+
+from services.order.config import OrderConfig
+from services.order.participants import Participants
+from services.order.saga import SagaRunner, SagaSettings
+from services.order.servicer import OrderServicer
+from services.order.store import OrderStore
+
+log = logging.getLogger(__name__)
+
+
+class OrderService:
+    name = "order"
+    service_names = (order_service_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name,)
+
+    def __init__(self, config: OrderConfig) -> None:
+        self._config = config
+        self.store = OrderStore(config.db_path, config.db_synchronous)
+        self._participants = Participants(
+            config.inventory_target, config.payment_target, config.call_timeout_seconds
+        )
+        self.saga = SagaRunner(
+            self.store,
+            self._participants,
+            SagaSettings(
+                step_retry_seconds=config.step_retry_seconds,
+                max_backoff_seconds=config.max_backoff_seconds,
+                hold_seconds=config.hold_seconds,
+                crash_at=config.crash_at,
+            ),
+        )
+        self._recovery: asyncio.Task[None] | None = None
+
+    def register(self, server: grpc.aio.Server) -> None:
+        order_service_pb2_grpc.add_OrderServiceServicer_to_server(
+            OrderServicer(self.store, self.saga, self._config.create_wait_seconds), server
+        )
+
+    async def start(self) -> None:
+        # Every saga left unfinished by an earlier process, whatever its age.
+        self.saga.resume(idle_since=time.time())
+        self._recovery = asyncio.create_task(self._recover_forever())
+
+    async def stop(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+        await self.saga.stop()
+        await self._participants.close()
+        self.store.close()
+
+    async def _recover_forever(self) -> None:
+        """Adopts sagas that nobody moved for a while (another instance may have died)."""
+        interval = self._config.recovery_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.saga.resume(idle_since=time.time() - interval)
+            except Exception:
+                log.exception("resuming idle sagas failed; trying again later")
+
+
+async def create(config: OrderConfig) -> OrderService:
+    return OrderService(config)

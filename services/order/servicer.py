@@ -1,0 +1,204 @@
+"""OrderService over gRPC: check the request, call the store and the saga, encode."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TypeAlias
+
+import grpc
+from google.protobuf import timestamp_pb2
+from shop.money.v1 import money_pb2
+from shop.order.v1 import order_pb2 as pb
+from shop.order.v1 import order_service_pb2 as rpc
+from shop.order.v1 import order_service_pb2_grpc
+
+from services.common import pagination
+from services.common.errors import ServiceError, Violations, failed_precondition
+from services.common.identity import caller
+from services.common.validation import check_id
+from services.order import domain
+from services.order.saga import SagaRunner
+from services.order.store import OrderStore
+
+Context: TypeAlias = grpc.aio.ServicerContext
+
+# Time kept back from the caller's deadline to answer with the order as it stands.
+ANSWER_MARGIN_SECONDS = 0.2
+
+
+class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
+    def __init__(self, store: OrderStore, saga: SagaRunner, create_wait_seconds: float) -> None:
+        self._store = store
+        self._saga = saga
+        self._create_wait = create_wait_seconds
+
+    async def CreateOrder(
+        self, request: rpc.CreateOrderRequest, context: Context
+    ) -> rpc.CreateOrderResponse:
+        who = caller(context)
+        violations = Violations()
+        check_id(violations, "request_id", request.request_id)
+        items = _check_line_items(violations, request.line_items)
+        violations.raise_if_any()
+        order, created = self._store.create(
+            uuid.uuid4().hex, who.user_id, request.request_id, items, time.time()
+        )
+        if created:
+            self._saga.crash_point("after_persist")
+        await self._wait_for_saga(order.order_id, context)
+        order = self._store.order(order.order_id)
+        if (
+            order.state is domain.OrderState.CANCELLED
+            and order.cancel_reason != domain.CANCELLED_BY_USER
+        ):
+            failure = self._store.saga(order.order_id).failure
+            if failure is not None:
+                raise _with_order_id(failure, order.order_id)
+        return rpc.CreateOrderResponse(order=_order(order))
+
+    async def GetOrder(
+        self, request: rpc.GetOrderRequest, context: Context
+    ) -> rpc.GetOrderResponse:
+        who = caller(context)
+        _check_order_id(request.order_id)
+        return rpc.GetOrderResponse(order=_order(self._store.order(request.order_id, who.user_id)))
+
+    async def ListOrders(
+        self, request: rpc.ListOrdersRequest, context: Context
+    ) -> rpc.ListOrdersResponse:
+        who = caller(context)
+        violations = Violations()
+        size = pagination.page_size(request.page_size, violations)
+        cursor = pagination.decode_token(request.page_token, violations)
+        if cursor is not None:
+            violations.check(cursor.isdigit(), "page_token", "is not a token this method returned")
+        violations.raise_if_any()
+        before = int(cursor) if cursor else None
+        page = self._store.orders(who.user_id, before, size + 1)
+        more = len(page) > size
+        page = page[:size]
+        return rpc.ListOrdersResponse(
+            orders=[_order(o) for o in page],
+            next_page_token=pagination.encode_token(str(page[-1].seq)) if more else "",
+        )
+
+    async def CancelOrder(
+        self, request: rpc.CancelOrderRequest, context: Context
+    ) -> rpc.CancelOrderResponse:
+        who = caller(context)
+        _check_order_id(request.order_id)
+        order = self._store.order(request.order_id, who.user_id)
+        if order.state is domain.OrderState.PENDING and not self._store.request_cancel(
+            order.order_id, time.time()
+        ):
+            # Past the pivot: the stock is being sold and the payment captured.
+            order = self._store.order(order.order_id)
+            if (
+                order.state is domain.OrderState.PENDING
+                and self._store.saga(order.order_id).phase is not domain.Phase.COMPENSATING
+            ):
+                raise _already_confirmed(order.order_id)
+        if order.state is domain.OrderState.CONFIRMED:
+            raise _already_confirmed(order.order_id)
+        if order.state is domain.OrderState.PENDING:
+            await self._wait_for_saga(order.order_id, context)
+        return rpc.CancelOrderResponse(order=_order(self._store.order(order.order_id)))
+
+    async def _wait_for_saga(self, order_id: str, context: Context) -> None:
+        """Waits for the saga to end, but answers in time: a PENDING order goes on alone."""
+        wait = self._create_wait
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait = min(wait, remaining - ANSWER_MARGIN_SECONDS)
+        task = self._saga.ensure(order_id)
+        if wait > 0:
+            # asyncio.wait never cancels the task: the saga outlives an impatient caller.
+            await asyncio.wait({task}, timeout=wait)
+
+
+def _already_confirmed(order_id: str) -> ServiceError:
+    return failed_precondition(
+        "ORDER_ALREADY_CONFIRMED",
+        f"order {order_id!r} is confirmed and cannot be cancelled",
+        order_id=order_id,
+    )
+
+
+def _with_order_id(error: ServiceError, order_id: str) -> ServiceError:
+    return ServiceError(
+        error.kind,
+        error.reason,
+        error.message,
+        metadata={**error.metadata, "order_id": order_id},
+        violations=error.violations,
+    )
+
+
+def _check_order_id(order_id: str) -> None:
+    violations = Violations()
+    check_id(violations, "order_id", order_id)
+    violations.raise_if_any()
+
+
+def _check_line_items(
+    violations: Violations, items: Sequence[pb.LineItem]
+) -> tuple[domain.LineItem, ...]:
+    violations.check(
+        0 < len(items) <= domain.MAX_LINE_ITEMS,
+        "line_items",
+        f"must hold 1 to {domain.MAX_LINE_ITEMS} items",
+    )
+    seen: set[str] = set()
+    for index, item in enumerate(items[: domain.MAX_LINE_ITEMS]):
+        field = f"line_items[{index}]"
+        if violations.check(
+            domain.SKU_PATTERN.fullmatch(item.sku) is not None,
+            f"{field}.sku",
+            "must be 1 to 64 upper-case letters, digits or '-', starting with a letter or digit",
+        ):
+            violations.check(item.sku not in seen, f"{field}.sku", "is listed twice")
+            seen.add(item.sku)
+        violations.check(
+            0 < item.quantity <= domain.MAX_QUANTITY,
+            f"{field}.quantity",
+            f"must be 1..{domain.MAX_QUANTITY}",
+        )
+    return tuple(domain.LineItem(i.sku, i.quantity) for i in items)
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _order(o: domain.Order) -> pb.Order:
+    message = pb.Order(
+        order_id=o.order_id,
+        user_id=o.user_id,
+        request_id=o.request_id,
+        line_items=[
+            pb.LineItem(
+                sku=i.sku,
+                quantity=i.quantity,
+                unit_price=(
+                    money_pb2.Money(currency_code=i.currency, amount_minor=i.price_minor)
+                    if i.price_minor is not None
+                    else None
+                ),
+            )
+            for i in o.items
+        ],
+        state=f"ORDER_STATE_{o.state.value}",
+        cancel_reason=o.cancel_reason,
+        create_time=_timestamp(o.created_at),
+        update_time=_timestamp(o.updated_at),
+    )
+    if o.total_minor is not None:
+        message.total.CopyFrom(
+            money_pb2.Money(currency_code=o.currency, amount_minor=o.total_minor)
+        )
+    return message

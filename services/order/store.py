@@ -1,0 +1,277 @@
+"""Order's SQLite store: orders, their line items, and the saga record beside each.
+
+Every saga transition is a conditional UPDATE (`WHERE phase = <expected>`): if two
+drivers run one saga (a recovering instance and a slow one), only one moves it, and the
+other reloads and follows. Creating an order writes the order and its saga record in one
+transaction, so no order exists without a saga to finish it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from services.common import db
+from services.common.errors import ServiceError, already_exists, not_found
+from services.order.domain import (
+    CANCELLABLE_PHASES,
+    FINAL_PHASES,
+    LineItem,
+    Order,
+    OrderState,
+    Phase,
+    Saga,
+    decode_failure,
+    encode_failure,
+    fingerprint,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    cancel_reason TEXT NOT NULL DEFAULT '',
+    total_minor INTEGER,
+    currency TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (user_id, request_id)
+);
+CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, seq);
+CREATE TABLE IF NOT EXISTS order_items (
+    order_id TEXT NOT NULL REFERENCES orders (order_id),
+    position INTEGER NOT NULL,
+    sku TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    price_minor INTEGER,
+    currency TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (order_id, position)
+);
+CREATE TABLE IF NOT EXISTS sagas (
+    order_id TEXT PRIMARY KEY REFERENCES orders (order_id),
+    phase TEXT NOT NULL,
+    compensate_from TEXT NOT NULL DEFAULT '',
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    failure TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sagas_by_phase ON sagas (phase, updated_at);
+"""
+
+
+def _not_found(order_id: str) -> ServiceError:
+    return not_found("ORDER_NOT_FOUND", f"no order {order_id!r}", order_id=order_id)
+
+
+def _placeholders(values: Iterable[object]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+class OrderStore:
+    def __init__(self, path: pathlib.Path, synchronous: str = "FULL") -> None:
+        self._conn = db.connect(path, synchronous, SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # Orders.
+
+    def create(
+        self, order_id: str, user_id: str, request_id: str, items: tuple[LineItem, ...], now: float
+    ) -> tuple[Order, bool]:
+        """Persists a PENDING order and its saga, or returns the one the request id made.
+
+        Returns (order, created). ALREADY_EXISTS if the request id made a different order.
+        """
+        wanted = fingerprint(items)
+        with db.transaction(self._conn) as conn:
+            row = conn.execute(
+                "SELECT order_id, fingerprint FROM orders WHERE user_id = ? AND request_id = ?",
+                (user_id, request_id),
+            ).fetchone()
+            if row is not None:
+                if row["fingerprint"] != wanted:
+                    raise already_exists(
+                        "REQUEST_ID_REUSED",
+                        "this request_id was already used for an order with other line items",
+                        request_id=request_id,
+                        order_id=row["order_id"],
+                    )
+                return self._order(conn, row["order_id"]), False
+            conn.execute(
+                "INSERT INTO orders (order_id, user_id, request_id, fingerprint, state,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (order_id, user_id, request_id, wanted, OrderState.PENDING.value, now, now),
+            )
+            conn.executemany(
+                "INSERT INTO order_items (order_id, position, sku, quantity) VALUES (?, ?, ?, ?)",
+                [(order_id, n, i.sku, i.quantity) for n, i in enumerate(items)],
+            )
+            conn.execute(
+                "INSERT INTO sagas (order_id, phase, updated_at) VALUES (?, ?, ?)",
+                (order_id, Phase.STARTED.value, now),
+            )
+            return self._order(conn, order_id), True
+
+    def order(self, order_id: str, user_id: str | None = None) -> Order:
+        """The order; NOT_FOUND if none, or if it is another user's."""
+        found = self._order(self._conn, order_id)
+        if user_id is not None and found.user_id != user_id:
+            raise _not_found(order_id)
+        return found
+
+    def orders(self, user_id: str, before_seq: int | None, limit: int) -> list[Order]:
+        """The user's orders, newest first, older than `before_seq` if given."""
+        rows = self._conn.execute(
+            "SELECT order_id FROM orders WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            (user_id, before_seq if before_seq is not None else 2**62, limit),
+        ).fetchall()
+        return [self._order(self._conn, r["order_id"]) for r in rows]
+
+    def _order(self, conn: sqlite3.Connection, order_id: str) -> Order:
+        row = conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+        if row is None:
+            raise _not_found(order_id)
+        items = conn.execute(
+            "SELECT sku, quantity, price_minor, currency FROM order_items"
+            " WHERE order_id = ? ORDER BY position",
+            (order_id,),
+        ).fetchall()
+        return Order(
+            order_id=row["order_id"],
+            user_id=row["user_id"],
+            request_id=row["request_id"],
+            items=tuple(
+                LineItem(i["sku"], i["quantity"], i["price_minor"], i["currency"]) for i in items
+            ),
+            state=OrderState(row["state"]),
+            cancel_reason=row["cancel_reason"],
+            total_minor=row["total_minor"],
+            currency=row["currency"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            seq=row["seq"],
+        )
+
+    # The saga record.
+
+    def saga(self, order_id: str) -> Saga:
+        row = self._conn.execute("SELECT * FROM sagas WHERE order_id = ?", (order_id,)).fetchone()
+        if row is None:
+            raise _not_found(order_id)
+        return Saga(
+            order_id=row["order_id"],
+            phase=Phase(row["phase"]),
+            compensate_from=Phase(row["compensate_from"]) if row["compensate_from"] else None,
+            cancel_requested=bool(row["cancel_requested"]),
+            failure=decode_failure(row["failure"]),
+        )
+
+    def open_sagas(self, idle_since: float) -> list[str]:
+        """Ids of sagas not final and not moved since `idle_since`, oldest first."""
+        finals = [p.value for p in FINAL_PHASES]
+        rows = self._conn.execute(
+            f"SELECT order_id FROM sagas WHERE phase NOT IN ({_placeholders(finals)})"
+            " AND updated_at <= ? ORDER BY updated_at",
+            (*finals, idle_since),
+        ).fetchall()
+        return [r["order_id"] for r in rows]
+
+    def record_reserved(
+        self, order_id: str, items: Sequence[LineItem], currency: str, now: float
+    ) -> bool:
+        """STARTED -> RESERVED, with the prices the hold fixed and the order's total."""
+        total = sum((i.price_minor or 0) * i.quantity for i in items)
+        with db.transaction(self._conn) as conn:
+            if not _move(conn, order_id, (Phase.STARTED,), Phase.RESERVED, now):
+                return False
+            conn.executemany(
+                "UPDATE order_items SET price_minor = ?, currency = ?"
+                " WHERE order_id = ? AND sku = ?",
+                [(i.price_minor, i.currency, order_id, i.sku) for i in items],
+            )
+            conn.execute(
+                "UPDATE orders SET total_minor = ?, currency = ?, updated_at = ?"
+                " WHERE order_id = ?",
+                (total, currency, now, order_id),
+            )
+            return True
+
+    def advance(self, order_id: str, before: Phase, after: Phase, now: float) -> bool:
+        """Moves the saga forward one phase; the pivot only if no cancel was asked for."""
+        with db.transaction(self._conn) as conn:
+            if after is Phase.COMMITTING:
+                return bool(
+                    conn.execute(
+                        "UPDATE sagas SET phase = ?, updated_at = ?"
+                        " WHERE order_id = ? AND phase = ? AND cancel_requested = 0",
+                        (after.value, now, order_id, before.value),
+                    ).rowcount
+                )
+            return _move(conn, order_id, (before,), after, now)
+
+    def begin_compensation(
+        self, order_id: str, before: Phase, failure: ServiceError, now: float
+    ) -> bool:
+        """Decides to cancel: the saga compensates from `before`, for `failure`'s reason."""
+        with db.transaction(self._conn) as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE sagas SET phase = ?, compensate_from = ?, failure = ?, updated_at = ?"
+                    " WHERE order_id = ? AND phase = ?",
+                    (
+                        Phase.COMPENSATING.value,
+                        before.value,
+                        encode_failure(failure),
+                        now,
+                        order_id,
+                        before.value,
+                    ),
+                ).rowcount
+            )
+
+    def finish(self, order_id: str, before: Phase, now: float) -> bool:
+        """The last step: CONFIRMED from COMMITTING, CANCELLED from COMPENSATING."""
+        final = Phase.CONFIRMED if before is Phase.COMMITTING else Phase.CANCELLED
+        with db.transaction(self._conn) as conn:
+            if not _move(conn, order_id, (before,), final, now):
+                return False
+            reason = ""
+            if final is Phase.CANCELLED:
+                failure = self.saga(order_id).failure
+                reason = failure.reason if failure is not None else ""
+            conn.execute(
+                "UPDATE orders SET state = ?, cancel_reason = ?, updated_at = ? WHERE order_id = ?",
+                (final.value, reason, now, order_id),
+            )
+            return True
+
+    def request_cancel(self, order_id: str, now: float) -> bool:
+        """Asks a saga that has not passed its pivot to cancel; False if it has."""
+        phases = [p.value for p in CANCELLABLE_PHASES]
+        with db.transaction(self._conn) as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE sagas SET cancel_requested = 1, updated_at = ?"
+                    f" WHERE order_id = ? AND phase IN ({_placeholders(phases)})",
+                    (now, order_id, *phases),
+                ).rowcount
+            )
+
+
+def _move(
+    conn: sqlite3.Connection, order_id: str, before: Sequence[Phase], after: Phase, now: float
+) -> bool:
+    values = [p.value for p in before]
+    return bool(
+        conn.execute(
+            "UPDATE sagas SET phase = ?, updated_at = ?"
+            f" WHERE order_id = ? AND phase IN ({_placeholders(values)})",
+            (after.value, now, order_id, *values),
+        ).rowcount
+    )

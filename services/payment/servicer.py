@@ -1,0 +1,124 @@
+"""PaymentService over gRPC: check the request, call the store, encode the answer."""
+
+from __future__ import annotations
+
+import time
+from typing import TypeAlias
+
+import grpc
+from google.protobuf import timestamp_pb2
+from shop.money.v1 import money_pb2
+from shop.payment.v1 import payment_pb2 as pb
+from shop.payment.v1 import payment_service_pb2 as rpc
+from shop.payment.v1 import payment_service_pb2_grpc
+
+from services.common.errors import Violations
+from services.common.identity import MAX_USER_ID_LENGTH, caller
+from services.common.validation import CURRENCY_PATTERN, check_id
+from services.payment import domain
+from services.payment.store import PaymentStore
+
+Context: TypeAlias = grpc.aio.ServicerContext
+
+
+class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
+    def __init__(self, store: PaymentStore) -> None:
+        self._store = store
+
+    async def GetAccount(
+        self, request: rpc.GetAccountRequest, context: Context
+    ) -> rpc.GetAccountResponse:
+        who = caller(context)
+        violations = Violations()
+        violations.check(
+            0 < len(request.user_id) <= MAX_USER_ID_LENGTH, "user_id", "must be 1 to 128 characters"
+        )
+        violations.raise_if_any()
+        if request.user_id != who.user_id and not who.is_admin:
+            # The same answer as for an account that does not exist: no probing.
+            self._store.account("")
+        account = self._store.account(request.user_id)
+        return rpc.GetAccountResponse(
+            account=pb.Account(
+                user_id=account.user_id,
+                available_balance=_money(account.available, account.currency),
+                held_balance=_money(account.held, account.currency),
+            )
+        )
+
+    async def AuthorizePayment(
+        self, request: rpc.AuthorizePaymentRequest, context: Context
+    ) -> rpc.AuthorizePaymentResponse:
+        who = caller(context)
+        violations = Violations()
+        check_id(violations, "order_id", request.order_id)
+        amount = request.amount
+        if violations.check(request.HasField("amount"), "amount", "is required"):
+            violations.check(
+                CURRENCY_PATTERN.fullmatch(amount.currency_code) is not None,
+                "amount.currency_code",
+                "must be three upper-case letters (ISO 4217)",
+            )
+            violations.check(
+                0 < amount.amount_minor <= domain.MAX_AMOUNT_MINOR,
+                "amount.amount_minor",
+                f"must be 1..{domain.MAX_AMOUNT_MINOR}",
+            )
+        violations.raise_if_any()
+        payment = self._store.authorize(
+            request.order_id, who.user_id, amount.amount_minor, amount.currency_code, time.time()
+        )
+        return rpc.AuthorizePaymentResponse(payment=_payment(payment))
+
+    async def CapturePayment(
+        self, request: rpc.CapturePaymentRequest, context: Context
+    ) -> rpc.CapturePaymentResponse:
+        who = caller(context)
+        _check_order_id(request.order_id)
+        payment = self._store.capture(request.order_id, who.user_id, time.time())
+        return rpc.CapturePaymentResponse(payment=_payment(payment))
+
+    async def VoidPayment(
+        self, request: rpc.VoidPaymentRequest, context: Context
+    ) -> rpc.VoidPaymentResponse:
+        who = caller(context)
+        _check_order_id(request.order_id)
+        payment = self._store.void(request.order_id, who.user_id, time.time())
+        return rpc.VoidPaymentResponse(payment=_payment(payment))
+
+    async def GetPayment(
+        self, request: rpc.GetPaymentRequest, context: Context
+    ) -> rpc.GetPaymentResponse:
+        who = caller(context)
+        _check_order_id(request.order_id)
+        owner = None if who.is_admin else who.user_id
+        return rpc.GetPaymentResponse(
+            payment=_payment(self._store.payment(request.order_id, owner))
+        )
+
+
+def _check_order_id(order_id: str) -> None:
+    violations = Violations()
+    check_id(violations, "order_id", order_id)
+    violations.raise_if_any()
+
+
+def _money(amount_minor: int, currency: str) -> money_pb2.Money:
+    return money_pb2.Money(currency_code=currency, amount_minor=amount_minor)
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _payment(p: domain.Payment) -> pb.Payment:
+    return pb.Payment(
+        order_id=p.order_id,
+        user_id=p.user_id,
+        amount=_money(p.amount_minor, p.currency),
+        state=f"PAYMENT_STATE_{p.state.value}",
+        create_time=_timestamp(p.created_at),
+        update_time=_timestamp(p.updated_at),
+    )

@@ -1,0 +1,234 @@
+"""Starts the three services as processes on one machine: `make run`, and the tests.
+
+Each service runs as `python -m services.<name>` with its own database under a work
+directory, and is ready once it writes its ready file (after its health turns SERVING),
+so callers wait for readiness instead of sleeping. Stopping is by PID: SIGTERM (the
+service drains), then SIGKILL if it does not exit in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DEMO_DATA = REPO / "services" / "demo_data.json"
+READY_TIMEOUT_SECONDS = 20.0
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+class StartError(RuntimeError):
+    """A service did not become ready; the message ends with the tail of its log."""
+
+
+@dataclass
+class ServiceProcess:
+    """One running service: its process, port and files."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    workdir: pathlib.Path
+    settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def log_path(self) -> pathlib.Path:
+        return self.workdir / f"{self.name}.log"
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
+        """SIGTERM, wait, then SIGKILL; returns the exit code."""
+        if self.process.poll() is None:
+            self.signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+            self.signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+        return self.process.wait()
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        self.signal(signal.SIGKILL)
+        self.process.wait()
+
+
+def start_service(
+    name: str,
+    workdir: pathlib.Path,
+    *,
+    port: int = 0,
+    settings: Mapping[str, str] | None = None,
+    timeout: float = READY_TIMEOUT_SECONDS,
+) -> ServiceProcess:
+    """Starts `services.<name>` and returns once it serves; StartError if it does not.
+
+    `settings` are extra flags by field name (e.g. {"payment_target": "..."}). The
+    database lives in `workdir/<name>.db`, so a restart with the same workdir keeps state.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    ready = workdir / f"{name}.ready"
+    ready.unlink(missing_ok=True)
+    flags = {"db_path": str(workdir / f"{name}.db"), **(settings or {}), "port": str(port)}
+    flags["ready_file"] = str(ready)
+    command = [sys.executable, "-m", f"services.{name}"]
+    for key, value in flags.items():
+        command += [f"--{key.replace('_', '-')}", value]
+    log_file = (workdir / f"{name}.log").open("ab")
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
+    log_file.close()
+    started = ServiceProcess(name, process, 0, workdir, dict(flags))
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            started.stop()
+            tail = started.log_path.read_text(errors="replace")[-2000:]
+            raise StartError(f"{name} did not become ready; its log ends:\n{tail}")
+        time.sleep(0.02)
+    started.port = json.loads(ready.read_text())["port"]
+    return started
+
+
+def restart(service: ServiceProcess, **settings: str) -> ServiceProcess:
+    """Starts the service again on the same port and database, with changed settings."""
+    merged = {k: v for k, v in service.settings.items() if k not in ("port", "ready_file")}
+    merged.update(settings)
+    merged = {k: v for k, v in merged.items() if v != ""}
+    return start_service(service.name, service.workdir, port=service.port, settings=merged)
+
+
+@dataclass
+class Stack:
+    inventory: ServiceProcess
+    payment: ServiceProcess
+    order: ServiceProcess
+
+    def stop(self) -> None:
+        for service in (self.order, self.payment, self.inventory):
+            service.stop()
+
+
+def start_stack(
+    workdir: pathlib.Path,
+    seed_file: pathlib.Path = DEMO_DATA,
+    ports: tuple[int, int, int] = (0, 0, 0),
+    order_settings: Mapping[str, str] | None = None,
+) -> Stack:
+    """Inventory and payment (seeded), then order pointed at them."""
+    seed = {"seed_file": str(seed_file)}
+    inventory = start_service("inventory", workdir, port=ports[0], settings=seed)
+    try:
+        payment = start_service("payment", workdir, port=ports[1], settings=seed)
+        try:
+            order = start_service(
+                "order",
+                workdir,
+                port=ports[2],
+                settings={
+                    "inventory_target": inventory.target,
+                    "payment_target": payment.target,
+                    **(order_settings or {}),
+                },
+            )
+        except BaseException:
+            payment.stop()
+            raise
+    except BaseException:
+        inventory.stop()
+        raise
+    return Stack(inventory, payment, order)
+
+
+HOW_TO_CALL = """\
+shopmesh is running (logs and databases in {workdir}/):
+  inventory  {inventory}
+  payment    {payment}
+  order      {order}
+
+Try it (grpcurl is in .venv/bin; the x-shop-user header stands in for the gateway's JWT):
+  .venv/bin/grpcurl -plaintext {order} list
+  .venv/bin/grpcurl -plaintext -d '{{"page_size": 10}}' \\
+      {inventory} shop.inventory.v1.InventoryService/ListProducts
+  .venv/bin/grpcurl -plaintext -H 'x-shop-user: alice' \\
+      -d '{{"request_id": "demo-1", "line_items": [{{"sku": "SKU-TEA-001", "quantity": 2}}]}}' \\
+      {order} shop.order.v1.OrderService/CreateOrder
+  .venv/bin/grpcurl -plaintext -H 'x-shop-user: alice' {order} shop.order.v1.OrderService/ListOrders
+
+Press Ctrl-C to stop.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.stack", description="Run inventory, payment and order locally."
+    )
+    parser.add_argument("--workdir", type=pathlib.Path, default=REPO / "var", help="[var/]")
+    parser.add_argument("--seed-file", type=pathlib.Path, default=DEMO_DATA, help="demo data")
+    parser.add_argument(
+        "--ports", default="50051,50052,50053", help="inventory,payment,order [50051,50052,50053]"
+    )
+    args = parser.parse_args(argv)
+    try:
+        inventory_port, payment_port, order_port = (int(p) for p in args.ports.split(","))
+    except ValueError:
+        parser.error(f"--ports must be three numbers separated by commas, got {args.ports!r}")
+    print("starting inventory, payment and order...", flush=True)
+    try:
+        stack = start_stack(
+            args.workdir, args.seed_file, (inventory_port, payment_port, order_port)
+        )
+    except StartError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    print(
+        HOW_TO_CALL.format(
+            workdir=args.workdir,
+            inventory=stack.inventory.target,
+            payment=stack.payment.target,
+            order=stack.order.target,
+        ),
+        flush=True,
+    )
+    while not stopping:
+        for service in (stack.inventory, stack.payment, stack.order):
+            if service.process.poll() is not None:
+                print(f"{service.name} exited; see {service.log_path}", file=sys.stderr)
+                stopping = True
+        time.sleep(0.5)
+    print("stopping...", flush=True)
+    stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
