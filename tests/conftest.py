@@ -1,0 +1,102 @@
+"""Fixtures: in-process services for service tests, and a subprocess stack for the saga."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import grpc
+import pytest
+
+from services.inventory.config import InventoryConfig
+from services.inventory.service import InventoryService
+from services.order.config import OrderConfig
+from services.order.service import OrderService
+from services.payment.config import PaymentConfig
+from services.payment.service import PaymentService
+from services.stack import Stack, start_stack
+from tests.helpers import Client, Ledger, Served, serving, write_seed
+
+PRODUCTS = {
+    "SKU-TEA": (450, 100),
+    "SKU-MUG": (1299, 25),
+    "SKU-LAST": (25000, 1),
+    "SKU-NONE": (100, 0),
+}
+ACCOUNTS = {"alice": 100_000, "bob": 2_000, "carol": 0, "rich": 10_000_000}
+
+
+@pytest.fixture
+def seed_file(tmp_path: pathlib.Path) -> pathlib.Path:
+    return write_seed(tmp_path / "seed.json", PRODUCTS, ACCOUNTS)
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    return Ledger({s: stock for s, (_, stock) in PRODUCTS.items()}, dict(ACCOUNTS))
+
+
+@pytest.fixture
+async def inventory_served(
+    tmp_path: pathlib.Path, seed_file: pathlib.Path
+) -> AsyncIterator[Served]:
+    config = InventoryConfig(db_path=tmp_path / "inventory.db", seed_file=seed_file)
+    async with serving(InventoryService(config)) as served:
+        yield served
+
+
+@pytest.fixture
+async def payment_served(tmp_path: pathlib.Path, seed_file: pathlib.Path) -> AsyncIterator[Served]:
+    config = PaymentConfig(db_path=tmp_path / "payment.db", seed_file=seed_file)
+    async with serving(PaymentService(config)) as served:
+        yield served
+
+
+@pytest.fixture
+def inventory_channel(inventory_served: Served) -> grpc.aio.Channel:
+    return inventory_served.channel
+
+
+@pytest.fixture
+def payment_channel(payment_served: Served) -> grpc.aio.Channel:
+    return payment_served.channel
+
+
+@pytest.fixture
+async def order_channel(
+    tmp_path: pathlib.Path, inventory_served: Served, payment_served: Served
+) -> AsyncIterator[grpc.aio.Channel]:
+    """The order service in this process, its saga calling inventory and payment here too."""
+    config = OrderConfig(
+        db_path=tmp_path / "order.db",
+        inventory_target=inventory_served.target,
+        payment_target=payment_served.target,
+    )
+    async with serving(OrderService(config)) as served:
+        yield served.channel
+
+
+StackFactory = Callable[..., tuple[Stack, Client]]
+
+
+@pytest.fixture
+def make_stack(tmp_path: pathlib.Path, seed_file: pathlib.Path) -> Iterator[StackFactory]:
+    """Starts the three services as processes (order settings as keyword arguments);
+    stops them, by PID, after the test."""
+    started: list[tuple[Stack, Client]] = []
+
+    def make(**order_settings: str) -> tuple[Stack, Client]:
+        stack = start_stack(tmp_path / "stack", seed_file, order_settings=order_settings)
+        started.append((stack, Client(stack)))
+        return started[-1]
+
+    yield make
+    for stack, client in started:
+        client.close()
+        stack.stop()
+
+
+@pytest.fixture
+def stack(make_stack: StackFactory) -> tuple[Stack, Client]:
+    """A stack with short retry budgets, so fault tests end quickly."""
+    return make_stack(call_timeout_seconds="1", step_retry_seconds="3", max_backoff_seconds="0.5")

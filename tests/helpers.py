@@ -1,0 +1,233 @@
+"""What the tests share: seed data, in-process servers, clients, waiting, invariants."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from services.common.identity import ADMIN_SCOPE, SCOPES_HEADER, USER_HEADER
+from services.common.server import Service, build_server, set_serving
+from services.common.status import ErrorDetails, error_details
+from services.stack import Stack
+from shop.inventory.v1 import inventory_service_pb2 as inv
+from shop.inventory.v1 import inventory_service_pb2_grpc
+from shop.order.v1 import order_pb2
+from shop.order.v1 import order_service_pb2 as orders
+from shop.order.v1 import order_service_pb2_grpc
+from shop.payment.v1 import payment_pb2
+from shop.payment.v1 import payment_service_pb2 as pay
+from shop.payment.v1 import payment_service_pb2_grpc
+
+T = TypeVar("T")
+
+WAIT_SECONDS = 30.0
+
+
+def user(user_id: str) -> tuple[tuple[str, str], ...]:
+    """Metadata of a call made by `user_id`, as the gateway would set it."""
+    return ((USER_HEADER, user_id),)
+
+
+ADMIN = ((USER_HEADER, "ops"), (SCOPES_HEADER, f"openid {ADMIN_SCOPE}"))
+
+
+def write_seed(
+    path: pathlib.Path,
+    products: dict[str, tuple[int, int]],
+    accounts: dict[str, int],
+) -> pathlib.Path:
+    """A seed file: products as {sku: (unit price, stock)}, accounts as {user: balance}."""
+    path.write_text(
+        json.dumps(
+            {
+                "products": [
+                    {"sku": sku, "name": sku.title(), "unit_price_minor": price, "quantity": stock}
+                    for sku, (price, stock) in products.items()
+                ],
+                "accounts": [{"user_id": u, "balance_minor": b} for u, b in accounts.items()],
+            }
+        )
+    )
+    return path
+
+
+@dataclass
+class Served:
+    channel: grpc.aio.Channel
+    target: str
+
+
+@contextlib.asynccontextmanager
+async def serving(service: Service) -> AsyncIterator[Served]:
+    """Serves `service` in this process on a free port; yields a channel to it."""
+    server, port, health = await build_server(service)
+    await server.start()
+    await service.start()
+    await set_serving(health, service)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Served(channel, f"127.0.0.1:{port}")
+    finally:
+        await channel.close()
+        await server.stop(None)
+        await service.stop()
+
+
+async def rejected(call: Any) -> ErrorDetails:
+    """The error an awaited call fails with; fails the test if it succeeds."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error_details(error)
+    raise AssertionError("the call succeeded but an error was expected")
+
+
+def fails(call: Callable[[], Any]) -> ErrorDetails:
+    """The error a blocking call fails with; fails the test if it succeeds."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error_details(error)
+    raise AssertionError("the call succeeded but an error was expected")
+
+
+def wait_for(condition: Callable[[], T | None], what: str, timeout: float = WAIT_SECONDS) -> T:
+    """Polls `condition` until it returns something truthy; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Client:
+    """Blocking stubs for a running stack (subprocesses), as a user or operator calls it."""
+
+    def __init__(self, stack: Stack) -> None:
+        self._channels = [
+            grpc.insecure_channel(s.target) for s in (stack.order, stack.inventory, stack.payment)
+        ]
+        self.order = order_service_pb2_grpc.OrderServiceStub(self._channels[0])
+        self.inventory = inventory_service_pb2_grpc.InventoryServiceStub(self._channels[1])
+        self.payment = payment_service_pb2_grpc.PaymentServiceStub(self._channels[2])
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    def create_order(
+        self, user_id: str, request_id: str, items: Iterable[tuple[str, int]], timeout: float = 20
+    ) -> order_pb2.Order:
+        request = orders.CreateOrderRequest(
+            request_id=request_id,
+            line_items=[order_pb2.LineItem(sku=s, quantity=q) for s, q in items],
+        )
+        response = self.order.CreateOrder(request, metadata=user(user_id), timeout=timeout)
+        return response.order
+
+    def get_order(self, user_id: str, order_id: str) -> order_pb2.Order:
+        request = orders.GetOrderRequest(order_id=order_id)
+        return self.order.GetOrder(request, metadata=user(user_id), timeout=5).order
+
+    def list_orders(self, user_id: str) -> list[order_pb2.Order]:
+        found, token = [], ""
+        while True:
+            page = self.order.ListOrders(
+                orders.ListOrdersRequest(page_size=100, page_token=token),
+                metadata=user(user_id),
+                timeout=5,
+            )
+            found.extend(page.orders)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    def wait_final(self, user_id: str, order_id: str) -> order_pb2.Order:
+        def final() -> order_pb2.Order | None:
+            order = self.get_order(user_id, order_id)
+            return order if order.state != order_pb2.ORDER_STATE_PENDING else None
+
+        return wait_for(final, f"order {order_id} to be final")
+
+    def stock(self, sku: str) -> tuple[int, int, int]:
+        """(available, held, sold) of a product."""
+        p = self.inventory.GetProduct(inv.GetProductRequest(sku=sku), timeout=5).product
+        return p.available_quantity, p.held_quantity, p.sold_quantity
+
+    def balance(self, user_id: str) -> tuple[int, int]:
+        """(available, held) of a user's account."""
+        account = self.payment.GetAccount(
+            pay.GetAccountRequest(user_id=user_id), metadata=ADMIN, timeout=5
+        ).account
+        return account.available_balance.amount_minor, account.held_balance.amount_minor
+
+    def payment_of(self, order_id: str) -> payment_pb2.Payment | None:
+        try:
+            return self.payment.GetPayment(
+                pay.GetPaymentRequest(order_id=order_id), metadata=ADMIN, timeout=5
+            ).payment
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                return None
+            raise
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """What the stack started with: stock per SKU and balance per user."""
+
+    stock: dict[str, int]
+    balances: dict[str, int]
+
+
+def assert_invariants(client: Client, ledger: Ledger) -> None:
+    """DESIGN.md's invariants, read through the services' APIs once the system is quiet.
+
+    Every order is final; per SKU, initial stock = available + sold with nothing held and
+    sold = what confirmed orders bought; per order, a CONFIRMED one has exactly one captured
+    payment of its total, a CANCELLED one none; per user, initial balance = available +
+    captured, with nothing held.
+    """
+    sold_by_orders = dict.fromkeys(ledger.stock, 0)
+    for user_id, initial in ledger.balances.items():
+        captured = 0
+        for order in client.list_orders(user_id):
+            assert order.state in (
+                order_pb2.ORDER_STATE_CONFIRMED,
+                order_pb2.ORDER_STATE_CANCELLED,
+            ), f"order {order.order_id} is not final: {order}"
+            payment = client.payment_of(order.order_id)
+            if order.state == order_pb2.ORDER_STATE_CONFIRMED:
+                assert payment is not None
+                assert payment.state == payment_pb2.PAYMENT_STATE_CAPTURED
+                assert payment.amount.amount_minor == order.total.amount_minor
+                captured += payment.amount.amount_minor
+                for item in order.line_items:
+                    sold_by_orders[item.sku] += item.quantity
+            else:
+                assert order.cancel_reason, f"cancelled order {order.order_id} has no reason"
+                assert payment is None or payment.state in (
+                    payment_pb2.PAYMENT_STATE_VOIDED,
+                    payment_pb2.PAYMENT_STATE_DECLINED,
+                ), f"cancelled order {order.order_id} has payment {payment}"
+        available, held = client.balance(user_id)
+        assert held == 0, f"{user_id} still has {held} held"
+        assert available + captured == initial, f"{user_id}: {available} + {captured} != {initial}"
+    for sku, initial in ledger.stock.items():
+        available, held, sold = client.stock(sku)
+        assert held == 0, f"{sku} still has {held} held"
+        assert available >= 0
+        assert available + sold == initial, f"{sku}: {available} + {sold} != {initial}"
+        assert sold == sold_by_orders[sku], (
+            f"{sku}: sold {sold}, confirmed orders {sold_by_orders[sku]}"
+        )
