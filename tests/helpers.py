@@ -18,12 +18,10 @@ from services.common.status import ErrorDetails, error_details
 from services.stack import Stack
 from shop.inventory.v1 import inventory_service_pb2 as inv
 from shop.inventory.v1 import inventory_service_pb2_grpc
-from shop.order.v1 import order_pb2
+from shop.order.v1 import order_pb2, order_service_pb2_grpc
 from shop.order.v1 import order_service_pb2 as orders
-from shop.order.v1 import order_service_pb2_grpc
-from shop.payment.v1 import payment_pb2
+from shop.payment.v1 import payment_pb2, payment_service_pb2_grpc
 from shop.payment.v1 import payment_service_pb2 as pay
-from shop.payment.v1 import payment_service_pb2_grpc
 
 T = TypeVar("T")
 
@@ -132,12 +130,17 @@ class Client:
             request_id=request_id,
             line_items=[order_pb2.LineItem(sku=s, quantity=q) for s, q in items],
         )
-        response = self.order.CreateOrder(request, metadata=user(user_id), timeout=timeout)
+        response: orders.CreateOrderResponse = self.order.CreateOrder(
+            request, metadata=user(user_id), timeout=timeout
+        )
         return response.order
 
     def get_order(self, user_id: str, order_id: str) -> order_pb2.Order:
         request = orders.GetOrderRequest(order_id=order_id)
-        return self.order.GetOrder(request, metadata=user(user_id), timeout=5).order
+        response: orders.GetOrderResponse = self.order.GetOrder(
+            request, metadata=user(user_id), timeout=5
+        )
+        return response.order
 
     def list_orders(self, user_id: str) -> list[order_pb2.Order]:
         found, token = [], ""
@@ -173,11 +176,12 @@ class Client:
 
     def payment_of(self, order_id: str) -> payment_pb2.Payment | None:
         try:
-            return self.payment.GetPayment(
+            response: pay.GetPaymentResponse = self.payment.GetPayment(
                 pay.GetPaymentRequest(order_id=order_id), metadata=ADMIN, timeout=5
-            ).payment
+            )
+            return response.payment
         except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+            if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
 

@@ -86,6 +86,10 @@ def _parser_for(kind: Any) -> Callable[[str], Any]:
     return typing.cast(Callable[[str], Any], kind)
 
 
+def _shown(default: object) -> str:
+    return "unset" if default is None or default == "" else str(default)
+
+
 def load(
     cls: type[T],
     argv: Sequence[str] | None = None,
@@ -103,7 +107,7 @@ def load(
             dest=field.name,
             default=None,
             metavar=field.name.upper(),
-            help=f"{field.metadata.get('help', '')} [env {env}, default {field.default!r}]",
+            help=f"{field.metadata.get('help', '')} [env {env}, default: {_shown(field.default)}]",
         )
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}

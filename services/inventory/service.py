@@ -8,11 +8,11 @@ import logging
 import time
 
 import grpc
-from shop.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
 
 from services.inventory.config import InventoryConfig
 from services.inventory.servicer import InventoryServicer
 from services.inventory.store import InventoryStore
+from shop.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 

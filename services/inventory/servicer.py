@@ -8,10 +8,6 @@ from typing import TypeAlias
 
 import grpc
 from google.protobuf import timestamp_pb2
-from shop.inventory.v1 import inventory_pb2 as pb
-from shop.inventory.v1 import inventory_service_pb2 as rpc
-from shop.inventory.v1 import inventory_service_pb2_grpc
-from shop.money.v1 import money_pb2
 
 from services.common import pagination
 from services.common.errors import Violations
@@ -19,6 +15,10 @@ from services.common.identity import caller, require_admin
 from services.common.validation import check_id
 from services.inventory import domain
 from services.inventory.store import InventoryStore
+from shop.inventory.v1 import inventory_pb2 as pb
+from shop.inventory.v1 import inventory_service_pb2 as rpc
+from shop.inventory.v1 import inventory_service_pb2_grpc
+from shop.money.v1 import money_pb2
 
 Context: TypeAlias = grpc.aio.ServicerContext
 

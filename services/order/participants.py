@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import duration_pb2
-from shop.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory_service_pb2_grpc
-from shop.money.v1 import money_pb2
-from shop.payment.v1 import payment_service_pb2, payment_service_pb2_grpc
 
 from services.common.errors import ErrorKind, ServiceError
 from services.common.identity import outbound_metadata
 from services.common.status import error_details
 from services.order.domain import LineItem, Order
+from shop.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory_service_pb2_grpc
+from shop.money.v1 import money_pb2
+from shop.payment.v1 import payment_service_pb2, payment_service_pb2_grpc
 
 # Failures that say nothing about the request, only about the moment: retry them.
 TRANSIENT_CODES = frozenset(

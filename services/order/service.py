@@ -8,13 +8,13 @@ import logging
 import time
 
 import grpc
-from shop.order.v1 import order_service_pb2, order_service_pb2_grpc
 
 from services.order.config import OrderConfig
 from services.order.participants import Participants
 from services.order.saga import SagaRunner, SagaSettings
 from services.order.servicer import OrderServicer
 from services.order.store import OrderStore
+from shop.order.v1 import order_service_pb2, order_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 

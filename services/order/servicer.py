@@ -10,10 +10,6 @@ from typing import TypeAlias
 
 import grpc
 from google.protobuf import timestamp_pb2
-from shop.money.v1 import money_pb2
-from shop.order.v1 import order_pb2 as pb
-from shop.order.v1 import order_service_pb2 as rpc
-from shop.order.v1 import order_service_pb2_grpc
 
 from services.common import pagination
 from services.common.errors import ServiceError, Violations, failed_precondition
@@ -22,6 +18,10 @@ from services.common.validation import check_id
 from services.order import domain
 from services.order.saga import SagaRunner
 from services.order.store import OrderStore
+from shop.money.v1 import money_pb2
+from shop.order.v1 import order_pb2 as pb
+from shop.order.v1 import order_service_pb2 as rpc
+from shop.order.v1 import order_service_pb2_grpc
 
 Context: TypeAlias = grpc.aio.ServicerContext
 
@@ -91,19 +91,14 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         who = caller(context)
         _check_order_id(request.order_id)
         order = self._store.order(request.order_id, who.user_id)
-        if order.state is domain.OrderState.PENDING and not self._store.request_cancel(
-            order.order_id, time.time()
-        ):
-            # Past the pivot: the stock is being sold and the payment captured.
-            order = self._store.order(order.order_id)
-            if (
-                order.state is domain.OrderState.PENDING
-                and self._store.saga(order.order_id).phase is not domain.Phase.COMPENSATING
-            ):
-                raise _already_confirmed(order.order_id)
         if order.state is domain.OrderState.CONFIRMED:
             raise _already_confirmed(order.order_id)
         if order.state is domain.OrderState.PENDING:
+            if not self._store.request_cancel(order.order_id, time.time()):
+                # Too late to ask, unless the saga is already cancelling on its own.
+                phase = self._store.saga(order.order_id).phase
+                if phase in (domain.Phase.COMMITTING, domain.Phase.CONFIRMED):
+                    raise _already_confirmed(order.order_id)
             await self._wait_for_saga(order.order_id, context)
         return rpc.CancelOrderResponse(order=_order(self._store.order(order.order_id)))
 
@@ -122,7 +117,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
 def _already_confirmed(order_id: str) -> ServiceError:
     return failed_precondition(
         "ORDER_ALREADY_CONFIRMED",
-        f"order {order_id!r} is confirmed and cannot be cancelled",
+        f"order {order_id!r} is confirmed (or being confirmed) and cannot be cancelled",
         order_id=order_id,
     )
 

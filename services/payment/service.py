@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 import grpc
-from shop.payment.v1 import payment_service_pb2, payment_service_pb2_grpc
 
 from services.payment.config import PaymentConfig
 from services.payment.servicer import PaymentServicer
 from services.payment.store import PaymentStore
+from shop.payment.v1 import payment_service_pb2, payment_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 

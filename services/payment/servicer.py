@@ -7,16 +7,16 @@ from typing import TypeAlias
 
 import grpc
 from google.protobuf import timestamp_pb2
-from shop.money.v1 import money_pb2
-from shop.payment.v1 import payment_pb2 as pb
-from shop.payment.v1 import payment_service_pb2 as rpc
-from shop.payment.v1 import payment_service_pb2_grpc
 
 from services.common.errors import Violations
 from services.common.identity import MAX_USER_ID_LENGTH, caller
 from services.common.validation import CURRENCY_PATTERN, check_id
 from services.payment import domain
 from services.payment.store import PaymentStore
+from shop.money.v1 import money_pb2
+from shop.payment.v1 import payment_pb2 as pb
+from shop.payment.v1 import payment_service_pb2 as rpc
+from shop.payment.v1 import payment_service_pb2_grpc
 
 Context: TypeAlias = grpc.aio.ServicerContext
 

@@ -1,0 +1,108 @@
+"""Start-up settings and the error boundary: bad config fails clearly, no exception leaks."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import grpc
+import pytest
+
+from services.common.config import ConfigError, load
+from services.inventory.config import InventoryConfig
+from services.inventory.service import InventoryService
+from services.order.config import OrderConfig
+from services.stack import REPO
+from shop.inventory.v1 import inventory_service_pb2 as rpc
+from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
+from tests.helpers import rejected, serving
+
+
+def test_flags_override_environment_which_overrides_defaults() -> None:
+    config = load(
+        OrderConfig,
+        ["--port", "7000"],
+        {
+            "SHOP_PORT": "6000",
+            "SHOP_PAYMENT_TARGET": "10.0.0.1:1",
+            "SHOP_CALL_TIMEOUT_SECONDS": "0.5",
+        },
+    )
+    assert (config.port, config.payment_target, config.call_timeout_seconds) == (
+        7000,
+        "10.0.0.1:1",
+        0.5,
+    )
+    assert config.inventory_target == "127.0.0.1:50051"
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(
+            OrderConfig,
+            ["--port", "70000", "--crash-at", "nowhere", "--log-level", "LOUD"],
+            {"SHOP_CALL_TIMEOUT_SECONDS": "soon", "SHOP_HOLD_SECONDS": "-1"},
+        )
+    assert raised.value.problems == (
+        "SHOP_CALL_TIMEOUT_SECONDS='soon' is not a valid call_timeout_seconds",
+    )
+    with pytest.raises(ConfigError) as raised:
+        load(
+            OrderConfig,
+            ["--port", "70000", "--crash-at", "nowhere", "--log-level", "LOUD"],
+            {"SHOP_HOLD_SECONDS": "-1"},
+        )
+    assert len(raised.value.problems) == 4
+    assert any("port must be 0..65535" in p for p in raised.value.problems)
+
+
+def test_a_service_with_bad_config_exits_2_with_a_clear_message() -> None:
+    started = subprocess.run(
+        [sys.executable, "-m", "services.payment", "--port", "-1", "--seed-file", "/no/such/file"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert started.returncode == 2
+    assert "payment: invalid configuration:" in started.stderr
+    assert "port must be 0..65535, got -1" in started.stderr
+    assert "seed_file /no/such/file does not exist" in started.stderr
+    assert "Traceback" not in started.stderr
+
+
+def test_help_lists_every_setting_with_its_variable() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "services.order", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert shown.returncode == 0
+    for name in ("--inventory-target", "SHOP_PAYMENT_TARGET", "--crash-at", "--db-synchronous"):
+        assert name in shown.stdout
+
+
+def explode(sku: str) -> None:
+    raise RuntimeError("secret: /var/lib/shop/inventory.db is corrupt at page 7")
+
+
+async def test_an_unexpected_exception_becomes_a_generic_internal(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = InventoryService(InventoryConfig(db_path=tmp_path / "inventory.db"))
+    monkeypatch.setattr(service.store, "product", explode)  # the servicer's store
+    async with serving(service) as served:
+        stub = InventoryServiceStub(served.channel)
+        error = await rejected(stub.GetProduct(rpc.GetProductRequest(sku="SKU-TEA")))
+    assert (error.code, error.message, error.reason) == (
+        grpc.StatusCode.INTERNAL,
+        "internal error",
+        "INTERNAL",
+    )
+    assert "secret" not in repr(error)
+    assert "secret" in caplog.text  # the operator still sees it, in the log
