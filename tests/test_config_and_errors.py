@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -106,3 +107,32 @@ async def test_an_unexpected_exception_becomes_a_generic_internal(
     )
     assert "secret" not in repr(error)
     assert "secret" in caplog.text  # the operator still sees it, in the log
+
+
+def test_a_busy_port_fails_the_start_with_a_clear_message(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.inventory",
+                "--port",
+                str(port),
+                "--db-path",
+                str(tmp_path / "inventory.db"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert started.returncode == 1
+    assert (
+        f"inventory cannot start: cannot listen on 127.0.0.1:{port} (is the port in use?)"
+        in started.stderr
+    )
+    assert "Traceback" not in started.stderr

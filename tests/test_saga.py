@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from services.order.config import CRASH_POINTS
 from services.stack import Stack, restart
@@ -118,7 +120,7 @@ def test_user_cancels_an_order_stuck_on_payment(make_stack: StackFactory, ledger
 def test_inventory_down_cancels_the_order(stack: tuple[Stack, Client], ledger: Ledger) -> None:
     services, client = stack
     services.inventory.kill()
-    order = client.create_order("alice", "r1", [("SKU-TEA", 1)], timeout=10)
+    order = client.create_order("alice", "r1", [("SKU-TEA", 1)], timeout=5)
     # Compensation (release) also needs inventory: the order ends when it is back.
     services.inventory = restart(services.inventory)
     order = client.wait_final("alice", order.order_id)
@@ -201,11 +203,18 @@ def test_order_service_killed_mid_saga_recovers(
     assert_invariants(client, ledger)
 
 
-def test_graceful_stop_finishes_in_flight_work(stack: tuple[Stack, Client], ledger: Ledger) -> None:
+def test_sigterm_turns_health_not_serving_then_exits(
+    stack: tuple[Stack, Client], ledger: Ledger
+) -> None:
     services, client = stack
     order = client.create_order("alice", "r1", [("SKU-TEA", 1)])
+    with grpc.insecure_channel(services.order.target) as channel:
+        watch = HealthStub(channel).Watch(HealthCheckRequest(service=""), timeout=10)
+        assert next(watch).status == HealthCheckResponse.SERVING
+        services.order.signal(signal.SIGTERM)
+        assert next(watch).status == HealthCheckResponse.NOT_SERVING
     started = time.monotonic()
-    assert services.order.stop() == 0  # SIGTERM: NOT_SERVING, drain, exit 0
+    assert services.order.process.wait(10) == 0
     assert time.monotonic() - started < 5
     services.order = restart(services.order)
     assert client.get_order("alice", order.order_id).state == pb.ORDER_STATE_CONFIRMED

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
@@ -57,9 +58,10 @@ async def build_server(
     reflection.enable_server_reflection(
         (*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as error:  # grpc's way of saying the bind failed
+        raise OSError(f"cannot listen on {host}:{port} (is the port in use?)") from error
     return server, bound, health_servicer
 
 
@@ -115,7 +117,7 @@ def main(
 
     try:
         uvloop.run(run())
-    except OSError as error:
+    except (OSError, sqlite3.Error) as error:
         log.error("%s cannot start: %s", name, error)
         return 1
     return 0

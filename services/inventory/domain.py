@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 
-SKU_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9-]{0,63}")
-MAX_ITEMS = 50
-MAX_QUANTITY = 1000
 MAX_RESTOCK = 1_000_000
 MIN_HOLD_SECONDS = 1.0
 MAX_HOLD_SECONDS = 3600.0

@@ -7,18 +7,17 @@ from collections.abc import Sequence
 from typing import TypeAlias
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from services.common import pagination
+from services.common.convert import money, timestamp
 from services.common.errors import Violations
 from services.common.identity import caller, require_admin
-from services.common.validation import check_id
+from services.common.validation import check_id, check_items, check_sku, require_order_id
 from services.inventory import domain
 from services.inventory.store import InventoryStore
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_service_pb2 as rpc
 from shop.inventory.v1 import inventory_service_pb2_grpc
-from shop.money.v1 import money_pb2
 
 Context: TypeAlias = grpc.aio.ServicerContext
 
@@ -31,7 +30,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         self, request: rpc.GetProductRequest, context: Context
     ) -> rpc.GetProductResponse:
         violations = Violations()
-        _check_sku(violations, "sku", request.sku)
+        check_sku(violations, "sku", request.sku)
         violations.raise_if_any()
         return rpc.GetProductResponse(product=_product(self._store.product(request.sku)))
 
@@ -73,7 +72,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         self, request: rpc.GetReservationRequest, context: Context
     ) -> rpc.GetReservationResponse:
         who = caller(context)
-        _check_order_id(request.order_id)
+        require_order_id(request.order_id)
         owner = None if who.is_admin else who.user_id
         return rpc.GetReservationResponse(
             reservation=_reservation(self._store.reservation(request.order_id, owner))
@@ -83,7 +82,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         self, request: rpc.CommitReservationRequest, context: Context
     ) -> rpc.CommitReservationResponse:
         who = caller(context)
-        _check_order_id(request.order_id)
+        require_order_id(request.order_id)
         found = self._store.commit(request.order_id, who.user_id, time.time())
         return rpc.CommitReservationResponse(reservation=_reservation(found))
 
@@ -91,7 +90,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         self, request: rpc.ReleaseReservationRequest, context: Context
     ) -> rpc.ReleaseReservationResponse:
         who = caller(context)
-        _check_order_id(request.order_id)
+        require_order_id(request.order_id)
         found = self._store.release(request.order_id, who.user_id, time.time())
         return rpc.ReleaseReservationResponse(reservation=_reservation(found))
 
@@ -100,7 +99,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
     ) -> rpc.RestockProductResponse:
         require_admin(caller(context))
         violations = Violations()
-        _check_sku(violations, "sku", request.sku)
+        check_sku(violations, "sku", request.sku)
         violations.check(
             0 < request.quantity <= domain.MAX_RESTOCK,
             "quantity",
@@ -112,48 +111,18 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         return rpc.RestockProductResponse(product=_product(product))
 
 
-def _check_sku(violations: Violations, field: str, sku: str) -> bool:
-    return violations.check(
-        domain.SKU_PATTERN.fullmatch(sku) is not None,
-        field,
-        "must be 1 to 64 upper-case letters, digits or '-', starting with a letter or digit",
-    )
-
-
-def _check_order_id(order_id: str) -> None:
-    violations = Violations()
-    check_id(violations, "order_id", order_id)
-    violations.raise_if_any()
-
-
 def _check_items(
     violations: Violations, items: Sequence[pb.ReservationItem]
 ) -> tuple[domain.Item, ...]:
-    violations.check(
-        0 < len(items) <= domain.MAX_ITEMS, "items", f"must hold 1 to {domain.MAX_ITEMS} items"
-    )
-    seen: set[str] = set()
-    for index, item in enumerate(items[: domain.MAX_ITEMS]):
-        if _check_sku(violations, f"items[{index}].sku", item.sku):
-            violations.check(item.sku not in seen, f"items[{index}].sku", "is listed twice")
-            seen.add(item.sku)
-        violations.check(
-            0 < item.quantity <= domain.MAX_QUANTITY,
-            f"items[{index}].quantity",
-            f"must be 1..{domain.MAX_QUANTITY}",
-        )
+    check_items(violations, "items", [(i.sku, i.quantity) for i in items])
     return tuple(domain.Item(i.sku, i.quantity) for i in items)
-
-
-def _money(amount_minor: int, currency: str) -> money_pb2.Money:
-    return money_pb2.Money(currency_code=currency, amount_minor=amount_minor)
 
 
 def _product(p: domain.Product) -> pb.Product:
     return pb.Product(
         sku=p.sku,
         name=p.name,
-        unit_price=_money(p.price_minor, p.currency),
+        unit_price=money(p.price_minor, p.currency),
         available_quantity=p.available,
         held_quantity=p.held,
         sold_quantity=p.sold,
@@ -161,17 +130,15 @@ def _product(p: domain.Product) -> pb.Product:
 
 
 def _reservation(r: domain.Reservation) -> pb.Reservation:
-    expire = timestamp_pb2.Timestamp()
-    expire.FromNanoseconds(int(r.expire_at * 1e9))
     return pb.Reservation(
         order_id=r.order_id,
         user_id=r.user_id,
         items=[
             pb.ReservationItem(
-                sku=i.sku, quantity=i.quantity, unit_price=_money(i.price_minor, i.currency)
+                sku=i.sku, quantity=i.quantity, unit_price=money(i.price_minor, i.currency)
             )
             for i in r.items
         ],
         state=f"RESERVATION_STATE_{r.state.value}",
-        expire_time=expire,
+        expire_time=timestamp(r.expire_at),
     )

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 from dataclasses import dataclass
 
 from services.common.errors import ErrorKind, FieldViolation, ServiceError
 
-SKU_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9-]{0,63}")
-MAX_LINE_ITEMS = 50
-MAX_QUANTITY = 1000
 MAX_TOTAL_MINOR = 100_000_000
 CANCELLED_BY_USER = "CANCELLED_BY_USER"
 

@@ -9,16 +9,15 @@ from collections.abc import Sequence
 from typing import TypeAlias
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from services.common import pagination
+from services.common.convert import money, timestamp
 from services.common.errors import ServiceError, Violations, failed_precondition
 from services.common.identity import caller
-from services.common.validation import check_id
+from services.common.validation import check_id, check_items, require_order_id
 from services.order import domain
 from services.order.saga import SagaRunner
 from services.order.store import OrderStore
-from shop.money.v1 import money_pb2
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1 import order_service_pb2_grpc
@@ -63,7 +62,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         self, request: rpc.GetOrderRequest, context: Context
     ) -> rpc.GetOrderResponse:
         who = caller(context)
-        _check_order_id(request.order_id)
+        require_order_id(request.order_id)
         return rpc.GetOrderResponse(order=_order(self._store.order(request.order_id, who.user_id)))
 
     async def ListOrders(
@@ -89,7 +88,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         self, request: rpc.CancelOrderRequest, context: Context
     ) -> rpc.CancelOrderResponse:
         who = caller(context)
-        _check_order_id(request.order_id)
+        require_order_id(request.order_id)
         order = self._store.order(request.order_id, who.user_id)
         if order.state is domain.OrderState.CONFIRMED:
             raise _already_confirmed(order.order_id)
@@ -132,42 +131,11 @@ def _with_order_id(error: ServiceError, order_id: str) -> ServiceError:
     )
 
 
-def _check_order_id(order_id: str) -> None:
-    violations = Violations()
-    check_id(violations, "order_id", order_id)
-    violations.raise_if_any()
-
-
 def _check_line_items(
     violations: Violations, items: Sequence[pb.LineItem]
 ) -> tuple[domain.LineItem, ...]:
-    violations.check(
-        0 < len(items) <= domain.MAX_LINE_ITEMS,
-        "line_items",
-        f"must hold 1 to {domain.MAX_LINE_ITEMS} items",
-    )
-    seen: set[str] = set()
-    for index, item in enumerate(items[: domain.MAX_LINE_ITEMS]):
-        field = f"line_items[{index}]"
-        if violations.check(
-            domain.SKU_PATTERN.fullmatch(item.sku) is not None,
-            f"{field}.sku",
-            "must be 1 to 64 upper-case letters, digits or '-', starting with a letter or digit",
-        ):
-            violations.check(item.sku not in seen, f"{field}.sku", "is listed twice")
-            seen.add(item.sku)
-        violations.check(
-            0 < item.quantity <= domain.MAX_QUANTITY,
-            f"{field}.quantity",
-            f"must be 1..{domain.MAX_QUANTITY}",
-        )
+    check_items(violations, "line_items", [(i.sku, i.quantity) for i in items])
     return tuple(domain.LineItem(i.sku, i.quantity) for i in items)
-
-
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
 
 
 def _order(o: domain.Order) -> pb.Order:
@@ -180,20 +148,16 @@ def _order(o: domain.Order) -> pb.Order:
                 sku=i.sku,
                 quantity=i.quantity,
                 unit_price=(
-                    money_pb2.Money(currency_code=i.currency, amount_minor=i.price_minor)
-                    if i.price_minor is not None
-                    else None
+                    money(i.price_minor, i.currency) if i.price_minor is not None else None
                 ),
             )
             for i in o.items
         ],
         state=f"ORDER_STATE_{o.state.value}",
         cancel_reason=o.cancel_reason,
-        create_time=_timestamp(o.created_at),
-        update_time=_timestamp(o.updated_at),
+        create_time=timestamp(o.created_at),
+        update_time=timestamp(o.updated_at),
     )
     if o.total_minor is not None:
-        message.total.CopyFrom(
-            money_pb2.Money(currency_code=o.currency, amount_minor=o.total_minor)
-        )
+        message.total.CopyFrom(money(o.total_minor, o.currency))
     return message

@@ -6,14 +6,13 @@ import time
 from typing import TypeAlias
 
 import grpc
-from google.protobuf import timestamp_pb2
 
+from services.common.convert import money, timestamp
 from services.common.errors import Violations
 from services.common.identity import MAX_USER_ID_LENGTH, caller
-from services.common.validation import CURRENCY_PATTERN, check_id
+from services.common.validation import CURRENCY_PATTERN, check_id, require_order_id
 from services.payment import domain
 from services.payment.store import PaymentStore
-from shop.money.v1 import money_pb2
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_service_pb2 as rpc
 from shop.payment.v1 import payment_service_pb2_grpc
@@ -41,8 +40,8 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         return rpc.GetAccountResponse(
             account=pb.Account(
                 user_id=account.user_id,
-                available_balance=_money(account.available, account.currency),
-                held_balance=_money(account.held, account.currency),
+                available_balance=money(account.available, account.currency),
+                held_balance=money(account.held, account.currency),
             )
         )
 
@@ -74,7 +73,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: rpc.CapturePaymentRequest, context: Context
     ) -> rpc.CapturePaymentResponse:
         who = caller(context)
-        _check_order_id(request.order_id)
+        require_order_id(request.order_id)
         payment = self._store.capture(request.order_id, who.user_id, time.time())
         return rpc.CapturePaymentResponse(payment=_payment(payment))
 
@@ -82,7 +81,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: rpc.VoidPaymentRequest, context: Context
     ) -> rpc.VoidPaymentResponse:
         who = caller(context)
-        _check_order_id(request.order_id)
+        require_order_id(request.order_id)
         payment = self._store.void(request.order_id, who.user_id, time.time())
         return rpc.VoidPaymentResponse(payment=_payment(payment))
 
@@ -90,35 +89,19 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: rpc.GetPaymentRequest, context: Context
     ) -> rpc.GetPaymentResponse:
         who = caller(context)
-        _check_order_id(request.order_id)
+        require_order_id(request.order_id)
         owner = None if who.is_admin else who.user_id
         return rpc.GetPaymentResponse(
             payment=_payment(self._store.payment(request.order_id, owner))
         )
 
 
-def _check_order_id(order_id: str) -> None:
-    violations = Violations()
-    check_id(violations, "order_id", order_id)
-    violations.raise_if_any()
-
-
-def _money(amount_minor: int, currency: str) -> money_pb2.Money:
-    return money_pb2.Money(currency_code=currency, amount_minor=amount_minor)
-
-
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
 def _payment(p: domain.Payment) -> pb.Payment:
     return pb.Payment(
         order_id=p.order_id,
         user_id=p.user_id,
-        amount=_money(p.amount_minor, p.currency),
+        amount=money(p.amount_minor, p.currency),
         state=f"PAYMENT_STATE_{p.state.value}",
-        create_time=_timestamp(p.created_at),
-        update_time=_timestamp(p.updated_at),
+        create_time=timestamp(p.created_at),
+        update_time=timestamp(p.updated_at),
     )
