@@ -9,14 +9,22 @@ PYTEST_ARGS ?=
 .PHONY: help setup gen gen-check lint test run clean
 
 help:
-	@echo "make run        set up, then start inventory, payment and order with demo data"
+	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
 	@echo "make test       set up, check generated code and lint, run every test"
 	@echo "make setup      create .venv and install pinned dependencies (idempotent)"
 	@echo "make gen        regenerate gen/ from proto/ (buf generate + descriptor set)"
 	@echo "make gen-check  regenerate and fail if gen/ differs from what is committed"
 	@echo "make lint       buf lint + format, ruff, mypy"
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json
+
+# Consul: the one on PATH, else Debian's package unpacked into .tools/ (see the script).
+.tools/bin/consul:
+	tools/install-consul
+
+# The dev JWT key pair; Envoy reads the JWKS, `shopmesh token` signs with the key.
+var/jwt/jwks.json: $(VENV)/.installed
+	$(VENV)/bin/shopmesh keys
 
 # Re-installs only when pyproject.toml changes; pip itself is idempotent too.
 $(VENV)/.installed: pyproject.toml
@@ -40,16 +48,18 @@ lint: setup
 	@echo "== buf lint, buf format, ruff, mypy"
 	buf lint
 	buf format --diff --exit-code
-	ruff check services tests tools
-	ruff format --check services tests tools
+	ruff check services gateway shopmesh tests
+	ruff format --check services gateway shopmesh tests
 	mypy
 
 test: setup gen-check lint
 	@echo "== pytest"
 	pytest $(PYTEST_ARGS)
 
+# N instances of each service: make run N=2
+N ?= 1
 run: setup
-	python -m services.stack
+	shopmesh run --instances $(N)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

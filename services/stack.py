@@ -32,13 +32,37 @@ class StartError(RuntimeError):
 
 @dataclass
 class ServiceProcess:
-    """One running service: its process, port and files."""
+    """One running service instance: its process, port and files."""
 
     name: str
     process: subprocess.Popen[bytes]
     port: int
     workdir: pathlib.Path
     settings: dict[str, str] = field(default_factory=dict)
+    module: str = ""
+    instance: int = 1
+
+    @property
+    def label(self) -> str:
+        """`inventory`, or `inventory-2` for a second instance."""
+        return self.name if self.instance == 1 else f"{self.name}-{self.instance}"
+
+    @property
+    def ready_path(self) -> pathlib.Path:
+        return self.workdir / f"{self.label}.ready"
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> ServiceProcess:
+        """Waits for the ready file (written once health is SERVING); StartError if the
+        process exits or the time runs out."""
+        deadline = time.monotonic() + timeout
+        while not self.ready_path.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise StartError(f"{self.label} did not become ready; its log ends:\n{tail}")
+            time.sleep(0.02)
+        self.port = json.loads(self.ready_path.read_text())["port"]
+        return self
 
     @property
     def target(self) -> str:
@@ -50,7 +74,7 @@ class ServiceProcess:
 
     @property
     def log_path(self) -> pathlib.Path:
-        return self.workdir / f"{self.name}.log"
+        return self.workdir / f"{self.label}.log"
 
     def signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -73,6 +97,40 @@ class ServiceProcess:
         self.process.wait()
 
 
+def spawn_service(
+    name: str,
+    workdir: pathlib.Path,
+    *,
+    port: int = 0,
+    settings: Mapping[str, str] | None = None,
+    module: str = "",
+    instance: int = 1,
+) -> ServiceProcess:
+    """Starts `python -m <module>` (default `services.<name>`) without waiting for it.
+
+    `settings` are extra flags by field name (e.g. {"payment_target": "..."}). A service
+    with a database keeps it in `workdir/<name>.db`, shared by all its instances, so a
+    restart with the same workdir keeps state.
+    """
+    module = module or f"services.{name}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    flags = dict(settings or {})
+    if module.startswith("services."):
+        flags.setdefault("db_path", str(workdir / f"{name}.db"))
+    label = name if instance == 1 else f"{name}-{instance}"
+    ready = workdir / f"{label}.ready"
+    ready.unlink(missing_ok=True)
+    flags.update(port=str(port), ready_file=str(ready))
+    command = [sys.executable, "-m", module]
+    for key, value in flags.items():
+        command += [f"--{key.replace('_', '-')}", value]
+    with (workdir / f"{label}.log").open("ab") as log_file:
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    return ServiceProcess(name, process, 0, workdir, flags, module, instance)
+
+
 def start_service(
     name: str,
     workdir: pathlib.Path,
@@ -81,42 +139,23 @@ def start_service(
     settings: Mapping[str, str] | None = None,
     timeout: float = READY_TIMEOUT_SECONDS,
 ) -> ServiceProcess:
-    """Starts `services.<name>` and returns once it serves; StartError if it does not.
-
-    `settings` are extra flags by field name (e.g. {"payment_target": "..."}). The
-    database lives in `workdir/<name>.db`, so a restart with the same workdir keeps state.
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    ready = workdir / f"{name}.ready"
-    ready.unlink(missing_ok=True)
-    flags = {"db_path": str(workdir / f"{name}.db"), **(settings or {}), "port": str(port)}
-    flags["ready_file"] = str(ready)
-    command = [sys.executable, "-m", f"services.{name}"]
-    for key, value in flags.items():
-        command += [f"--{key.replace('_', '-')}", value]
-    log_file = (workdir / f"{name}.log").open("ab")
-    process = subprocess.Popen(
-        command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-    )
-    log_file.close()
-    started = ServiceProcess(name, process, 0, workdir, dict(flags))
-    deadline = time.monotonic() + timeout
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            started.stop()
-            tail = started.log_path.read_text(errors="replace")[-2000:]
-            raise StartError(f"{name} did not become ready; its log ends:\n{tail}")
-        time.sleep(0.02)
-    started.port = json.loads(ready.read_text())["port"]
-    return started
+    """Starts `services.<name>` and returns once it serves; StartError if it does not."""
+    return spawn_service(name, workdir, port=port, settings=settings).wait_ready(timeout)
 
 
 def restart(service: ServiceProcess, **settings: str) -> ServiceProcess:
-    """Starts the service again on the same port and database, with changed settings."""
+    """Starts the instance again on the same port and database, with changed settings."""
     merged = {k: v for k, v in service.settings.items() if k not in ("port", "ready_file")}
     merged.update(settings)
     merged = {k: v for k, v in merged.items() if v != ""}
-    return start_service(service.name, service.workdir, port=service.port, settings=merged)
+    return spawn_service(
+        service.name,
+        service.workdir,
+        port=service.port,
+        settings=merged,
+        module=service.module,
+        instance=service.instance,
+    ).wait_ready()
 
 
 @dataclass

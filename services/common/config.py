@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import pathlib
 import types
 import typing
@@ -42,17 +43,19 @@ class ServerConfig:
 
     host: str = setting("127.0.0.1", "address to listen on (loopback unless you mean it)")
     port: int = setting(0, "port to listen on; 0 picks a free one")
-    db_path: pathlib.Path = setting(pathlib.Path("var/service.db"), "SQLite database file")
-    db_synchronous: str = setting(
-        "FULL", "SQLite synchronous mode: FULL survives power loss, NORMAL only crashes"
-    )
-    seed_file: pathlib.Path | None = setting(
-        None, "JSON file of demo data loaded at start (existing rows are kept)"
-    )
     ready_file: pathlib.Path | None = setting(
         None, "file written with the bound port and pid once the service is serving"
     )
     grace_seconds: float = setting(5.0, "how long in-flight calls may finish on SIGTERM")
+    consul_http: str = setting(
+        "", "host:port of the Consul agent's HTTP API to register with; unset: no registration"
+    )
+    advertise_address: str = setting(
+        "", "IP address other hosts reach this instance at (registered in Consul); unset: host"
+    )
+    registration_interval_seconds: float = setting(
+        2.0, "how often to check that Consul still has this instance, and re-register if not"
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def problems(self) -> list[str]:
@@ -60,14 +63,20 @@ class ServerConfig:
         found = []
         if not 0 <= self.port <= 65535:
             found.append(f"port must be 0..65535, got {self.port}")
-        if self.db_synchronous not in ("FULL", "NORMAL", "EXTRA"):
-            found.append(
-                f"db_synchronous must be FULL, NORMAL or EXTRA, got {self.db_synchronous!r}"
-            )
-        if self.seed_file is not None and not self.seed_file.is_file():
-            found.append(f"seed_file {self.seed_file} does not exist")
         if self.grace_seconds < 0:
             found.append(f"grace_seconds must be >= 0, got {self.grace_seconds}")
+        if self.registration_interval_seconds <= 0:
+            found.append("registration_interval_seconds must be > 0")
+        if self.consul_http and not _is_host_port(self.consul_http):
+            found.append(f"consul_http must be host:port, got {self.consul_http!r}")
+        advertised = self.advertise_address or self.host
+        if self.consul_http and not _is_ip(advertised):
+            found.append(
+                f"advertise_address must be an IP address Envoy can reach, got {advertised!r}"
+                " (set --advertise-address when --host is not an IP)"
+            )
+        elif self.consul_http and ipaddress.ip_address(advertised).is_unspecified:
+            found.append("advertise_address must be set when --host is 0.0.0.0 or ::")
         if self.log_level not in LOG_LEVELS:
             found.append(
                 f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
@@ -84,6 +93,42 @@ def _parser_for(kind: Any) -> Callable[[str], Any]:
     if kind is bool:
         return lambda text: {"1": True, "true": True, "0": False, "false": False}[text.lower()]
     return typing.cast(Callable[[str], Any], kind)
+
+
+@dataclass(frozen=True)
+class StoreConfig(ServerConfig):
+    """Settings of a service that keeps its state in SQLite."""
+
+    db_path: pathlib.Path = setting(pathlib.Path("var/service.db"), "SQLite database file")
+    db_synchronous: str = setting(
+        "FULL", "SQLite synchronous mode: FULL survives power loss, NORMAL only crashes"
+    )
+    seed_file: pathlib.Path | None = setting(
+        None, "JSON file of demo data loaded at start (existing rows are kept)"
+    )
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if self.db_synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            found.append(
+                f"db_synchronous must be FULL, NORMAL or EXTRA, got {self.db_synchronous!r}"
+            )
+        if self.seed_file is not None and not self.seed_file.is_file():
+            found.append(f"seed_file {self.seed_file} does not exist")
+        return found
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 def _shown(default: object) -> str:

@@ -8,6 +8,7 @@ SIGTERM or SIGINT, when health turns NOT_SERVING and in-flight calls drain.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common import logs
 from services.common.config import ConfigError, ServerConfig, load
 from services.common.interceptor import ErrorInterceptor
+from services.common.registration import Instance, Registration
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +73,23 @@ async def set_serving(health_servicer: health.aio.HealthServicer, service: Servi
 
 
 async def serve(service: Service, config: ServerConfig) -> None:
-    """Serves until SIGTERM/SIGINT, then stops gracefully."""
+    """Serves until SIGTERM/SIGINT, then stops gracefully.
+
+    Stopping: deregister from Consul (the control plane stops sending traffic here),
+    health NOT_SERVING, then let in-flight calls finish for up to `grace_seconds`.
+    """
     server, port, health_servicer = await build_server(service, config.host, config.port)
     await server.start()
     await service.start()
     await set_serving(health_servicer, service)
     log.info("%s serving on %s:%d (pid %d)", service.name, config.host, port, os.getpid())
+    registration, keeper = None, None
+    if config.consul_http:
+        instance = Instance(service.name, config.advertise_address or config.host, port, _version())
+        registration = Registration(config.consul_http, instance)
+        keeper = asyncio.create_task(
+            registration.keep_registered(config.registration_interval_seconds)
+        )
     if config.ready_file is not None:
         # Written to a temporary name first so a reader never sees half a file.
         partial = config.ready_file.with_suffix(".partial")
@@ -92,10 +105,20 @@ async def serve(service: Service, config: ServerConfig) -> None:
     log.info(
         "%s stopping: NOT_SERVING, draining for up to %.1fs", service.name, config.grace_seconds
     )
+    if registration is not None and keeper is not None:
+        keeper.cancel()
+        await registration.leave()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(config.grace_seconds)
     await service.stop()
     log.info("%s stopped", service.name)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("shopmesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
 
 
 def main(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pathlib
 from dataclasses import dataclass
 
-from services.common.config import ServerConfig, setting
+from services.common.config import StoreConfig, setting
 
 
 @dataclass(frozen=True)
-class InventoryConfig(ServerConfig):
+class InventoryConfig(StoreConfig):
     """Settings of the inventory service."""
 
     db_path: pathlib.Path = setting(pathlib.Path("var/inventory.db"), "SQLite database file")

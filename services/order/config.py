@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 from dataclasses import dataclass
 
-from services.common.config import ServerConfig, setting
+from services.common.config import StoreConfig, setting
 
 CRASH_POINTS = (
     "after_persist",
@@ -17,7 +17,7 @@ CRASH_POINTS = (
 
 
 @dataclass(frozen=True)
-class OrderConfig(ServerConfig):
+class OrderConfig(StoreConfig):
     """Settings of the order service."""
 
     db_path: pathlib.Path = setting(pathlib.Path("var/order.db"), "SQLite database file")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pathlib
 from dataclasses import dataclass
 
-from services.common.config import ServerConfig, setting
+from services.common.config import StoreConfig, setting
 
 
 @dataclass(frozen=True)
-class PaymentConfig(ServerConfig):
+class PaymentConfig(StoreConfig):
     """Settings of the payment service."""
 
     db_path: pathlib.Path = setting(pathlib.Path("var/payment.db"), "SQLite database file")

@@ -1,0 +1,1 @@
+"""The xDS control plane: Consul's healthy (and unhealthy) instances as Envoy endpoints."""

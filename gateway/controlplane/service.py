@@ -1,0 +1,73 @@
+"""The control plane as the shared start-up runs it: a watch per service, one ADS server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+from dataclasses import dataclass
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
+
+from gateway.controlplane.consul_watch import ServiceWatch
+from gateway.controlplane.resources import Endpoint, load_assignment
+from gateway.controlplane.xds import AggregatedDiscovery, Snapshot
+from services.common.config import ServerConfig, setting
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig(ServerConfig):
+    """Settings of the control plane (it registers itself in Consul like the services)."""
+
+    port: int = setting(18000, "port Envoy's ADS stream connects to")
+    watch_consul_http: str = setting("127.0.0.1:8500", "host:port of the Consul HTTP API to watch")
+    clusters: str = setting("inventory,payment,order", "comma-separated Consul services to serve")
+    ready_file: pathlib.Path | None = setting(None, "file written once serving")
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if not self.cluster_names:
+            found.append("clusters must name at least one service")
+        if ":" not in self.watch_consul_http:
+            found.append(f"watch_consul_http must be host:port, got {self.watch_consul_http!r}")
+        return found
+
+    @property
+    def cluster_names(self) -> list[str]:
+        return [c.strip() for c in self.clusters.split(",") if c.strip()]
+
+
+class ControlPlane:
+    name = "controlplane"
+    service_names = (ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,)
+
+    def __init__(self, config: ControlPlaneConfig) -> None:
+        self.snapshot = Snapshot()
+        self._watches = [
+            ServiceWatch(config.watch_consul_http, cluster, self._publish)
+            for cluster in config.cluster_names
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _publish(self, cluster: str, endpoints: list[Endpoint]) -> None:
+        self.snapshot.set(cluster, load_assignment(cluster, endpoints))
+
+    def register(self, server: grpc.aio.Server) -> None:
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            AggregatedDiscovery(self.snapshot), server
+        )
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(w.run()) for w in self._watches]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def create(config: ControlPlaneConfig) -> ControlPlane:
+    return ControlPlane(config)

@@ -1,0 +1,45 @@
+"""Renders gateway/envoy.yaml: fills in the ports, addresses, paths and limits.
+
+Only what differs between `make run` and the tests is a ${NAME} placeholder; the policy
+lives in the YAML. Rendering fails if a placeholder is left unfilled.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import string
+from dataclasses import asdict, dataclass
+
+TEMPLATE = pathlib.Path(__file__).with_name("envoy.yaml")
+
+
+@dataclass(frozen=True)
+class EnvoySettings:
+    public_port: int = 8080
+    internal_port: int = 15001
+    admin_port: int = 9901
+    xds_port: int = 18000
+    public_address: str = "127.0.0.1"
+    jwks_file: str = "var/jwt/jwks.json"
+    descriptor_file: str = "gen/descriptor.binpb"
+    jwt_issuer: str = "shopmesh-dev"
+    jwt_audience: str = "shopmesh"
+    # Circuit breakers of inventory and payment (the internal hop) ...
+    max_connections: int = 1024
+    max_pending_requests: int = 256
+    max_requests: int = 512
+    max_retries: int = 32
+    # ... and of the order cluster (the public edge).
+    edge_max_pending_requests: int = 256
+    edge_max_requests: int = 512
+
+
+def render(settings: EnvoySettings) -> str:
+    values = {key.upper(): str(value) for key, value in asdict(settings).items()}
+    return string.Template(TEMPLATE.read_text()).substitute(values)
+
+
+def write(settings: EnvoySettings, path: pathlib.Path) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(settings))
+    return path

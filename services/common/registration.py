@@ -1,0 +1,111 @@
+"""Registers a service instance in Consul, keeps it registered, and deregisters it.
+
+Each instance registers itself (name, a unique id, address, port, version) with a gRPC
+health check that Consul runs against the standard health service. The check's timeout
+(2 s) and FailuresBeforeCritical (3) keep a briefly busy instance from flapping to
+critical (see PLATFORM-NOTES: 1 s checks under CPU load marked every instance critical at
+once). If the agent forgets the registration (a restarted dev agent, a wiped data dir),
+`keep_registered` puts it back. py-consul is synchronous, so calls run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import consul
+import requests
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL = "1s"
+CHECK_TIMEOUT = "2s"
+FAILURES_BEFORE_CRITICAL = 3
+# Consul 1.8's minimum; a crashed instance leaves the catalog a minute after it turns critical.
+DEREGISTER_CRITICAL_AFTER = "1m"
+CONSUL_TIMEOUT_SECONDS = 5.0
+
+# What a Consul call can fail with: the agent down, slow, or answering an error.
+CONSUL_ERRORS = (consul.ConsulException, requests.RequestException)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One service instance as Consul knows it."""
+
+    name: str
+    address: str
+    port: int
+    version: str
+
+    @property
+    def service_id(self) -> str:
+        return f"{self.name}-{self.address}-{self.port}"
+
+
+def consul_client(http_address: str) -> consul.Consul:
+    """A client for the agent at `host:port` (its HTTP API)."""
+    host, _, port = http_address.rpartition(":")
+    return consul.Consul(host=host, port=int(port), connections_timeout=CONSUL_TIMEOUT_SECONDS)
+
+
+def check_definition(instance: Instance) -> dict[str, Any]:
+    check: dict[str, Any] = consul.Check.grpc(
+        f"{instance.address}:{instance.port}",
+        CHECK_INTERVAL,
+        timeout=CHECK_TIMEOUT,
+        deregister=DEREGISTER_CRITICAL_AFTER,
+    )
+    # py-consul has no argument for it; Consul 1.8.7 honours the key.
+    check["FailuresBeforeCritical"] = FAILURES_BEFORE_CRITICAL
+    return check
+
+
+class Registration:
+    """The registration of one instance with the local Consul agent."""
+
+    def __init__(self, http_address: str, instance: Instance) -> None:
+        self._client = consul_client(http_address)
+        self.instance = instance
+
+    def register(self) -> None:
+        i = self.instance
+        self._client.agent.service.register(
+            i.name,
+            service_id=i.service_id,
+            address=i.address,
+            port=i.port,
+            tags=["grpc", f"version={i.version}"],
+            meta={"version": i.version},
+            check=check_definition(i),
+        )
+
+    def deregister(self) -> None:
+        self._client.agent.service.deregister(self.instance.service_id)
+
+    def is_registered(self) -> bool:
+        return self.instance.service_id in self._client.agent.services()
+
+    async def keep_registered(self, interval: float) -> None:
+        """Registers now, then every `interval` checks the agent still knows us."""
+        registered = False
+        while True:
+            try:
+                if not await asyncio.to_thread(self.is_registered):
+                    await asyncio.to_thread(self.register)
+                    verb = "re-registered" if registered else "registered"
+                    log.info("%s %s in Consul", verb, self.instance.service_id)
+                registered = True
+            except CONSUL_ERRORS as error:
+                log.warning("Consul unreachable (%s); will retry", type(error).__name__)
+            await asyncio.sleep(interval)
+
+    async def leave(self) -> None:
+        """Deregisters, so traffic moves away before this instance stops."""
+        try:
+            await asyncio.to_thread(self.deregister)
+            log.info("deregistered %s from Consul", self.instance.service_id)
+        except CONSUL_ERRORS as error:
+            log.warning("could not deregister from Consul (%s)", type(error).__name__)

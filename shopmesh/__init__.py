@@ -1,0 +1,1 @@
+"""Operator tooling: dev tokens, the local system (Consul, control plane, services, Envoy)."""

@@ -1,0 +1,332 @@
+"""The whole local system under one parent: Consul, the control plane, the services, Envoy.
+
+`start` brings the parts up in order (Consul first, since everything registers with it;
+then the control plane, every service instance and Envoy at once) and returns when each
+is healthy: Consul has a leader, each service serves, and Envoy reports a healthy
+endpoint for every instance. Readiness is polled, never assumed after a sleep. The
+parent must stay alive: Envoy asks the kernel to stop it when its parent exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from gateway.envoy_config import EnvoySettings, write
+from services.stack import DEMO_DATA, ServiceProcess, StartError, spawn_service
+from shopmesh import tokens
+from shopmesh.tools import REPO, free_port, tool
+
+READY_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Ports:
+    public: int = 8080
+    internal: int = 15001
+    admin: int = 9901
+    xds: int = 18000
+    consul_http: int = 8500
+    consul_dns: int = 8600
+    consul_server: int = 8300
+    consul_serf: int = 8301
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Every port picked by the kernel, for tests running side by side."""
+        return cls(*(free_port() for _ in range(8)))
+
+
+@dataclass(frozen=True)
+class Settings:
+    workdir: pathlib.Path = REPO / "var"
+    ports: Ports = field(default_factory=Ports)
+    instances: int = 1
+    seed_file: pathlib.Path = DEMO_DATA
+    public_address: str = "127.0.0.1"
+    order_settings: Mapping[str, str] = field(default_factory=dict)
+    envoy: EnvoySettings = field(default_factory=EnvoySettings)
+
+
+@dataclass
+class Daemon:
+    """A non-Python component (Consul, Envoy): its process, command and log."""
+
+    name: str
+    command: list[str]
+    log_path: pathlib.Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=REPO,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        if self.process is None:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.process.wait()
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait()
+
+    def wait_until(
+        self, ready: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_SECONDS
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if not self.running() or time.monotonic() > deadline:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                self.stop()
+                raise StartError(f"{self.name}: {what} did not happen; its log ends:\n{tail}")
+            time.sleep(0.05)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body) of a GET, (0, "") if nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+@dataclass
+class System:
+    settings: Settings
+    consul: Daemon
+    controlplane: ServiceProcess
+    inventory: list[ServiceProcess]
+    payment: list[ServiceProcess]
+    order: list[ServiceProcess]
+    envoy: Daemon
+    keys: tokens.Keys
+
+    @property
+    def ports(self) -> Ports:
+        return self.settings.ports
+
+    @property
+    def public_target(self) -> str:
+        return f"127.0.0.1:{self.ports.public}"
+
+    @property
+    def consul_http(self) -> str:
+        return f"127.0.0.1:{self.ports.consul_http}"
+
+    def instances(self) -> list[ServiceProcess]:
+        return [*self.inventory, *self.payment, *self.order]
+
+    def token(self, user: str, *scopes: str, ttl: int = tokens.DEFAULT_TTL_SECONDS) -> str:
+        return tokens.issue(user, scopes, ttl, self.keys.private_pem.parent)
+
+    def consul_leader(self) -> bool:
+        return consul_has_leader(self.consul_http)
+
+    def healthy_endpoints(self) -> dict[str, int]:
+        """Per cluster, how many endpoints Envoy considers healthy now."""
+        status, body = http_get(f"http://127.0.0.1:{self.ports.admin}/clusters?format=json")
+        if status != 200:
+            return {}
+        counts: dict[str, int] = {}
+        for cluster in json.loads(body).get("cluster_statuses", []):
+            healthy = 0
+            for host in cluster.get("host_statuses", []):
+                health = host.get("health_status", {})
+                if health.get("eds_health_status", "HEALTHY") == "HEALTHY" and not any(
+                    value is True for key, value in health.items() if key.startswith("failed")
+                ):
+                    healthy += 1
+            counts[cluster["name"]] = healthy
+        return counts
+
+    def envoy_ready(self) -> bool:
+        counts = self.healthy_endpoints()
+        return all(
+            counts.get(name, 0) >= self.settings.instances
+            for name in ("inventory", "payment", "order")
+        )
+
+    def stats(self, prefix: str) -> dict[str, int]:
+        """Envoy's counters and gauges whose names start with `prefix`."""
+        status, body = http_get(f"http://127.0.0.1:{self.ports.admin}/stats?filter=^{prefix}")
+        found = {}
+        for line in body.splitlines() if status == 200 else ():
+            name, _, value = line.partition(": ")
+            if value.strip().isdigit():
+                found[name] = int(value)
+        return found
+
+    def stop(self) -> None:
+        """Stops everything by PID: Envoy first (no new traffic), Consul last."""
+        self.envoy.stop()
+        for service in [*self.order, *self.payment, *self.inventory, self.controlplane]:
+            service.stop()
+        self.consul.stop()
+
+    # Restarts, for operators and fault tests.
+
+    def restart_consul(self) -> None:
+        self.consul.stop()
+        self.consul.start()
+        self.consul.wait_until(self.consul_leader, "Consul electing itself leader")
+
+
+def consul_has_leader(http_address: str) -> bool:
+    status, body = http_get(f"http://{http_address}/v1/status/leader")
+    return status == 200 and body.strip() not in ("", '""')
+
+
+def consul_daemon(settings: Settings) -> Daemon:
+    ports = settings.ports
+    data = settings.workdir / "consul"
+    data.mkdir(parents=True, exist_ok=True)
+    return Daemon(
+        "consul",
+        [
+            tool("consul"),
+            "agent",
+            "-server",
+            "-bootstrap-expect=1",
+            "-node=shopmesh",
+            "-bind=127.0.0.1",
+            "-advertise=127.0.0.1",
+            "-client=127.0.0.1",
+            f"-data-dir={data}",
+            f"-http-port={ports.consul_http}",
+            f"-dns-port={ports.consul_dns}",
+            f"-server-port={ports.consul_server}",
+            f"-serf-lan-port={ports.consul_serf}",
+            "-serf-wan-port=-1",
+            "-grpc-port=-1",
+            "-log-level=warn",
+            "-hcl",
+            "performance { raft_multiplier = 1 }",
+        ],
+        settings.workdir / "consul.log",
+    )
+
+
+def envoy_daemon(settings: Settings, keys: tokens.Keys) -> Daemon:
+    ports = settings.ports
+    envoy_settings = replace(
+        settings.envoy,
+        public_port=ports.public,
+        internal_port=ports.internal,
+        admin_port=ports.admin,
+        xds_port=ports.xds,
+        public_address=settings.public_address,
+        jwks_file=str(keys.jwks.resolve()),
+        descriptor_file=str(REPO / "gen" / "descriptor.binpb"),
+    )
+    config = write(envoy_settings, settings.workdir / "envoy.yaml")
+    return Daemon(
+        "envoy",
+        [tool("envoy"), "-c", str(config), "--disable-hot-restart", "--log-level", "warn"],
+        settings.workdir / "envoy.log",
+    )
+
+
+def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> System:
+    """Starts every part and returns once all are healthy; StartError (everything
+    started so far stopped again) if one is not."""
+    workdir = settings.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    keys = tokens.ensure_keys(workdir / "jwt")
+    ports = settings.ports
+    consul_http = f"127.0.0.1:{ports.consul_http}"
+    started: list[Daemon | ServiceProcess] = []
+    try:
+        progress("consul")
+        consul = consul_daemon(settings).start()
+        started.append(consul)
+        consul.wait_until(lambda: consul_has_leader(consul_http), "Consul electing itself leader")
+
+        progress("control plane, services and envoy")
+        registered = {"consul_http": consul_http}
+        controlplane = spawn_service(
+            "controlplane",
+            workdir,
+            port=ports.xds,
+            module="gateway.controlplane",
+            settings={**registered, "watch_consul_http": consul_http},
+        )
+        started.append(controlplane)
+        groups: dict[str, list[ServiceProcess]] = {}
+        for name in ("inventory", "payment", "order"):
+            extra: dict[str, str] = {"seed_file": str(settings.seed_file)}
+            if name == "order":
+                internal = f"127.0.0.1:{ports.internal}"
+                extra = {
+                    "inventory_target": internal,
+                    "payment_target": internal,
+                    **settings.order_settings,
+                }
+            groups[name] = []
+            for n in range(1, settings.instances + 1):
+                instance = spawn_service(
+                    name, workdir, settings={**registered, **extra}, instance=n
+                )
+                groups[name].append(instance)
+                started.append(instance)
+        envoy = envoy_daemon(settings, keys).start()
+        started.append(envoy)
+        for process in started:
+            if isinstance(process, ServiceProcess):
+                process.wait_ready()
+        system = System(
+            settings,
+            consul,
+            controlplane,
+            groups["inventory"],
+            groups["payment"],
+            groups["order"],
+            envoy,
+            keys,
+        )
+        progress("endpoints healthy in envoy")
+        envoy.wait_until(system.envoy_ready, "a healthy endpoint for every instance")
+        return system
+    except BaseException:
+        for process in reversed(started):
+            process.stop()
+        raise
