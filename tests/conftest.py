@@ -15,7 +15,10 @@ from services.order.service import OrderService
 from services.payment.config import PaymentConfig
 from services.payment.service import PaymentService
 from services.stack import Stack, start_stack
+from shopmesh.system import Ports, Settings, System
+from shopmesh.system import start as start_system
 from tests.helpers import Client, Ledger, Served, serving, write_seed
+from tests.system_helpers import write_system_seed
 
 PRODUCTS = {
     "SKU-TEA": (450, 100),
@@ -100,3 +103,14 @@ def make_stack(tmp_path: pathlib.Path, seed_file: pathlib.Path) -> Iterator[Stac
 def stack(make_stack: StackFactory) -> tuple[Stack, Client]:
     """A stack with short retry budgets, so fault tests end quickly."""
     return make_stack(call_timeout_seconds="1", step_retry_seconds="3", max_backoff_seconds="0.5")
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """The whole system (Consul, control plane, one instance of each service, Envoy) on free
+    ports, shared by the tests of one module; stopped by PID afterwards."""
+    workdir = tmp_path_factory.mktemp("system")
+    seed = write_system_seed(workdir / "seed.json")
+    started = start_system(Settings(workdir=workdir, ports=Ports.free(), seed_file=seed))
+    yield started
+    started.stop()

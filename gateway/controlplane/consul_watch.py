@@ -10,16 +10,48 @@ synchronous, so each query runs in a thread with its own client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 from gateway.controlplane.resources import Endpoint, endpoints_from_health
 from services.common.registration import CONSUL_ERRORS, consul_client
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 BLOCKING_WAIT = "20s"
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0)
+
+
+def in_daemon_thread(call: Callable[[], T]) -> asyncio.Future[T]:
+    """Runs a blocking call in a daemon thread. Unlike asyncio.to_thread, a blocking query
+    still waiting when the process stops does not hold up its exit for the query's wait."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, error = call(), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, daemon=True, name="consul-watch").start()
+    return future
 
 
 class ServiceWatch:
@@ -39,8 +71,10 @@ class ServiceWatch:
         failures = 0
         while True:
             try:
-                new_index, entries = await asyncio.to_thread(
-                    self._client.health.service, self._service, index=index, wait=BLOCKING_WAIT
+                new_index, entries = await in_daemon_thread(
+                    functools.partial(
+                        self._client.health.service, self._service, index=index, wait=BLOCKING_WAIT
+                    )
                 )
             except CONSUL_ERRORS as error:
                 delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]

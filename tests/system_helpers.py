@@ -1,0 +1,139 @@
+"""Helpers for tests against the whole system: Consul, control plane, services, Envoy."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from services.stack import Stack
+from shop.order.v1 import order_pb2
+from shop.order.v1 import order_service_pb2 as orders
+from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
+from shopmesh.system import System
+from tests.helpers import Client, write_seed
+
+# Products and accounts large enough for steady traffic.
+PRODUCTS = {"SKU-TEA": (450, 100_000), "SKU-MUG": (1299, 50), "SKU-LAST": (25000, 1)}
+ACCOUNTS = {"alice": 100_000, "bob": 2_000, "rich": 100_000_000}
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+    @property
+    def text(self) -> str:
+        return self.body if isinstance(self.body, str) else json.dumps(self.body)
+
+
+def rest(
+    system: System,
+    method: str,
+    path: str,
+    token: str | None = None,
+    *,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw_body: bytes | None = None,
+) -> Response:
+    """One REST call to Envoy's public listener; JSON bodies decoded."""
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    data = (
+        raw_body
+        if raw_body is not None
+        else (json.dumps(body).encode() if body is not None else None)
+    )
+    if data is not None:
+        sent.setdefault("Content-Type", "application/json")
+    request = urllib.request.Request(
+        f"http://{system.public_target}{path}", data=data, method=method, headers=sent
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            status, got, payload = answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as error:
+        status, got, payload = error.code, dict(error.headers), error.read()
+    text = payload.decode(errors="replace")
+    try:
+        decoded: Any = json.loads(text)
+    except ValueError:
+        decoded = text
+    return Response(status, {k.lower(): v for k, v in got.items()}, decoded)
+
+
+def direct_client(system: System) -> Client:
+    """Stubs straight to the first instance of each service (they share their databases),
+    for reading state and invariants without the gateway."""
+    return Client(Stack(system.inventory[0], system.payment[0], system.order[0]))
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@dataclass
+class Traffic:
+    """Steady CreateOrder calls over gRPC through Envoy, in a thread, counting outcomes."""
+
+    system: System
+    user: str = "rich"
+    sku: str = "SKU-TEA"
+    interval: float = 0.02
+    outcomes: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Traffic:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        token = self.system.token(self.user)
+        with grpc.insecure_channel(self.system.public_target) as channel:
+            stub = OrderServiceStub(channel)
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                request = orders.CreateOrderRequest(
+                    request_id=f"traffic-{time.time_ns()}-{n}",
+                    line_items=[order_pb2.LineItem(sku=self.sku, quantity=1)],
+                )
+                try:
+                    response = stub.CreateOrder(request, metadata=bearer(token), timeout=15)
+                    self.outcomes[order_pb2.OrderState.Name(response.order.state)] += 1
+                except grpc.RpcError as error:
+                    self.outcomes[error.code().name] += 1
+                    self.failures.append(f"{error.code().name}: {error.details()}")
+                self._stop.wait(self.interval)
+
+    def wait_for(self, count: int, timeout: float = 30) -> None:
+        """Blocks until `count` more calls have finished."""
+        target = sum(self.outcomes.values()) + count
+        deadline = time.monotonic() + timeout
+        while sum(self.outcomes.values()) < target:
+            assert time.monotonic() < deadline, f"traffic stalled: {self.outcomes}"
+            time.sleep(0.02)
+
+
+def write_system_seed(path: pathlib.Path) -> pathlib.Path:
+    return write_seed(path, PRODUCTS, ACCOUNTS)
