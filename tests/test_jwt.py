@@ -4,6 +4,8 @@ headers cannot be spoofed, and users cannot reach each other's orders."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import http.client
 import json
 import time
@@ -14,6 +16,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from shop.order.v1 import order_service_pb2 as rpc
+from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from shopmesh import tokens
 from shopmesh.system import System
 from tests.system_helpers import rest
@@ -92,9 +96,6 @@ def test_bad_tokens_are_refused(system: System, case: str, status: int) -> None:
         secret = json.dumps(public).encode()
         header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": system.keys.kid}).encode())
         body = b64(json.dumps(claims(sub="ops", scope="shop.admin")).encode())
-        import hashlib
-        import hmac
-
         signature = b64(hmac.new(secret, f"{header}.{body}".encode(), hashlib.sha256).digest())
         token = f"{header}.{body}.{signature}"
     elif case == "tampered payload":
@@ -163,9 +164,6 @@ def test_client_sent_identity_headers_never_reach_a_service(system: System) -> N
     assert restock.status == 403
     # Over gRPC too.
     with grpc.insecure_channel(system.public_target) as channel:
-        from shop.order.v1 import order_service_pb2 as rpc
-        from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
-
         listed = OrderServiceStub(channel).ListOrders(
             rpc.ListOrdersRequest(),
             metadata=(("authorization", f"Bearer {alice}"), ("x-shop-user", "bob")),

@@ -1,0 +1,36 @@
+"""gateway/envoy.yaml as Envoy itself reads it: `envoy --mode validate`."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+
+from gateway.envoy_config import EnvoySettings, render, write
+from shopmesh import tokens
+from shopmesh.tools import REPO, tool
+
+
+def test_the_rendered_gateway_config_is_valid(tmp_path: pathlib.Path) -> None:
+    keys = tokens.ensure_keys(tmp_path / "jwt")
+    config = write(
+        EnvoySettings(
+            jwks_file=str(keys.jwks), descriptor_file=str(REPO / "gen" / "descriptor.binpb")
+        ),
+        tmp_path / "envoy.yaml",
+    )
+    checked = subprocess.run(
+        [tool("envoy"), "--mode", "validate", "-c", str(config), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"configuration '{config}' OK" in checked.stdout + checked.stderr
+
+
+def test_admin_and_internal_listener_bind_loopback_only() -> None:
+    text = render(EnvoySettings())
+    assert "admin:\n  address: {socket_address: {address: 127.0.0.1, port_value: 9901}}" in text
+    assert "address: {socket_address: {address: 127.0.0.1, port_value: 15001}}" in text
+    assert "${" not in text
