@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -59,6 +60,10 @@ def consul_instances(system: System, service: str) -> list[tuple[int, str]]:
     )
 
 
+def registered(system: System, service: str, count: int) -> bool:
+    return len(consul_instances(system, service)) == count
+
+
 def test_kill_9_of_one_inventory_instance_fails_no_order(system: System) -> None:
     victim = system.inventory[1]
     with Traffic(system) as traffic:
@@ -95,10 +100,7 @@ def test_consul_restart_under_traffic_fails_no_order(system: System) -> None:
         traffic.wait_for(10)
         system.restart_consul()
         for service in ("inventory", "payment", "order"):
-            wait_for(
-                lambda s=service: len(consul_instances(system, s)) == 2,
-                f"{service} registered again",
-            )
+            wait_for(partial(registered, system, service, 2), f"{service} registered again")
         traffic.wait_for(30)
     assert traffic.failures == [], traffic.failures
 
