@@ -1,4 +1,4 @@
-"""Starts the three services as processes on one machine: `make run`, and the tests.
+"""Starts service processes on one machine, for the tests and for shopmesh.system.
 
 Each service runs as `python -m services.<name>` with its own database under a work
 directory, and is ready once it writes its ready file (after its health turns SERVING),
@@ -8,7 +8,6 @@ service drains), then SIGKILL if it does not exit in time.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -198,76 +197,3 @@ def start_stack(
         inventory.stop()
         raise
     return Stack(inventory, payment, order)
-
-
-HOW_TO_CALL = """\
-shopmesh is running (logs and databases in {workdir}/):
-  inventory  {inventory}
-  payment    {payment}
-  order      {order}
-
-Try it (grpcurl is in .venv/bin; the x-shop-user header stands in for the gateway's JWT):
-  .venv/bin/grpcurl -plaintext {order} list
-  .venv/bin/grpcurl -plaintext -d '{{"page_size": 10}}' \\
-      {inventory} shop.inventory.v1.InventoryService/ListProducts
-  .venv/bin/grpcurl -plaintext -H 'x-shop-user: alice' \\
-      -d '{{"request_id": "demo-1", "line_items": [{{"sku": "SKU-TEA-001", "quantity": 2}}]}}' \\
-      {order} shop.order.v1.OrderService/CreateOrder
-  .venv/bin/grpcurl -plaintext -H 'x-shop-user: alice' {order} shop.order.v1.OrderService/ListOrders
-
-Press Ctrl-C to stop.
-"""
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.stack", description="Run inventory, payment and order locally."
-    )
-    parser.add_argument("--workdir", type=pathlib.Path, default=REPO / "var", help="[var/]")
-    parser.add_argument("--seed-file", type=pathlib.Path, default=DEMO_DATA, help="demo data")
-    parser.add_argument(
-        "--ports", default="50051,50052,50053", help="inventory,payment,order [50051,50052,50053]"
-    )
-    args = parser.parse_args(argv)
-    try:
-        inventory_port, payment_port, order_port = (int(p) for p in args.ports.split(","))
-    except ValueError:
-        parser.error(f"--ports must be three numbers separated by commas, got {args.ports!r}")
-    print("starting inventory, payment and order...", flush=True)
-    try:
-        stack = start_stack(
-            args.workdir, args.seed_file, (inventory_port, payment_port, order_port)
-        )
-    except StartError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    stopping = False
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    print(
-        HOW_TO_CALL.format(
-            workdir=args.workdir,
-            inventory=stack.inventory.target,
-            payment=stack.payment.target,
-            order=stack.order.target,
-        ),
-        flush=True,
-    )
-    while not stopping:
-        for service in (stack.inventory, stack.payment, stack.order):
-            if service.process.poll() is not None:
-                print(f"{service.name} exited; see {service.log_path}", file=sys.stderr)
-                stopping = True
-        time.sleep(0.5)
-    print("stopping...", flush=True)
-    stack.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

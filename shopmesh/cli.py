@@ -66,7 +66,9 @@ def _run(args: argparse.Namespace) -> int:
     ports = system.Ports(
         public=args.public_port, internal=args.internal_port, admin=args.admin_port
     )
-    settings = system.Settings(workdir=args.workdir, ports=ports, instances=args.instances)
+    settings = system.Settings(
+        workdir=args.workdir, ports=ports, instances=args.instances, keys_dir=args.keys_dir
+    )
     started = time.monotonic()
 
     def progress(step: str) -> None:
@@ -152,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--admin-port", type=int, default=9901, help="[9901]")
     run.add_argument("--xds-port", type=int, default=18000, help="control plane [18000]")
     run.add_argument("--consul-port", type=int, default=8500, help="Consul HTTP [8500]")
+    run.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help="[var/jwt]")
     run.set_defaults(handler=_run)
 
     args = parser.parse_args(argv)

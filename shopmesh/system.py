@@ -56,6 +56,8 @@ class Settings:
     public_address: str = "127.0.0.1"
     order_settings: Mapping[str, str] = field(default_factory=dict)
     envoy: EnvoySettings = field(default_factory=EnvoySettings)
+    keys_dir: pathlib.Path | None = None
+    """Where the dev JWT keys live; unset: `<workdir>/jwt`."""
 
 
 @dataclass
@@ -271,7 +273,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
     started so far stopped again) if one is not."""
     workdir = settings.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    keys = tokens.ensure_keys(workdir / "jwt")
+    keys = tokens.ensure_keys(settings.keys_dir or workdir / "jwt")
     ports = settings.ports
     consul_http = f"127.0.0.1:{ports.consul_http}"
     started: list[Daemon | ServiceProcess] = []

@@ -105,6 +105,14 @@ def test_consul_restart_under_traffic_fails_no_order(system: System) -> None:
     assert traffic.failures == [], traffic.failures
 
 
+def test_an_instance_consul_forgot_registers_again(system: System) -> None:
+    forgotten = system.order[1]
+    client = consul_client(system.consul_http)
+    client.agent.service.deregister(f"order-127.0.0.1-{forgotten.port}")
+    assert len(consul_instances(system, "order")) == 1
+    wait_for(partial(registered, system, "order", 2), "the instance to register again", timeout=10)
+
+
 def test_control_plane_restart_keeps_traffic_flowing(system: System) -> None:
     with Traffic(system) as traffic:
         traffic.wait_for(10)

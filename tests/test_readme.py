@@ -1,7 +1,9 @@
-"""The README's grpcurl examples, run as written against a stack seeded with the demo data.
+"""The README's examples, run as written against the whole system (Consul, control plane,
+services, Envoy) seeded with the demo data.
 
-Only the addresses change (the tests use free ports); a comment saying "grpcurl exits N"
-gives the exit code the next command must have, and every other command must succeed.
+Only Envoy's address changes (the tests use free ports). `export` lines run before every
+command; a comment saying "grpcurl exits N" gives the exit code the next command must
+have, and every other command must succeed.
 """
 
 from __future__ import annotations
@@ -13,51 +15,58 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.stack import DEMO_DATA, REPO, Stack, start_stack
+from services.stack import DEMO_DATA, REPO
+from shopmesh.system import Ports, Settings, System
+from shopmesh.system import start as start_system
 
 START = "<!-- readme-examples"
 END = "<!-- /readme-examples -->"
 
 
-def examples() -> list[tuple[str, int]]:
-    """(command, expected exit code) for each command of the README's example block."""
+def examples() -> tuple[list[str], list[tuple[str, int]]]:
+    """(export lines, [(command, expected exit code)]) of the README's example block."""
     text = (REPO / "README.md").read_text()
     block = text[text.index(START) : text.index(END)]
-    found, expected = [], 0
+    exports, commands, expected = [], [], 0
     for line in block.splitlines():
         if line.startswith("#"):
             match = re.search(r"grpcurl exits (\d+)", line)
             expected = int(match.group(1)) if match else 0
-        elif line.startswith(".venv/bin/grpcurl"):
-            found.append((line, expected))
+        elif line.startswith("export "):
+            exports.append(line)
+        elif line.startswith((".venv/bin/", "curl ")):
+            commands.append((line, expected))
             expected = 0
-    return found
+    return exports, commands
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    started = start_stack(tmp_path_factory.mktemp("readme") / "stack", DEMO_DATA)
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    # The README's `shopmesh token` signs with var/jwt, as after `make setup`.
+    settings = Settings(
+        workdir=tmp_path_factory.mktemp("readme"),
+        ports=Ports.free(),
+        seed_file=DEMO_DATA,
+        keys_dir=REPO / "var" / "jwt",
+    )
+    started = start_system(settings)
     yield started
     started.stop()
 
 
 def test_the_readme_has_examples() -> None:
-    assert len(examples()) >= 8
+    exports, commands = examples()
+    assert exports
+    assert len(commands) >= 8
 
 
-def test_every_example_works_as_written(stack: Stack) -> None:
-    ports = {
-        "localhost:50051": stack.inventory.target,
-        "localhost:50052": stack.payment.target,
-        "localhost:50053": stack.order.target,
-    }
+def test_every_example_works_as_written(system: System) -> None:
+    exports, commands = examples()
     outputs = []
-    for written_command, expected in examples():
-        command = written_command
-        for written, actual in ports.items():
-            command = command.replace(written, actual)
+    for written, expected in commands:
+        command = written.replace("localhost:8080", system.public_target)
         ran = subprocess.run(
-            ["bash", "-c", command],
+            ["bash", "-c", "\n".join([*exports, command])],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -65,9 +74,11 @@ def test_every_example_works_as_written(stack: Stack) -> None:
             check=False,
         )
         assert ran.returncode == expected, f"{command}\n{ran.stdout}\n{ran.stderr}"
-        outputs.append(ran)
+        outputs.append(ran.stdout + ran.stderr)
     # What the prose around the examples promises.
-    created = next(json.loads(o.stdout) for o in outputs if '"orderId"' in o.stdout)
-    assert created["order"]["state"] == "ORDER_STATE_CONFIRMED"
-    assert any('"reason":"INSUFFICIENT_FUNDS"' in o.stderr for o in outputs)
-    assert any('"field":"line_items[0].quantity"' in o.stderr for o in outputs)
+    placed = json.loads(next(o for o in outputs if '"requestId":"readme-1"' in o))
+    assert placed["order"]["state"] == "ORDER_STATE_CONFIRMED"
+    assert any('"reason":"INSUFFICIENT_FUNDS"' in o for o in outputs)
+    assert "401\n" in outputs
+    assert any('"field":"line_items[0].quantity"' in o for o in outputs)
+    assert any('"availableQuantity": 6' in o for o in outputs)  # restocked 1 + 5
