@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shop.order.v1 import order_service_pb2 as rpc
@@ -92,8 +93,11 @@ def test_bad_tokens_are_refused(system: System, case: str, status: int) -> None:
         header = b64(json.dumps({"alg": "none", "typ": "JWT", "kid": system.keys.kid}).encode())
         token = f"{header}.{b64(json.dumps(claims()).encode())}."
     elif case == "HS256 with the public key":
-        public = json.loads(system.keys.jwks.read_text())["keys"][0]
-        secret = json.dumps(public).encode()
+        # The classic confusion attack: the verifier's RSA public key (PEM) as an HMAC secret.
+        private = serialization.load_pem_private_key(system.keys.private_pem.read_bytes(), None)
+        secret = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": system.keys.kid}).encode())
         body = b64(json.dumps(claims(sub="ops", scope="shop.admin")).encode())
         signature = b64(hmac.new(secret, f"{header}.{body}".encode(), hashlib.sha256).digest())

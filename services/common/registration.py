@@ -58,8 +58,11 @@ def check_definition(instance: Instance) -> dict[str, Any]:
         timeout=CHECK_TIMEOUT,
         deregister=DEREGISTER_CRITICAL_AFTER,
     )
-    # py-consul has no argument for it; Consul 1.8.7 honours the key.
+    # py-consul has no argument for these; Consul 1.8.7 honours both keys.
     check["FailuresBeforeCritical"] = FAILURES_BEFORE_CRITICAL
+    # We register only once health is SERVING, so start passing rather than critical:
+    # traffic can come at once instead of after the first check interval.
+    check["Status"] = "passing"
     return check
 
 
