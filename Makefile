@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup gen gen-check lint test run clean
+.PHONY: help setup gen gen-check lint breaking test run clean
 
 help:
 	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
@@ -15,6 +15,7 @@ help:
 	@echo "make gen        regenerate gen/ from proto/ (buf generate + descriptor set)"
 	@echo "make gen-check  regenerate and fail if gen/ differs from what is committed"
 	@echo "make lint       buf lint + format, ruff, mypy"
+	@echo "make breaking   check proto/ against the last released contract (buf breaking + REST routes)"
 
 setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json
 
@@ -48,11 +49,14 @@ lint: setup
 	@echo "== buf lint, buf format, ruff, mypy"
 	buf lint
 	buf format --diff --exit-code
-	ruff check services gateway shopmesh tests
-	ruff format --check services gateway shopmesh tests
+	ruff check services gateway shopmesh tests tools
+	ruff format --check services gateway shopmesh tests tools
 	mypy
 
-test: setup gen-check lint
+breaking: setup
+	tools/breaking
+
+test: setup gen-check lint breaking
 	@echo "== pytest"
 	pytest $(PYTEST_ARGS)
 
