@@ -12,7 +12,7 @@ help:
 	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
 	@echo "make test       set up, check generated code and lint, run every test"
 	@echo "make setup      create .venv and install pinned dependencies (idempotent)"
-	@echo "make gen        regenerate gen/ from proto/ (buf generate + descriptor set)"
+	@echo "make gen        regenerate gen/ and docs/openapi.json from proto/"
 	@echo "make gen-check  regenerate and fail if gen/ differs from what is committed"
 	@echo "make lint       buf lint + format, ruff, mypy"
 	@echo "make breaking   check proto/ against the last released contract (buf breaking + REST routes)"
@@ -39,11 +39,13 @@ gen: setup
 	@echo "== generating gen/python and gen/descriptor.binpb from proto/"
 	buf generate
 	buf build --as-file-descriptor-set -o gen/descriptor.binpb
+	python -m shopmesh.openapi gen/descriptor.binpb docs/openapi.json
 
 gen-check: gen
-	@git diff --exit-code --stat -- gen/ && test -z "$$(git status --porcelain -- gen/)" \
-		|| { echo "error: gen/ is stale or has untracked files: run 'make gen' and commit gen/" >&2; exit 1; }
-	@echo "gen/ is fresh"
+	@git diff --exit-code --stat -- gen/ docs/openapi.json \
+		&& test -z "$$(git status --porcelain -- gen/ docs/openapi.json)" \
+		|| { echo "error: gen/ or docs/openapi.json is stale: run 'make gen' and commit them" >&2; exit 1; }
+	@echo "gen/ and docs/openapi.json are fresh"
 
 lint: setup
 	@echo "== buf lint, buf format, ruff, mypy"
