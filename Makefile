@@ -17,7 +17,15 @@ help:
 	@echo "make lint       buf lint + format, ruff, mypy"
 	@echo "make breaking   check proto/ against the last released contract (buf breaking + REST routes)"
 
-setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json
+TS := clients/typescript
+
+setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules/.installed
+
+# The TypeScript client's toolchain and runtime, exactly as package-lock.json pins them.
+$(TS)/node_modules/.installed: $(TS)/package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm not found: install Node.js 20 or newer" >&2; exit 1; }
+	cd $(TS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 # Consul: the one on PATH, else Debian's package unpacked into .tools/ (see the script).
 .tools/bin/consul:
@@ -40,12 +48,13 @@ gen: setup
 	buf generate
 	buf build --as-file-descriptor-set -o gen/descriptor.binpb
 	python -m shopmesh.openapi gen/descriptor.binpb docs/openapi.json
+	buf generate --template $(TS)/buf.gen.yaml
 
 gen-check: gen
-	@git diff --exit-code --stat -- gen/ docs/openapi.json \
-		&& test -z "$$(git status --porcelain -- gen/ docs/openapi.json)" \
-		|| { echo "error: gen/ or docs/openapi.json is stale: run 'make gen' and commit them" >&2; exit 1; }
-	@echo "gen/ and docs/openapi.json are fresh"
+	@git diff --exit-code --stat -- gen/ docs/openapi.json $(TS)/src/gen \
+		&& test -z "$$(git status --porcelain -- gen/ docs/openapi.json $(TS)/src/gen)" \
+		|| { echo "error: generated code is stale: run 'make gen' and commit it" >&2; exit 1; }
+	@echo "generated code is fresh (gen/, docs/openapi.json, $(TS)/src/gen)"
 
 lint: setup
 	@echo "== buf lint, buf format, ruff, mypy"

@@ -1,0 +1,44 @@
+"""The TypeScript client (clients/typescript) against the live system with node: real gRPC
+through Envoy with a token, errors with their reasons, and REST with fetch."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from shopmesh.system import System
+from shopmesh.tools import REPO
+
+CLIENT = REPO / "clients" / "typescript"
+
+
+def test_the_typescript_client_works_against_the_system(system: System) -> None:
+    assert (CLIENT / "node_modules").is_dir(), "run `make setup` (npm ci) first"
+    built = subprocess.run(
+        [str(CLIENT / "node_modules" / ".bin" / "tsc"), "-p", "."],
+        cwd=CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    env = {
+        **os.environ,
+        "SHOPMESH_URL": f"http://{system.public_target}",
+        "SHOPMESH_TOKEN": system.token("alice"),
+    }
+    ran = subprocess.run(
+        ["node", "--test", "dist/test/"],
+        cwd=CLIENT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stdout[-4000:] + ran.stderr[-2000:]
+    passed = re.search(r"^# pass (\d+)$", ran.stdout, re.MULTILINE)
+    assert passed is not None and int(passed.group(1)) >= 4, ran.stdout[-2000:]
+    assert re.search(r"^# fail 0$", ran.stdout, re.MULTILINE)
