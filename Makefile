@@ -18,6 +18,7 @@ help:
 	@echo "make breaking   check proto/ against the last released contract (buf breaking + REST routes)"
 
 TS := clients/typescript
+SDK := clients/python/shopmesh_sdk/gen
 
 setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules/.installed
 
@@ -49,19 +50,20 @@ gen: setup
 	buf build --as-file-descriptor-set -o gen/descriptor.binpb
 	python -m shopmesh.openapi gen/descriptor.binpb docs/openapi.json
 	buf generate --template $(TS)/buf.gen.yaml
+	buf generate --template clients/python/buf.gen.yaml > /dev/null
 
 gen-check: gen
-	@git diff --exit-code --stat -- gen/ docs/openapi.json $(TS)/src/gen \
-		&& test -z "$$(git status --porcelain -- gen/ docs/openapi.json $(TS)/src/gen)" \
+	@git diff --exit-code --stat -- gen/ docs/openapi.json $(TS)/src/gen $(SDK) \
+		&& test -z "$$(git status --porcelain -- gen/ docs/openapi.json $(TS)/src/gen $(SDK))" \
 		|| { echo "error: generated code is stale: run 'make gen' and commit it" >&2; exit 1; }
-	@echo "generated code is fresh (gen/, docs/openapi.json, $(TS)/src/gen)"
+	@echo "generated code is fresh (gen/, docs/openapi.json, $(TS)/src/gen, $(SDK))"
 
 lint: setup
 	@echo "== buf lint, buf format, ruff, mypy"
 	buf lint
 	buf format --diff --exit-code
-	ruff check services gateway shopmesh tests tools
-	ruff format --check services gateway shopmesh tests tools
+	ruff check services gateway shopmesh tests tools clients/python
+	ruff format --check services gateway shopmesh tests tools clients/python
 	mypy
 
 breaking: setup
