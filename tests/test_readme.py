@@ -1,16 +1,20 @@
 """The README's examples, run as written against the whole system (Consul, control plane,
 services, Envoy) seeded with the demo data.
 
-Only Envoy's address changes (the tests use free ports). `export` lines run before every
-command; a comment saying "grpcurl exits N" gives the exit code the next command must
-have, and every other command must succeed.
+Only Envoy's address changes (the tests use free ports). In the "Calling it" block,
+`export` lines run before every command; a comment saying "grpcurl exits N" gives the exit
+code the next command must have, and every other command must succeed. Each code block
+after a `<!-- run:LANG -->` marker ("Using the API") runs whole: sh with bash, ts with
+node in clients/typescript, python with the venv's interpreter.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -54,7 +58,14 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     started.stop()
 
 
+def marked_blocks() -> list[tuple[str, str]]:
+    """(language, code) of each fenced block right after a `<!-- run:LANG -->` marker."""
+    text = (REPO / "README.md").read_text()
+    return re.findall(r"<!-- run:(\w+) -->\n```\w*\n(.*?)```", text, re.DOTALL)
+
+
 def test_the_readme_has_examples() -> None:
+    assert [lang for lang, _ in marked_blocks()] == ["sh", "sh", "ts", "python"]
     exports, commands = examples()
     assert exports
     assert len(commands) >= 8
@@ -82,3 +93,39 @@ def test_every_example_works_as_written(system: System) -> None:
     assert "401\n" in outputs
     assert any('"field":"line_items[0].quantity"' in o for o in outputs)
     assert any('"availableQuantity": 6' in o for o in outputs)  # restocked 1 + 5
+
+
+def test_using_the_api_four_ways(system: System) -> None:
+    env = {**os.environ, "TOKEN": system.token("alice")}
+    client = REPO / "clients" / "typescript"
+    built = subprocess.run(
+        [str(client / "node_modules" / ".bin" / "tsc"), "-p", "."],
+        cwd=client,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    for language, written in marked_blocks():
+        code = written.replace("localhost:8080", system.public_target)
+        if language == "sh":
+            command, cwd = ["bash", "-c", code], REPO
+        elif language == "ts":
+            snippet = client / "dist" / "readme-snippet.mjs"
+            snippet.write_text(code.replace("./dist/src/index.js", "./src/index.js"))
+            command, cwd = ["node", str(snippet)], client
+        else:
+            command, cwd = [sys.executable, "-c", code], REPO
+        ran = subprocess.run(
+            command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert ran.returncode == 0, f"{language}:\n{code}\n{ran.stdout}\n{ran.stderr}"
+        if language == "sh":
+            assert "ORDER_STATE_CONFIRMED" in ran.stdout, ran.stdout
+        elif language == "ts":
+            placed, reason = ran.stdout.splitlines()
+            assert placed.endswith(" 2 900n"), ran.stdout  # OrderState.CONFIRMED, a bigint
+            assert reason == "ORDER_NOT_FOUND", ran.stdout
+        else:
+            assert ran.stdout.strip().endswith(" CONFIRMED 900"), ran.stdout
