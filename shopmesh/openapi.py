@@ -22,6 +22,9 @@ from typing import Any
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
+from services.common import pagination, validation
+from services.inventory.domain import MAX_RESTOCK
+
 FieldDescriptor = descriptor_pb2.FieldDescriptorProto
 PACKAGE_PREFIX = "shop."
 PATH_PARAMETER = re.compile(r"\{([a-z_.]+)(=[^}]*)?\}")
@@ -54,6 +57,23 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
         "properties": {"@type": {"type": "string"}},
         "additionalProperties": True,
     },
+}
+
+# What the services accept, from the same constants their validation uses, so the
+# document says what a request must look like (and fuzzers send mostly valid input).
+# Keyed by field name, or by "Message.field" where one message differs.
+_ID = {"pattern": f"^{validation.ID_PATTERN.pattern}$"}
+_QUANTITY = {"minimum": 1, "maximum": validation.MAX_QUANTITY}
+CONSTRAINTS: dict[str, dict[str, Any]] = {
+    "order_id": _ID,
+    "request_id": _ID,
+    "sku": {"pattern": f"^{validation.SKU_PATTERN.pattern}$"},
+    "quantity": _QUANTITY,
+    "RestockProductRequest.quantity": {"minimum": 1, "maximum": MAX_RESTOCK},
+    "page_size": {"minimum": 0, "maximum": pagination.MAX_PAGE_SIZE},
+    "user_id": {"minLength": 1, "maxLength": 128},
+    "CreateOrderRequest.line_items": {"minItems": 1, "maxItems": validation.MAX_ITEMS},
+    "ReserveStockRequest.items": {"minItems": 1, "maxItems": validation.MAX_ITEMS},
 }
 
 STATUS_SCHEMA = {
@@ -119,11 +139,13 @@ class Builder:
             item = {"$ref": self.ref(field.type_name)}
         else:
             item = dict(_SCALARS[field.type])
-        schema = (
-            {"type": "array", "items": item}
-            if field.label == FieldDescriptor.LABEL_REPEATED
-            else item
-        )
+        rules = CONSTRAINTS.get(f"{owner.rsplit('.', 1)[-1]}.{field.name}")
+        if rules is None:
+            rules = CONSTRAINTS.get(field.name, {})
+        if field.label == FieldDescriptor.LABEL_REPEATED:
+            schema = {"type": "array", "items": item, **rules}
+        else:
+            schema = {**item, **rules} if "$ref" not in item else item
         description = self.d.comments.get(f"{owner}.{field.name}")
         if description:
             schema = (
