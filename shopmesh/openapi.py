@@ -27,6 +27,18 @@ from services.inventory.domain import MAX_RESTOCK
 
 FieldDescriptor = descriptor_pb2.FieldDescriptorProto
 PACKAGE_PREFIX = "shop."
+# The saga's participant calls: served on Envoy's internal listener only (gateway/envoy.yaml
+# answers 404 for them on the public one), so REST users never see them.
+INTERNAL_METHODS = frozenset(
+    {
+        "shop.inventory.v1.InventoryService.ReserveStock",
+        "shop.inventory.v1.InventoryService.CommitReservation",
+        "shop.inventory.v1.InventoryService.ReleaseReservation",
+        "shop.payment.v1.PaymentService.AuthorizePayment",
+        "shop.payment.v1.PaymentService.CapturePayment",
+        "shop.payment.v1.PaymentService.VoidPayment",
+    }
+)
 PATH_PARAMETER = re.compile(r"\{([a-z_.]+)(=[^}]*)?\}")
 
 _SCALARS: dict[int, dict[str, Any]] = {
@@ -271,6 +283,8 @@ def build(descriptor_set: bytes) -> dict[str, Any]:
             continue
         for service in file.service:
             for method in service.method:
+                if f"{file.package}.{service.name}.{method.name}" in INTERNAL_METHODS:
+                    continue
                 built = builder.operation(file.package, service, method)
                 if built is not None:
                     path, verb, operation = built

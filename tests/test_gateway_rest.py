@@ -6,9 +6,14 @@ inventory and payment targets point at it).
 
 from __future__ import annotations
 
+import json
+
+import grpc
 import pytest
 
+from shopmesh.openapi import INTERNAL_METHODS
 from shopmesh.system import System
+from shopmesh.tools import REPO
 from tests.system_helpers import rest
 
 ORDER = {"request_id": "rest-1", "line_items": [{"sku": "SKU-TEA", "quantity": 2}]}
@@ -124,3 +129,27 @@ def test_health_needs_no_token_and_nothing_else_works_without_one(system: System
     assert rest(system, "GET", "/healthz").status == 200
     for method, path in (("GET", "/v1/products"), ("GET", "/v1/orders"), ("POST", "/v1/orders")):
         assert rest(system, method, path, body={} if method == "POST" else None).status == 401
+
+
+@pytest.mark.parametrize("method", sorted(INTERNAL_METHODS))
+def test_saga_participant_methods_are_not_public(system: System, alice: str, method: str) -> None:
+    """The participant calls exist only on the internal listener (the saga above used them)."""
+    service, name = method.rsplit(".", 1)
+    with grpc.insecure_channel(system.public_target) as channel:
+        call = channel.unary_unary(f"/{service}/{name}")
+        with pytest.raises(grpc.RpcError) as raised:
+            call(b"", metadata=(("authorization", f"Bearer {alice}"),), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    paths = {
+        "ReserveStock": ("POST", "/v1/reservations"),
+        "CommitReservation": ("POST", "/v1/reservations/o1:commit"),
+        "ReleaseReservation": ("POST", "/v1/reservations/o1:release"),
+        "AuthorizePayment": ("POST", "/v1/payments"),
+        "CapturePayment": ("POST", "/v1/payments/o1:capture"),
+        "VoidPayment": ("POST", "/v1/payments/o1:void"),
+    }
+    verb, path = paths[name]
+    assert rest(system, verb, path, alice, body={}).status == 404
+    document = json.loads((REPO / "docs" / "openapi.json").read_text())
+    operations = {op["operationId"] for ops in document["paths"].values() for op in ops.values()}
+    assert f"{service.rsplit('.', 1)[-1]}_{name}" not in operations
