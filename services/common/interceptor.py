@@ -2,7 +2,10 @@
 
 A ServiceError becomes its status with ErrorInfo/BadRequest; any other exception becomes
 INTERNAL with a generic message (grpc would otherwise send the exception text to the
-client as UNKNOWN). Each failed call is logged once; successes only at DEBUG.
+client as UNKNOWN). Bytes that do not parse as the request message (bad wire format,
+invalid UTF-8 in a string) become INVALID_ARGUMENT MALFORMED_REQUEST: grpc's own answer
+is UNKNOWN with the parser's exception text. Each failed call is logged once; successes
+only at DEBUG.
 """
 
 from __future__ import annotations
@@ -32,6 +35,22 @@ _CALLER_ERRORS = {
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
+MALFORMED = object()
+"""What a request that failed to parse is replaced with, so the handler can answer it."""
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return MALFORMED
+
+    return parse
+
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps errors of every unary-unary method to statuses; `domain` goes in ErrorInfo."""
@@ -54,6 +73,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             try:
+                if request is MALFORMED:
+                    raise ServiceError(
+                        ErrorKind.INVALID_ARGUMENT,
+                        "MALFORMED_REQUEST",
+                        "the request is not a valid protobuf message of this method's type",
+                    )
                 response = await behavior(request, context)
             except ServiceError as error:
                 level = logging.INFO if error.kind in _CALLER_ERRORS else logging.WARNING
@@ -70,6 +95,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
