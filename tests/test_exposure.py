@@ -1,0 +1,123 @@
+"""What the system exposes beyond this machine, and what it writes to its logs.
+
+A test host in a network namespace of our own (a veth pair with link-local addresses)
+tries to reach Envoy's admin, Consul's HTTP API and the control plane on the host's side
+of the link: all bind to loopback, so all must refuse. A server bound to every address is
+reached from there, so the probe itself works. Then no log line may hold a token.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from shopmesh.system import System
+from tests.system_helpers import rest
+
+HOST_ADDRESS, PROBE_ADDRESS = "169.254.77.1", "169.254.77.2"
+PROBE = """
+import socket, sys
+for port in sys.argv[2:]:
+    try:
+        socket.create_connection((sys.argv[1], int(port)), timeout=2).close()
+        print(port, "open")
+    except OSError as error:
+        print(port, "closed", type(error).__name__)
+"""
+
+
+@pytest.fixture(scope="module")
+def test_host() -> Iterator[str]:
+    """A network namespace linked to this host by a veth pair; yields its name."""
+    name = f"shopmesh-{os.getpid()}"
+    host_side, probe_side = f"smh{os.getpid() % 100000}", f"smp{os.getpid() % 100000}"
+    steps = [
+        ["ip", "netns", "add", name],
+        ["ip", "link", "add", host_side, "type", "veth", "peer", "name", probe_side],
+        ["ip", "link", "set", probe_side, "netns", name],
+        ["ip", "addr", "add", f"{HOST_ADDRESS}/30", "dev", host_side],
+        ["ip", "link", "set", host_side, "up"],
+        [
+            "ip",
+            "netns",
+            "exec",
+            name,
+            "ip",
+            "addr",
+            "add",
+            f"{PROBE_ADDRESS}/30",
+            "dev",
+            probe_side,
+        ],
+        ["ip", "netns", "exec", name, "ip", "link", "set", probe_side, "up"],
+        ["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
+    ]
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True, timeout=10)
+    except (subprocess.CalledProcessError, FileNotFoundError) as error:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        pytest.fail(f"cannot make a test host with ip netns (root and iproute2 needed): {error}")
+    yield name
+    subprocess.run(["ip", "link", "del", host_side], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def probe(test_host: str, *ports: int) -> dict[int, str]:
+    ran = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            test_host,
+            sys.executable,
+            "-c",
+            PROBE,
+            HOST_ADDRESS,
+            *map(str, ports),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return {
+        int(port): state for port, state, *_ in (line.split() for line in ran.stdout.splitlines())
+    }
+
+
+def test_admin_consul_and_control_plane_are_unreachable_from_another_host(
+    system: System, test_host: str
+) -> None:
+    ports = system.ports
+    with socket.socket() as control:  # bound to every address: the probe must reach it
+        control.bind(("0.0.0.0", 0))
+        control.listen()  # the kernel completes the handshake; no accept needed
+        reachable = control.getsockname()[1]
+        seen = probe(
+            test_host, reachable, ports.admin, ports.consul_http, ports.xds, ports.internal
+        )
+    assert seen[reachable] == "open", seen
+    assert seen[ports.admin] == "closed", "Envoy admin is reachable from another host"
+    assert seen[ports.consul_http] == "closed", "Consul HTTP is reachable from another host"
+    assert seen[ports.xds] == "closed", "the control plane is reachable from another host"
+    assert seen[ports.internal] == "closed", "the internal listener is reachable from another host"
+
+
+def test_no_token_in_any_log_line(system: System) -> None:
+    token = system.token("alice")
+    rest(system, "GET", "/v1/orders", token)
+    rest(system, "GET", f"/v1/orders?access_token={token}")  # refused, and must not be logged
+    rest(system, "GET", "/v1/orders", token[:-4] + "AAAA")  # a bad signature, logged as an error?
+    logs = list(pathlib.Path(system.settings.workdir).glob("*.log"))
+    assert logs
+    signature = token.rsplit(".", 1)[1]
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert signature not in text and token[:40] not in text, f"a token is in {log.name}"
