@@ -54,7 +54,8 @@ class Settings:
     instances: int = 1
     seed_file: pathlib.Path = DEMO_DATA
     public_address: str = "127.0.0.1"
-    order_settings: Mapping[str, str] = field(default_factory=dict)
+    service_settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Extra flags per service, e.g. {"order": {"step_retry_seconds": "20"}}."""
     envoy: EnvoySettings = field(default_factory=EnvoySettings)
     keys_dir: pathlib.Path | None = None
     """Where the dev JWT keys live; unset: `<workdir>/jwt`."""
@@ -298,11 +299,8 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             extra: dict[str, str] = {"seed_file": str(settings.seed_file)}
             if name == "order":
                 internal = f"127.0.0.1:{ports.internal}"
-                extra = {
-                    "inventory_target": internal,
-                    "payment_target": internal,
-                    **settings.order_settings,
-                }
+                extra = {"inventory_target": internal, "payment_target": internal}
+            extra.update(settings.service_settings.get(name, {}))
             groups[name] = []
             for n in range(1, settings.instances + 1):
                 instance = spawn_service(

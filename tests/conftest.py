@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -114,3 +115,26 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     started = start_system(Settings(workdir=workdir, ports=Ports.free(), seed_file=seed))
     yield started
     started.stop()
+
+
+SystemFactory = Callable[..., System]
+
+
+@pytest.fixture
+def make_system(tmp_path: pathlib.Path) -> Iterator[SystemFactory]:
+    """Starts a whole system per call (Settings fields as keyword arguments); stops every
+    one, by PID, after the test."""
+    started: list[System] = []
+
+    def make(**settings: Any) -> System:
+        workdir = tmp_path / f"system{len(started)}"
+        workdir.mkdir()
+        seed = write_system_seed(workdir / "seed.json")
+        started.append(
+            start_system(Settings(workdir=workdir, ports=Ports.free(), seed_file=seed, **settings))
+        )
+        return started[-1]
+
+    yield make
+    for system in started:
+        system.stop()

@@ -6,6 +6,7 @@ import contextlib
 import json
 import pathlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -235,3 +236,27 @@ def assert_invariants(client: Client, ledger: Ledger) -> None:
         assert sold == sold_by_orders[sku], (
             f"{sku}: sold {sold}, confirmed orders {sold_by_orders[sku]}"
         )
+
+
+def assert_calls_resolved(client: Client, user_id: str, calls: list[tuple[str, str]]) -> None:
+    """After a fault, once the system is quiet: every order of the user is final, each
+    request id placed at most one order, every ok call's order exists, and every unknown
+    call ended in exactly one final state or in no order at all."""
+
+    def all_final() -> list[order_pb2.Order] | None:
+        found = client.list_orders(user_id)
+        pending = [o for o in found if o.state == order_pb2.ORDER_STATE_PENDING]
+        return found if found and not pending else None
+
+    orders = wait_for(all_final, "every order to be final")
+    per_request = Counter(o.request_id for o in orders)
+    assert max(per_request.values()) == 1, [r for r, n in per_request.items() if n > 1]
+    placed = {o.request_id: o.state for o in orders}
+    for request_id, outcome in calls:
+        if outcome == "ok":
+            assert request_id in placed, f"ok call {request_id} has no order"
+        elif outcome == "unknown":
+            assert placed.get(request_id, order_pb2.ORDER_STATE_CANCELLED) in (
+                order_pb2.ORDER_STATE_CONFIRMED,
+                order_pb2.ORDER_STATE_CANCELLED,
+            )

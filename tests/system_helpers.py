@@ -84,9 +84,24 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
+# Answers after which the caller cannot know whether the order was placed.
+UNKNOWN_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
 @dataclass
 class Traffic:
-    """Steady CreateOrder calls over gRPC through Envoy, in a thread, counting outcomes."""
+    """Steady CreateOrder calls over gRPC through Envoy, in a thread, counting outcomes.
+
+    Each call is recorded by request id as ok, failed (a definite answer: the order was
+    refused or cancelled) or unknown (no answer the caller can rely on)."""
 
     system: System
     user: str = "rich"
@@ -94,6 +109,7 @@ class Traffic:
     interval: float = 0.02
     outcomes: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    calls: list[tuple[str, str]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -121,10 +137,26 @@ class Traffic:
                 try:
                     response = stub.CreateOrder(request, metadata=bearer(token), timeout=15)
                     self.outcomes[order_pb2.OrderState.Name(response.order.state)] += 1
+                    self.calls.append((request.request_id, "ok"))
                 except grpc.RpcError as error:
                     self.outcomes[error.code().name] += 1
                     self.failures.append(f"{error.code().name}: {error.details()}")
+                    unknown = error.code() in UNKNOWN_CODES
+                    self.calls.append((request.request_id, "unknown" if unknown else "failed"))
                 self._stop.wait(self.interval)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            kind: sum(1 for _, k in self.calls if k == kind) for kind in ("ok", "failed", "unknown")
+        }
+
+    def wait_for_ok(self, count: int, timeout: float = 30) -> None:
+        """Blocks until `count` more calls have succeeded."""
+        target = self.summary()["ok"] + count
+        deadline = time.monotonic() + timeout
+        while self.summary()["ok"] < target:
+            assert time.monotonic() < deadline, f"traffic does not succeed: {self.summary()}"
+            time.sleep(0.02)
 
     def wait_for(self, count: int, timeout: float = 30) -> None:
         """Blocks until `count` more calls have finished."""

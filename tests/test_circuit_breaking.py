@@ -38,7 +38,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             ports=Ports.free(),
             seed_file=seed,
             envoy=limits,
-            order_settings={"step_retry_seconds": "20", "max_backoff_seconds": "0.5"},
+            service_settings={"order": {"step_retry_seconds": "20", "max_backoff_seconds": "0.5"}},
         )
     )
     yield started

@@ -7,7 +7,7 @@ import logging
 import grpc
 
 from services.payment.config import PaymentConfig
-from services.payment.servicer import PaymentServicer
+from services.payment.servicer import PaymentServicer, ReplyLoss
 from services.payment.store import PaymentStore
 from shop.payment.v1 import payment_service_pb2, payment_service_pb2_grpc
 
@@ -19,6 +19,7 @@ class PaymentService:
     service_names = (payment_service_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name,)
 
     def __init__(self, config: PaymentConfig) -> None:
+        self._faults = ReplyLoss(config.lose_replies)
         self.store = PaymentStore(config.db_path, config.db_synchronous)
         if config.seed_file is not None:
             added = self.store.seed(config.seed_file)
@@ -26,7 +27,7 @@ class PaymentService:
 
     def register(self, server: grpc.aio.Server) -> None:
         payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(
-            PaymentServicer(self.store), server
+            PaymentServicer(self.store, self._faults), server
         )
 
     async def start(self) -> None:

@@ -8,7 +8,7 @@ from typing import TypeAlias
 import grpc
 
 from services.common.convert import money, timestamp
-from services.common.errors import Violations
+from services.common.errors import ErrorKind, ServiceError, Violations
 from services.common.identity import MAX_USER_ID_LENGTH, caller
 from services.common.validation import CURRENCY_PATTERN, check_id, require_order_id
 from services.payment import domain
@@ -20,9 +20,24 @@ from shop.payment.v1 import payment_service_pb2_grpc
 Context: TypeAlias = grpc.aio.ServicerContext
 
 
+class ReplyLoss:
+    """TEST ONLY (PaymentConfig.lose_replies): after the first N calls of one method have
+    taken effect, their answers are replaced by UNAVAILABLE, as a lost reply would be."""
+
+    def __init__(self, spec: str) -> None:
+        method, _, count = spec.partition(":")
+        self._method, self._left = method, int(count or 0)
+
+    def after_commit(self, method: str) -> None:
+        if method == self._method and self._left > 0:
+            self._left -= 1
+            raise ServiceError(ErrorKind.UNAVAILABLE, "REPLY_LOST", "test fault: reply lost")
+
+
 class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
-    def __init__(self, store: PaymentStore) -> None:
+    def __init__(self, store: PaymentStore, faults: ReplyLoss | None = None) -> None:
         self._store = store
+        self._faults = faults or ReplyLoss("")
 
     async def GetAccount(
         self, request: rpc.GetAccountRequest, context: Context
@@ -67,6 +82,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         payment = self._store.authorize(
             request.order_id, who.user_id, amount.amount_minor, amount.currency_code, time.time()
         )
+        self._faults.after_commit("AuthorizePayment")
         return rpc.AuthorizePaymentResponse(payment=_payment(payment))
 
     async def CapturePayment(
@@ -75,6 +91,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         who = caller(context)
         require_order_id(request.order_id)
         payment = self._store.capture(request.order_id, who.user_id, time.time())
+        self._faults.after_commit("CapturePayment")
         return rpc.CapturePaymentResponse(payment=_payment(payment))
 
     async def VoidPayment(
@@ -83,6 +100,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         who = caller(context)
         require_order_id(request.order_id)
         payment = self._store.void(request.order_id, who.user_id, time.time())
+        self._faults.after_commit("VoidPayment")
         return rpc.VoidPaymentResponse(payment=_payment(payment))
 
     async def GetPayment(

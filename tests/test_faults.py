@@ -1,0 +1,112 @@
+"""Faults under load against the whole system (Consul, control plane, services, Envoy):
+lost replies, Envoy killed, a flapping instance, a locked database. Each test records
+every call as ok / failed / unknown and ends with the invariants and the check that every
+unknown call ended in exactly one final state (or none)."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import threading
+import time
+
+import grpc
+import pytest
+
+from shop.inventory.v1 import inventory_pb2
+from shop.inventory.v1 import inventory_service_pb2 as inv
+from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
+from shopmesh.system import System
+from tests.conftest import SystemFactory
+from tests.helpers import Ledger, assert_calls_resolved, assert_invariants, fails, user
+from tests.system_helpers import ACCOUNTS, PRODUCTS, Traffic, direct_client
+
+LEDGER = Ledger({s: q for s, (_, q) in PRODUCTS.items()}, dict(ACCOUNTS))
+
+
+def settle(system: System, traffic: Traffic) -> None:
+    client = direct_client(system)
+    try:
+        assert_calls_resolved(client, traffic.user, traffic.calls)
+        assert_invariants(client, LEDGER)
+    finally:
+        client.close()
+    print(f"{traffic.summary()}")
+
+
+@pytest.mark.parametrize("method", ["AuthorizePayment", "CapturePayment", "VoidPayment"])
+def test_lost_replies_after_payment_committed(make_system: SystemFactory, method: str) -> None:
+    """Payment commits, then its reply is lost (twice): the saga retries, the participant
+    answers from its record, and nothing is held or taken twice."""
+    system = make_system(service_settings={"payment": {"lose_replies": f"{method}:2"}})
+    # A void happens when an order is cancelled: bob cannot pay for the 250.00 item.
+    buyer, sku = ("bob", "SKU-LAST") if method == "VoidPayment" else ("rich", "SKU-MUG")
+    with Traffic(system, user=buyer, sku=sku) as traffic:
+        traffic.wait_for(3)
+    settle(system, traffic)
+    summary = traffic.summary()
+    assert summary["unknown"] == 0  # the saga absorbed the lost replies
+    assert summary["failed" if method == "VoidPayment" else "ok"] >= 3, traffic.failures
+
+
+def test_envoy_killed_and_restarted_under_traffic(make_system: SystemFactory) -> None:
+    system = make_system()
+    with Traffic(system) as traffic:
+        traffic.wait_for(10)
+        system.envoy.kill()
+        time.sleep(1)  # the outage itself: calls fail while nothing listens
+        system.envoy.start()
+        system.envoy.wait_until(system.envoy_ready, "Envoy to have endpoints again")
+        traffic.wait_for_ok(20)  # clients reconnect (after gRPC's own backoff) and succeed
+    settle(system, traffic)
+
+
+def test_a_flapping_instance_costs_under_one_percent(make_system: SystemFactory) -> None:
+    """One of two inventory instances is stopped and resumed every 2 s under traffic."""
+    system = make_system(instances=2)
+    victim = system.inventory[1]
+    stop = threading.Event()
+
+    def flap() -> None:
+        while not stop.is_set():
+            victim.signal(signal.SIGSTOP)
+            stop.wait(2)
+            victim.signal(signal.SIGCONT)
+            stop.wait(2)
+
+    flapper = threading.Thread(target=flap, daemon=True)
+    with Traffic(system) as traffic:
+        flapper.start()
+        time.sleep(12)  # three flap cycles under steady traffic
+        stop.set()
+        flapper.join()
+        victim.signal(signal.SIGCONT)
+    summary = traffic.summary()
+    assert summary["ok"] >= 0.99 * sum(summary.values()), (summary, traffic.failures[:5])
+    settle(system, traffic)
+
+
+def test_a_locked_database_gives_a_clean_retryable_status(make_system: SystemFactory) -> None:
+    system = make_system()
+    database = system.settings.workdir / "inventory.db"
+    reserve = inv.ReserveStockRequest(
+        order_id="locked-1", items=[inventory_pb2.ReservationItem(sku="SKU-MUG", quantity=1)]
+    )
+    with grpc.insecure_channel(system.inventory[0].target) as channel:
+        stub = InventoryServiceStub(channel)
+        lock = sqlite3.connect(database, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # another writer holds the database past the busy timeout
+        try:
+            error = fails(lambda: stub.ReserveStock(reserve, metadata=user("alice"), timeout=15))
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
+        assert "locked" not in error.message  # no internal detail
+        product = stub.GetProduct(inv.GetProductRequest(sku="SKU-MUG"), timeout=5).product
+        assert (product.available_quantity, product.held_quantity) == (
+            50,
+            0,
+        )  # nothing half-applied
+        held = stub.ReserveStock(reserve, metadata=user("alice"), timeout=15).reservation
+        assert held.state == inventory_pb2.RESERVATION_STATE_HELD  # and it recovers
