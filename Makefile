@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup gen gen-check lint breaking test run clean
+.PHONY: help setup gen gen-check lint breaking test chaos run clean
 
 help:
 	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
@@ -16,6 +16,7 @@ help:
 	@echo "make gen-check  regenerate and fail if gen/ differs from what is committed"
 	@echo "make lint       buf lint + format, ruff, mypy"
 	@echo "make breaking   check proto/ against the last released contract (buf breaking + REST routes)"
+	@echo "make chaos      the whole suite with the long fault profiles (under 15 min), fault table at the end"
 
 TS := clients/typescript
 SDK := clients/python/shopmesh_sdk/gen
@@ -72,6 +73,10 @@ breaking: setup
 test: setup gen-check lint breaking
 	@echo "== pytest"
 	pytest $(PYTEST_ARGS)
+
+# The same tests with the long profiles: more saga-model runs and steps, longer flapping.
+chaos: setup
+	SHOPMESH_CHAOS=1 timeout 900 pytest $(PYTEST_ARGS)
 
 # N instances of each service: make run N=2
 N ?= 1

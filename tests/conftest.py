@@ -18,7 +18,7 @@ from services.payment.service import PaymentService
 from services.stack import Stack, start_stack
 from shopmesh.system import Ports, Settings, System
 from shopmesh.system import start as start_system
-from tests.helpers import Client, Ledger, Served, serving, write_seed
+from tests.helpers import FAULT_TABLE, Client, Ledger, Served, serving, write_seed
 from tests.system_helpers import write_system_seed
 
 PRODUCTS = {
@@ -138,3 +138,17 @@ def make_system(tmp_path: pathlib.Path) -> Iterator[SystemFactory]:
     yield make
     for system in started:
         system.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault tests' results as one table: what was broken, what callers saw."""
+    if not FAULT_TABLE:
+        return
+    terminalreporter.section("faults")
+    header = f"{'fault':<58} {'sent':>6} {'ok':>6} {'failed':>6} {'unknown':>7}  invariants"
+    terminalreporter.write_line(header)
+    for r in FAULT_TABLE:
+        sent = r.ok + r.failed + r.unknown
+        terminalreporter.write_line(
+            f"{r.fault:<58} {sent:>6} {r.ok:>6} {r.failed:>6} {r.unknown:>7}  {r.invariants}"
+        )

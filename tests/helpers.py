@@ -260,3 +260,28 @@ def assert_calls_resolved(client: Client, user_id: str, calls: list[tuple[str, s
                 order_pb2.ORDER_STATE_CONFIRMED,
                 order_pb2.ORDER_STATE_CANCELLED,
             )
+
+
+@dataclass(frozen=True)
+class FaultResult:
+    fault: str
+    ok: int
+    failed: int
+    unknown: int
+    invariants: str
+
+
+FAULT_TABLE: list[FaultResult] = []
+"""Filled by the fault tests, printed as a table at the end of the run (conftest)."""
+
+
+def record_fault(fault: str, summary: dict[str, int], invariants: str = "held") -> None:
+    FAULT_TABLE.append(
+        FaultResult(
+            fault,
+            summary.get("ok", 0),
+            summary.get("failed", 0),
+            summary.get("unknown", 0),
+            invariants,
+        )
+    )

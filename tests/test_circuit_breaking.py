@@ -21,7 +21,7 @@ from shop.payment.v1 import payment_service_pb2 as pay
 from shop.payment.v1.payment_service_pb2_grpc import PaymentServiceStub
 from shopmesh.system import Ports, Settings, System
 from shopmesh.system import start as start_system
-from tests.helpers import Ledger, assert_invariants, wait_for
+from tests.helpers import Ledger, assert_invariants, record_fault, wait_for
 from tests.system_helpers import ACCOUNTS, PRODUCTS, bearer, direct_client, rest, write_system_seed
 
 PARALLEL_ORDERS = 12
@@ -97,7 +97,6 @@ def test_overflow_is_refused_at_once_and_every_order_ends_final(system: System) 
             outcomes = [f.result(timeout=60) for f in placed]
     finally:
         payment.signal(signal.SIGCONT)
-    print(f"breaker: {overflows(system)} overflows; orders {sorted(outcomes)}")
     assert overflows(system) > 0
     client = direct_client(system)
     wait_for(
@@ -107,3 +106,8 @@ def test_overflow_is_refused_at_once_and_every_order_ends_final(system: System) 
     assert len(client.list_orders("rich")) == PARALLEL_ORDERS
     assert_invariants(client, Ledger({s: q for s, (_, q) in PRODUCTS.items()}, dict(ACCOUNTS)))
     client.close()
+    confirmed = outcomes.count("ORDER_STATE_CONFIRMED")
+    record_fault(
+        f"payment stopped, breaker overflow x{overflows(system)}",
+        {"ok": confirmed, "failed": len(outcomes) - confirmed},
+    )

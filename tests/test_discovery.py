@@ -16,7 +16,7 @@ from services.common.registration import consul_client
 from services.stack import restart
 from shopmesh.system import Ports, Settings, System, http_get
 from shopmesh.system import start as start_system
-from tests.helpers import Ledger, assert_invariants, wait_for
+from tests.helpers import Ledger, assert_invariants, record_fault, wait_for
 from tests.system_helpers import ACCOUNTS, PRODUCTS, Traffic, direct_client, write_system_seed
 
 
@@ -78,8 +78,9 @@ def test_kill_9_of_one_inventory_instance_fails_no_order(system: System) -> None
         rerouted = time.monotonic() - killed_at
         traffic.wait_for(30)
     assert traffic.failures == [], traffic.failures
-    total = sum(traffic.outcomes.values())
-    print(f"kill -9: {total} orders, 0 failed; EDS marked it UNHEALTHY after {rerouted:.1f}s")
+    record_fault(
+        f"inventory instance kill -9 (1 of 2); EDS unhealthy in {rerouted:.1f} s", traffic.summary()
+    )
 
     system.inventory[1] = restart(victim)
     wait_for(
@@ -103,6 +104,7 @@ def test_consul_restart_under_traffic_fails_no_order(system: System) -> None:
             wait_for(partial(registered, system, service, 2), f"{service} registered again")
         traffic.wait_for(30)
     assert traffic.failures == [], traffic.failures
+    record_fault("Consul agent stopped and restarted under traffic", traffic.summary())
 
 
 def test_an_instance_consul_forgot_registers_again(system: System) -> None:
@@ -121,6 +123,7 @@ def test_control_plane_restart_keeps_traffic_flowing(system: System) -> None:
         system.controlplane = restart(system.controlplane)
         traffic.wait_for(20)
     assert traffic.failures == [], traffic.failures
+    record_fault("control plane kill -9 and restarted under traffic", traffic.summary())
     # Updates flow again: stop an instance gracefully and watch Envoy drop it.
     leaving = system.payment[1]
     leaving.stop()
