@@ -131,7 +131,7 @@ class Traffic:
             while not self._stop.is_set():
                 n += 1
                 request = orders.CreateOrderRequest(
-                    request_id=f"traffic-{time.time_ns()}-{n}",
+                    request_id=f"traffic-{id(self)}-{time.time_ns()}-{n}",
                     line_items=[order_pb2.LineItem(sku=self.sku, quantity=1)],
                 )
                 try:

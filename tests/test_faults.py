@@ -14,6 +14,8 @@ import time
 import grpc
 import pytest
 
+from gateway.envoy_config import EnvoySettings
+from services.stack import restart
 from shop.inventory.v1 import inventory_pb2
 from shop.inventory.v1 import inventory_service_pb2 as inv
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
@@ -26,6 +28,7 @@ from tests.helpers import (
     fails,
     record_fault,
     user,
+    wait_for,
 )
 from tests.system_helpers import ACCOUNTS, PRODUCTS, Traffic, direct_client
 
@@ -124,3 +127,59 @@ def test_a_locked_database_gives_a_clean_retryable_status(make_system: SystemFac
         held = stub.ReserveStock(reserve, metadata=user("alice"), timeout=15).reservation
         assert held.state == inventory_pb2.RESERVATION_STATE_HELD  # and it recovers
     record_fault("inventory database locked past the busy timeout", {"ok": 1, "failed": 1})
+
+
+def test_a_slow_payment_instance_is_routed_around(make_system: SystemFactory) -> None:
+    """One of two payment instances takes 1.5 s per call, past the internal hop's 0.8 s
+    per-try timeout: Envoy retries on the other instance; every order completes once."""
+    system = make_system(instances=2)
+    slow = system.payment[1]
+    slow.stop()
+    system.payment[1] = restart(slow, delay_seconds="1.5")
+    with Traffic(system) as traffic:
+        traffic.wait_for(40, timeout=60)
+    summary = traffic.summary()
+    assert summary["ok"] >= 0.99 * sum(summary.values()), (summary, traffic.failures[:5])
+    settle(system, traffic, "payment instance slow (1.5 s per call, 1 of 2)")
+
+
+def test_a_retry_storm_stays_within_the_retry_budget(make_system: SystemFactory) -> None:
+    """Eight clients at once while payment fails half its first 120 calls: Envoy never has
+    more than max_retries (2) retries outstanding, the saga's own retries absorb the rest,
+    and once the fault clears every order completes."""
+    system = make_system(
+        envoy=EnvoySettings(max_retries=2),
+        service_settings={
+            "payment": {"flaky_calls": "120"},
+            "order": {"step_retry_seconds": "30", "max_backoff_seconds": "0.5"},
+        },
+    )
+    storm = [Traffic(system, interval=0.0) for _ in range(8)]
+    for traffic in storm:
+        traffic.__enter__()
+    try:
+        wait_for(
+            lambda: sum(t.summary()["ok"] for t in storm) >= 80, "the storm to pass", timeout=90
+        )
+    finally:
+        for traffic in storm:
+            traffic.__exit__(None, None, None)
+    stats = system.stats("cluster.payment.upstream_rq_retry")
+    assert stats["cluster.payment.upstream_rq_retry"] > 0
+    assert stats["cluster.payment.upstream_rq_retry_overflow"] > 0  # the budget was enforced
+    with Traffic(system) as after:
+        after.wait_for(10)
+    recovered = after.summary()
+    assert recovered["ok"] >= 10 and recovered["failed"] == recovered["unknown"] == 0, recovered
+    total = {k: sum(t.summary()[k] for t in [*storm, after]) for k in ("ok", "failed", "unknown")}
+    client = direct_client(system)
+    try:
+        assert_calls_resolved(client, "rich", [c for t in [*storm, after] for c in t.calls])
+        assert_invariants(client, LEDGER)
+    finally:
+        client.close()
+    record_fault(
+        f"retry storm, payment failing 1/2: {stats['cluster.payment.upstream_rq_retry']} retries,"
+        f" {stats['cluster.payment.upstream_rq_retry_overflow']} over budget",
+        total,
+    )

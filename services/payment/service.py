@@ -7,7 +7,8 @@ import logging
 import grpc
 
 from services.payment.config import PaymentConfig
-from services.payment.servicer import PaymentServicer, ReplyLoss
+from services.payment.faults import Faults
+from services.payment.servicer import PaymentServicer
 from services.payment.store import PaymentStore
 from shop.payment.v1 import payment_service_pb2, payment_service_pb2_grpc
 
@@ -19,7 +20,7 @@ class PaymentService:
     service_names = (payment_service_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name,)
 
     def __init__(self, config: PaymentConfig) -> None:
-        self._faults = ReplyLoss(config.lose_replies)
+        self._faults = Faults(config.lose_replies, config.delay_seconds, config.flaky_calls)
         self.store = PaymentStore(config.db_path, config.db_synchronous)
         if config.seed_file is not None:
             added = self.store.seed(config.seed_file)

@@ -8,10 +8,11 @@ from typing import TypeAlias
 import grpc
 
 from services.common.convert import money, timestamp
-from services.common.errors import ErrorKind, ServiceError, Violations
+from services.common.errors import Violations
 from services.common.identity import MAX_USER_ID_LENGTH, caller
 from services.common.validation import CURRENCY_PATTERN, check_id, require_order_id
 from services.payment import domain
+from services.payment.faults import Faults
 from services.payment.store import PaymentStore
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_service_pb2 as rpc
@@ -20,24 +21,10 @@ from shop.payment.v1 import payment_service_pb2_grpc
 Context: TypeAlias = grpc.aio.ServicerContext
 
 
-class ReplyLoss:
-    """TEST ONLY (PaymentConfig.lose_replies): after the first N calls of one method have
-    taken effect, their answers are replaced by UNAVAILABLE, as a lost reply would be."""
-
-    def __init__(self, spec: str) -> None:
-        method, _, count = spec.partition(":")
-        self._method, self._left = method, int(count or 0)
-
-    def after_commit(self, method: str) -> None:
-        if method == self._method and self._left > 0:
-            self._left -= 1
-            raise ServiceError(ErrorKind.UNAVAILABLE, "REPLY_LOST", "test fault: reply lost")
-
-
 class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
-    def __init__(self, store: PaymentStore, faults: ReplyLoss | None = None) -> None:
+    def __init__(self, store: PaymentStore, faults: Faults | None = None) -> None:
         self._store = store
-        self._faults = faults or ReplyLoss("")
+        self._faults = faults or Faults()
 
     async def GetAccount(
         self, request: rpc.GetAccountRequest, context: Context
@@ -64,6 +51,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: rpc.AuthorizePaymentRequest, context: Context
     ) -> rpc.AuthorizePaymentResponse:
         who = caller(context)
+        await self._faults.before("AuthorizePayment")
         violations = Violations()
         check_id(violations, "order_id", request.order_id)
         amount = request.amount
@@ -89,6 +77,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: rpc.CapturePaymentRequest, context: Context
     ) -> rpc.CapturePaymentResponse:
         who = caller(context)
+        await self._faults.before("CapturePayment")
         require_order_id(request.order_id)
         payment = self._store.capture(request.order_id, who.user_id, time.time())
         self._faults.after_commit("CapturePayment")
@@ -98,6 +87,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: rpc.VoidPaymentRequest, context: Context
     ) -> rpc.VoidPaymentResponse:
         who = caller(context)
+        await self._faults.before("VoidPayment")
         require_order_id(request.order_id)
         payment = self._store.void(request.order_id, who.user_id, time.time())
         self._faults.after_commit("VoidPayment")
