@@ -208,8 +208,12 @@ class System:
 
     # Restarts, for operators and fault tests.
 
-    def restart_consul(self) -> None:
-        self.consul.stop()
+    def restart_consul(self, kill: bool = False) -> None:
+        """Stops Consul (SIGTERM, or kill -9) and starts it again on the same data dir."""
+        if kill:
+            self.consul.kill()
+        else:
+            self.consul.stop()
         self.consul.start()
         self.consul.wait_until(self.consul_leader, "Consul electing itself leader")
 

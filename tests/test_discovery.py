@@ -96,15 +96,17 @@ def test_kill_9_of_one_inventory_instance_fails_no_order(system: System) -> None
     assert traffic.failures == []
 
 
-def test_consul_restart_under_traffic_fails_no_order(system: System) -> None:
+@pytest.mark.parametrize("kill", [False, True], ids=["SIGTERM", "kill -9"])
+def test_consul_restart_under_traffic_fails_no_order(system: System, kill: bool) -> None:
     with Traffic(system) as traffic:
         traffic.wait_for(10)
-        system.restart_consul()
+        system.restart_consul(kill=kill)
         for service in ("inventory", "payment", "order"):
             wait_for(partial(registered, system, service, 2), f"{service} registered again")
         traffic.wait_for(30)
     assert traffic.failures == [], traffic.failures
-    record_fault("Consul agent stopped and restarted under traffic", traffic.summary())
+    how = "killed (kill -9)" if kill else "stopped (SIGTERM)"
+    record_fault(f"Consul agent {how} and restarted under traffic", traffic.summary())
 
 
 def test_an_instance_consul_forgot_registers_again(system: System) -> None:
