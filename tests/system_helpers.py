@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import subprocess
 import threading
 import time
 import urllib.error
@@ -19,6 +20,7 @@ from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as orders
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from shopmesh.system import System
+from shopmesh.tools import REPO
 from tests.helpers import Client, write_seed
 
 # Products and accounts large enough for steady traffic.
@@ -169,3 +171,21 @@ class Traffic:
 
 def write_system_seed(path: pathlib.Path) -> pathlib.Path:
     return write_seed(path, PRODUCTS, ACCOUNTS)
+
+
+TYPESCRIPT_CLIENT = REPO / "clients" / "typescript"
+
+
+def build_typescript_client() -> pathlib.Path:
+    """Compiles clients/typescript (tsc, from its npm ci'd node_modules); returns its folder."""
+    assert (TYPESCRIPT_CLIENT / "node_modules").is_dir(), "run `make setup` (npm ci) first"
+    built = subprocess.run(
+        [str(TYPESCRIPT_CLIENT / "node_modules" / ".bin" / "tsc"), "-p", "."],
+        cwd=TYPESCRIPT_CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    return TYPESCRIPT_CLIENT

@@ -22,6 +22,7 @@ import pytest
 from services.stack import DEMO_DATA, REPO
 from shopmesh.system import Ports, Settings, System
 from shopmesh.system import start as start_system
+from tests.system_helpers import build_typescript_client
 
 START = "<!-- readme-examples"
 END = "<!-- /readme-examples -->"
@@ -97,16 +98,7 @@ def test_every_example_works_as_written(system: System) -> None:
 
 def test_using_the_api_four_ways(system: System) -> None:
     env = {**os.environ, "TOKEN": system.token("alice")}
-    client = REPO / "clients" / "typescript"
-    built = subprocess.run(
-        [str(client / "node_modules" / ".bin" / "tsc"), "-p", "."],
-        cwd=client,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
+    client = build_typescript_client()
     for language, written in marked_blocks():
         code = written.replace("localhost:8080", system.public_target)
         if language == "sh":

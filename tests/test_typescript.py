@@ -9,21 +9,13 @@ import subprocess
 
 from shopmesh.system import System
 from shopmesh.tools import REPO
+from tests.system_helpers import build_typescript_client
 
 CLIENT = REPO / "clients" / "typescript"
 
 
 def test_the_typescript_client_works_against_the_system(system: System) -> None:
-    assert (CLIENT / "node_modules").is_dir(), "run `make setup` (npm ci) first"
-    built = subprocess.run(
-        [str(CLIENT / "node_modules" / ".bin" / "tsc"), "-p", "."],
-        cwd=CLIENT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
+    build_typescript_client()
     env = {
         **os.environ,
         "SHOPMESH_URL": f"http://{system.public_target}",
