@@ -8,14 +8,11 @@ import re
 import subprocess
 
 from shopmesh.system import System
-from shopmesh.tools import REPO
 from tests.system_helpers import build_typescript_client
-
-CLIENT = REPO / "clients" / "typescript"
 
 
 def test_the_typescript_client_works_against_the_system(system: System) -> None:
-    build_typescript_client()
+    client = build_typescript_client()
     env = {
         **os.environ,
         "SHOPMESH_URL": f"http://{system.public_target}",
@@ -23,7 +20,7 @@ def test_the_typescript_client_works_against_the_system(system: System) -> None:
     }
     ran = subprocess.run(
         ["node", "--test", "dist/test/"],
-        cwd=CLIENT,
+        cwd=client,
         env=env,
         capture_output=True,
         text=True,
