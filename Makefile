@@ -63,8 +63,8 @@ lint: setup
 	@echo "== buf lint, buf format, ruff, mypy"
 	buf lint
 	buf format --diff --exit-code
-	ruff check services gateway shopmesh tests tools clients/python
-	ruff format --check services gateway shopmesh tests tools clients/python
+	ruff check services gateway shopmesh tests tools clients/python bench
+	ruff format --check services gateway shopmesh tests tools clients/python bench
 	mypy
 
 breaking: setup

@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from services.common.errors import ErrorKind, FieldViolation, ServiceError
 from services.order.domain import (
@@ -34,7 +34,7 @@ from services.order.domain import (
     Saga,
     cancelled_by_user,
 )
-from services.order.participants import Participants, StepError
+from services.order.participants import StepError
 from services.order.store import OrderStore
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,18 @@ class SagaSettings:
     """TEST ONLY: the named step at which the process kills itself (kill -9)."""
 
 
+class SagaParticipants(Protocol):
+    """The calls the saga makes; each raises StepError. Implemented over gRPC by
+    services.order.participants (and over HTTP by the benchmark's baseline)."""
+
+    async def reserve(self, order: Order, hold_seconds: float) -> list[LineItem]: ...
+    async def commit(self, order: Order) -> None: ...
+    async def release(self, order: Order) -> None: ...
+    async def authorize(self, order: Order) -> None: ...
+    async def capture(self, order: Order) -> None: ...
+    async def void(self, order: Order) -> None: ...
+
+
 class StepFailed(Exception):
     """A step failed for good; the saga compensates with `error` as the order's reason."""
 
@@ -63,7 +75,7 @@ class StepFailed(Exception):
 
 class SagaRunner:
     def __init__(
-        self, store: OrderStore, participants: Participants, settings: SagaSettings
+        self, store: OrderStore, participants: SagaParticipants, settings: SagaSettings
     ) -> None:
         self._store = store
         self._participants = participants

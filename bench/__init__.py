@@ -1,0 +1,1 @@
+"""Benchmarks: shopmesh against the classic Python design (bench/baseline)."""

@@ -1,0 +1,84 @@
+"""The baseline inventory service: FastAPI over the same store as shopmesh's."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel
+
+from bench.baseline.common import caller, db_path, install_error_handler, seed_file
+from services.common.errors import Violations
+from services.common.validation import check_id, check_items, check_sku
+from services.inventory.domain import DEFAULT_HOLD_SECONDS, Item, Reservation
+from services.inventory.store import InventoryStore
+
+store = InventoryStore(db_path())
+if seed_file() is not None:
+    store.seed(seed_file())  # type: ignore[arg-type]
+app = FastAPI()
+install_error_handler(app)
+
+
+class ItemIn(BaseModel):
+    sku: str
+    quantity: int
+
+
+class ReserveIn(BaseModel):
+    order_id: str
+    items: list[ItemIn]
+    hold_seconds: float = DEFAULT_HOLD_SECONDS
+
+
+def reservation(r: Reservation) -> dict[str, Any]:
+    return {
+        "order_id": r.order_id,
+        "state": r.state.value,
+        "items": [
+            {
+                "sku": i.sku,
+                "quantity": i.quantity,
+                "price_minor": i.price_minor,
+                "currency": i.currency,
+            }
+            for i in r.items
+        ],
+    }
+
+
+@app.get("/v1/products/{sku}")
+async def get_product(sku: str) -> dict[str, Any]:
+    violations = Violations()
+    check_sku(violations, "sku", sku)
+    violations.raise_if_any()
+    p = store.product(sku)
+    return {
+        "sku": p.sku,
+        "available": p.available,
+        "held": p.held,
+        "sold": p.sold,
+        "price_minor": p.price_minor,
+    }
+
+
+@app.post("/v1/reservations")
+async def reserve(body: ReserveIn, request: Request) -> dict[str, Any]:
+    who = caller(request)
+    violations = Violations()
+    check_id(violations, "order_id", body.order_id)
+    check_items(violations, "items", [(i.sku, i.quantity) for i in body.items])
+    violations.raise_if_any()
+    items = [Item(i.sku, i.quantity) for i in body.items]
+    return reservation(store.reserve(body.order_id, who, items, body.hold_seconds, time.time()))
+
+
+@app.post("/v1/reservations/{order_id}:commit")
+async def commit(order_id: str, request: Request) -> dict[str, Any]:
+    return reservation(store.commit(order_id, caller(request), time.time()))
+
+
+@app.post("/v1/reservations/{order_id}:release")
+async def release(order_id: str, request: Request) -> dict[str, Any]:
+    return reservation(store.release(order_id, caller(request), time.time()))

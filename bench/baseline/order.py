@@ -1,0 +1,136 @@
+"""The baseline order service: FastAPI, JWT verified in the service with PyJWT, and the
+same saga (SagaRunner, OrderStore) as shopmesh's, over HttpParticipants."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import pathlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jwt
+from fastapi import FastAPI, Request
+from pydantic import BaseModel
+
+from bench.baseline.common import db_path, install_error_handler, setting
+from bench.baseline.participants import HttpParticipants
+from services.common.errors import ErrorKind, ServiceError, Violations
+from services.common.validation import check_id, check_items
+from services.order import domain
+from services.order.saga import SagaRunner, SagaSettings
+from services.order.store import OrderStore
+
+ISSUER, AUDIENCE = "shopmesh-dev", "shopmesh"
+
+store = OrderStore(db_path())
+participants = HttpParticipants(setting("INVENTORY_URL"), setting("PAYMENT_URL"), 2.0)
+saga = SagaRunner(
+    store,
+    participants,
+    SagaSettings(step_retry_seconds=10, max_backoff_seconds=2, hold_seconds=900),
+)
+_jwks = json.loads(pathlib.Path(setting("JWKS")).read_text())["keys"]
+KEYS = {k["kid"]: jwt.PyJWK(k).key for k in _jwks}
+CREATE_WAIT_SECONDS = 10.0
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    saga.resume(idle_since=time.time())  # sagas a crash left unfinished
+    yield
+    await saga.stop()
+    await participants.close()
+
+
+app = FastAPI(lifespan=lifespan)
+install_error_handler(app)
+
+
+@functools.lru_cache(maxsize=1024)
+def verify(token: str) -> str:
+    """The token's subject. Verified tokens are cached, as Envoy's jwt_cache_config does."""
+    header = jwt.get_unverified_header(token)
+    key = KEYS.get(header.get("kid", ""))
+    if key is None:
+        raise jwt.InvalidTokenError("unknown key")
+    claims = jwt.decode(
+        token,
+        key,
+        algorithms=["RS256"],
+        audience=AUDIENCE,
+        issuer=ISSUER,
+        options={"require": ["exp", "sub"]},
+    )
+    return str(claims["sub"])
+
+
+def user_of(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    try:
+        if scheme != "Bearer":
+            raise jwt.InvalidTokenError("no bearer token")
+        return verify(token)
+    except jwt.InvalidTokenError as error:
+        raise ServiceError(ErrorKind.UNAUTHENTICATED, "UNAUTHENTICATED", "invalid token") from error
+
+
+class LineItemIn(BaseModel):
+    sku: str
+    quantity: int
+
+
+class CreateOrderIn(BaseModel):
+    request_id: str
+    line_items: list[LineItemIn]
+
+
+def order_json(o: domain.Order) -> dict[str, Any]:
+    return {
+        "order_id": o.order_id,
+        "user_id": o.user_id,
+        "request_id": o.request_id,
+        "state": o.state.value,
+        "cancel_reason": o.cancel_reason,
+        "total_minor": o.total_minor,
+        "currency": o.currency,
+        "line_items": [
+            {"sku": i.sku, "quantity": i.quantity, "price_minor": i.price_minor} for i in o.items
+        ],
+    }
+
+
+@app.post("/v1/orders")
+async def create_order(body: CreateOrderIn, request: Request) -> dict[str, Any]:
+    who = user_of(request)
+    violations = Violations()
+    check_id(violations, "request_id", body.request_id)
+    check_items(violations, "line_items", [(i.sku, i.quantity) for i in body.line_items])
+    violations.raise_if_any()
+    items = tuple(domain.LineItem(i.sku, i.quantity) for i in body.line_items)
+    order, _ = store.create(uuid.uuid4().hex, who, body.request_id, items, time.time())
+    await asyncio.wait({saga.ensure(order.order_id)}, timeout=CREATE_WAIT_SECONDS)
+    order = store.order(order.order_id)
+    if (
+        order.state is domain.OrderState.CANCELLED
+        and order.cancel_reason != domain.CANCELLED_BY_USER
+    ):
+        failure = store.saga(order.order_id).failure
+        if failure is not None:
+            raise ServiceError(
+                failure.kind,
+                failure.reason,
+                failure.message,
+                metadata={**failure.metadata, "order_id": order.order_id},
+                violations=failure.violations,
+            )
+    return {"order": order_json(order)}
+
+
+@app.get("/v1/orders/{order_id}")
+async def get_order(order_id: str, request: Request) -> dict[str, Any]:
+    return {"order": order_json(store.order(order_id, user_of(request)))}

@@ -1,0 +1,59 @@
+"""The baseline payment service: FastAPI over the same store as shopmesh's."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel
+
+from bench.baseline.common import caller, db_path, install_error_handler, seed_file
+from services.common.errors import Violations
+from services.common.validation import check_id
+from services.payment.domain import MAX_AMOUNT_MINOR, Payment
+from services.payment.store import PaymentStore
+
+store = PaymentStore(db_path())
+if seed_file() is not None:
+    store.seed(seed_file())  # type: ignore[arg-type]
+app = FastAPI()
+install_error_handler(app)
+
+
+class AuthorizeIn(BaseModel):
+    order_id: str
+    amount_minor: int
+    currency: str
+
+
+def payment(p: Payment) -> dict[str, Any]:
+    return {"order_id": p.order_id, "state": p.state.value, "amount_minor": p.amount_minor}
+
+
+@app.post("/v1/payments")
+async def authorize(body: AuthorizeIn, request: Request) -> dict[str, Any]:
+    who = caller(request)
+    violations = Violations()
+    check_id(violations, "order_id", body.order_id)
+    violations.check(0 < body.amount_minor <= MAX_AMOUNT_MINOR, "amount_minor", "out of range")
+    violations.raise_if_any()
+    return payment(
+        store.authorize(body.order_id, who, body.amount_minor, body.currency, time.time())
+    )
+
+
+@app.post("/v1/payments/{order_id}:capture")
+async def capture(order_id: str, request: Request) -> dict[str, Any]:
+    return payment(store.capture(order_id, caller(request), time.time()))
+
+
+@app.post("/v1/payments/{order_id}:void")
+async def void(order_id: str, request: Request) -> dict[str, Any]:
+    return payment(store.void(order_id, caller(request), time.time()))
+
+
+@app.get("/v1/accounts/{user_id}")
+async def account(user_id: str) -> dict[str, Any]:
+    a = store.account(user_id)
+    return {"user_id": a.user_id, "available": a.available, "held": a.held}

@@ -1,0 +1,103 @@
+"""Starts the three baseline services with uvicorn (uvloop + httptools, one worker each,
+as shopmesh runs one process per service) on free ports, and waits until they answer."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+from shopmesh.tools import REPO, free_port
+
+READY_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass
+class Baseline:
+    processes: dict[str, subprocess.Popen[bytes]]
+    ports: dict[str, int]
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def start(workdir: pathlib.Path, seed: pathlib.Path, jwks: pathlib.Path) -> Baseline:
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in ("inventory", "payment", "order")}
+    base = {**os.environ, "BASELINE_SEED": str(seed), "BASELINE_JWKS": str(jwks)}
+    extra = {
+        "order": {
+            "BASELINE_INVENTORY_URL": f"http://127.0.0.1:{ports['inventory']}",
+            "BASELINE_PAYMENT_URL": f"http://127.0.0.1:{ports['payment']}",
+        }
+    }
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    baseline = Baseline(processes, ports)
+    try:
+        for name, port in ports.items():
+            env = {
+                **base,
+                "BASELINE_DB": str(workdir / f"baseline-{name}.db"),
+                **extra.get(name, {}),
+            }
+            with (workdir / f"baseline-{name}.log").open("ab") as log:
+                processes[name] = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        f"bench.baseline.{name}:app",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--loop",
+                        "uvloop",
+                        "--http",
+                        "httptools",
+                        "--no-access-log",
+                        "--log-level",
+                        "warning",
+                    ],
+                    cwd=REPO,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        for name in ports:
+            while not _ready(baseline.url(name)):
+                if processes[name].poll() is not None or time.monotonic() > deadline:
+                    tail = (workdir / f"baseline-{name}.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"baseline {name} did not start; its log ends:\n{tail}")
+                time.sleep(0.05)
+    except BaseException:
+        baseline.stop()
+        raise
+    return baseline
