@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup gen gen-check lint breaking test chaos run clean
+.PHONY: help setup wrk gen gen-check lint breaking test chaos bench run clean
 
 help:
 	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
@@ -17,11 +17,16 @@ help:
 	@echo "make lint       buf lint + format, ruff, mypy"
 	@echo "make breaking   check proto/ against the last released contract (buf breaking + REST routes)"
 	@echo "make chaos      the whole suite with the long fault profiles (under 15 min), fault table at the end"
+	@echo "make bench      shopmesh against the FastAPI baseline, side by side (bench/results/)"
 
 TS := clients/typescript
 SDK := clients/python/shopmesh_sdk/gen
 
-setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules/.installed
+setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules/.installed wrk
+
+# The load generator of `make bench` (and of its smoke test in `make test`).
+wrk:
+	@tools/install-wrk
 
 # The TypeScript client's toolchain and runtime, exactly as package-lock.json pins them.
 $(TS)/node_modules/.installed: $(TS)/package-lock.json
@@ -73,6 +78,9 @@ breaking: setup
 test: setup gen-check lint breaking
 	@echo "== pytest"
 	pytest $(PYTEST_ARGS)
+
+bench: setup
+	python -m bench.run
 
 # The same tests with the long profiles: more saga-model runs and steps, longer flapping.
 chaos: setup
