@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from gateway.envoy_config import EnvoySettings, write
 from services.stack import DEMO_DATA, ServiceProcess, StartError, spawn_service
 from shopmesh import tokens
-from shopmesh.tools import REPO, free_port, tool
+from shopmesh.tools import REPO, free_ports, tool
 
 READY_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
@@ -44,7 +44,7 @@ class Ports:
     @classmethod
     def free(cls) -> Ports:
         """Every port picked by the kernel, for tests running side by side."""
-        return cls(*(free_port() for _ in range(8)))
+        return cls(*free_ports(8))
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,15 @@ def tool(name: str) -> str:
     raise MissingTool(f"{name} is not installed: run `make setup`")
 
 
-def free_port() -> int:
-    """A port nothing listens on now (the kernel's pick), for tests that must not collide."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """`count` different ports nothing listens on now (the kernel's picks), for tests that
+    must not collide. All probes stay bound until every port is picked:
+    the kernel may hand out a port again as soon as its probe closes."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()

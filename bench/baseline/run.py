@@ -13,7 +13,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
-from shopmesh.tools import REPO, free_port
+from shopmesh.tools import REPO, free_ports
 
 READY_TIMEOUT_SECONDS = 30.0
 
@@ -48,7 +48,8 @@ def _ready(url: str) -> bool:
 
 def start(workdir: pathlib.Path, seed: pathlib.Path, jwks: pathlib.Path) -> Baseline:
     workdir.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in ("inventory", "payment", "order")}
+    names = ("inventory", "payment", "order")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     base = {**os.environ, "BASELINE_SEED": str(seed), "BASELINE_JWKS": str(jwks)}
     extra = {
         "order": {

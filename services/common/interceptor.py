@@ -57,16 +57,21 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, domain: str) -> None:
         self._domain = domain
+        # grpc.aio asks the interceptor on every call: wrap each method's handler once.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = handler_call_details.method
         behavior: Behavior = handler.unary_unary
         domain = self._domain
 
@@ -93,8 +98,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 log.debug("%s -> OK in %.1f ms", method, (time.perf_counter() - started) * 1e3)
             return response
 
-        return grpc.unary_unary_rpc_method_handler(
+        wrapped = grpc.unary_unary_rpc_method_handler(
             guarded,
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[method] = wrapped
+        return wrapped
