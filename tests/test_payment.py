@@ -123,6 +123,12 @@ async def test_users_see_only_their_own_account_and_payments(payment: PaymentSer
     bob = user("bob")
     error = await rejected(payment.GetAccount(rpc.GetAccountRequest(user_id="alice"), metadata=bob))
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND")
+    # Indistinguishable from an account that does not exist, so ids cannot be probed.
+    ghost = await rejected(payment.GetAccount(rpc.GetAccountRequest(user_id="zed"), metadata=ADMIN))
+    assert (error.message, error.metadata) == (
+        ghost.message.replace("zed", "alice"),
+        {"user_id": "alice"},
+    )
     for call in (
         payment.GetPayment(rpc.GetPaymentRequest(order_id="o1"), metadata=bob),
         payment.CapturePayment(rpc.CapturePaymentRequest(order_id="o1"), metadata=bob),

@@ -13,7 +13,7 @@ from services.common.identity import MAX_USER_ID_LENGTH, caller
 from services.common.validation import CURRENCY_PATTERN, check_id, require_order_id
 from services.payment import domain
 from services.payment.faults import Faults
-from services.payment.store import PaymentStore
+from services.payment.store import PaymentStore, account_not_found
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_service_pb2 as rpc
 from shop.payment.v1 import payment_service_pb2_grpc
@@ -37,7 +37,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         violations.raise_if_any()
         if request.user_id != who.user_id and not who.is_admin:
             # The same answer as for an account that does not exist: no probing.
-            self._store.account("")
+            raise account_not_found(request.user_id)
         account = self._store.account(request.user_id)
         return rpc.GetAccountResponse(
             account=pb.Account(

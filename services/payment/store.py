@@ -11,7 +11,7 @@ import pathlib
 import sqlite3
 
 from services.common import db
-from services.common.errors import already_exists, failed_precondition, not_found
+from services.common.errors import ServiceError, already_exists, failed_precondition, not_found
 from services.payment.domain import Account, Payment, PaymentState
 
 SCHEMA = """
@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS payments (
     updated_at REAL NOT NULL
 );
 """
+
+
+def account_not_found(user_id: str) -> ServiceError:
+    return not_found("ACCOUNT_NOT_FOUND", f"user {user_id!r} has no account", user_id=user_id)
 
 
 class PaymentStore:
@@ -57,9 +61,7 @@ class PaymentStore:
     def account(self, user_id: str) -> Account:
         row = self._conn.execute("SELECT * FROM accounts WHERE user_id = ?", (user_id,)).fetchone()
         if row is None:
-            raise not_found(
-                "ACCOUNT_NOT_FOUND", f"user {user_id!r} has no account", user_id=user_id
-            )
+            raise account_not_found(user_id)
         return Account(row["user_id"], row["currency"], row["available"], row["held"])
 
     def payment(self, order_id: str, user_id: str | None = None) -> Payment:
