@@ -1,5 +1,6 @@
-"""`make bench` in miniature: both systems start, answer real orders under wrk with no
-failed request, and the results are written. Speed targets belong to `make bench`."""
+"""`make bench` in miniature: both systems start, every path answers real orders (each a new
+order, CONFIRMED) with no failed request, and the results are written. Speed targets
+belong to `make bench`."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_the_benchmark_runs_and_both_systems_answer(tmp_path: pathlib.Path) -> N
             "--rounds",
             "1",
             "--seconds",
-            "2",
+            "1",
             "--connections",
             "4",
             "--out",
@@ -36,7 +37,17 @@ def test_the_benchmark_runs_and_both_systems_answer(tmp_path: pathlib.Path) -> N
     )
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     results = json.loads((tmp_path / "results" / "latest.json").read_text())
-    for name in ("shopmesh", "baseline"):
-        (measured,) = results[name]["rounds"]
-        assert measured["requests"] > 0 and measured["non_2xx"] == 0, measured
-    assert "| shopmesh REST+JWT via Envoy |" in (tmp_path / "results" / "latest.md").read_text()
+    paths = [
+        "shopmesh REST+JWT via Envoy",
+        "shopmesh gRPC via Envoy",
+        "shopmesh gRPC direct to order",
+        "baseline REST (FastAPI)",
+    ]
+    for runs in (results["saturation"], results["paced"]):
+        assert [r["path"] for r in runs] == paths
+        for run in runs:
+            assert run["ok"] > 0 and run["ok"] == run["requests"] == run["new_orders"], run
+    assert results["failed"] == 0
+    table = (tmp_path / "results" / "latest.md").read_text()
+    for path in paths:
+        assert f"| {path} |" in table

@@ -1,0 +1,137 @@
+"""`make profile`: where shopmesh's services spend their CPU under the order load.
+
+Starts shopmesh, drives CreateOrder over REST through Envoy (bench/load.py) and samples
+every service process with py-spy meanwhile (`--idle` off: only samples on the CPU).
+Prints, per service, the functions with the most samples inclusive of what they call, and
+the most samples of their own; writes the collapsed stacks (flamegraph input) and a
+speedscope-ready copy is one `py-spy record --format speedscope` away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from bench.run import SEED_ACCOUNTS, SEED_PRODUCTS, SKU
+from shopmesh import tokens
+from shopmesh.system import Ports, Settings, start
+from shopmesh.tools import REPO
+from tests.helpers import write_seed
+
+PY_SPY = pathlib.Path(sys.executable).parent / "py-spy"
+
+
+def top(
+    stacks: pathlib.Path, count: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]], int]:
+    """(inclusive, self, total samples) from py-spy's collapsed (raw) output."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in stacks.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        n = int(samples)
+        total += n
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+    return inclusive.most_common(count), own.most_common(count), total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.profile", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--out", type=pathlib.Path, default=REPO / "bench" / "results" / "profile")
+    parser.add_argument("--workdir", type=pathlib.Path, default=REPO / "var" / "profile")
+    args = parser.parse_args(argv)
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    args.workdir.mkdir(parents=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    seed = write_seed(args.workdir / "seed.json", SEED_PRODUCTS, SEED_ACCOUNTS)
+    print("starting shopmesh...", flush=True)
+    shop = start(Settings(workdir=args.workdir / "shopmesh", ports=Ports.free(), seed_file=seed))
+    try:
+        token = tokens.issue("bench", (), 3600, shop.keys.private_pem.parent)
+        load = [
+            sys.executable,
+            "-m",
+            "bench.load",
+            "--transport",
+            "rest",
+            "--target",
+            f"http://{shop.public_target}",
+            "--token",
+            token,
+            "--sku",
+            SKU,
+        ]
+        subprocess.run(
+            [*load, "--prefix", f"warm-{time.time_ns()}", "--seconds", "3"],
+            check=True,
+            cwd=REPO,
+            capture_output=True,
+        )
+        spies = {
+            s.label: subprocess.Popen(
+                [
+                    str(PY_SPY),
+                    "record",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "250",
+                    "--nonblocking",
+                    "-d",
+                    str(args.seconds),
+                    "-p",
+                    str(s.pid),
+                    "-o",
+                    str(args.out / f"{s.label}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for s in shop.instances()
+        }
+        print(f"driving orders for {args.seconds} s with py-spy attached...", flush=True)
+        subprocess.run(
+            [
+                *load,
+                "--prefix",
+                f"prof-{time.time_ns()}",
+                "--seconds",
+                str(args.seconds),
+                "--connections",
+                str(args.connections),
+            ],
+            check=True,
+            cwd=REPO,
+        )
+        for spy in spies.values():
+            spy.wait(timeout=60)
+    finally:
+        shop.stop()
+    for label in spies:
+        inclusive, own, total = top(args.out / f"{label}.txt", args.top)
+        print(f"\n== {label}: {total} samples; inclusive / self, % of samples")
+        for frame, n in inclusive:
+            print(f"  {100 * n / total:5.1f}%  {frame}")
+        print("  -- self")
+        for frame, n in own:
+            print(f"  {100 * n / total:5.1f}%  {frame}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
