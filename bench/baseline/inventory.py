@@ -14,7 +14,8 @@ from services.common.validation import check_id, check_items, check_sku
 from services.inventory.domain import DEFAULT_HOLD_SECONDS, Item, Reservation
 from services.inventory.store import InventoryStore
 
-store = InventoryStore(db_path())
+# One transaction and one COMMIT per write, as the classic design does (no group commit).
+store = InventoryStore(db_path(), group_commit=False)
 if seed_file() is not None:
     store.seed(seed_file())  # type: ignore[arg-type]
 app = FastAPI()
@@ -71,14 +72,16 @@ async def reserve(body: ReserveIn, request: Request) -> dict[str, Any]:
     check_items(violations, "items", [(i.sku, i.quantity) for i in body.items])
     violations.raise_if_any()
     items = [Item(i.sku, i.quantity) for i in body.items]
-    return reservation(store.reserve(body.order_id, who, items, body.hold_seconds, time.time()))
+    return reservation(
+        await store.reserve(body.order_id, who, items, body.hold_seconds, time.time())
+    )
 
 
 @app.post("/v1/reservations/{order_id}:commit")
 async def commit(order_id: str, request: Request) -> dict[str, Any]:
-    return reservation(store.commit(order_id, caller(request), time.time()))
+    return reservation(await store.commit(order_id, caller(request), time.time()))
 
 
 @app.post("/v1/reservations/{order_id}:release")
 async def release(order_id: str, request: Request) -> dict[str, Any]:
-    return reservation(store.release(order_id, caller(request), time.time()))
+    return reservation(await store.release(order_id, caller(request), time.time()))

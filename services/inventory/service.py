@@ -51,7 +51,7 @@ class InventoryService:
         while True:
             await asyncio.sleep(self._config.sweep_interval_seconds)
             try:
-                expired = self.store.expire_due(time.time())
+                expired = await self.store.expire_due(time.time())
             except Exception:
                 log.exception("sweeping expired holds failed; trying again later")
                 continue

@@ -65,7 +65,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
                 "must be 1 second to 1 hour",
             )
         violations.raise_if_any()
-        found = self._store.reserve(request.order_id, who.user_id, items, hold, time.time())
+        found = await self._store.reserve(request.order_id, who.user_id, items, hold, time.time())
         return rpc.ReserveStockResponse(reservation=_reservation(found))
 
     async def GetReservation(
@@ -83,7 +83,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
     ) -> rpc.CommitReservationResponse:
         who = caller(context)
         require_order_id(request.order_id)
-        found = self._store.commit(request.order_id, who.user_id, time.time())
+        found = await self._store.commit(request.order_id, who.user_id, time.time())
         return rpc.CommitReservationResponse(reservation=_reservation(found))
 
     async def ReleaseReservation(
@@ -91,7 +91,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
     ) -> rpc.ReleaseReservationResponse:
         who = caller(context)
         require_order_id(request.order_id)
-        found = self._store.release(request.order_id, who.user_id, time.time())
+        found = await self._store.release(request.order_id, who.user_id, time.time())
         return rpc.ReleaseReservationResponse(reservation=_reservation(found))
 
     async def RestockProduct(
@@ -107,7 +107,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         )
         check_id(violations, "request_id", request.request_id)
         violations.raise_if_any()
-        product = self._store.restock(request.sku, request.quantity, request.request_id)
+        product = await self._store.restock(request.sku, request.quantity, request.request_id)
         return rpc.RestockProductResponse(product=_product(product))
 
 

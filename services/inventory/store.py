@@ -59,11 +59,18 @@ CREATE TABLE IF NOT EXISTS restocks (
 
 
 class InventoryStore:
-    def __init__(self, path: pathlib.Path, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: pathlib.Path, synchronous: str = "FULL", group_commit: bool = True
+    ) -> None:
         self._conn = db.connect(path, synchronous, SCHEMA)
+        self.writes = db.GroupCommit(self._conn, enabled=group_commit)
+        # Reads see only committed data; the writes' connection belongs to `writes`.
+        self._reads = db.connect(path, synchronous, "")
 
     def close(self) -> None:
+        self.writes.close()
         self._conn.close()
+        self._reads.close()
 
     def seed(self, seed_file: pathlib.Path) -> int:
         """Adds the seed file's products that are not there yet; returns how many."""
@@ -87,20 +94,17 @@ class InventoryStore:
     # Reads.
 
     def product(self, sku: str) -> Product:
-        row = self._conn.execute("SELECT * FROM products WHERE sku = ?", (sku,)).fetchone()
-        if row is None:
-            raise not_found("PRODUCT_NOT_FOUND", f"no product has SKU {sku!r}", sku=sku)
-        return _product(row)
+        return _product_in(self._reads, sku)
 
     def products(self, after_sku: str | None, limit: int) -> list[Product]:
-        rows = self._conn.execute(
+        rows = self._reads.execute(
             "SELECT * FROM products WHERE sku > ? ORDER BY sku LIMIT ?", (after_sku or "", limit)
         ).fetchall()
         return [_product(r) for r in rows]
 
     def reservation(self, order_id: str, user_id: str | None = None) -> Reservation:
         """The order's reservation; NOT_FOUND if none, or if it is another user's."""
-        found = _reservation(self._conn, order_id)
+        found = _reservation(self._reads, order_id)
         if found is None or (user_id is not None and found.user_id != user_id):
             raise not_found(
                 "RESERVATION_NOT_FOUND", f"order {order_id!r} has no reservation", order_id=order_id
@@ -109,6 +113,7 @@ class InventoryStore:
 
     # Writes.
 
+    @db.batched
     def reserve(
         self, order_id: str, user_id: str, items: Sequence[Item], hold_seconds: float, now: float
     ) -> Reservation:
@@ -169,6 +174,7 @@ class InventoryStore:
         assert reservation is not None
         return reservation
 
+    @db.batched
     def commit(self, order_id: str, user_id: str, now: float) -> Reservation:
         """Sells a held reservation; a repeat returns the committed one."""
         with db.transaction(self._conn) as conn:
@@ -193,6 +199,7 @@ class InventoryStore:
         assert result is not None
         return result
 
+    @db.batched
     def release(self, order_id: str, user_id: str, now: float) -> Reservation:
         """Gives a hold back; for an unknown order, records an empty released one."""
         with db.transaction(self._conn) as conn:
@@ -225,11 +232,13 @@ class InventoryStore:
         assert result is not None
         return result
 
+    @db.batched
     def expire_due(self, now: float) -> int:
         """Gives back the stock of every hold past its expire time; returns how many."""
         with db.transaction(self._conn) as conn:
             return _expire_due(conn, now)
 
+    @db.batched
     def restock(self, sku: str, quantity: int, request_id: str) -> Product:
         """Adds units once per request id."""
         with db.transaction(self._conn) as conn:
@@ -253,7 +262,14 @@ class InventoryStore:
                     "this request_id was already used for a different restock",
                     request_id=request_id,
                 )
-        return self.product(sku)
+            return _product_in(conn, sku)
+
+
+def _product_in(conn: sqlite3.Connection, sku: str) -> Product:
+    row = conn.execute("SELECT * FROM products WHERE sku = ?", (sku,)).fetchone()
+    if row is None:
+        raise not_found("PRODUCT_NOT_FOUND", f"no product has SKU {sku!r}", sku=sku)
+    return _product(row)
 
 
 def _product(row: sqlite3.Row) -> Product:

@@ -138,7 +138,7 @@ class SagaRunner:
                 await self._compensate(order, saga)
                 continue
             if saga.cancel_requested and saga.phase in CANCELLABLE_PHASES:
-                self._store.begin_compensation(
+                await self._store.begin_compensation(
                     order_id, saga.phase, cancelled_by_user(), time.time()
                 )
                 continue
@@ -146,7 +146,9 @@ class SagaRunner:
                 await self._forward(order, saga.phase)
             except StepFailed as failed:
                 log.info("order %s: %s; compensating", order_id, failed.error.reason)
-                self._store.begin_compensation(order_id, saga.phase, failed.error, time.time())
+                await self._store.begin_compensation(
+                    order_id, saga.phase, failed.error, time.time()
+                )
 
     async def _forward(self, order: Order, phase: Phase) -> None:
         """Takes the one step after `phase` and records it."""
@@ -167,14 +169,16 @@ class SagaRunner:
                         violations=(FieldViolation("line_items", "the total is too large"),),
                     )
                 )
-            self._store.record_reserved(order.order_id, items, currency, time.time())
+            await self._store.record_reserved(order.order_id, items, currency, time.time())
             self.crash_point("after_reserve")
         elif phase is Phase.RESERVED:
             await self._before_pivot(order, lambda: self._participants.authorize(order), "payment")
-            self._store.advance(order.order_id, Phase.RESERVED, Phase.AUTHORIZED, time.time())
+            await self._store.advance(order.order_id, Phase.RESERVED, Phase.AUTHORIZED, time.time())
             self.crash_point("after_authorize")
         elif phase is Phase.AUTHORIZED:
-            self._store.advance(order.order_id, Phase.AUTHORIZED, Phase.COMMITTING, time.time())
+            await self._store.advance(
+                order.order_id, Phase.AUTHORIZED, Phase.COMMITTING, time.time()
+            )
         elif phase is Phase.COMMITTING:
             try:
                 await self._until_done(lambda: self._participants.commit(order), stop_on_final=True)
@@ -183,7 +187,7 @@ class SagaRunner:
                 raise StepFailed(error.error) from error
             self.crash_point("after_commit")
             await self._until_done(lambda: self._participants.capture(order))
-            self._store.finish(order.order_id, Phase.COMMITTING, time.time())
+            await self._store.finish(order.order_id, Phase.COMMITTING, time.time())
 
     async def _compensate(self, order: Order, saga: Saga) -> None:
         """Undoes what may have happened, newest first, then records CANCELLED."""
@@ -191,7 +195,7 @@ class SagaRunner:
             await self._until_done(lambda: self._participants.void(order))
             self.crash_point("during_compensation")
         await self._until_done(lambda: self._participants.release(order))
-        self._store.finish(order.order_id, Phase.COMPENSATING, time.time())
+        await self._store.finish(order.order_id, Phase.COMPENSATING, time.time())
 
     async def _before_pivot(
         self, order: Order, step: Callable[[], Awaitable[T]], participant: str

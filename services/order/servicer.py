@@ -42,7 +42,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         check_id(violations, "request_id", request.request_id)
         items = _check_line_items(violations, request.line_items)
         violations.raise_if_any()
-        order, created = self._store.create(
+        order, created = await self._store.create(
             uuid.uuid4().hex, who.user_id, request.request_id, items, time.time()
         )
         if created:
@@ -93,7 +93,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         if order.state is domain.OrderState.CONFIRMED:
             raise _already_confirmed(order.order_id)
         if order.state is domain.OrderState.PENDING:
-            if not self._store.request_cancel(order.order_id, time.time()):
+            if not await self._store.request_cancel(order.order_id, time.time()):
                 # Too late to ask, unless the saga is already cancelling on its own.
                 phase = self._store.saga(order.order_id).phase
                 if phase in (domain.Phase.COMMITTING, domain.Phase.CONFIRMED):

@@ -73,14 +73,22 @@ def _placeholders(values: Iterable[object]) -> str:
 
 
 class OrderStore:
-    def __init__(self, path: pathlib.Path, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: pathlib.Path, synchronous: str = "FULL", group_commit: bool = True
+    ) -> None:
         self._conn = db.connect(path, synchronous, SCHEMA)
+        self.writes = db.GroupCommit(self._conn, enabled=group_commit)
+        # Reads see only committed data; the writes' connection belongs to `writes`.
+        self._reads = db.connect(path, synchronous, "")
 
     def close(self) -> None:
+        self.writes.close()
         self._conn.close()
+        self._reads.close()
 
     # Orders.
 
+    @db.batched
     def create(
         self, order_id: str, user_id: str, request_id: str, items: tuple[LineItem, ...], now: float
     ) -> tuple[Order, bool]:
@@ -120,18 +128,18 @@ class OrderStore:
 
     def order(self, order_id: str, user_id: str | None = None) -> Order:
         """The order; NOT_FOUND if none, or if it is another user's."""
-        found = self._order(self._conn, order_id)
+        found = self._order(self._reads, order_id)
         if user_id is not None and found.user_id != user_id:
             raise _not_found(order_id)
         return found
 
     def orders(self, user_id: str, before_seq: int | None, limit: int) -> list[Order]:
         """The user's orders, newest first, older than `before_seq` if given."""
-        rows = self._conn.execute(
+        rows = self._reads.execute(
             "SELECT order_id FROM orders WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
             (user_id, before_seq if before_seq is not None else 2**62, limit),
         ).fetchall()
-        return [self._order(self._conn, r["order_id"]) for r in rows]
+        return [self._order(self._reads, r["order_id"]) for r in rows]
 
     def _order(self, conn: sqlite3.Connection, order_id: str) -> Order:
         row = conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
@@ -161,27 +169,19 @@ class OrderStore:
     # The saga record.
 
     def saga(self, order_id: str) -> Saga:
-        row = self._conn.execute("SELECT * FROM sagas WHERE order_id = ?", (order_id,)).fetchone()
-        if row is None:
-            raise _not_found(order_id)
-        return Saga(
-            order_id=row["order_id"],
-            phase=Phase(row["phase"]),
-            compensate_from=Phase(row["compensate_from"]) if row["compensate_from"] else None,
-            cancel_requested=bool(row["cancel_requested"]),
-            failure=decode_failure(row["failure"]),
-        )
+        return _saga(self._reads, order_id)
 
     def open_sagas(self, idle_since: float) -> list[str]:
         """Ids of sagas not final and not moved since `idle_since`, oldest first."""
         finals = [p.value for p in FINAL_PHASES]
-        rows = self._conn.execute(
+        rows = self._reads.execute(
             f"SELECT order_id FROM sagas WHERE phase NOT IN ({_placeholders(finals)})"
             " AND updated_at <= ? ORDER BY updated_at",
             (*finals, idle_since),
         ).fetchall()
         return [r["order_id"] for r in rows]
 
+    @db.batched
     def record_reserved(
         self, order_id: str, items: Sequence[LineItem], currency: str, now: float
     ) -> bool:
@@ -202,6 +202,7 @@ class OrderStore:
             )
             return True
 
+    @db.batched
     def advance(self, order_id: str, before: Phase, after: Phase, now: float) -> bool:
         """Moves the saga forward one phase; the pivot only if no cancel was asked for."""
         with db.transaction(self._conn) as conn:
@@ -215,6 +216,7 @@ class OrderStore:
                 )
             return _move(conn, order_id, (before,), after, now)
 
+    @db.batched
     def begin_compensation(
         self, order_id: str, before: Phase, failure: ServiceError, now: float
     ) -> bool:
@@ -235,6 +237,7 @@ class OrderStore:
                 ).rowcount
             )
 
+    @db.batched
     def finish(self, order_id: str, before: Phase, now: float) -> bool:
         """The last step: CONFIRMED from COMMITTING, CANCELLED from COMPENSATING."""
         final = Phase.CONFIRMED if before is Phase.COMMITTING else Phase.CANCELLED
@@ -243,7 +246,7 @@ class OrderStore:
                 return False
             reason = ""
             if final is Phase.CANCELLED:
-                failure = self.saga(order_id).failure
+                failure = _saga(conn, order_id).failure
                 reason = failure.reason if failure is not None else ""
             conn.execute(
                 "UPDATE orders SET state = ?, cancel_reason = ?, updated_at = ? WHERE order_id = ?",
@@ -251,6 +254,7 @@ class OrderStore:
             )
             return True
 
+    @db.batched
     def request_cancel(self, order_id: str, now: float) -> bool:
         """Asks a saga that has not passed its pivot to cancel; False if it has."""
         phases = [p.value for p in CANCELLABLE_PHASES]
@@ -262,6 +266,19 @@ class OrderStore:
                     (now, order_id, *phases),
                 ).rowcount
             )
+
+
+def _saga(conn: sqlite3.Connection, order_id: str) -> Saga:
+    row = conn.execute("SELECT * FROM sagas WHERE order_id = ?", (order_id,)).fetchone()
+    if row is None:
+        raise _not_found(order_id)
+    return Saga(
+        order_id=row["order_id"],
+        phase=Phase(row["phase"]),
+        compensate_from=Phase(row["compensate_from"]) if row["compensate_from"] else None,
+        cancel_requested=bool(row["cancel_requested"]),
+        failure=decode_failure(row["failure"]),
+    )
 
 
 def _move(

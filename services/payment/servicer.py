@@ -67,7 +67,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
                 f"must be 1..{domain.MAX_AMOUNT_MINOR}",
             )
         violations.raise_if_any()
-        payment = self._store.authorize(
+        payment = await self._store.authorize(
             request.order_id, who.user_id, amount.amount_minor, amount.currency_code, time.time()
         )
         self._faults.after_commit("AuthorizePayment")
@@ -79,7 +79,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         who = caller(context)
         await self._faults.before("CapturePayment")
         require_order_id(request.order_id)
-        payment = self._store.capture(request.order_id, who.user_id, time.time())
+        payment = await self._store.capture(request.order_id, who.user_id, time.time())
         self._faults.after_commit("CapturePayment")
         return rpc.CapturePaymentResponse(payment=_payment(payment))
 
@@ -89,7 +89,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         who = caller(context)
         await self._faults.before("VoidPayment")
         require_order_id(request.order_id)
-        payment = self._store.void(request.order_id, who.user_id, time.time())
+        payment = await self._store.void(request.order_id, who.user_id, time.time())
         self._faults.after_commit("VoidPayment")
         return rpc.VoidPaymentResponse(payment=_payment(payment))
 

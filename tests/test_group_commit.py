@@ -1,0 +1,99 @@
+"""Group commit (services/common/db.py): the writes of one event-loop turn share one COMMIT,
+each caller hears its own answer only after that COMMIT, and one write's error or a storage
+fault is handled as if every write had its own transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import sqlite3
+
+from services.common import db
+from services.common.errors import ErrorKind, ServiceError
+from services.inventory.domain import Item
+from services.inventory.store import InventoryStore
+from tests.helpers import write_seed
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
+
+
+class Counter:
+    """A tiny store: one batched write, and the statements its connection ran."""
+
+    def __init__(self, path: pathlib.Path, group_commit: bool = True) -> None:
+        self.conn = db.connect(path, "FULL", SCHEMA)
+        self.statements: list[str] = []
+        self.conn.set_trace_callback(self.statements.append)
+        self.writes = db.GroupCommit(self.conn, enabled=group_commit)
+
+    @db.batched
+    def put(self, key: str, value: int) -> int:
+        with db.transaction(self.conn) as conn:
+            conn.execute("INSERT INTO kv VALUES (?, ?)", (key, value))
+            if value < 0:
+                raise ServiceError(ErrorKind.INVALID_ARGUMENT, "NEGATIVE", "no negatives")
+        return value
+
+    def commits(self) -> int:
+        return sum(1 for s in self.statements if s == "COMMIT")
+
+
+def stored(path: pathlib.Path) -> dict[str, int]:
+    """What another connection (another process, say) sees committed."""
+    with sqlite3.connect(path) as other:
+        return dict(other.execute("SELECT k, v FROM kv").fetchall())
+
+
+async def test_writes_of_one_turn_share_one_commit(tmp_path: pathlib.Path) -> None:
+    store = Counter(tmp_path / "kv.db")
+    answers = await asyncio.gather(*(store.put(f"k{n}", n) for n in range(10)))
+    assert answers == list(range(10))
+    assert store.commits() == 1
+    assert stored(tmp_path / "kv.db") == {f"k{n}": n for n in range(10)}
+
+
+async def test_without_group_commit_each_write_commits_alone(tmp_path: pathlib.Path) -> None:
+    store = Counter(tmp_path / "kv.db", group_commit=False)
+    await asyncio.gather(*(store.put(f"k{n}", n) for n in range(3)))
+    assert store.commits() == 3
+
+
+async def test_a_failing_write_undoes_only_itself(tmp_path: pathlib.Path) -> None:
+    store = Counter(tmp_path / "kv.db")
+    answers = await asyncio.gather(
+        store.put("a", 1), store.put("bad", -1), store.put("c", 3), return_exceptions=True
+    )
+    assert answers[0] == 1 and answers[2] == 3
+    assert isinstance(answers[1], ServiceError) and answers[1].reason == "NEGATIVE"
+    assert stored(tmp_path / "kv.db") == {"a": 1, "c": 3}
+
+
+async def test_a_storage_fault_fails_the_whole_batch(tmp_path: pathlib.Path) -> None:
+    store = Counter(tmp_path / "kv.db")
+    store.conn.execute("PRAGMA busy_timeout=50")
+    # Another process holds the write lock past our busy timeout.
+    blocker = sqlite3.connect(tmp_path / "kv.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        answers = await asyncio.gather(store.put("a", 1), store.put("b", 2), return_exceptions=True)
+    finally:
+        blocker.execute("ROLLBACK")
+    assert all(isinstance(a, ServiceError) and a.reason == "STORAGE_UNAVAILABLE" for a in answers)
+    assert stored(tmp_path / "kv.db") == {}
+    assert await store.put("a", 1) == 1  # and the store works again afterwards
+
+
+async def test_buyers_of_the_last_unit_in_one_batch_never_oversell(tmp_path: pathlib.Path) -> None:
+    store = InventoryStore(tmp_path / "inventory.db")
+    store.seed(write_seed(tmp_path / "seed.json", {"SKU-LAST": (100, 1)}, {}))
+    answers = await asyncio.gather(
+        *(
+            store.reserve(f"order-{n}", f"user-{n}", [Item("SKU-LAST", 1)], 60, 0.0)
+            for n in range(5)
+        ),
+        return_exceptions=True,
+    )
+    refused = [a for a in answers if isinstance(a, ServiceError)]
+    assert len(refused) == 4 and {a.reason for a in refused} == {"OUT_OF_STOCK"}
+    product = store.product("SKU-LAST")
+    assert (product.available, product.held, product.sold) == (0, 1, 0)
