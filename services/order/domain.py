@@ -1,9 +1,10 @@
 """Order's domain: orders, the saga's phases, limits and failures. No gRPC, no SQL.
 
 The saga's phases, in order: STARTED (order persisted) -> RESERVED (stock held, prices
-known) -> AUTHORIZED (money held) -> COMMITTING (the pivot: from here the order goes
-forward) -> CONFIRMED. A final failure before the pivot, or a commit that finds its hold
-gone, moves to COMPENSATING -> CANCELLED.
+known) -> COMMITTING (money held, and the pivot: from here the order goes forward) ->
+CONFIRMED. AUTHORIZED (money held, not yet the pivot) is recorded instead of COMMITTING only
+when the user asked to cancel while the payment was being authorized. A final failure
+before the pivot, or a commit that finds its hold gone, moves to COMPENSATING -> CANCELLED.
 """
 
 from __future__ import annotations

@@ -173,9 +173,13 @@ class SagaRunner:
             self.crash_point("after_reserve")
         elif phase is Phase.RESERVED:
             await self._before_pivot(order, lambda: self._participants.authorize(order), "payment")
-            await self._store.advance(order.order_id, Phase.RESERVED, Phase.AUTHORIZED, time.time())
+            # Authorized: on to the pivot in the same write, unless a cancel was asked for
+            # meanwhile; then AUTHORIZED, and the next turn compensates (voids, releases).
+            now = time.time()
+            if not await self._store.advance(order.order_id, Phase.RESERVED, Phase.COMMITTING, now):
+                await self._store.advance(order.order_id, Phase.RESERVED, Phase.AUTHORIZED, now)
             self.crash_point("after_authorize")
-        elif phase is Phase.AUTHORIZED:
+        elif phase is Phase.AUTHORIZED:  # recorded only when a cancel came in time
             await self._store.advance(
                 order.order_id, Phase.AUTHORIZED, Phase.COMMITTING, time.time()
             )

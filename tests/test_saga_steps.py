@@ -1,0 +1,97 @@
+"""The saga's steps against scripted participants (no network): what it records and which
+calls it makes, for the cases a live stack cannot time precisely."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Awaitable, Callable
+
+from services.order.domain import CANCELLED_BY_USER, LineItem, Order, OrderState, Phase
+from services.order.saga import SagaRunner, SagaSettings
+from services.order.store import OrderStore
+
+SETTINGS = SagaSettings(step_retry_seconds=1, max_backoff_seconds=0.1, hold_seconds=60)
+
+
+def record_moves(store: OrderStore) -> list[tuple[Phase, Phase]]:
+    """The phase moves the saga asks of `store.advance`, in order."""
+    moves: list[tuple[Phase, Phase]] = []
+    advance = store.advance
+
+    async def recorded(order_id: str, before: Phase, after: Phase, now: float) -> bool:
+        moves.append((before, after))
+        return await advance(order_id, before, after, now)
+
+    store.advance = recorded  # type: ignore[method-assign]
+    return moves
+
+
+class Scripted:
+    """Participants that succeed, log each call, and may run a hook during authorize."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.during_authorize: Callable[[Order], Awaitable[None]] | None = None
+
+    async def reserve(self, order: Order, hold_seconds: float) -> list[LineItem]:
+        self.calls.append("reserve")
+        return [LineItem(i.sku, i.quantity, 250, "USD") for i in order.items]
+
+    async def authorize(self, order: Order) -> None:
+        self.calls.append("authorize")
+        if self.during_authorize is not None:
+            await self.during_authorize(order)
+
+    async def commit(self, order: Order) -> None:
+        self.calls.append("commit")
+
+    async def capture(self, order: Order) -> None:
+        self.calls.append("capture")
+
+    async def void(self, order: Order) -> None:
+        self.calls.append("void")
+
+    async def release(self, order: Order) -> None:
+        self.calls.append("release")
+
+
+async def test_an_authorized_order_goes_to_the_pivot_in_one_write(tmp_path: pathlib.Path) -> None:
+    store = OrderStore(tmp_path / "order.db")
+    participants = Scripted()
+    phases: list[Phase] = []
+
+    async def look(order: Order) -> None:
+        phases.append(store.saga(order.order_id).phase)
+
+    participants.during_authorize = look
+    moves = record_moves(store)
+    order, _ = await store.create("o1", "alice", "r1", (LineItem("SKU-TEA", 2),), 0.0)
+    await SagaRunner(store, participants, SETTINGS).ensure(order.order_id)
+    assert participants.calls == ["reserve", "authorize", "commit", "capture"]
+    assert phases == [Phase.RESERVED]
+    assert moves == [(Phase.RESERVED, Phase.COMMITTING)]
+    assert store.order("o1").state is OrderState.CONFIRMED
+    store.close()
+
+
+async def test_a_cancel_during_authorization_voids_instead_of_committing(
+    tmp_path: pathlib.Path,
+) -> None:
+    store = OrderStore(tmp_path / "order.db")
+    participants = Scripted()
+
+    async def user_cancels(order: Order) -> None:
+        assert await store.request_cancel(order.order_id, 1.0)
+
+    participants.during_authorize = user_cancels
+    moves = record_moves(store)
+    order, _ = await store.create("o1", "alice", "r1", (LineItem("SKU-TEA", 2),), 0.0)
+    await SagaRunner(store, participants, SETTINGS).ensure(order.order_id)
+    assert participants.calls == ["reserve", "authorize", "void", "release"]
+    # The pivot was refused (a cancel was asked for), so AUTHORIZED was recorded instead.
+    assert moves == [(Phase.RESERVED, Phase.COMMITTING), (Phase.RESERVED, Phase.AUTHORIZED)]
+    final = store.order("o1")
+    assert (final.state, final.cancel_reason) == (OrderState.CANCELLED, CANCELLED_BY_USER)
+    saga = store.saga("o1")
+    assert (saga.phase, saga.compensate_from) == (Phase.CANCELLED, Phase.AUTHORIZED)
+    store.close()
