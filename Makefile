@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup wrk gen gen-check lint breaking test chaos bench run clean
+.PHONY: help setup wrk gen gen-check lint breaking test chaos bench profile run clean
 
 help:
 	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
@@ -17,7 +17,8 @@ help:
 	@echo "make lint       buf lint + format, ruff, mypy"
 	@echo "make breaking   check proto/ against the last released contract (buf breaking + REST routes)"
 	@echo "make chaos      the whole suite with the long fault profiles (under 15 min), fault table at the end"
-	@echo "make bench      shopmesh against the FastAPI baseline, side by side (bench/results/)"
+	@echo "make bench      shopmesh against the FastAPI baseline, side by side (bench/results/, about 6 min)"
+	@echo "make profile    where each service's time goes under the order load (py-spy)"
 
 TS := clients/typescript
 SDK := clients/python/shopmesh_sdk/gen
@@ -81,6 +82,10 @@ test: setup gen-check lint breaking
 
 bench: setup
 	python -m bench.run
+
+# py-spy attaches to the running services: it needs ptrace (root, or ptrace_scope 0).
+profile: setup
+	python -m bench.profile
 
 # The same tests with the long profiles: more saga-model runs and steps, longer flapping.
 chaos: setup

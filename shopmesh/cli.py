@@ -63,11 +63,22 @@ def _run(args: argparse.Namespace) -> int:
     if args.instances < 1:
         print("shopmesh run: --instances must be at least 1", file=sys.stderr)
         return 2
+    if args.envoy_concurrency < 1:
+        print("shopmesh run: --envoy-concurrency must be at least 1", file=sys.stderr)
+        return 2
     ports = system.Ports(
-        public=args.public_port, internal=args.internal_port, admin=args.admin_port
+        public=args.public_port,
+        internal=args.internal_port,
+        admin=args.admin_port,
+        xds=args.xds_port,
+        consul_http=args.consul_port,
     )
     settings = system.Settings(
-        workdir=args.workdir, ports=ports, instances=args.instances, keys_dir=args.keys_dir
+        workdir=args.workdir,
+        ports=ports,
+        instances=args.instances,
+        keys_dir=args.keys_dir,
+        envoy_concurrency=args.envoy_concurrency,
     )
     started = time.monotonic()
 
@@ -155,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--xds-port", type=int, default=18000, help="control plane [18000]")
     run.add_argument("--consul-port", type=int, default=8500, help="Consul HTTP [8500]")
     run.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help="[var/jwt]")
+    run.add_argument(
+        "--envoy-concurrency",
+        type=int,
+        default=system.ENVOY_CONCURRENCY,
+        help=f"Envoy worker threads [{system.ENVOY_CONCURRENCY}]",
+    )
     run.set_defaults(handler=_run)
 
     args = parser.parse_args(argv)
