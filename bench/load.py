@@ -56,6 +56,7 @@ class Report:
     max_ms: float = math.nan
     driver_cpu_s: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)  # with --latencies: every one
 
     @property
     def failed(self) -> int:
@@ -87,6 +88,7 @@ class Recorder:
             )
 
         return Report(
+            latencies_ms=[round(x * 1000, 3) for x in ordered],
             requests=len(ordered),
             ok=len(ordered) - sum(self.failures.values()),
             seconds=seconds,
@@ -210,6 +212,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="closed loop: concurrent callers; open loop: at most this many REST connections",
     )
     parser.add_argument("--rate", type=float, help="open loop at this many orders per second")
+    parser.add_argument(
+        "--latencies", action="store_true", help="print every latency too (to pool runs)"
+    )
     args = parser.parse_args(argv)
     if args.user and args.transport == "rest":
         parser.error("--user is for gRPC straight to the order service; REST needs --token")
@@ -221,6 +226,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     report = uvloop.run(drive(args))
+    if not args.latencies:
+        report.latencies_ms = []
     times = os.times()
     report.driver_cpu_s = times.user + times.system
     print(json.dumps({**asdict(report), "failed": report.failed}))

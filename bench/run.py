@@ -83,6 +83,7 @@ class Run:
     seconds: float
     p50_ms: float
     p99_ms: float
+    latencies_ms: list[float]
     cpu_seconds: dict[str, float]
     failures: dict[str, int]
     new_orders: int
@@ -166,7 +167,7 @@ def drive(
         str(connections),
     ]
     if rate is not None:
-        command += ["--rate", f"{rate:.1f}"]
+        command += ["--rate", f"{rate:.1f}", "--latencies"]
     ran = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=seconds + 60, check=False
     )
@@ -196,6 +197,7 @@ def measure(
         seconds=out["seconds"],
         p50_ms=out["p50_ms"],
         p99_ms=out["p99_ms"],
+        latencies_ms=out["latencies_ms"],
         cpu_seconds={part: after[part] - before[part] for part in before},
         failures=out["failures"],
         new_orders=system.orders() - orders,
@@ -385,6 +387,15 @@ def benchmark(
     }
 
 
+def _without_latencies(run: Run) -> dict[str, Any]:
+    return {k: v for k, v in asdict(run).items() if k != "latencies_ms"}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
 def report(results: dict[str, Any], systems: dict[str, System], out: pathlib.Path) -> int:
     saturation: list[Run] = results["saturation"]
     paced: list[Run] = results["paced"]
@@ -404,8 +415,10 @@ def report(results: dict[str, Any], systems: dict[str, System], out: pathlib.Pat
         summary[name] = {
             "orders_per_second": median([r.per_second for r in runs]),
             "ratio": ratio,
-            "p50_ms": median([r.p50_ms for r in at_rate]),
-            "p99_ms": median([r.p99_ms for r in at_rate]),
+            # Percentiles of every round's latencies pooled: a 10 s round at the fixed rate
+            # has too few samples for a steady p99 of its own.
+            "p50_ms": percentile([x for r in at_rate for x in r.latencies_ms], 0.50),
+            "p99_ms": percentile([x for r in at_rate for x in r.latencies_ms], 0.99),
             "cpu_us_per_order": cpu,
             "cpu_ratio": cpu / base_cpu,
         }
@@ -476,8 +489,8 @@ def report(results: dict[str, Any], systems: dict[str, System], out: pathlib.Pat
             name: {**asdict(s), "order_db": str(s.order_db)} for name, s in systems.items()
         },
         "rate": results["rate"],
-        "saturation": [asdict(r) for r in saturation],
-        "paced": [asdict(r) for r in paced],
+        "saturation": [_without_latencies(r) for r in saturation],
+        "paced": [_without_latencies(r) for r in paced],
         "wrk": results["wrk"],
         "envoy_get": results["envoy_get"],
         "cpu_us_per_order_by_process": split,
