@@ -1,10 +1,11 @@
-"""`make profile`: where shopmesh's services spend their CPU under the order load.
+"""`make profile`: where shopmesh's services spend their time under the order load.
 
 Starts shopmesh, drives CreateOrder over REST through Envoy (bench/load.py) and samples
-every service process with py-spy meanwhile (`--idle` off: only samples on the CPU).
-Prints, per service, the functions with the most samples inclusive of what they call, and
-the most samples of their own; writes the collapsed stacks (flamegraph input) and a
-speedscope-ready copy is one `py-spy record --format speedscope` away.
+every service process with py-spy meanwhile. py-spy leaves out threads waiting in the
+event loop's poll, but counts a thread blocked in a syscall such as fsync as busy, so
+COMMIT shows up with the time the disk takes. Prints, per service, the functions with the
+most samples including what they call, and with the most samples of their own; the
+collapsed stacks (flamegraph input) stay in bench/results/profile/<service>.txt.
 """
 
 from __future__ import annotations
