@@ -4,6 +4,7 @@ calls it makes, for the cases a live stack cannot time precisely."""
 from __future__ import annotations
 
 import pathlib
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 from services.order.domain import CANCELLED_BY_USER, LineItem, Order, OrderState, Phase
@@ -94,4 +95,21 @@ async def test_a_cancel_during_authorization_voids_instead_of_committing(
     assert (final.state, final.cancel_reason) == (OrderState.CANCELLED, CANCELLED_BY_USER)
     saga = store.saga("o1")
     assert (saga.phase, saga.compensate_from) == (Phase.CANCELLED, Phase.AUTHORIZED)
+    store.close()
+
+
+async def test_open_sagas_are_found_through_the_index_oldest_first(tmp_path: pathlib.Path) -> None:
+    store = OrderStore(tmp_path / "order.db")
+    for n, at in enumerate((30.0, 10.0, 20.0, 40.0)):
+        await store.create(f"o{n}", "alice", f"r{n}", (LineItem("SKU-TEA", 1),), at)
+    await store.advance("o2", Phase.STARTED, Phase.RESERVED, 20.0)  # open still
+    await store.finish("o0", Phase.STARTED, 30.0)  # not a real path, but final: CANCELLED
+    statements: list[str] = []
+    store._reads.set_trace_callback(statements.append)
+    assert store.open_sagas(idle_since=35.0) == ["o1", "o2"]
+    # Finished sagas pile up forever, so the query must not scan them all.
+    (query,) = statements
+    with sqlite3.connect(tmp_path / "order.db") as conn:
+        plan = " ".join(str(row) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
+    assert "SCAN sagas" not in plan and "sagas_by_phase" in plan, plan
     store.close()

@@ -173,11 +173,13 @@ class OrderStore:
 
     def open_sagas(self, idle_since: float) -> list[str]:
         """Ids of sagas not final and not moved since `idle_since`, oldest first."""
-        finals = [p.value for p in FINAL_PHASES]
+        # `phase IN (open phases)`, not `NOT IN (finals)`: IN walks the (phase, updated_at)
+        # index; NOT IN scanned every saga ever made (4 ms at 50k orders, every interval).
+        open_phases = [p.value for p in Phase if p not in FINAL_PHASES]
         rows = self._reads.execute(
-            f"SELECT order_id FROM sagas WHERE phase NOT IN ({_placeholders(finals)})"
+            f"SELECT order_id FROM sagas WHERE phase IN ({_placeholders(open_phases)})"
             " AND updated_at <= ? ORDER BY updated_at",
-            (*finals, idle_since),
+            (*open_phases, idle_since),
         ).fetchall()
         return [r["order_id"] for r in rows]
 
