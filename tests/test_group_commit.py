@@ -97,3 +97,12 @@ async def test_buyers_of_the_last_unit_in_one_batch_never_oversell(tmp_path: pat
     assert len(refused) == 4 and {a.reason for a in refused} == {"OUT_OF_STOCK"}
     product = store.product("SKU-LAST")
     assert (product.available, product.held, product.sold) == (0, 1, 0)
+
+
+async def test_no_caller_waits_forever_when_the_batch_cannot_run(tmp_path: pathlib.Path) -> None:
+    store = Counter(tmp_path / "kv.db")
+    store.writes.close()  # the writer thread is gone, as at shutdown
+    answers = await asyncio.wait_for(
+        asyncio.gather(store.put("a", 1), store.put("b", 2), return_exceptions=True), 5
+    )
+    assert all(isinstance(a, RuntimeError) for a in answers), answers

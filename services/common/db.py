@@ -107,8 +107,9 @@ class GroupCommit:
     gets STORAGE_UNAVAILABLE (a write's answer may rest on another's uncommitted effect, so
     none is trusted).
 
-    The thread owns `conn` from then on: reads go through a connection of their own (see
-    `connect`), which in WAL mode sees exactly what has been committed.
+    A batch of one write commits on the event loop's thread: alone, it would gain nothing
+    from the thread but the hand-off's cost. Reads go through a connection of their own
+    (see `connect`), which in WAL mode sees exactly what has been committed.
 
     With `enabled=False` each write is its own transaction, committed at once on the
     caller's thread: the classic design the benchmark's baseline keeps.
@@ -142,11 +143,14 @@ class GroupCommit:
             while self._queued:
                 batch, self._queued = self._queued, []
                 writes = [write for write, _ in batch]
-                if len(writes) == 1:
-                    # Alone, a write gains nothing from the thread but the hand-off's cost.
-                    outcomes = self._commit(writes)
-                else:
-                    outcomes = await loop.run_in_executor(self._thread, self._commit, writes)
+                try:
+                    if len(writes) == 1:
+                        # Alone, a write gains nothing from the thread but the hand-off's cost.
+                        outcomes = self._commit(writes)
+                    else:
+                        outcomes = await loop.run_in_executor(self._thread, self._commit, writes)
+                except Exception as exc:  # e.g. the thread is shut down: no caller may hang
+                    outcomes = [(None, exc) for _ in writes]
                 for (_, future), (result, error) in zip(batch, outcomes, strict=True):
                     if future.cancelled():  # its caller left; the write stands
                         continue
@@ -158,7 +162,8 @@ class GroupCommit:
             self._committing = False
 
     def _commit(self, writes: list[Callable[[], Any]]) -> list[tuple[Any, Exception | None]]:
-        """On the writer thread: one transaction, a savepoint per write, one COMMIT."""
+        """One transaction, a savepoint per write, one COMMIT (on the writer thread, or on
+        the loop's for a batch of one)."""
         outcomes: list[tuple[Any, Exception | None]] = []
         try:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -168,10 +173,12 @@ class GroupCommit:
                 except Exception as exc:  # the caller's own error, e.g. OUT_OF_STOCK
                     outcomes.append((None, exc))
             self._conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
-            failure = _storage_error(exc)
+            # As `transaction` does: a storage fault may be retried; anything else is a bug
+            # (INTERNAL) and is not dressed up as one.
+            failure = _storage_error(exc) if isinstance(exc, sqlite3.OperationalError) else exc
             return [(None, failure) for _ in writes]
         return outcomes
 
