@@ -59,13 +59,8 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.instances < 1:
-        print("shopmesh run: --instances must be at least 1", file=sys.stderr)
-        return 2
-    if args.envoy_concurrency < 1:
-        print("shopmesh run: --envoy-concurrency must be at least 1", file=sys.stderr)
-        return 2
+def run_settings(args: argparse.Namespace) -> system.Settings:
+    """What `shopmesh run`'s flags ask for."""
     ports = system.Ports(
         public=args.public_port,
         internal=args.internal_port,
@@ -73,13 +68,24 @@ def _run(args: argparse.Namespace) -> int:
         xds=args.xds_port,
         consul_http=args.consul_port,
     )
-    settings = system.Settings(
+    return system.Settings(
         workdir=args.workdir,
         ports=ports,
         instances=args.instances,
         keys_dir=args.keys_dir,
         envoy_concurrency=args.envoy_concurrency,
     )
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.instances < 1:
+        print("shopmesh run: --instances must be at least 1", file=sys.stderr)
+        return 2
+    if args.envoy_concurrency < 1:
+        print("shopmesh run: --envoy-concurrency must be at least 1", file=sys.stderr)
+        return 2
+    settings = run_settings(args)
+    ports = settings.ports
     started = time.monotonic()
 
     def progress(step: str) -> None:
@@ -132,6 +138,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopmesh", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     keys_dir = REPO / "var" / "jwt"
@@ -173,9 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"Envoy worker threads [{system.ENVOY_CONCURRENCY}]",
     )
     run.set_defaults(handler=_run)
-
-    args = parser.parse_args(argv)
-    return int(args.handler(args))
+    return parser
 
 
 if __name__ == "__main__":
