@@ -76,24 +76,39 @@ class ServiceProcess:
         return self.workdir / f"{self.label}.log"
 
     def signal(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signum)
+        signal_process(self.process, signum)
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
         """SIGTERM, wait, then SIGKILL; returns the exit code."""
-        if self.process.poll() is None:
-            self.signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
-            self.signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-        return self.process.wait()
+        return stop_process(self.process, timeout)
 
     def kill(self) -> None:
         """kill -9, as a crash would."""
-        self.signal(signal.SIGKILL)
-        self.process.wait()
+        kill_process(self.process)
+
+
+def signal_process(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Signals a child that has not exited (one that has is left alone)."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signum)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_SECONDS) -> int:
+    """SIGTERM, wait up to `timeout`, then SIGKILL; the exit code."""
+    signal_process(process, signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+    signal_process(process, signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        signal_process(process, signal.SIGKILL)
+    return process.wait()
+
+
+def kill_process(process: subprocess.Popen[bytes]) -> None:
+    """kill -9 and reap, as a crash would end it."""
+    signal_process(process, signal.SIGKILL)
+    process.wait()
 
 
 def spawn_service(

@@ -9,11 +9,8 @@ parent must stay alive: Envoy asks the kernel to stop it when its parent exits.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import pathlib
-import signal
 import subprocess
 import time
 import urllib.error
@@ -22,7 +19,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from gateway.envoy_config import EnvoySettings, write
-from services.stack import DEMO_DATA, ServiceProcess, StartError, spawn_service
+from services.stack import (
+    DEMO_DATA,
+    ServiceProcess,
+    StartError,
+    kill_process,
+    signal_process,
+    spawn_service,
+    stop_process,
+)
 from shopmesh import tokens
 from shopmesh.tools import REPO, free_ports, tool
 
@@ -99,25 +104,16 @@ class Daemon:
         return self.process is not None and self.process.poll() is None
 
     def signal(self, signum: int) -> None:
-        if self.running():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
+        if self.process is not None:
+            signal_process(self.process, signum)
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-        if self.process is None:
-            return
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout)
 
     def kill(self) -> None:
-        self.signal(signal.SIGKILL)
         if self.process is not None:
-            self.process.wait()
+            kill_process(self.process)
 
     def wait_until(
         self, ready: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_SECONDS
