@@ -24,6 +24,7 @@ import functools
 import logging
 import pathlib
 import sqlite3
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
@@ -38,14 +39,33 @@ BUSY_TIMEOUT_MS = 5000
 def connect(path: pathlib.Path, synchronous: str, schema: str) -> sqlite3.Connection:
     """Opens (creating if needed) the database at `path` and applies `schema`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    _use_wal(conn)
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.executescript(schema)
+    if schema:
+        # In one write transaction taken up front: instances starting together on one file
+        # create it one after another, and a schema is never half applied.
+        conn.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
     return conn
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switches the file to WAL (kept in the file once done). Switching a new file needs it
+    to itself, and SQLite then answers "database is locked" at once instead of waiting, so
+    instances that start together on one new file retry briefly until one has switched it.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        with contextlib.suppress(sqlite3.OperationalError):
+            if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                return
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError("could not switch the database to WAL: locked")
+        time.sleep(0.01)
 
 
 @contextlib.contextmanager
