@@ -17,7 +17,7 @@ help:
 	@echo "make lint       buf lint + format, ruff, mypy"
 	@echo "make breaking   check proto/ against the last released contract (buf breaking + REST routes)"
 	@echo "make chaos      the whole suite with the long fault profiles (under 15 min), fault table at the end"
-	@echo "make bench      shopmesh against the FastAPI baseline, side by side (bench/results/, about 6 min)"
+	@echo "make bench      shopmesh against the FastAPI baseline, side by side (bench/results/, about 5 min)"
 	@echo "make profile    where each service's time goes under the order load (py-spy)"
 
 TS := clients/typescript
