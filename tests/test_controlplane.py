@@ -171,6 +171,26 @@ async def test_a_nacked_version_is_not_sent_again_and_other_clusters_still_updat
     call.cancel()
 
 
+async def test_a_late_nack_blames_the_version_it_answers_not_the_newest(
+    ads: tuple[Snapshot, ads_pb2_grpc.AggregatedDiscoveryServiceStub],
+) -> None:
+    snapshot, stub = ads
+    snapshot.set("inventory", assignment("inventory", 1))
+    call = stub.StreamAggregatedResources()
+    await call.write(request(["inventory"]))
+    first = await read(call)
+    snapshot.set("inventory", assignment("inventory", 1, 3))  # changes before Envoy answers
+    second = await read(call)
+    await call.write(request(["inventory"], first.nonce, "", error="bad endpoint"))  # NACK: first
+    await call.write(request(["inventory"], second.nonce, second.version_info))  # ACK: second
+    snapshot.set("inventory", assignment("inventory", 4))
+    assert (await read(call)).version_info == version_of(assignment("inventory", 4))
+    # Flapping back to the second version: it was accepted, so it is sent again.
+    snapshot.set("inventory", assignment("inventory", 1, 3))
+    assert (await read(call)).version_info == second.version_info
+    call.cancel()
+
+
 async def test_a_reconnecting_envoy_gets_the_current_endpoints_at_once(
     ads: tuple[Snapshot, ads_pb2_grpc.AggregatedDiscoveryServiceStub],
 ) -> None:

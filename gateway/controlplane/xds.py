@@ -70,7 +70,9 @@ class StreamState:
     node: str = "?"
     subscribed: set[str] = field(default_factory=set)
     sent: dict[str, str] = field(default_factory=dict)  # cluster -> version sent last
-    nonces: dict[str, str] = field(default_factory=dict)  # nonce -> cluster
+    # nonce -> (cluster, version it carried): a NACK names the version it rejects, not
+    # whatever was sent last (a newer version may have gone out before the NACK came back).
+    nonces: dict[str, tuple[str, str]] = field(default_factory=dict)
     rejected: dict[str, set[str]] = field(default_factory=dict)  # cluster -> NACKed versions
 
 
@@ -111,7 +113,7 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             packed = any_pb2.Any()
             packed.Pack(resource.assignment)
             state.sent[cluster] = resource.version
-            state.nonces[nonce] = cluster
+            state.nonces[nonce] = (cluster, resource.version)
             due.append(
                 discovery_pb2.DiscoveryResponse(
                     version_info=resource.version,
@@ -140,9 +142,8 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if request.type_url != EDS_TYPE_URL:
                 log.warning("ignoring a request for %s: only EDS is served", request.type_url)
                 continue
-            cluster = state.nonces.pop(request.response_nonce, None)
+            cluster, version = state.nonces.pop(request.response_nonce, (None, ""))
             if request.HasField("error_detail") and cluster is not None:
-                version = state.sent.get(cluster, "")
                 state.rejected.setdefault(cluster, set()).add(version)
                 log.error(
                     "Envoy %s rejected %s %s: %s",
