@@ -106,3 +106,16 @@ async def test_no_caller_waits_forever_when_the_batch_cannot_run(tmp_path: pathl
         asyncio.gather(store.put("a", 1), store.put("b", 2), return_exceptions=True), 5
     )
     assert all(isinstance(a, RuntimeError) for a in answers), answers
+
+
+async def test_a_batch_sqlite_rolls_back_by_itself_fails_whole(tmp_path: pathlib.Path) -> None:
+    store = Counter(tmp_path / "kv.db")
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count={pages + 2}")  # the disk is nearly full
+    answers = await asyncio.gather(
+        store.put("a", 1), store.put("b" * 50_000, 2), store.put("c", 3), return_exceptions=True
+    )
+    # Nothing may be stored behind the back of a caller told the write failed, and no
+    # caller may be told "done" for a write that is not there.
+    assert all(isinstance(a, ServiceError) and a.reason == "STORAGE_UNAVAILABLE" for a in answers)
+    assert stored(tmp_path / "kv.db") == {}

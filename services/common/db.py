@@ -192,6 +192,10 @@ class GroupCommit:
                     outcomes.append((write(), None))
                 except Exception as exc:  # the caller's own error, e.g. OUT_OF_STOCK
                     outcomes.append((None, exc))
+                if not self._conn.in_transaction:
+                    # SQLite rolled the whole batch back by itself (disk full, I/O error):
+                    # stop here, before the next write would run outside the batch.
+                    raise sqlite3.OperationalError("the batch's transaction was rolled back")
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
