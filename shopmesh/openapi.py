@@ -22,7 +22,7 @@ from typing import Any
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from services.common import pagination, validation
+from services.common import identity, pagination, validation
 from services.inventory.domain import MAX_RESTOCK
 
 FieldDescriptor = descriptor_pb2.FieldDescriptorProto
@@ -83,7 +83,7 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "quantity": _QUANTITY,
     "RestockProductRequest.quantity": {"minimum": 1, "maximum": MAX_RESTOCK},
     "page_size": {"minimum": 0, "maximum": pagination.MAX_PAGE_SIZE},
-    "user_id": {"minLength": 1, "maxLength": 128},
+    "user_id": {"minLength": 1, "maxLength": identity.MAX_USER_ID_LENGTH},
     "CreateOrderRequest.line_items": {"minItems": 1, "maxItems": validation.MAX_ITEMS},
     "ReserveStockRequest.items": {"minItems": 1, "maxItems": validation.MAX_ITEMS},
 }

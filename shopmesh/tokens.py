@@ -18,6 +18,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from services.common.identity import MAX_USER_ID_LENGTH
+
 ISSUER = "shopmesh-dev"
 AUDIENCE = "shopmesh"
 DEFAULT_TTL_SECONDS = 3600
@@ -70,8 +72,8 @@ def issue(
     """A token for `user` with the given scopes (a space-separated `scope` claim)."""
     if not 0 < ttl_seconds <= MAX_TTL_SECONDS:
         raise ValueError(f"ttl must be 1..{MAX_TTL_SECONDS} seconds, got {ttl_seconds}")
-    if not user or len(user) > 128 or not user.isprintable():
-        raise ValueError("user must be 1 to 128 printable characters")
+    if not user or len(user) > MAX_USER_ID_LENGTH or not user.isprintable():
+        raise ValueError(f"user must be 1 to {MAX_USER_ID_LENGTH} printable characters")
     keys = ensure_keys(directory)
     issued = int(now if now is not None else time.time())
     claims = {

@@ -24,8 +24,9 @@ from services.common.validation import check_id, check_items
 from services.order import domain
 from services.order.saga import SagaRunner, SagaSettings
 from services.order.store import OrderStore
+from shopmesh import tokens
 
-ISSUER, AUDIENCE = "shopmesh-dev", "shopmesh"
+ISSUER, AUDIENCE = tokens.ISSUER, tokens.AUDIENCE
 
 # One transaction and one COMMIT per write, as the classic design does (no group commit).
 store = OrderStore(db_path(), group_commit=False)

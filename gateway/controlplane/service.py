@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import pathlib
 from dataclasses import dataclass
 
 import grpc
@@ -13,7 +12,7 @@ from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from gateway.controlplane.consul_watch import ServiceWatch
 from gateway.controlplane.resources import Endpoint, load_assignment
 from gateway.controlplane.xds import AggregatedDiscovery, Snapshot
-from services.common.config import ServerConfig, setting
+from services.common.config import ServerConfig, is_host_port, setting
 
 
 @dataclass(frozen=True)
@@ -23,13 +22,12 @@ class ControlPlaneConfig(ServerConfig):
     port: int = setting(18000, "port Envoy's ADS stream connects to")
     watch_consul_http: str = setting("127.0.0.1:8500", "host:port of the Consul HTTP API to watch")
     clusters: str = setting("inventory,payment,order", "comma-separated Consul services to serve")
-    ready_file: pathlib.Path | None = setting(None, "file written once serving")
 
     def problems(self) -> list[str]:
         found = super().problems()
         if not self.cluster_names:
             found.append("clusters must name at least one service")
-        if ":" not in self.watch_consul_http:
+        if not is_host_port(self.watch_consul_http):
             found.append(f"watch_consul_http must be host:port, got {self.watch_consul_http!r}")
         return found
 

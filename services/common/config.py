@@ -67,7 +67,7 @@ class ServerConfig:
             found.append(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         if self.registration_interval_seconds <= 0:
             found.append("registration_interval_seconds must be > 0")
-        if self.consul_http and not _is_host_port(self.consul_http):
+        if self.consul_http and not is_host_port(self.consul_http):
             found.append(f"consul_http must be host:port, got {self.consul_http!r}")
         advertised = self.advertise_address or self.host
         if self.consul_http and not _is_ip(advertised):
@@ -126,7 +126,7 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _is_host_port(text: str) -> bool:
+def is_host_port(text: str) -> bool:
     host, _, port = text.rpartition(":")
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
