@@ -179,7 +179,7 @@ class SagaRunner:
             if not await self._store.advance(order.order_id, Phase.RESERVED, Phase.COMMITTING, now):
                 await self._store.advance(order.order_id, Phase.RESERVED, Phase.AUTHORIZED, now)
             self.crash_point("after_authorize")
-        elif phase is Phase.AUTHORIZED:  # recorded only when a cancel came in time
+        elif phase is Phase.AUTHORIZED:  # only sagas an older version left in AUTHORIZED
             await self._store.advance(
                 order.order_id, Phase.AUTHORIZED, Phase.COMMITTING, time.time()
             )

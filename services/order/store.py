@@ -206,7 +206,7 @@ class OrderStore:
 
     @db.batched
     def advance(self, order_id: str, before: Phase, after: Phase, now: float) -> bool:
-        """Moves the saga forward one phase; the pivot only if no cancel was asked for."""
+        """Moves the saga from `before` to `after`; to the pivot only if no cancel was asked for."""
         with db.transaction(self._conn) as conn:
             if after is Phase.COMMITTING:
                 return bool(
