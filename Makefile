@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
 	@echo "make test       set up, check generated code and lint, run every test"
-	@echo "make setup      create .venv and install pinned dependencies (idempotent)"
+	@echo "make setup      install into the repo: .venv (pinned), Consul, npm packages, dev JWT keys (idempotent)"
 	@echo "make gen        regenerate gen/ and docs/openapi.json from proto/"
 	@echo "make gen-check  regenerate and fail if gen/ differs from what is committed"
 	@echo "make lint       buf lint + format, ruff, mypy"
@@ -23,7 +23,7 @@ help:
 TS := clients/typescript
 SDK := clients/python/shopmesh_sdk/gen
 
-setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules/.installed wrk
+setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules/.installed
 
 # The load generator of `make bench` (and of its smoke test in `make test`).
 wrk:
@@ -76,11 +76,11 @@ lint: setup
 breaking: setup
 	tools/breaking
 
-test: setup gen-check lint breaking
+test: setup wrk gen-check lint breaking
 	@echo "== pytest"
 	pytest $(PYTEST_ARGS)
 
-bench: setup
+bench: setup wrk
 	python -m bench.run
 
 # py-spy attaches to the running services: it needs ptrace (root, or ptrace_scope 0).
@@ -88,7 +88,7 @@ profile: setup
 	python -m bench.profile
 
 # The same tests with the long profiles: more saga-model runs and steps, longer flapping.
-chaos: setup
+chaos: setup wrk
 	SHOPMESH_CHAOS=1 timeout 900 pytest $(PYTEST_ARGS)
 
 # N instances of each service: make run N=2
