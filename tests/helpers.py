@@ -239,9 +239,10 @@ def assert_invariants(client: Client, ledger: Ledger) -> None:
 
 
 def assert_calls_resolved(client: Client, user_id: str, calls: list[tuple[str, str]]) -> None:
-    """After a fault, once the system is quiet: every order of the user is final, each
-    request id placed at most one order, every ok call's order exists, and every unknown
-    call ended in exactly one final state or in no order at all."""
+    """After a fault, once the system is quiet: every order of the user is final (so every
+    unknown call ended in a final state or in no order at all), each request id placed at
+    most one order, every ok call's order exists, and no refused call's order was
+    confirmed (the caller told "no" must not have paid)."""
 
     def all_final() -> list[order_pb2.Order] | None:
         found = client.list_orders(user_id)
@@ -252,13 +253,17 @@ def assert_calls_resolved(client: Client, user_id: str, calls: list[tuple[str, s
     per_request = Counter(o.request_id for o in orders)
     assert max(per_request.values()) == 1, [r for r, n in per_request.items() if n > 1]
     placed = {o.request_id: o.state for o in orders}
+    outcomes: dict[str, set[str]] = {}
     for request_id, outcome in calls:
+        outcomes.setdefault(request_id, set()).add(outcome)
         if outcome == "ok":
             assert request_id in placed, f"ok call {request_id} has no order"
-        elif outcome == "unknown":
-            assert placed.get(request_id, order_pb2.ORDER_STATE_CANCELLED) in (
-                order_pb2.ORDER_STATE_CONFIRMED,
-                order_pb2.ORDER_STATE_CANCELLED,
+    for request_id, seen in outcomes.items():
+        # Only ids every call of which was refused: a reused id may have placed an order
+        # with an earlier call before a later one was refused (REQUEST_ID_REUSED).
+        if seen == {"failed"}:
+            assert placed.get(request_id) != order_pb2.ORDER_STATE_CONFIRMED, (
+                f"refused call {request_id} has a confirmed order"
             )
 
 

@@ -130,6 +130,8 @@ async def test_one_response_per_cluster_then_pushes_on_change(
     unpacked = endpoint_pb2.ClusterLoadAssignment()
     first.resources[0].Unpack(unpacked)
     assert (unpacked.cluster_name, len(first.resources)) == ("inventory", 1)
+    second.resources[0].Unpack(unpacked)
+    assert (unpacked.cluster_name, len(second.resources)) == ("payment", 1)
     assert first.nonce != second.nonce
     assert first.version_info == version_of(assignment("inventory", 1))
     await call.write(request(["inventory", "payment"], first.nonce, first.version_info))  # ACK

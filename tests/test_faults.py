@@ -52,16 +52,20 @@ def settle(system: System, traffic: Traffic, fault: str) -> None:
 
 @pytest.mark.parametrize("method", ["AuthorizePayment", "CapturePayment", "VoidPayment"])
 def test_lost_replies_after_payment_committed(make_system: SystemFactory, method: str) -> None:
-    """Payment commits, then its reply is lost (twice): the saga retries, the participant
-    answers from its record, and nothing is held or taken twice."""
+    """Payment commits, then its reply is lost (twice, as UNAVAILABLE): Envoy's internal
+    hop retries it (the saga would, past Envoy's budget), the participant answers from its
+    record, and nothing is held or taken twice."""
     system = make_system(service_settings={"payment": {"lose_replies": f"{method}:2"}})
     # A void happens when an order is cancelled: bob cannot pay for the 250.00 item.
     buyer, sku = ("bob", "SKU-LAST") if method == "VoidPayment" else ("rich", "SKU-MUG")
     with Traffic(system, user=buyer, sku=sku) as traffic:
         traffic.wait_for(3)
     settle(system, traffic, f"{method} reply lost twice after commit")
+    # The replies really were lost, and resent: Envoy counted the retries.
+    retries = system.stats("cluster.payment.upstream_rq_retry")
+    assert retries.get("cluster.payment.upstream_rq_retry", 0) >= 2, retries
     summary = traffic.summary()
-    assert summary["unknown"] == 0  # the saga absorbed the lost replies
+    assert summary["unknown"] == 0  # the lost replies were absorbed
     assert summary["failed" if method == "VoidPayment" else "ok"] >= 3, traffic.failures
 
 
@@ -70,7 +74,8 @@ def test_envoy_killed_and_restarted_under_traffic(make_system: SystemFactory) ->
     with Traffic(system) as traffic:
         traffic.wait_for(10)
         system.envoy.kill()
-        time.sleep(1)  # the outage itself: calls fail while nothing listens
+        # The outage itself: wait until callers see it (calls fail while nothing listens).
+        wait_for(lambda: traffic.summary()["unknown"] > 0, "callers to see Envoy gone")
         system.envoy.start()
         system.envoy.wait_until(system.envoy_ready, "Envoy to have endpoints again")
         traffic.wait_for_ok(20)  # clients reconnect (after gRPC's own backoff) and succeed
@@ -140,6 +145,9 @@ def test_a_slow_payment_instance_is_routed_around(make_system: SystemFactory) ->
         traffic.wait_for(40, timeout=60)
     summary = traffic.summary()
     assert summary["ok"] >= 0.99 * sum(summary.values()), (summary, traffic.failures[:5])
+    # The slow instance really was tried and given up on after the per-try timeout.
+    timeouts = system.stats("cluster.payment.upstream_rq_per_try_timeout")
+    assert timeouts.get("cluster.payment.upstream_rq_per_try_timeout", 0) > 0, timeouts
     settle(system, traffic, "payment instance slow (1.5 s per call, 1 of 2)")
 
 

@@ -125,9 +125,11 @@ async def test_users_see_only_their_own_account_and_payments(payment: PaymentSer
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND")
     # Indistinguishable from an account that does not exist, so ids cannot be probed.
     ghost = await rejected(payment.GetAccount(rpc.GetAccountRequest(user_id="zed"), metadata=ADMIN))
-    assert (error.message, error.metadata) == (
+    assert (error.code, error.reason, error.message, error.metadata) == (
+        ghost.code,
+        ghost.reason,
         ghost.message.replace("zed", "alice"),
-        {"user_id": "alice"},
+        {k: v.replace("zed", "alice") for k, v in ghost.metadata.items()},
     )
     for call in (
         payment.GetPayment(rpc.GetPaymentRequest(order_id="o1"), metadata=bob),
