@@ -96,6 +96,23 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 @contextlib.contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A read transaction: every SELECT inside sees the database as of the first one.
+
+    Without it each SELECT on the read connection is its own transaction, and a read made
+    of two (an order's row, then its items) could straddle a commit that changed both.
+    """
+    try:
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")  # ends the read; it wrote nothing
+    except sqlite3.OperationalError as exc:
+        raise _storage_error(exc) from exc
+
+
+@contextlib.contextmanager
 def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("SAVEPOINT step")
     try:

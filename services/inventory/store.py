@@ -104,7 +104,8 @@ class InventoryStore:
 
     def reservation(self, order_id: str, user_id: str | None = None) -> Reservation:
         """The order's reservation; NOT_FOUND if none, or if it is another user's."""
-        found = _reservation(self._reads, order_id)
+        with db.snapshot(self._reads) as conn:
+            found = _reservation(conn, order_id)
         if found is None or (user_id is not None and found.user_id != user_id):
             raise not_found(
                 "RESERVATION_NOT_FOUND", f"order {order_id!r} has no reservation", order_id=order_id

@@ -128,18 +128,21 @@ class OrderStore:
 
     def order(self, order_id: str, user_id: str | None = None) -> Order:
         """The order; NOT_FOUND if none, or if it is another user's."""
-        found = self._order(self._reads, order_id)
+        with db.snapshot(self._reads) as conn:
+            found = self._order(conn, order_id)
         if user_id is not None and found.user_id != user_id:
             raise _not_found(order_id)
         return found
 
     def orders(self, user_id: str, before_seq: int | None, limit: int) -> list[Order]:
         """The user's orders, newest first, older than `before_seq` if given."""
-        rows = self._reads.execute(
-            "SELECT order_id FROM orders WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-            (user_id, before_seq if before_seq is not None else 2**62, limit),
-        ).fetchall()
-        return [self._order(self._reads, r["order_id"]) for r in rows]
+        with db.snapshot(self._reads) as conn:
+            rows = conn.execute(
+                "SELECT order_id FROM orders WHERE user_id = ? AND seq < ?"
+                " ORDER BY seq DESC LIMIT ?",
+                (user_id, before_seq if before_seq is not None else 2**62, limit),
+            ).fetchall()
+            return [self._order(conn, r["order_id"]) for r in rows]
 
     def _order(self, conn: sqlite3.Connection, order_id: str) -> Order:
         row = conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
