@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +73,17 @@ class Registration:
     def __init__(self, http_address: str, instance: Instance) -> None:
         self._client = consul_client(http_address)
         self.instance = instance
+        # Cancelling keep_registered does not stop a register() already running in its
+        # thread; the lock and flag make sure it cannot land after the deregistration.
+        self._lock = threading.Lock()
+        self._left = False
 
     def register(self) -> None:
+        with self._lock:
+            if not self._left:
+                self._register()
+
+    def _register(self) -> None:
         i = self.instance
         self._client.agent.service.register(
             i.name,
@@ -86,7 +96,10 @@ class Registration:
         )
 
     def deregister(self) -> None:
-        self._client.agent.service.deregister(self.instance.service_id)
+        """Deregisters for good: a later (or in-flight) register() does nothing."""
+        with self._lock:
+            self._left = True
+            self._client.agent.service.deregister(self.instance.service_id)
 
     def is_registered(self) -> bool:
         return self.instance.service_id in self._client.agent.services()
