@@ -74,17 +74,30 @@ def test_a_service_with_bad_config_exits_2_with_a_clear_message() -> None:
     assert "Traceback" not in started.stderr
 
 
-def test_help_lists_every_setting_with_its_variable() -> None:
-    shown = subprocess.run(
-        [sys.executable, "-m", "services.order", "--help"],
+def show_help(module: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def test_help_lists_every_setting_with_its_variable() -> None:
+    shown = show_help("services.order")
     assert shown.returncode == 0
+    assert shown.stdout.startswith("usage: python -m services.order ")
     for name in ("--inventory-target", "SHOP_PAYMENT_TARGET", "--crash-at", "--db-synchronous"):
+        assert name in shown.stdout
+
+
+def test_the_control_plane_help_names_its_own_command() -> None:
+    shown = show_help("gateway.controlplane")
+    assert shown.returncode == 0
+    assert shown.stdout.startswith("usage: python -m gateway.controlplane ")
+    for name in ("--watch-consul-http", "SHOP_CLUSTERS"):
         assert name in shown.stdout
 
 

@@ -127,9 +127,12 @@ def main(
     make_service: Callable[[C], Awaitable[Service]],
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Entry point of a service process: `python -m services.<name>`."""
+    """Entry point of a service process: `python -m <package>`."""
+    # The package that defines the service is the one `python -m` runs (services.order,
+    # gateway.controlplane), so --help names the command that was really typed.
+    package = make_service.__module__.rpartition(".")[0]
     try:
-        config = load(config_class, argv, os.environ, prog=f"python -m services.{name}")
+        config = load(config_class, argv, os.environ, prog=f"python -m {package}")
     except ConfigError as error:
         print(f"{name}: {error}", file=sys.stderr)
         return 2
