@@ -8,23 +8,16 @@ from __future__ import annotations
 
 import pathlib
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 TEMPLATE = pathlib.Path(__file__).with_name("envoy.yaml")
 
 
 @dataclass(frozen=True)
-class EnvoySettings:
-    public_port: int = 8080
-    internal_port: int = 15001
-    admin_port: int = 9901
-    xds_port: int = 18000
-    public_address: str = "127.0.0.1"
-    jwks_file: str = "var/jwt/jwks.json"
-    descriptor_file: str = "gen/descriptor.binpb"
-    jwt_issuer: str = "shopmesh-dev"
-    jwt_audience: str = "shopmesh"
-    # Circuit breakers of inventory and payment (the internal hop) ...
+class Limits:
+    """Circuit-breaker limits: the only Envoy policy a test or a deployment tunes."""
+
+    # Of inventory and payment (the internal hop) ...
     max_connections: int = 1024
     max_pending_requests: int = 256
     max_requests: int = 512
@@ -34,8 +27,26 @@ class EnvoySettings:
     edge_max_requests: int = 512
 
 
+@dataclass(frozen=True)
+class EnvoySettings:
+    """Everything the template leaves open: where Envoy listens and finds its files."""
+
+    public_port: int = 8080
+    internal_port: int = 15001
+    admin_port: int = 9901
+    xds_port: int = 18000
+    public_address: str = "127.0.0.1"
+    jwks_file: str = "var/jwt/jwks.json"
+    descriptor_file: str = "gen/descriptor.binpb"
+    jwt_issuer: str = "shopmesh-dev"
+    jwt_audience: str = "shopmesh"
+    limits: Limits = field(default_factory=Limits)
+
+
 def render(settings: EnvoySettings) -> str:
-    values = {key.upper(): str(value) for key, value in asdict(settings).items()}
+    fields = {**asdict(settings), **asdict(settings.limits)}
+    del fields["limits"]
+    values = {key.upper(): str(value) for key, value in fields.items()}
     return string.Template(TEMPLATE.read_text()).substitute(values)
 
 

@@ -17,9 +17,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from gateway.envoy_config import EnvoySettings, write
+from gateway.envoy_config import EnvoySettings, Limits, write
 from services.stack import (
     DEMO_DATA,
     STOP_TIMEOUT_SECONDS,
@@ -68,7 +68,7 @@ class Settings:
     public_address: str = "127.0.0.1"
     service_settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """Extra flags per service, e.g. {"order": {"step_retry_seconds": "20"}}."""
-    envoy: EnvoySettings = field(default_factory=EnvoySettings)
+    envoy_limits: Limits = field(default_factory=Limits)
     keys_dir: pathlib.Path | None = None
     """Where the dev JWT keys live; unset: `<workdir>/jwt`."""
     envoy_concurrency: int = ENVOY_CONCURRENCY
@@ -256,8 +256,7 @@ def consul_daemon(settings: Settings) -> Daemon:
 
 def envoy_daemon(settings: Settings, keys: tokens.Keys) -> Daemon:
     ports = settings.ports
-    envoy_settings = replace(
-        settings.envoy,
+    envoy_settings = EnvoySettings(
         public_port=ports.public,
         internal_port=ports.internal,
         admin_port=ports.admin,
@@ -268,6 +267,7 @@ def envoy_daemon(settings: Settings, keys: tokens.Keys) -> Daemon:
         # Envoy checks what shopmesh.tokens signs: one source for both.
         jwt_issuer=tokens.ISSUER,
         jwt_audience=tokens.AUDIENCE,
+        limits=settings.envoy_limits,
     )
     config = write(envoy_settings, settings.workdir / "envoy.yaml")
     return Daemon(

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from gateway.envoy_config import EnvoySettings
+from gateway.envoy_config import Limits
 from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
@@ -31,13 +31,13 @@ PARALLEL_ORDERS = 12
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     workdir = tmp_path_factory.mktemp("breaker")
     seed = write_system_seed(workdir / "seed.json")
-    limits = EnvoySettings(max_requests=2, max_pending_requests=1, max_retries=1)
+    limits = Limits(max_requests=2, max_pending_requests=1, max_retries=1)
     started = start_system(
         Settings(
             workdir=workdir,
             ports=Ports.free(),
             seed_file=seed,
-            envoy=limits,
+            envoy_limits=limits,
             service_settings={"order": {"step_retry_seconds": "20", "max_backoff_seconds": "0.5"}},
         )
     )
