@@ -3,16 +3,16 @@ as shopmesh runs one process per service) on free ports, and waits until they an
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 
+from services.stack import signal_process, stop_process
+from shopmesh.system import http_get
 from shopmesh.tools import REPO, free_ports
 
 READY_TIMEOUT_SECONDS = 30.0
@@ -27,23 +27,15 @@ class Baseline:
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def stop(self) -> None:
+        for process in self.processes.values():  # all at once, then wait for each
+            signal_process(process, signal.SIGTERM)
         for process in self.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
+    status, _ = http_get(f"{url}/healthz", timeout=1)
+    return status == 200
 
 
 def start(workdir: pathlib.Path, seed: pathlib.Path, jwks: pathlib.Path) -> Baseline:
