@@ -21,9 +21,9 @@ import time
 
 from bench.run import SEED_ACCOUNTS, SEED_PRODUCTS, SKU
 from shopmesh import tokens
+from shopmesh.seed import write_seed
 from shopmesh.system import Ports, Settings, start
 from shopmesh.tools import REPO
-from tests.helpers import write_seed
 
 PY_SPY = pathlib.Path(sys.executable).parent / "py-spy"
 

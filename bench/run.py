@@ -38,10 +38,10 @@ from typing import Any
 
 from bench.baseline.run import start as start_baseline
 from shopmesh import tokens
+from shopmesh.seed import write_seed
 from shopmesh.system import Ports, Settings
 from shopmesh.system import start as start_system
 from shopmesh.tools import REPO
-from tests.helpers import write_seed
 
 SCRIPT = REPO / "bench" / "orders.lua"
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -16,9 +16,10 @@ from services.order.service import OrderService
 from services.payment.config import PaymentConfig
 from services.payment.service import PaymentService
 from services.stack import Stack, start_stack
+from shopmesh.seed import write_seed
 from shopmesh.system import Ports, Settings, System
 from shopmesh.system import start as start_system
-from tests.helpers import FAULT_TABLE, Client, Ledger, Served, serving, write_seed
+from tests.helpers import FAULT_TABLE, Client, Ledger, Served, serving
 from tests.system_helpers import write_system_seed
 
 PRODUCTS = {

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import pathlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -35,26 +33,6 @@ def user(user_id: str) -> tuple[tuple[str, str], ...]:
 
 
 ADMIN = ((USER_HEADER, "ops"), (SCOPES_HEADER, f"openid {ADMIN_SCOPE}"))
-
-
-def write_seed(
-    path: pathlib.Path,
-    products: dict[str, tuple[int, int]],
-    accounts: dict[str, int],
-) -> pathlib.Path:
-    """A seed file: products as {sku: (unit price, stock)}, accounts as {user: balance}."""
-    path.write_text(
-        json.dumps(
-            {
-                "products": [
-                    {"sku": sku, "name": sku.title(), "unit_price_minor": price, "quantity": stock}
-                    for sku, (price, stock) in products.items()
-                ],
-                "accounts": [{"user_id": u, "balance_minor": b} for u, b in accounts.items()],
-            }
-        )
-    )
-    return path
 
 
 @dataclass

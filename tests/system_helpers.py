@@ -19,9 +19,10 @@ from services.stack import Stack
 from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as orders
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
+from shopmesh.seed import write_seed
 from shopmesh.system import System
 from shopmesh.tools import REPO
-from tests.helpers import Client, write_seed
+from tests.helpers import Client
 
 # Products and accounts large enough for steady traffic.
 PRODUCTS = {"SKU-TEA": (450, 100_000), "SKU-MUG": (1299, 50), "SKU-LAST": (25000, 1)}

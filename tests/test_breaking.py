@@ -99,6 +99,15 @@ def test_the_current_contract_is_compatible_with_the_release(scratch: pathlib.Pa
             },
             "REST route POST /v1/orders/{order_id}:cancel",
         ),
+        (
+            {
+                ORDER_SERVICE: (
+                    'get: "/v1/orders/{order_id}"}',
+                    'get: "/v1/orders/{order_id}"\n      response_body: "order"}',
+                )
+            },
+            "now GET /v1/orders/{order_id} (body '', response_body 'order')",
+        ),
     ],
     ids=[
         "remove a field",
@@ -107,6 +116,7 @@ def test_the_current_contract_is_compatible_with_the_release(scratch: pathlib.Pa
         "change a type",
         "change a REST path",
         "change a verb",
+        "answer only a part of the response",
     ],
 )
 def test_breaking_edits_fail(

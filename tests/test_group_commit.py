@@ -12,7 +12,7 @@ from services.common import db
 from services.common.errors import ErrorKind, ServiceError
 from services.inventory.domain import Item
 from services.inventory.store import InventoryStore
-from tests.helpers import write_seed
+from shopmesh.seed import write_seed
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from services.stack import Stack, start_stack
-from tests.helpers import write_seed
+from shopmesh.seed import write_seed
 
 GRPCURL = shutil.which("grpcurl", path=str(pathlib.Path(sys.executable).parent))
 
