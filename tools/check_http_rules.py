@@ -1,9 +1,10 @@
 """Fails if a REST route of the released contract was removed or changed.
 
-No buf breaking rule looks at `google.api.http` options, so a changed verb, path or body
-passes buf while it breaks every REST client. This compares the rules (verb, path, body,
-and additional bindings) of each RPC in two descriptor sets: a route that was removed or
-changed fails; an added route or RPC is fine. No library does this comparison.
+No buf breaking rule looks at `google.api.http` options, so a changed verb, path, body or
+response body passes buf while it breaks every REST client. This compares the rules (verb,
+path, body, response_body, and additional bindings) of each RPC in two descriptor sets: a
+route that was removed or changed fails; an added route or RPC is fine. No library does
+this comparison.
 
     python tools/check_http_rules.py RELEASED.binpb CURRENT.binpb
 """
@@ -16,15 +17,15 @@ from collections.abc import Iterator
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
-Route = tuple[str, str, str]  # (verb, path, body)
+Route = tuple[str, str, str, str]  # (verb, path, body, response_body)
 
 
 def _routes(rule: http_pb2.HttpRule) -> Iterator[Route]:
     pattern = rule.WhichOneof("pattern")
     if pattern == "custom":
-        yield (rule.custom.kind.upper(), rule.custom.path, rule.body)
+        yield (rule.custom.kind.upper(), rule.custom.path, rule.body, rule.response_body)
     elif pattern:
-        yield (pattern.upper(), getattr(rule, pattern), rule.body)
+        yield (pattern.upper(), getattr(rule, pattern), rule.body, rule.response_body)
     for binding in rule.additional_bindings:
         yield from _routes(binding)
 
@@ -45,13 +46,19 @@ def http_routes(descriptor_set: bytes) -> dict[str, set[Route]]:
 def breaking_changes(released: dict[str, set[Route]], current: dict[str, set[Route]]) -> list[str]:
     problems = []
     for method, routes in sorted(released.items()):
-        for verb, path, body in sorted(routes - current.get(method, set())):
-            now = ", ".join(f"{v} {p} (body {b!r})" for v, p, b in sorted(current.get(method, ())))
+        for route in sorted(routes - current.get(method, set())):
+            now = ", ".join(_shown(r) for r in sorted(current.get(method, ())))
             problems.append(
-                f"{method}: REST route {verb} {path} (body {body!r}) was removed or changed"
+                f"{method}: REST route {_shown(route)} was removed or changed"
                 + (f"; now {now}" if now else "")
             )
     return problems
+
+
+def _shown(route: Route) -> str:
+    verb, path, body, response_body = route
+    shown = f"{verb} {path} (body {body!r}"
+    return shown + (f", response_body {response_body!r})" if response_body else ")")
 
 
 def main(argv: list[str]) -> int:
