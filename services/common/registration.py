@@ -3,9 +3,10 @@
 Each instance registers itself (name, a unique id, address, port, version) with a gRPC
 health check that Consul runs against the standard health service. The check's timeout
 (2 s) and FailuresBeforeCritical (3) keep a briefly busy instance from flapping to
-critical (see PLATFORM-NOTES: 1 s checks under CPU load marked every instance critical at
-once). If the agent forgets the registration (a restarted dev agent, a wiped data dir),
-`keep_registered` puts it back. py-consul is synchronous, so calls run in a thread.
+critical (measured on our 2-core machines: 1 s gRPC checks under CPU load marked every
+instance critical at once). If the agent forgets the registration (a restarted agent, a
+wiped data dir), `keep_registered` puts it back. py-consul is synchronous, so calls run
+in a thread.
 """
 
 from __future__ import annotations
