@@ -17,14 +17,16 @@ from shopmesh.seed import write_seed
 SCHEMA = "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
 
 
-class Counter:
-    """A tiny store: one batched write, and the statements its connection ran."""
+class Counter(db.Store):
+    """A tiny store: one batched write, and the statements its write connection ran."""
+
+    schema = SCHEMA
 
     def __init__(self, path: pathlib.Path, group_commit: bool = True) -> None:
-        self.conn = db.connect(path, "FULL", SCHEMA)
+        super().__init__(path, group_commit=group_commit)
+        self.conn = self._conn
         self.statements: list[str] = []
         self.conn.set_trace_callback(self.statements.append)
-        self.writes = db.GroupCommit(self.conn, enabled=group_commit)
 
     @db.batched
     def put(self, key: str, value: int) -> int:

@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from services.common.errors import ErrorKind, ServiceError
 
@@ -224,11 +224,26 @@ class GroupCommit:
         return outcomes
 
 
-class Batched(Protocol):
-    writes: GroupCommit
+class Store:
+    """A service's database: writes through one connection and group commit, reads on a
+    second connection (committed data only). Each store names its `schema`."""
+
+    schema: ClassVar[str] = ""
+
+    def __init__(
+        self, path: pathlib.Path, synchronous: str = "FULL", group_commit: bool = True
+    ) -> None:
+        self._conn = connect(path, synchronous, self.schema)
+        self.writes = GroupCommit(self._conn, enabled=group_commit)
+        self._reads = connect(path, synchronous, "")
+
+    def close(self) -> None:
+        self.writes.close()
+        self._conn.close()
+        self._reads.close()
 
 
-S = TypeVar("S", bound=Batched)
+S = TypeVar("S", bound=Store)
 
 
 def batched(

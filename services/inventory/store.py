@@ -58,19 +58,8 @@ CREATE TABLE IF NOT EXISTS restocks (
 """
 
 
-class InventoryStore:
-    def __init__(
-        self, path: pathlib.Path, synchronous: str = "FULL", group_commit: bool = True
-    ) -> None:
-        self._conn = db.connect(path, synchronous, SCHEMA)
-        self.writes = db.GroupCommit(self._conn, enabled=group_commit)
-        # Reads see only committed data; the writes' connection belongs to `writes`.
-        self._reads = db.connect(path, synchronous, "")
-
-    def close(self) -> None:
-        self.writes.close()
-        self._conn.close()
-        self._reads.close()
+class InventoryStore(db.Store):
+    schema = SCHEMA
 
     def seed(self, seed_file: pathlib.Path) -> int:
         """Adds the seed file's products that are not there yet; returns how many."""

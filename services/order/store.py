@@ -8,7 +8,6 @@ transaction, so no order exists without a saga to finish it.
 
 from __future__ import annotations
 
-import pathlib
 import sqlite3
 from collections.abc import Iterable, Sequence
 
@@ -72,19 +71,8 @@ def _placeholders(values: Iterable[object]) -> str:
     return ", ".join("?" for _ in values)
 
 
-class OrderStore:
-    def __init__(
-        self, path: pathlib.Path, synchronous: str = "FULL", group_commit: bool = True
-    ) -> None:
-        self._conn = db.connect(path, synchronous, SCHEMA)
-        self.writes = db.GroupCommit(self._conn, enabled=group_commit)
-        # Reads see only committed data; the writes' connection belongs to `writes`.
-        self._reads = db.connect(path, synchronous, "")
-
-    def close(self) -> None:
-        self.writes.close()
-        self._conn.close()
-        self._reads.close()
+class OrderStore(db.Store):
+    schema = SCHEMA
 
     # Orders.
 

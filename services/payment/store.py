@@ -38,19 +38,8 @@ def account_not_found(user_id: str) -> ServiceError:
     return not_found("ACCOUNT_NOT_FOUND", f"user {user_id!r} has no account", user_id=user_id)
 
 
-class PaymentStore:
-    def __init__(
-        self, path: pathlib.Path, synchronous: str = "FULL", group_commit: bool = True
-    ) -> None:
-        self._conn = db.connect(path, synchronous, SCHEMA)
-        self.writes = db.GroupCommit(self._conn, enabled=group_commit)
-        # Reads see only committed data; the writes' connection belongs to `writes`.
-        self._reads = db.connect(path, synchronous, "")
-
-    def close(self) -> None:
-        self.writes.close()
-        self._conn.close()
-        self._reads.close()
+class PaymentStore(db.Store):
+    schema = SCHEMA
 
     def seed(self, seed_file: pathlib.Path) -> int:
         """Opens the seed file's accounts that do not exist yet; returns how many."""
