@@ -29,17 +29,18 @@ class Limits:
 
 @dataclass(frozen=True)
 class EnvoySettings:
-    """Everything the template leaves open: where Envoy listens and finds its files."""
+    """Everything the template leaves open: where Envoy listens and finds its files.
+    shopmesh.system.envoy_settings fills it from the system's settings."""
 
-    public_port: int = 8080
-    internal_port: int = 15001
-    admin_port: int = 9901
-    xds_port: int = 18000
-    public_address: str = "127.0.0.1"
-    jwks_file: str = "var/jwt/jwks.json"
-    descriptor_file: str = "gen/descriptor.binpb"
-    jwt_issuer: str = "shopmesh-dev"
-    jwt_audience: str = "shopmesh"
+    public_port: int
+    internal_port: int
+    admin_port: int
+    xds_port: int
+    public_address: str
+    jwks_file: str
+    descriptor_file: str
+    jwt_issuer: str
+    jwt_audience: str
     limits: Limits = field(default_factory=Limits)
 
 

@@ -254,9 +254,10 @@ def consul_daemon(settings: Settings) -> Daemon:
     )
 
 
-def envoy_daemon(settings: Settings, keys: tokens.Keys) -> Daemon:
+def envoy_settings(settings: Settings, keys: tokens.Keys) -> EnvoySettings:
+    """What gateway/envoy.yaml is rendered with for this system."""
     ports = settings.ports
-    envoy_settings = EnvoySettings(
+    return EnvoySettings(
         public_port=ports.public,
         internal_port=ports.internal,
         admin_port=ports.admin,
@@ -269,7 +270,10 @@ def envoy_daemon(settings: Settings, keys: tokens.Keys) -> Daemon:
         jwt_audience=tokens.AUDIENCE,
         limits=settings.envoy_limits,
     )
-    config = write(envoy_settings, settings.workdir / "envoy.yaml")
+
+
+def envoy_daemon(settings: Settings, keys: tokens.Keys) -> Daemon:
+    config = write(envoy_settings(settings, keys), settings.workdir / "envoy.yaml")
     return Daemon(
         "envoy",
         [

@@ -5,19 +5,16 @@ from __future__ import annotations
 import pathlib
 import subprocess
 
-from gateway.envoy_config import EnvoySettings, render, write
+from gateway.envoy_config import render, write
 from shopmesh import tokens
-from shopmesh.tools import REPO, tool
+from shopmesh.system import Settings, envoy_settings
+from shopmesh.tools import tool
 
 
 def test_the_rendered_gateway_config_is_valid(tmp_path: pathlib.Path) -> None:
+    # Rendered as `shopmesh run` renders it, with the default ports.
     keys = tokens.ensure_keys(tmp_path / "jwt")
-    config = write(
-        EnvoySettings(
-            jwks_file=str(keys.jwks), descriptor_file=str(REPO / "gen" / "descriptor.binpb")
-        ),
-        tmp_path / "envoy.yaml",
-    )
+    config = write(envoy_settings(Settings(workdir=tmp_path), keys), tmp_path / "envoy.yaml")
     checked = subprocess.run(
         [tool("envoy"), "--mode", "validate", "-c", str(config), "--disable-hot-restart"],
         capture_output=True,
@@ -29,8 +26,9 @@ def test_the_rendered_gateway_config_is_valid(tmp_path: pathlib.Path) -> None:
     assert f"configuration '{config}' OK" in checked.stdout + checked.stderr
 
 
-def test_admin_and_internal_listener_bind_loopback_only() -> None:
-    text = render(EnvoySettings())
+def test_admin_and_internal_listener_bind_loopback_only(tmp_path: pathlib.Path) -> None:
+    keys = tokens.ensure_keys(tmp_path / "jwt")
+    text = render(envoy_settings(Settings(workdir=tmp_path), keys))
     assert "admin:\n  address: {socket_address: {address: 127.0.0.1, port_value: 9901}}" in text
     assert "address: {socket_address: {address: 127.0.0.1, port_value: 15001}}" in text
     assert "${" not in text
