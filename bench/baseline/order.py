@@ -17,7 +17,7 @@ import jwt
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
-from bench.baseline.common import db_path, install_error_handler, setting
+from bench.baseline.common import install_error_handler, open_store, setting
 from bench.baseline.participants import HttpParticipants
 from services.common.errors import ErrorKind, ServiceError, Violations
 from services.common.validation import check_id, check_items
@@ -28,8 +28,7 @@ from shopmesh import tokens
 
 ISSUER, AUDIENCE = tokens.ISSUER, tokens.AUDIENCE
 
-# One transaction and one COMMIT per write, as the classic design does (no group commit).
-store = OrderStore(db_path(), group_commit=False)
+store = open_store(OrderStore)
 participants = HttpParticipants(setting("INVENTORY_URL"), setting("PAYMENT_URL"), 2.0)
 saga = SagaRunner(
     store,
@@ -116,21 +115,7 @@ async def create_order(body: CreateOrderIn, request: Request) -> dict[str, Any]:
     items = tuple(domain.LineItem(i.sku, i.quantity) for i in body.line_items)
     order, _ = await store.create(uuid.uuid4().hex, who, body.request_id, items, time.time())
     await asyncio.wait({saga.ensure(order.order_id)}, timeout=CREATE_WAIT_SECONDS)
-    order = store.order(order.order_id)
-    if (
-        order.state is domain.OrderState.CANCELLED
-        and order.cancel_reason != domain.CANCELLED_BY_USER
-    ):
-        failure = store.saga(order.order_id).failure
-        if failure is not None:
-            raise ServiceError(
-                failure.kind,
-                failure.reason,
-                failure.message,
-                metadata={**failure.metadata, "order_id": order.order_id},
-                violations=failure.violations,
-            )
-    return {"order": order_json(order)}
+    return {"order": order_json(store.answer(order.order_id))}
 
 
 @app.get("/v1/orders/{order_id}")

@@ -48,15 +48,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         if created:
             self._saga.crash_point("after_persist")
         await self._wait_for_saga(order.order_id, context)
-        order = self._store.order(order.order_id)
-        if (
-            order.state is domain.OrderState.CANCELLED
-            and order.cancel_reason != domain.CANCELLED_BY_USER
-        ):
-            failure = self._store.saga(order.order_id).failure
-            if failure is not None:
-                raise _with_order_id(failure, order.order_id)
-        return rpc.CreateOrderResponse(order=_order(order))
+        return rpc.CreateOrderResponse(order=_order(self._store.answer(order.order_id)))
 
     async def GetOrder(
         self, request: rpc.GetOrderRequest, context: Context
@@ -118,16 +110,6 @@ def _already_confirmed(order_id: str) -> ServiceError:
         "ORDER_ALREADY_CONFIRMED",
         f"order {order_id!r} is confirmed (or being confirmed) and cannot be cancelled",
         order_id=order_id,
-    )
-
-
-def _with_order_id(error: ServiceError, order_id: str) -> ServiceError:
-    return ServiceError(
-        error.kind,
-        error.reason,
-        error.message,
-        metadata={**error.metadata, "order_id": order_id},
-        violations=error.violations,
     )
 
 

@@ -15,6 +15,7 @@ from services.common import db
 from services.common.errors import ServiceError, already_exists, not_found
 from services.order.domain import (
     CANCELLABLE_PHASES,
+    CANCELLED_BY_USER,
     FINAL_PHASES,
     LineItem,
     Order,
@@ -121,6 +122,26 @@ class OrderStore(db.Store):
         if user_id is not None and found.user_id != user_id:
             raise _not_found(order_id)
         return found
+
+    def answer(self, order_id: str) -> Order:
+        """What CreateOrder answers: the order, or, if its saga cancelled it (not the user),
+        the saga's failure with the order's id, so that a repeat gets the same answer."""
+        with db.snapshot(self._reads) as conn:
+            order = self._order(conn, order_id)
+            failure = _saga(conn, order_id).failure
+        if (
+            order.state is OrderState.CANCELLED
+            and order.cancel_reason != CANCELLED_BY_USER
+            and failure is not None
+        ):
+            raise ServiceError(
+                failure.kind,
+                failure.reason,
+                failure.message,
+                metadata={**failure.metadata, "order_id": order_id},
+                violations=failure.violations,
+            )
+        return order
 
     def orders(self, user_id: str, before_seq: int | None, limit: int) -> list[Order]:
         """The user's orders, newest first, older than `before_seq` if given."""
