@@ -36,6 +36,7 @@ import aiohttp
 import grpc
 import uvloop
 
+from services.common.identity import USER_HEADER
 from shop.order.v1 import order_pb2, order_service_pb2
 
 CREATE_ORDER = "/shop.order.v1.OrderService/CreateOrder"
@@ -63,6 +64,12 @@ class Report:
         return self.requests - self.ok
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of `values`; NaN if there are none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else math.nan
+
+
 class Recorder:
     """Latencies of the orders that succeeded, and the failures by kind."""
 
@@ -84,11 +91,7 @@ class Recorder:
         ordered = sorted(self.latencies)
 
         def ms(q: float) -> float:
-            return (
-                ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-                if ordered
-                else math.nan
-            )
+            return percentile(ordered, q) * 1000
 
         return Report(
             latencies_ms=[round(x * 1000, 3) for x in ordered],
@@ -188,9 +191,7 @@ async def drive(args: argparse.Namespace) -> Report:
     # Through Envoy the token is the identity; straight to the order service the identity
     # header Envoy would have set from it.
     metadata = (
-        (("authorization", f"Bearer {args.token}"),)
-        if args.token
-        else (("x-shop-user", args.user),)
+        (("authorization", f"Bearer {args.token}"),) if args.token else ((USER_HEADER, args.user),)
     )
     async with grpc.aio.insecure_channel(args.target) as channel:
         return await run(grpc_sender(channel, metadata, args.sku))

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from services.common import db
 from services.common.errors import ErrorKind, ServiceError
+from services.common.identity import USER_HEADER
 
 HTTP_STATUS = {
     ErrorKind.INVALID_ARGUMENT: 400,
@@ -22,7 +25,6 @@ HTTP_STATUS = {
     ErrorKind.UNAVAILABLE: 503,
     ErrorKind.INTERNAL: 500,
 }
-USER_HEADER = "x-shop-user"
 
 
 def setting(name: str, default: str | None = None) -> str:
@@ -32,8 +34,13 @@ def setting(name: str, default: str | None = None) -> str:
     return value
 
 
-def db_path() -> pathlib.Path:
-    return pathlib.Path(setting("DB"))
+S = TypeVar("S", bound=db.Store)
+
+
+def open_store(store_class: type[S]) -> S:
+    """The service's store at BASELINE_DB, with one transaction and one COMMIT per write,
+    as the classic design does (no group commit)."""
+    return store_class(pathlib.Path(setting("DB")), group_commit=False)
 
 
 def seed_file() -> pathlib.Path | None:

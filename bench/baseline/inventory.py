@@ -8,16 +8,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
-from bench.baseline.common import caller, db_path, install_error_handler, seed_file
+from bench.baseline.common import caller, install_error_handler, open_store, seed_file
 from services.common.errors import Violations
 from services.common.validation import check_id, check_items, check_sku
 from services.inventory.domain import DEFAULT_HOLD_SECONDS, Item, Reservation
 from services.inventory.store import InventoryStore
 
-# One transaction and one COMMIT per write, as the classic design does (no group commit).
-store = InventoryStore(db_path(), group_commit=False)
-if seed_file() is not None:
-    store.seed(seed_file())  # type: ignore[arg-type]
+store = open_store(InventoryStore)
+if (seed := seed_file()) is not None:
+    store.seed(seed)
 app = FastAPI()
 install_error_handler(app)
 

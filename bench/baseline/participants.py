@@ -11,6 +11,7 @@ import httpx
 from circuitbreaker import CircuitBreaker, CircuitBreakerError
 
 from services.common.errors import ErrorKind, FieldViolation, ServiceError
+from services.common.identity import USER_HEADER
 from services.order.domain import LineItem, Order
 from services.order.participants import StepError
 
@@ -84,7 +85,7 @@ class HttpParticipants:
         async def raw_send() -> httpx.Response:
             try:
                 response = await client.post(
-                    path, json=body or {}, headers={"x-shop-user": order.user_id}
+                    path, json=body or {}, headers={USER_HEADER: order.user_id}
                 )
             except httpx.HTTPError as error:
                 raise TransportFailure(str(error)) from error
