@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from bench.run import SEED_ACCOUNTS, SEED_PRODUCTS, SKU
+from bench.run import SEED_ACCOUNTS, SEED_PRODUCTS, SHOP_REST, Path, drive
 from shopmesh import tokens
 from shopmesh.seed import write_seed
 from shopmesh.system import Ports, Settings, start
@@ -64,25 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     shop = start(Settings(workdir=args.workdir / "shopmesh", ports=Ports.free(), seed_file=seed))
     try:
         token = tokens.issue("bench", (), 3600, shop.keys.private_pem.parent)
-        load = [
-            sys.executable,
-            "-m",
-            "bench.load",
-            "--transport",
-            "rest",
-            "--target",
-            f"http://{shop.public_target}",
-            "--token",
-            token,
-            "--sku",
-            SKU,
-        ]
-        subprocess.run(
-            [*load, "--prefix", f"warm-{time.time_ns()}", "--seconds", "3"],
-            check=True,
-            cwd=REPO,
-            capture_output=True,
+        rest = Path(
+            SHOP_REST, "shopmesh", "rest", f"http://{shop.public_target}", ("--token", token)
         )
+        drive(rest, f"warm-{time.time_ns()}", 3, args.connections)
         spies = {
             s.label: subprocess.Popen(
                 [
@@ -106,19 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             for s in shop.instances()
         }
         print(f"driving orders for {args.seconds} s with py-spy attached...", flush=True)
-        subprocess.run(
-            [
-                *load,
-                "--prefix",
-                f"prof-{time.time_ns()}",
-                "--seconds",
-                str(args.seconds),
-                "--connections",
-                str(args.connections),
-            ],
-            check=True,
-            cwd=REPO,
-        )
+        driven = drive(rest, f"prof-{time.time_ns()}", args.seconds, args.connections)
+        print(f"{driven['ok']} orders confirmed, {driven['failed']} failed", flush=True)
         for spy in spies.values():
             spy.wait(timeout=60)
     finally:

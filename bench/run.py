@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.baseline.run import start as start_baseline
+from bench.load import percentile
 from shopmesh import tokens
 from shopmesh.seed import write_seed
 from shopmesh.system import Ports, Settings
@@ -383,34 +384,27 @@ def _without_latencies(run: Run) -> dict[str, Any]:
     return {k: v for k, v in asdict(run).items() if k != "latencies_ms"}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 def report(results: dict[str, Any], systems: dict[str, System], out: pathlib.Path) -> int:
     saturation: list[Run] = results["saturation"]
     paced: list[Run] = results["paced"]
     names = list(dict.fromkeys(r.path for r in saturation))
     base_runs = [r for r in saturation if r.path == BASELINE]
     base_cpu = statistics.median(r.cpu_us_per_order for r in base_runs)
-
-    def median(values: list[float]) -> float:
-        return statistics.median(values)
-
     rows, summary = [], {}
     for name in names:
         runs = [r for r in saturation if r.path == name]
-        at_rate = [r for r in paced if r.path == name]
-        ratio = median([r.per_second / b.per_second for r, b in zip(runs, base_runs, strict=True)])
-        cpu = median([r.cpu_us_per_order for r in runs])
+        # Percentiles of every round's latencies pooled: a 10 s round at the fixed rate
+        # has too few samples for a steady p99 of its own.
+        pooled = [x for r in paced if r.path == name for x in r.latencies_ms]
+        ratio = statistics.median(
+            [r.per_second / b.per_second for r, b in zip(runs, base_runs, strict=True)]
+        )
+        cpu = statistics.median([r.cpu_us_per_order for r in runs])
         summary[name] = {
-            "orders_per_second": median([r.per_second for r in runs]),
+            "orders_per_second": statistics.median([r.per_second for r in runs]),
             "ratio": ratio,
-            # Percentiles of every round's latencies pooled: a 10 s round at the fixed rate
-            # has too few samples for a steady p99 of its own.
-            "p50_ms": percentile([x for r in at_rate for x in r.latencies_ms], 0.50),
-            "p99_ms": percentile([x for r in at_rate for x in r.latencies_ms], 0.99),
+            "p50_ms": percentile(pooled, 0.50),
+            "p99_ms": percentile(pooled, 0.99),
             "cpu_us_per_order": cpu,
             "cpu_ratio": cpu / base_cpu,
         }
@@ -428,11 +422,9 @@ def report(results: dict[str, Any], systems: dict[str, System], out: pathlib.Pat
     base_p99 = summary[BASELINE]["p99_ms"]
     shop, base = systems["shopmesh"], systems["baseline"]
     envoy_us = results["envoy_get"]["cpu_us_per_request"]
+    rest_runs = [r for r in saturation if r.path == SHOP_REST]
     split = {
-        part: median(
-            [r.cpu_seconds[part] / max(r.ok, 1) * 1e6 for r in saturation if r.path == name]
-        )
-        for name in (SHOP_REST,)
+        part: statistics.median(r.cpu_seconds[part] / max(r.ok, 1) * 1e6 for r in rest_runs)
         for part in shop.processes
     }
     wrk_ratio = results["wrk"][SHOP_REST]["per_second"] / results["wrk"][BASELINE]["per_second"]
