@@ -146,7 +146,7 @@ class GroupCommit:
 
     A batch of one write commits on the event loop's thread: alone, it would gain nothing
     from the thread but the hand-off's cost. Reads go through a connection of their own
-    (see `connect`), which in WAL mode sees exactly what has been committed.
+    (see `Store`), which in WAL mode sees exactly what has been committed.
 
     With `enabled=False` each write is its own transaction, committed at once on the
     caller's thread: the classic design the benchmark's baseline keeps.
@@ -158,6 +158,7 @@ class GroupCommit:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writes")
         self._queued: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._committing = False
+        # Held only so the task is not garbage collected: the loop keeps tasks weakly.
         self._committer: asyncio.Task[None] | None = None
 
     async def run(self, write: Callable[[], T]) -> T:
