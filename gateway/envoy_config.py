@@ -7,8 +7,14 @@ lives in the YAML. Rendering fails if a placeholder is left unfilled.
 from __future__ import annotations
 
 import pathlib
+import re
 import string
 from dataclasses import asdict, dataclass, field
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor_pb2
+
+from services.common.identity import USER_ID_PATTERN, USER_ID_RULE
 
 TEMPLATE = pathlib.Path(__file__).with_name("envoy.yaml")
 
@@ -48,7 +54,43 @@ def render(settings: EnvoySettings) -> str:
     fields = {**asdict(settings), **asdict(settings.limits)}
     del fields["limits"]
     values = {key.upper(): str(value) for key, value in fields.items()}
+    # Policy with one source elsewhere: the user-id alphabet, and the contracts' routes.
+    values["USER_ID_REGEX"] = f"^{USER_ID_PATTERN}$"
+    values["USER_ID_RULE"] = USER_ID_RULE
+    descriptor = pathlib.Path(settings.descriptor_file).read_bytes()
+    names = sorted(path_parameters(descriptor))
+    json_names = [re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), n) for n in names]
+    values["PATH_PARAMETERS_LUA"] = ", ".join(f'["{n}"] = true' for n in {*names, *json_names})
     return string.Template(TEMPLATE.read_text()).substitute(values)
+
+
+def http_rules(descriptor_set: bytes) -> dict[str, list[http_pb2.HttpRule]]:
+    """Each RPC's REST rules (additional bindings flattened), by full method name."""
+    rules: dict[str, list[http_pb2.HttpRule]] = {}
+    for file in descriptor_pb2.FileDescriptorSet.FromString(descriptor_set).file:
+        for service in file.service:
+            for method in service.method:
+                rule = method.options.Extensions[annotations_pb2.http]
+                flat = [rule, *rule.additional_bindings]
+                rules[f"{file.package}.{service.name}.{method.name}"] = [
+                    r for r in flat if r.WhichOneof("pattern")
+                ]
+    return rules
+
+
+def rule_path(rule: http_pb2.HttpRule) -> str:
+    pattern = rule.WhichOneof("pattern")
+    return rule.custom.path if pattern == "custom" else str(getattr(rule, pattern))
+
+
+def path_parameters(descriptor_set: bytes) -> set[str]:
+    """The field names any REST path binds (`order_id` in /v1/orders/{order_id})."""
+    return {
+        match.group(1).split(".")[0]
+        for rules in http_rules(descriptor_set).values()
+        for rule in rules
+        for match in re.finditer(r"\{([^}=]+)", rule_path(rule))
+    }
 
 
 def write(settings: EnvoySettings, path: pathlib.Path) -> pathlib.Path:

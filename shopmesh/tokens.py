@@ -18,7 +18,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from services.common.identity import MAX_USER_ID_LENGTH
+from services.common.identity import USER_ID_RULE, is_valid_user_id
 
 ISSUER = "shopmesh-dev"
 AUDIENCE = "shopmesh"
@@ -72,8 +72,11 @@ def issue(
     """A token for `user` with the given scopes (a space-separated `scope` claim)."""
     if not 0 < ttl_seconds <= MAX_TTL_SECONDS:
         raise ValueError(f"ttl must be 1..{MAX_TTL_SECONDS} seconds, got {ttl_seconds}")
-    if not user or len(user) > MAX_USER_ID_LENGTH or not user.isprintable():
-        raise ValueError(f"user must be 1 to {MAX_USER_ID_LENGTH} printable characters")
+    if not is_valid_user_id(user):
+        raise ValueError(
+            f"user must be {USER_ID_RULE} (got {user!r}): the gateway refuses any other"
+            " token subject"
+        )
     keys = ensure_keys(directory)
     issued = int(now if now is not None else time.time())
     claims = {

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from shopmesh.system import System
+from tests.conftest import SystemFactory
 from tests.system_helpers import rest
 
 HOST_ADDRESS, PROBE_ADDRESS = "169.254.77.1", "169.254.77.2"
@@ -121,3 +122,39 @@ def test_no_token_in_any_log_line(system: System) -> None:
     for log in logs:
         text = log.read_text(errors="replace")
         assert signature not in text and token[:40] not in text, f"a token is in {log.name}"
+
+
+ORDER_WITH_ENVOY_HEADERS = """
+import json, sys, urllib.request
+body = json.dumps({"request_id": sys.argv[3], "line_items": [{"sku": "SKU-TEA", "quantity": 1}]})
+request = urllib.request.Request(
+    f"http://{sys.argv[1]}/v1/orders", data=body.encode(), method="POST",
+    headers={"Authorization": f"Bearer {sys.argv[2]}", "Content-Type": "application/json",
+             "x-envoy-upstream-rq-timeout-ms": "1"})
+try:
+    with urllib.request.urlopen(request, timeout=20) as answer:
+        print(answer.status, json.loads(answer.read())["order"]["state"])
+except urllib.error.HTTPError as error:
+    print(error.code, error.read().decode(errors="replace"))
+"""
+
+
+def test_x_envoy_headers_from_a_link_local_client_are_not_obeyed(
+    test_host: str, make_system: SystemFactory
+) -> None:
+    """The same header that made Envoy answer 504 while the order was charged, sent from
+    another host (a link-local address, as the cluster's hosts will have)."""
+    system = make_system(public_address=HOST_ADDRESS)
+    ran = subprocess.run(
+        [
+            *("ip", "netns", "exec", test_host, sys.executable, "-c", ORDER_WITH_ENVOY_HEADERS),
+            f"{HOST_ADDRESS}:{system.ports.public}",
+            system.token("alice"),
+            "from-another-host",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert ran.stdout.split() == ["200", "ORDER_STATE_CONFIRMED"], ran.stdout + ran.stderr

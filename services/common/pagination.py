@@ -33,3 +33,21 @@ def decode_token(token: str, violations: Violations) -> str | None:
         violations.add("page_token", "is not a token this method returned")
         return None
     return text[3:]
+
+
+# The largest cursor a token of ours can hold: SQLite's INTEGER is 64-bit signed.
+MAX_CURSOR = 2**63 - 1
+
+
+def decode_number(token: str, violations: Violations) -> int | None:
+    """The numeric cursor a token stands for (ListOrders' sequence number).
+
+    Only ASCII digits: `str.isdigit` also accepts '²' (which int() refuses), and a number
+    past 64 bits overflowed the database driver; both used to answer INTERNAL."""
+    cursor = decode_token(token, violations)
+    if cursor is None:
+        return None
+    if not (cursor.isascii() and cursor.isdigit() and int(cursor) <= MAX_CURSOR):
+        violations.add("page_token", "is not a token this method returned")
+        return None
+    return int(cursor)

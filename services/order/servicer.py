@@ -63,11 +63,8 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         who = caller(context)
         violations = Violations()
         size = pagination.page_size(request.page_size, violations)
-        cursor = pagination.decode_token(request.page_token, violations)
-        if cursor is not None:
-            violations.check(cursor.isdigit(), "page_token", "is not a token this method returned")
+        before = pagination.decode_number(request.page_token, violations)
         violations.raise_if_any()
-        before = int(cursor) if cursor else None
         page = self._store.orders(who.user_id, before, size + 1)
         more = len(page) > size
         page = page[:size]

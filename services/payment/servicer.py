@@ -9,7 +9,7 @@ import grpc
 
 from services.common.convert import money, timestamp
 from services.common.errors import Violations
-from services.common.identity import MAX_USER_ID_LENGTH, caller
+from services.common.identity import USER_ID_RULE, caller, is_valid_user_id
 from services.common.validation import CURRENCY_PATTERN, check_id, require_order_id
 from services.payment import domain
 from services.payment.faults import Faults
@@ -31,9 +31,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
     ) -> rpc.GetAccountResponse:
         who = caller(context)
         violations = Violations()
-        violations.check(
-            0 < len(request.user_id) <= MAX_USER_ID_LENGTH, "user_id", "must be 1 to 128 characters"
-        )
+        violations.check(is_valid_user_id(request.user_id), "user_id", f"must be {USER_ID_RULE}")
         violations.raise_if_any()
         if request.user_id != who.user_id and not who.is_admin:
             # The same answer as for an account that does not exist: no probing.
