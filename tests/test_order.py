@@ -87,6 +87,19 @@ async def test_request_id_reused_with_other_items_is_rejected(orders: OrderServi
     assert bobs.order_id != first.order_id
 
 
+async def test_a_retry_with_the_items_reordered_is_the_same_request(
+    orders: OrderServiceStub,
+) -> None:
+    first = (
+        await orders.CreateOrder(create("r1", ("SKU-TEA", 1), ("SKU-MUG", 2)), metadata=ALICE)
+    ).order
+    again = (
+        await orders.CreateOrder(create("r1", ("SKU-MUG", 2), ("SKU-TEA", 1)), metadata=ALICE)
+    ).order
+    assert again.order_id == first.order_id
+    assert again.line_items == first.line_items  # as first sent
+
+
 async def test_only_the_owner_sees_or_cancels_an_order(orders: OrderServiceStub) -> None:
     order = (await orders.CreateOrder(create("r1", ("SKU-TEA", 1)), metadata=ALICE)).order
     bob = user("bob")
