@@ -5,15 +5,29 @@ The saga under faults is in test_saga.py, against processes; here: the API's con
 
 from __future__ import annotations
 
+import pathlib
+
 import grpc
 import pytest
 
+from shop.inventory.v1 import inventory_service_pb2 as inventory_rpc
+from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
+from shop.payment.v1 import payment_service_pb2 as payment_rpc
+from shop.payment.v1.payment_service_pb2_grpc import PaymentServiceStub
+from shopmesh.seed import write_seed
+from tests.conftest import ACCOUNTS, PRODUCTS
 from tests.helpers import rejected, user
 
 ALICE = user("alice")
+
+
+@pytest.fixture
+def seed_file(tmp_path: pathlib.Path) -> pathlib.Path:
+    """The shared seed data, and a product given away."""
+    return write_seed(tmp_path / "seed.json", {**PRODUCTS, "SKU-FREE": (0, 5)}, ACCOUNTS)
 
 
 @pytest.fixture
@@ -49,6 +63,31 @@ async def test_prices_sent_by_the_client_are_ignored(orders: OrderServiceStub) -
     request.line_items[0].unit_price.amount_minor = 1
     order = (await orders.CreateOrder(request, metadata=ALICE)).order
     assert order.total.amount_minor == 450
+
+
+async def test_a_free_product_is_sold_and_no_money_moves(
+    orders: OrderServiceStub,
+    inventory_channel: grpc.aio.Channel,
+    payment_channel: grpc.aio.Channel,
+) -> None:
+    order = (await orders.CreateOrder(create("r1", ("SKU-FREE", 2)), metadata=ALICE)).order
+    assert (order.state, order.cancel_reason) == (pb.ORDER_STATE_CONFIRMED, "")
+    assert (order.total.amount_minor, order.total.currency_code) == (0, "USD")
+    account = (
+        await PaymentServiceStub(payment_channel).GetAccount(
+            payment_rpc.GetAccountRequest(user_id="alice"), metadata=ALICE
+        )
+    ).account
+    assert (account.available_balance.amount_minor, account.held_balance.amount_minor) == (
+        ACCOUNTS["alice"],
+        0,
+    )
+    product = (
+        await InventoryServiceStub(inventory_channel).GetProduct(
+            inventory_rpc.GetProductRequest(sku="SKU-FREE")
+        )
+    ).product
+    assert (product.available_quantity, product.held_quantity, product.sold_quantity) == (3, 0, 2)
 
 
 async def test_business_failures_cancel_the_order_and_say_why(orders: OrderServiceStub) -> None:

@@ -74,6 +74,13 @@ class Saga:
     failure: ServiceError | None
 
 
+def is_free(order: Order) -> bool:
+    """A free order (a total of 0, once the hold has priced it) owes nothing, so the saga
+    makes no payment call for it: PaymentService holds only amounts above 0, and a
+    payment of nothing would be a record of nothing. Its captured amount is its total, 0."""
+    return order.total_minor == 0
+
+
 def fingerprint(items: tuple[LineItem, ...]) -> str:
     """What makes two CreateOrder calls with one request id the same request: the SKUs and
     quantities in any order, since a retry may list them otherwise (the order keeps them
