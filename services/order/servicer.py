@@ -16,6 +16,7 @@ from services.common.errors import ServiceError, Violations, failed_precondition
 from services.common.identity import caller
 from services.common.validation import check_id, check_items, require_order_id
 from services.order import domain
+from services.order.config import ANSWER_MARGIN_SECONDS
 from services.order.saga import SagaRunner
 from services.order.store import OrderStore
 from shop.order.v1 import order_pb2 as pb
@@ -23,9 +24,6 @@ from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1 import order_service_pb2_grpc
 
 Context: TypeAlias = grpc.aio.ServicerContext
-
-# Time kept back from the caller's deadline to answer with the order as it stands.
-ANSWER_MARGIN_SECONDS = 0.2
 
 
 class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
