@@ -1,7 +1,8 @@
 """Renders gateway/envoy.yaml: fills in the ports, addresses, paths and limits.
 
-Only what differs between `make run` and the tests is a ${NAME} placeholder; the policy
-lives in the YAML. Rendering fails if a placeholder is left unfilled.
+Only what differs between `make run` and the tests is a ${NAME} placeholder, and one
+policy value the order service must agree with (the OrderService route's per-try timeout);
+the rest of the policy lives in the YAML. Rendering fails if a placeholder is left unfilled.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class EnvoySettings:
     descriptor_file: str
     jwt_issuer: str
     jwt_audience: str
+    order_try_timeout_seconds: float
+    """Per-try timeout of the OrderService route; CreateOrder's wait stays below it."""
     limits: Limits = field(default_factory=Limits)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.envoy_config import EnvoySettings, Limits, write
+from services.order.config import GATEWAY_TRY_TIMEOUT_SECONDS
 from services.stack import (
     DEMO_DATA,
     STOP_TIMEOUT_SECONDS,
@@ -268,6 +269,8 @@ def envoy_settings(settings: Settings, keys: tokens.Keys) -> EnvoySettings:
         # Envoy checks what shopmesh.tokens signs: one source for both.
         jwt_issuer=tokens.ISSUER,
         jwt_audience=tokens.AUDIENCE,
+        # The order service checks its create wait against the same constant at start.
+        order_try_timeout_seconds=GATEWAY_TRY_TIMEOUT_SECONDS,
         limits=settings.envoy_limits,
     )
 

@@ -178,8 +178,8 @@ def assert_invariants(client: Client, ledger: Ledger) -> None:
 
     Every order is final; per SKU, initial stock = available + sold with nothing held and
     sold = what confirmed orders bought; per order, a CONFIRMED one has exactly one captured
-    payment of its total, a CANCELLED one none; per user, initial balance = available +
-    captured, with nothing held.
+    payment of its total (none if the total is 0: a free order makes no payment call), a
+    CANCELLED one none; per user, initial balance = available + captured, with nothing held.
     """
     sold_by_orders = dict.fromkeys(ledger.stock, 0)
     for user_id, initial in ledger.balances.items():
@@ -191,10 +191,13 @@ def assert_invariants(client: Client, ledger: Ledger) -> None:
             ), f"order {order.order_id} is not final: {order}"
             payment = client.payment_of(order.order_id)
             if order.state == order_pb2.ORDER_STATE_CONFIRMED:
-                assert payment is not None
-                assert payment.state == payment_pb2.PAYMENT_STATE_CAPTURED
-                assert payment.amount.amount_minor == order.total.amount_minor
-                captured += payment.amount.amount_minor
+                if order.total.amount_minor == 0:
+                    assert payment is None, f"free order {order.order_id} has payment {payment}"
+                else:
+                    assert payment is not None
+                    assert payment.state == payment_pb2.PAYMENT_STATE_CAPTURED
+                    assert payment.amount.amount_minor == order.total.amount_minor
+                    captured += payment.amount.amount_minor
                 for item in order.line_items:
                     sold_by_orders[item.sku] += item.quantity
             else:

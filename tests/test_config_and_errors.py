@@ -11,9 +11,10 @@ import grpc
 import pytest
 
 from services.common.config import ConfigError, load
+from services.common.validation import MAX_HOLD_SECONDS
 from services.inventory.config import InventoryConfig
 from services.inventory.service import InventoryService
-from services.order.config import OrderConfig
+from services.order.config import ANSWER_MARGIN_SECONDS, GATEWAY_TRY_TIMEOUT_SECONDS, OrderConfig
 from services.stack import REPO
 from shop.inventory.v1 import inventory_service_pb2 as rpc
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
@@ -72,6 +73,41 @@ def test_a_service_with_bad_config_exits_2_with_a_clear_message() -> None:
     assert "port must be 0..65535, got -1" in started.stderr
     assert "seed_file /no/such/file does not exist" in started.stderr
     assert "Traceback" not in started.stderr
+
+
+def test_the_order_service_refuses_what_inventory_or_envoy_would_defeat() -> None:
+    # Inventory refuses a longer hold (every order would be cancelled), and Envoy retries
+    # a CreateOrder still waiting at its per-try timeout.
+    too_long = [str(MAX_HOLD_SECONDS + 1), str(GATEWAY_TRY_TIMEOUT_SECONDS)]
+    with pytest.raises(ConfigError) as raised:
+        load(OrderConfig, ["--hold-seconds", too_long[0], "--create-wait-seconds", too_long[1]])
+    assert len(raised.value.problems) == 2, raised.value.problems
+    hold, wait = raised.value.problems
+    assert hold.startswith("hold_seconds must be 1..3600"), hold
+    assert wait.startswith("create_wait_seconds must be at most 11.8"), wait
+    # At the limits, it starts.
+    longest = GATEWAY_TRY_TIMEOUT_SECONDS - ANSWER_MARGIN_SECONDS
+    at_limits = ["--hold-seconds", str(MAX_HOLD_SECONDS), "--create-wait-seconds", str(longest)]
+    config = load(OrderConfig, at_limits)
+    assert (config.hold_seconds, config.create_wait_seconds) == (MAX_HOLD_SECONDS, longest)
+
+
+def test_an_order_service_whose_wait_envoy_would_retry_exits_2_saying_so(
+    tmp_path: pathlib.Path,
+) -> None:
+    started = subprocess.run(
+        [
+            *(sys.executable, "-m", "services.order", "--db-path", str(tmp_path / "order.db")),
+            *("--create-wait-seconds", str(GATEWAY_TRY_TIMEOUT_SECONDS)),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert started.returncode == 2, started.stderr
+    assert "create_wait_seconds must be at most 11.8" in started.stderr
 
 
 def show_help(module: str) -> subprocess.CompletedProcess[str]:

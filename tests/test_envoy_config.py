@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 
 from gateway.envoy_config import render, write
+from services.order.config import GATEWAY_TRY_TIMEOUT_SECONDS
 from shopmesh import tokens
 from shopmesh.system import Settings, envoy_settings
 from shopmesh.tools import tool
@@ -32,3 +33,12 @@ def test_admin_and_internal_listener_bind_loopback_only(tmp_path: pathlib.Path) 
     assert "admin:\n  address: {socket_address: {address: 127.0.0.1, port_value: 9901}}" in text
     assert "address: {socket_address: {address: 127.0.0.1, port_value: 15001}}" in text
     assert "${" not in text
+
+
+def test_envoy_gives_create_order_the_time_the_order_service_plans_for(
+    tmp_path: pathlib.Path,
+) -> None:
+    text = render(envoy_settings(Settings(workdir=tmp_path), tokens.ensure_keys(tmp_path / "jwt")))
+    order_route = text[text.index("prefix: /shop.order.v1.OrderService/") :]
+    order_route = order_route[: order_route.index("- match:")]
+    assert f"per_try_timeout: {GATEWAY_TRY_TIMEOUT_SECONDS}s" in order_route

@@ -121,3 +121,39 @@ async def test_a_batch_sqlite_rolls_back_by_itself_fails_whole(tmp_path: pathlib
     # caller may be told "done" for a write that is not there.
     assert all(isinstance(a, ServiceError) and a.reason == "STORAGE_UNAVAILABLE" for a in answers)
     assert stored(tmp_path / "kv.db") == {}
+
+
+async def test_a_lone_write_waiting_for_the_lock_leaves_the_loop_running(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Another process holding the write lock (BEGIN IMMEDIATE) makes our write wait; the
+    wait must be on the writer thread, or RPCs, sagas and health checks stop meanwhile."""
+    store = Counter(tmp_path / "kv.db")
+    loop = asyncio.get_running_loop()
+    blocker = sqlite3.connect(tmp_path / "kv.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    # Released by the loop itself: if the write blocks the loop, the lock outlives it
+    # until our busy timeout, and the write fails too.
+    loop.call_later(1.0, blocker.execute, "ROLLBACK")
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            gaps.append(loop.time() - last)
+            last = loop.time()
+
+    ticker = asyncio.create_task(tick())
+    try:
+        # return_exceptions: on a stalled loop the write fails too, but the stall is the news.
+        (written,) = await asyncio.wait_for(
+            asyncio.gather(store.put("a", 1), return_exceptions=True), 10
+        )
+    finally:
+        ticker.cancel()
+        blocker.close()
+    longest = max(gaps, default=0.0)
+    assert longest < 0.3, f"the event loop stood still for {longest:.2f}s"
+    assert written == 1
+    assert stored(tmp_path / "kv.db") == {"a": 1}

@@ -5,15 +5,38 @@ The saga under faults is in test_saga.py, against processes; here: the API's con
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import pathlib
+import sqlite3
+import time
+from typing import cast
+
 import grpc
 import pytest
 
+from services.order import domain
+from services.order.config import OrderConfig
+from services.order.service import OrderService
+from services.order.servicer import OrderServicer
+from shop.inventory.v1 import inventory_service_pb2 as inventory_rpc
+from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
-from tests.helpers import rejected, user
+from shop.payment.v1 import payment_service_pb2 as payment_rpc
+from shop.payment.v1.payment_service_pb2_grpc import PaymentServiceStub
+from shopmesh.seed import write_seed
+from tests.conftest import ACCOUNTS, PRODUCTS
+from tests.helpers import Served, rejected, serving, user
 
 ALICE = user("alice")
+
+
+@pytest.fixture
+def seed_file(tmp_path: pathlib.Path) -> pathlib.Path:
+    """The shared seed data, and a product given away."""
+    return write_seed(tmp_path / "seed.json", {**PRODUCTS, "SKU-FREE": (0, 5)}, ACCOUNTS)
 
 
 @pytest.fixture
@@ -51,6 +74,31 @@ async def test_prices_sent_by_the_client_are_ignored(orders: OrderServiceStub) -
     assert order.total.amount_minor == 450
 
 
+async def test_a_free_product_is_sold_and_no_money_moves(
+    orders: OrderServiceStub,
+    inventory_channel: grpc.aio.Channel,
+    payment_channel: grpc.aio.Channel,
+) -> None:
+    order = (await orders.CreateOrder(create("r1", ("SKU-FREE", 2)), metadata=ALICE)).order
+    assert (order.state, order.cancel_reason) == (pb.ORDER_STATE_CONFIRMED, "")
+    assert (order.total.amount_minor, order.total.currency_code) == (0, "USD")
+    account = (
+        await PaymentServiceStub(payment_channel).GetAccount(
+            payment_rpc.GetAccountRequest(user_id="alice"), metadata=ALICE
+        )
+    ).account
+    assert (account.available_balance.amount_minor, account.held_balance.amount_minor) == (
+        ACCOUNTS["alice"],
+        0,
+    )
+    product = (
+        await InventoryServiceStub(inventory_channel).GetProduct(
+            inventory_rpc.GetProductRequest(sku="SKU-FREE")
+        )
+    ).product
+    assert (product.available_quantity, product.held_quantity, product.sold_quantity) == (3, 0, 2)
+
+
 async def test_business_failures_cancel_the_order_and_say_why(orders: OrderServiceStub) -> None:
     cases = [
         (create("r1", ("SKU-NONE", 1)), grpc.StatusCode.FAILED_PRECONDITION, "OUT_OF_STOCK"),
@@ -85,6 +133,69 @@ async def test_request_id_reused_with_other_items_is_rejected(orders: OrderServi
     # Request ids are per user: bob's r1 is another order.
     bobs = (await orders.CreateOrder(create("r1", ("SKU-TEA", 2)), metadata=user("bob"))).order
     assert bobs.order_id != first.order_id
+
+
+async def test_a_retry_with_the_items_reordered_is_the_same_request(
+    orders: OrderServiceStub,
+) -> None:
+    first = (
+        await orders.CreateOrder(create("r1", ("SKU-TEA", 1), ("SKU-MUG", 2)), metadata=ALICE)
+    ).order
+    again = (
+        await orders.CreateOrder(create("r1", ("SKU-MUG", 2), ("SKU-TEA", 1)), metadata=ALICE)
+    ).order
+    assert again.order_id == first.order_id
+    assert again.line_items == first.line_items  # as first sent
+
+
+class CallerContext:
+    """What CreateOrder reads of its grpc.aio context: the caller, and no deadline."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ALICE
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+async def test_a_caller_who_leaves_while_the_order_is_written_still_gets_its_saga(
+    tmp_path: pathlib.Path, inventory_served: Served, payment_served: Served
+) -> None:
+    """The servicer is called directly, so that the caller leaves at a known moment: while
+    the order's write waits. Over the network, when the cancel lands is a race."""
+    config = OrderConfig(
+        db_path=tmp_path / "order.db",
+        inventory_target=inventory_served.target,
+        payment_target=payment_served.target,
+    )
+    service = OrderService(config)
+    async with serving(service):
+        servicer = OrderServicer(service.store, service.saga, config.create_wait_seconds)
+        context = cast(grpc.aio.ServicerContext, CallerContext())
+        # Another process holds the write lock, so the order's write waits in the queue.
+        blocker = sqlite3.connect(config.db_path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            call = asyncio.create_task(servicer.CreateOrder(create("r1", ("SKU-TEA", 1)), context))
+            await asyncio.sleep(0)  # one turn: the call runs up to its first await
+            assert not call.done()
+            call.cancel()  # the caller goes away, as grpc.aio cancels a handler
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+        finally:
+            blocker.close()  # gives the lock up: the order's write goes ahead
+        # The write stands; its saga must run now, not when the recovery loop adopts it.
+        deadline = time.monotonic() + 5
+        while True:
+            placed = service.store.orders("alice", None, 10)
+            if placed and placed[0].state is not domain.OrderState.PENDING:
+                break
+            assert time.monotonic() < deadline, (
+                f"order {placed} still waits for the recovery loop"
+                f" ({config.recovery_interval_seconds:g} s)"
+            )
+            await asyncio.sleep(0.05)
+        assert placed[0].state is domain.OrderState.CONFIRMED
 
 
 async def test_only_the_owner_sees_or_cancels_an_order(orders: OrderServiceStub) -> None:

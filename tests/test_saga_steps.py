@@ -7,7 +7,9 @@ import pathlib
 import sqlite3
 from collections.abc import Awaitable, Callable
 
+from services.common.errors import ErrorKind, ServiceError
 from services.order.domain import CANCELLED_BY_USER, LineItem, Order, OrderState, Phase
+from services.order.participants import StepError
 from services.order.saga import SagaRunner, SagaSettings
 from services.order.store import OrderStore
 
@@ -28,15 +30,18 @@ def record_moves(store: OrderStore) -> list[tuple[Phase, Phase]]:
 
 
 class Scripted:
-    """Participants that succeed, log each call, and may run a hook during authorize."""
+    """Participants that succeed (unless told the hold expires before its commit), log each
+    call, price every unit at `price`, and may run a hook during authorize."""
 
-    def __init__(self) -> None:
+    def __init__(self, price: int = 250, hold_expires: bool = False) -> None:
         self.calls: list[str] = []
         self.during_authorize: Callable[[Order], Awaitable[None]] | None = None
+        self._price = price
+        self._hold_expires = hold_expires
 
     async def reserve(self, order: Order, hold_seconds: float) -> list[LineItem]:
         self.calls.append("reserve")
-        return [LineItem(i.sku, i.quantity, 250, "USD") for i in order.items]
+        return [LineItem(i.sku, i.quantity, self._price, "USD") for i in order.items]
 
     async def authorize(self, order: Order) -> None:
         self.calls.append("authorize")
@@ -45,6 +50,9 @@ class Scripted:
 
     async def commit(self, order: Order) -> None:
         self.calls.append("commit")
+        if self._hold_expires:
+            expired = ServiceError(ErrorKind.FAILED_PRECONDITION, "RESERVATION_EXPIRED", "gone")
+            raise StepError("inventory", expired, transient=False)
 
     async def capture(self, order: Order) -> None:
         self.calls.append("capture")
@@ -95,6 +103,22 @@ async def test_a_cancel_during_authorization_voids_instead_of_committing(
     assert (final.state, final.cancel_reason) == (OrderState.CANCELLED, CANCELLED_BY_USER)
     saga = store.saga("o1")
     assert (saga.phase, saga.compensate_from) == (Phase.CANCELLED, Phase.AUTHORIZED)
+    store.close()
+
+
+async def test_a_free_order_makes_no_payment_call(tmp_path: pathlib.Path) -> None:
+    store = OrderStore(tmp_path / "order.db")
+    for request_id, hold_expires, calls, state in (
+        ("r1", False, ["reserve", "commit"], OrderState.CONFIRMED),
+        # Cancelled from the pivot: the stock goes back, and there is nothing to void.
+        ("r2", True, ["reserve", "commit", "release"], OrderState.CANCELLED),
+    ):
+        participants = Scripted(price=0, hold_expires=hold_expires)
+        order, _ = await store.create(request_id, "alice", request_id, (LineItem("SKU-X", 2),), 0)
+        await SagaRunner(store, participants, SETTINGS).ensure(order.order_id)
+        assert participants.calls == calls
+        final = store.order(order.order_id)
+        assert (final.state, final.total_minor) == (state, 0)
     store.close()
 
 

@@ -1,4 +1,5 @@
-"""Field checks the services share: ids, SKUs, item lists (see errors.Violations)."""
+"""Field checks and limits the services share: ids, SKUs, item lists, hold durations
+(see errors.Violations)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ SKU_RULE = "must be 1 to 64 upper-case letters, digits or '-', starting with a l
 CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
 MAX_ITEMS = 50
 MAX_QUANTITY = 1000
+# How long a stock hold may last: inventory refuses others, so the order service, which
+# asks for its holds, refuses to start with a hold_seconds outside them.
+MIN_HOLD_SECONDS = 1.0
+MAX_HOLD_SECONDS = 3600.0
 
 
 def check_id(violations: Violations, field: str, value: str) -> bool:

@@ -6,9 +6,7 @@ import enum
 from dataclasses import dataclass
 
 MAX_RESTOCK = 1_000_000
-MIN_HOLD_SECONDS = 1.0
-MAX_HOLD_SECONDS = 3600.0
-DEFAULT_HOLD_SECONDS = 900.0
+DEFAULT_HOLD_SECONDS = 900.0  # the limits are services.common.validation's, shared with order
 
 
 class ReservationState(enum.Enum):

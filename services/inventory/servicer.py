@@ -12,7 +12,14 @@ from services.common import pagination
 from services.common.convert import money, timestamp
 from services.common.errors import Violations
 from services.common.identity import caller, require_admin
-from services.common.validation import check_id, check_items, check_sku, require_order_id
+from services.common.validation import (
+    MAX_HOLD_SECONDS,
+    MIN_HOLD_SECONDS,
+    check_id,
+    check_items,
+    check_sku,
+    require_order_id,
+)
 from services.inventory import domain
 from services.inventory.store import InventoryStore
 from shop.inventory.v1 import inventory_pb2 as pb
@@ -60,7 +67,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         if request.HasField("hold_duration"):
             hold = request.hold_duration.ToTimedelta().total_seconds()
             violations.check(
-                domain.MIN_HOLD_SECONDS <= hold <= domain.MAX_HOLD_SECONDS,
+                MIN_HOLD_SECONDS <= hold <= MAX_HOLD_SECONDS,
                 "hold_duration",
                 "must be 1 second to 1 hour",
             )

@@ -6,6 +6,15 @@ import pathlib
 from dataclasses import dataclass
 
 from services.common.config import StoreConfig, setting
+from services.common.validation import MAX_HOLD_SECONDS, MIN_HOLD_SECONDS
+
+# Envoy's per-try timeout on the OrderService route (gateway/envoy.yaml is rendered with
+# it). CreateOrder must answer before it: past it, Envoy retries a call whose order is
+# only waiting for its saga.
+GATEWAY_TRY_TIMEOUT_SECONDS = 12.0
+# Time kept back from a deadline (the caller's, or the gateway's per-try timeout) to
+# answer with the order as it stands.
+ANSWER_MARGIN_SECONDS = 0.2
 
 CRASH_POINTS = (
     "after_persist",
@@ -30,9 +39,14 @@ class OrderConfig(StoreConfig):
         "before the order is cancelled",
     )
     max_backoff_seconds: float = setting(2.0, "longest wait between two retries of a step")
-    hold_seconds: float = setting(900.0, "how long stock stays held for an order")
+    hold_seconds: float = setting(
+        900.0, f"how long stock stays held for an order, {MIN_HOLD_SECONDS:g}..{MAX_HOLD_SECONDS:g}"
+    )
     create_wait_seconds: float = setting(
-        10.0, "how long CreateOrder waits for the saga before answering with a PENDING order"
+        10.0,
+        "how long CreateOrder waits for the saga before answering with a PENDING order;"
+        f" at most {GATEWAY_TRY_TIMEOUT_SECONDS - ANSWER_MARGIN_SECONDS:g} (Envoy's per-try"
+        " timeout less the time to answer)",
     )
     recovery_interval_seconds: float = setting(
         30.0, "how often to resume sagas that no process has moved for that long"
@@ -47,12 +61,24 @@ class OrderConfig(StoreConfig):
             "call_timeout_seconds",
             "step_retry_seconds",
             "max_backoff_seconds",
-            "hold_seconds",
             "create_wait_seconds",
             "recovery_interval_seconds",
         ):
             if getattr(self, name) <= 0:
                 found.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if not MIN_HOLD_SECONDS <= self.hold_seconds <= MAX_HOLD_SECONDS:
+            found.append(
+                f"hold_seconds must be {MIN_HOLD_SECONDS:g}..{MAX_HOLD_SECONDS:g}"
+                f" (what inventory holds stock for), got {self.hold_seconds:g}"
+            )
+        longest_wait = GATEWAY_TRY_TIMEOUT_SECONDS - ANSWER_MARGIN_SECONDS
+        if self.create_wait_seconds > longest_wait:
+            found.append(
+                f"create_wait_seconds must be at most {longest_wait:g}"
+                f" (the gateway's per-try timeout, {GATEWAY_TRY_TIMEOUT_SECONDS:g} s, less"
+                f" {ANSWER_MARGIN_SECONDS:g} s to answer; past it Envoy retries orders that"
+                f" are only waiting), got {self.create_wait_seconds:g}"
+            )
         for name in ("inventory_target", "payment_target"):
             if not getattr(self, name):
                 found.append(f"{name} must be set (host:port)")

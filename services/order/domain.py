@@ -74,9 +74,29 @@ class Saga:
     failure: ServiceError | None
 
 
+def is_free(order: Order) -> bool:
+    """A free order (a total of 0, once the hold has priced it) owes nothing, so the saga
+    makes no payment call for it: PaymentService holds only amounts above 0, and a
+    payment of nothing would be a record of nothing. Its captured amount is its total, 0."""
+    return order.total_minor == 0
+
+
 def fingerprint(items: tuple[LineItem, ...]) -> str:
-    """What makes two CreateOrder calls with one request id the same request."""
-    return ";".join(f"{i.sku}x{i.quantity}" for i in items)
+    """What makes two CreateOrder calls with one request id the same request: the SKUs and
+    quantities in any order, since a retry may list them otherwise (the order keeps them
+    as first sent). Sorting whole lines, not SKUs, keeps it exact even if a SKU were
+    listed twice (validation refuses that)."""
+    return ";".join(sorted(f"{i.sku}x{i.quantity}" for i in items))
+
+
+def same_request(stored: str, items: tuple[LineItem, ...]) -> bool:
+    """Whether `items` are the request whose fingerprint is `stored`.
+
+    Rows written before fingerprints were sorted hold their lines in request order:
+    sorting the stored lines too makes those the same as new ones, so a retry of an old
+    order, in any order, still finds it.
+    """
+    return ";".join(sorted(stored.split(";"))) == fingerprint(items)
 
 
 def cancelled_by_user() -> ServiceError:

@@ -6,6 +6,9 @@ call, and records the outcome. So a process that dies anywhere loses nothing: on
 is not final from where its record says it is, repeating at most the one step in flight,
 which every participant accepts again (idempotent by order id).
 
+A free order (a total of 0) skips the payment steps: there is nothing to authorize,
+capture or void (see `is_free`).
+
 Before the pivot, transient failures are retried for `step_retry_seconds`, then the order
 is cancelled; final failures cancel at once. From the pivot on, and while compensating,
 steps are retried until they succeed: giving up there would lose stock or money.
@@ -33,6 +36,7 @@ from services.order.domain import (
     Phase,
     Saga,
     cancelled_by_user,
+    is_free,
 )
 from services.order.participants import StepError
 from services.order.store import OrderStore
@@ -172,7 +176,10 @@ class SagaRunner:
             await self._store.record_reserved(order.order_id, items, currency, time.time())
             self.crash_point("after_reserve")
         elif phase is Phase.RESERVED:
-            await self._before_pivot(order, lambda: self._participants.authorize(order), "payment")
+            if not is_free(order):
+                await self._before_pivot(
+                    order, lambda: self._participants.authorize(order), "payment"
+                )
             # Authorized: on to the pivot in the same write, unless a cancel was asked for
             # meanwhile; then AUTHORIZED, and the next turn compensates (voids, releases).
             now = time.time()
@@ -190,12 +197,13 @@ class SagaRunner:
                 # The hold expired or was released: nothing was sold, so we can still cancel.
                 raise StepFailed(error.error) from error
             self.crash_point("after_commit")
-            await self._until_done(lambda: self._participants.capture(order))
+            if not is_free(order):
+                await self._until_done(lambda: self._participants.capture(order))
             await self._store.finish(order.order_id, Phase.COMMITTING, time.time())
 
     async def _compensate(self, order: Order, saga: Saga) -> None:
         """Undoes what may have happened, newest first, then records CANCELLED."""
-        if saga.compensate_from in PAYMENT_ATTEMPTED_PHASES:
+        if saga.compensate_from in PAYMENT_ATTEMPTED_PHASES and not is_free(order):
             await self._until_done(lambda: self._participants.void(order))
             self.crash_point("during_compensation")
         await self._until_done(lambda: self._participants.release(order))

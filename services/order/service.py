@@ -39,12 +39,11 @@ class OrderService:
                 crash_at=config.crash_at,
             ),
         )
+        self._servicer = OrderServicer(self.store, self.saga, config.create_wait_seconds)
         self._recovery: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
-        order_service_pb2_grpc.add_OrderServiceServicer_to_server(
-            OrderServicer(self.store, self.saga, self._config.create_wait_seconds), server
-        )
+        order_service_pb2_grpc.add_OrderServiceServicer_to_server(self._servicer, server)
 
     async def start(self) -> None:
         # Every saga left unfinished by an earlier process, whatever its age.
@@ -56,6 +55,7 @@ class OrderService:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recovery
+        await self._servicer.placed()
         await self.saga.stop()
         await self._participants.close()
         self.store.close()

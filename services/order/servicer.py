@@ -16,6 +16,7 @@ from services.common.errors import ServiceError, Violations, failed_precondition
 from services.common.identity import caller
 from services.common.validation import check_id, check_items, require_order_id
 from services.order import domain
+from services.order.config import ANSWER_MARGIN_SECONDS
 from services.order.saga import SagaRunner
 from services.order.store import OrderStore
 from shop.order.v1 import order_pb2 as pb
@@ -24,15 +25,15 @@ from shop.order.v1 import order_service_pb2_grpc
 
 Context: TypeAlias = grpc.aio.ServicerContext
 
-# Time kept back from the caller's deadline to answer with the order as it stands.
-ANSWER_MARGIN_SECONDS = 0.2
-
 
 class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
     def __init__(self, store: OrderStore, saga: SagaRunner, create_wait_seconds: float) -> None:
         self._store = store
         self._saga = saga
         self._create_wait = create_wait_seconds
+        # Orders being placed for callers that may have left: held until done, since the
+        # loop keeps tasks only weakly.
+        self._placing: set[asyncio.Task[domain.Order]] = set()
 
     async def CreateOrder(
         self, request: rpc.CreateOrderRequest, context: Context
@@ -42,11 +43,13 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         check_id(violations, "request_id", request.request_id)
         items = _check_line_items(violations, request.line_items)
         violations.raise_if_any()
-        order, created = await self._store.create(
-            uuid.uuid4().hex, who.user_id, request.request_id, items, time.time()
-        )
-        if created:
-            self._saga.crash_point("after_persist")
+        # Shielded: a caller who leaves (cancels, or its deadline passes) while the order is
+        # written must not leave it without its saga. The write commits anyway (group commit
+        # keeps it), and unstarted, the saga would wait for the recovery loop.
+        placing = asyncio.create_task(self._place(who.user_id, request.request_id, items))
+        self._placing.add(placing)
+        placing.add_done_callback(self._placing.discard)
+        order = await asyncio.shield(placing)
         await self._wait_for_saga(order.order_id, context)
         return rpc.CreateOrderResponse(order=_order(self._store.answer(order.order_id)))
 
@@ -89,6 +92,23 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
                     raise _already_confirmed(order.order_id)
             await self._wait_for_saga(order.order_id, context)
         return rpc.CancelOrderResponse(order=_order(self._store.order(order.order_id)))
+
+    async def placed(self) -> None:
+        """Waits for the orders being placed (at stop: each starts its saga before the
+        saga runner stops)."""
+        await asyncio.gather(*self._placing, return_exceptions=True)
+
+    async def _place(
+        self, user_id: str, request_id: str, items: tuple[domain.LineItem, ...]
+    ) -> domain.Order:
+        """Writes the order (or finds the one the request id made) and starts its saga."""
+        order, created = await self._store.create(
+            uuid.uuid4().hex, user_id, request_id, items, time.time()
+        )
+        if created:
+            self._saga.crash_point("after_persist")
+        self._saga.ensure(order.order_id)
+        return order
 
     async def _wait_for_saga(self, order_id: str, context: Context) -> None:
         """Waits for the saga to end, but answers in time: a PENDING order goes on alone."""

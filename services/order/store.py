@@ -25,6 +25,7 @@ from services.order.domain import (
     decode_failure,
     encode_failure,
     fingerprint,
+    same_request,
 )
 
 SCHEMA = """
@@ -92,7 +93,7 @@ class OrderStore(db.Store):
                 (user_id, request_id),
             ).fetchone()
             if row is not None:
-                if row["fingerprint"] != wanted:
+                if not same_request(row["fingerprint"], items):
                     raise already_exists(
                         "REQUEST_ID_REUSED",
                         "this request_id was already used for an order with other line items",

@@ -1,0 +1,24 @@
+"""The order store's request-id rule on rows older than the code: a fingerprint stored
+before fingerprints were sorted still matches a retry of its order, in any item order."""
+
+from __future__ import annotations
+
+import pathlib
+
+from services.order.domain import LineItem
+from services.order.store import OrderStore
+
+ITEMS = (LineItem("SKU-TEA", 1), LineItem("SKU-MUG", 2))
+
+
+async def test_a_fingerprint_stored_in_request_order_still_matches(tmp_path: pathlib.Path) -> None:
+    store = OrderStore(tmp_path / "order.db")
+    try:
+        await store.create("o1", "alice", "r1", ITEMS, 0.0)
+        # As the code before sorting stored it: the lines in the order they were sent.
+        store._conn.execute("UPDATE orders SET fingerprint = 'SKU-TEAx1;SKU-MUGx2'")
+        for items in (ITEMS, ITEMS[::-1]):
+            order, created = await store.create("o2", "alice", "r1", items, 1.0)
+            assert (order.order_id, created) == ("o1", False)
+    finally:
+        store.close()
