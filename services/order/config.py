@@ -51,6 +51,16 @@ class OrderConfig(StoreConfig):
     recovery_interval_seconds: float = setting(
         30.0, "how often to resume sagas that no process has moved for that long"
     )
+    max_step_failures: int = setting(
+        5,
+        "final answers of one saga step past the pivot (or unexpected errors) before the"
+        " saga is parked for an operator",
+    )
+    park_after_seconds: float = setting(
+        3600.0,
+        "how long one saga step past the pivot retries transient failures before the saga"
+        " is parked for an operator",
+    )
     crash_at: str = setting(
         "", "TEST ONLY: kill this process with SIGKILL at a saga step: " + ", ".join(CRASH_POINTS)
     )
@@ -63,6 +73,8 @@ class OrderConfig(StoreConfig):
             "max_backoff_seconds",
             "create_wait_seconds",
             "recovery_interval_seconds",
+            "max_step_failures",
+            "park_after_seconds",
         ):
             if getattr(self, name) <= 0:
                 found.append(f"{name} must be > 0, got {getattr(self, name)}")

@@ -81,6 +81,18 @@ def is_free(order: Order) -> bool:
     return order.total_minor == 0
 
 
+@dataclass(frozen=True)
+class ParkedSaga:
+    """A saga the orchestrator stopped driving: `phase` is where it stands, `reason` the
+    UPPER_SNAKE cause, `detail` the last error; an operator resumes it once fixed."""
+
+    order_id: str
+    phase: Phase
+    reason: str
+    detail: str
+    parked_at: float
+
+
 def fingerprint(items: tuple[LineItem, ...]) -> str:
     """What makes two CreateOrder calls with one request id the same request: the SKUs and
     quantities in any order, since a retry may list them otherwise (the order keeps them

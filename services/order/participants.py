@@ -1,7 +1,8 @@
 """The saga's calls to inventory and payment, one method per step.
 
 Each call has a deadline, carries the order's owner as the caller, and either returns or
-raises StepError, which says whether the failure is worth retrying. Every step is
+raises StepError (whatever went wrong, gRPC's answer or not), which says whether the
+failure is worth retrying. Every step is
 idempotent on the participant (keyed by the order id), so retrying is always safe.
 """
 
@@ -127,3 +128,12 @@ class Participants:
                 else ErrorKind.UNAVAILABLE
             )
             raise StepError(participant, details.to_service_error(kind), transient) from exc
+        except Exception as exc:
+            # The call could not even be made (gRPC refused the metadata, a bug): the same
+            # call would fail again, so it is a final failure, which the saga bounds.
+            error = ServiceError(
+                ErrorKind.INTERNAL,
+                "CALL_FAILED",
+                f"the call to {participant} could not be made ({type(exc).__name__}: {exc})",
+            )
+            raise StepError(participant, error, transient=False) from exc

@@ -10,13 +10,19 @@ A free order (a total of 0) skips the payment steps: there is nothing to authori
 capture or void (see `is_free`).
 
 Before the pivot, transient failures are retried for `step_retry_seconds`, then the order
-is cancelled; final failures cancel at once. From the pivot on, and while compensating,
-steps are retried until they succeed: giving up there would lose stock or money.
+is cancelled; final failures cancel at once. From the pivot on, and while compensating, a
+step cannot be given up (that would lose stock or money), but it is not retried for ever
+in silence either: after `max_step_failures` final answers (a capture of a voided payment,
+a release of a committed hold), after `park_after_seconds` of transient ones, or after
+`max_step_failures` unexpected errors anywhere, the saga is parked: it stays as it is,
+PENDING to its caller, is driven no more, is listed for operators, and is driven again
+once an operator resumes it (`OrderStore.parked`, `unpark`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -29,6 +35,7 @@ from typing import Protocol, TypeVar
 from services.common.errors import ErrorKind, FieldViolation, ServiceError
 from services.order.domain import (
     CANCELLABLE_PHASES,
+    FINAL_PHASES,
     MAX_TOTAL_MINOR,
     PAYMENT_ATTEMPTED_PHASES,
     LineItem,
@@ -53,6 +60,10 @@ class SagaSettings:
     step_retry_seconds: float
     max_backoff_seconds: float
     hold_seconds: float
+    max_step_failures: int = 5
+    """Final answers of one step past the pivot (or unexpected errors) before parking."""
+    park_after_seconds: float = 3600.0
+    """How long one step past the pivot retries transient failures before parking."""
     crash_at: str = ""
     """TEST ONLY: the named step at which the process kills itself (kill -9)."""
 
@@ -67,6 +78,15 @@ class SagaParticipants(Protocol):
     async def authorize(self, order: Order) -> None: ...
     async def capture(self, order: Order) -> None: ...
     async def void(self, order: Order) -> None: ...
+
+
+class Parked(Exception):
+    """The saga cannot go on by itself: it is parked with `reason` until an operator acts."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 class StepFailed(Exception):
@@ -121,21 +141,54 @@ class SagaRunner:
             os.kill(os.getpid(), signal.SIGKILL)
 
     async def _drive_until_final(self, order_id: str) -> None:
-        # A storage fault or a bug must not end the drive: the order would stay PENDING.
+        # A storage fault or a bug must not end the drive silently (the order would stay
+        # PENDING): it is retried with backoff, and parked if it keeps failing.
+        failures = 0
+        delay = FIRST_BACKOFF_SECONDS
         while True:
             try:
-                await self._drive(order_id)
-                return
+                try:
+                    await self._drive(order_id)
+                    return
+                except Parked as parked:
+                    if await self._park(order_id, parked):
+                        return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("saga %s failed unexpectedly; retrying", order_id)
-                await asyncio.sleep(self._settings.max_backoff_seconds)
+            except Exception as error:
+                failures += 1
+                if failures < self._settings.max_step_failures:
+                    log.warning(
+                        "saga %s failed unexpectedly (%s: %s), failure %d of %d; retrying",
+                        *(order_id, type(error).__name__, error, failures),
+                        self._settings.max_step_failures,
+                    )
+                else:
+                    log.exception("saga %s keeps failing unexpectedly; parking it", order_id)
+                    detail = f"{type(error).__name__}: {error}"
+                    with contextlib.suppress(Exception):  # storage down: try again later
+                        if await self._park(order_id, Parked("UNEXPECTED_ERROR", detail)):
+                            return
+            delay = await self._sleep(delay)
+
+    async def _park(self, order_id: str, parked: Parked) -> bool:
+        """Parks the saga where it stands; False if it moved meanwhile (drive it on)."""
+        phase = self._store.saga(order_id).phase
+        if phase in FINAL_PHASES:
+            return True
+        if not await self._store.park(order_id, phase, parked.reason, parked.detail, time.time()):
+            return self._store.is_parked(order_id)
+        log.error(
+            "saga %s parked in %s: %s (%s); %d sagas need attention",
+            *(order_id, phase.value, parked.reason, parked.detail),
+            len(self._store.parked()),
+        )
+        return True
 
     async def _drive(self, order_id: str) -> None:
         while True:
             saga = self._store.saga(order_id)
-            if saga.phase in (Phase.CONFIRMED, Phase.CANCELLED):
+            if saga.phase in FINAL_PHASES or self._store.is_parked(order_id):
                 return
             order = self._store.order(order_id)
             if saga.phase is Phase.COMPENSATING:
@@ -192,21 +245,23 @@ class SagaRunner:
             )
         elif phase is Phase.COMMITTING:
             try:
-                await self._until_done(lambda: self._participants.commit(order), stop_on_final=True)
+                await self._until_done(
+                    "commit", lambda: self._participants.commit(order), stop_on_final=True
+                )
             except StepError as error:
                 # The hold expired or was released: nothing was sold, so we can still cancel.
                 raise StepFailed(error.error) from error
             self.crash_point("after_commit")
             if not is_free(order):
-                await self._until_done(lambda: self._participants.capture(order))
+                await self._until_done("capture", lambda: self._participants.capture(order))
             await self._store.finish(order.order_id, Phase.COMMITTING, time.time())
 
     async def _compensate(self, order: Order, saga: Saga) -> None:
         """Undoes what may have happened, newest first, then records CANCELLED."""
         if saga.compensate_from in PAYMENT_ATTEMPTED_PHASES and not is_free(order):
-            await self._until_done(lambda: self._participants.void(order))
+            await self._until_done("void", lambda: self._participants.void(order))
             self.crash_point("during_compensation")
-        await self._until_done(lambda: self._participants.release(order))
+        await self._until_done("release", lambda: self._participants.release(order))
         await self._store.finish(order.order_id, Phase.COMPENSATING, time.time())
 
     async def _before_pivot(
@@ -239,10 +294,13 @@ class SagaRunner:
                 raise StepFailed(cancelled_by_user())
 
     async def _until_done(
-        self, step: Callable[[], Awaitable[None]], stop_on_final: bool = False
+        self, name: str, step: Callable[[], Awaitable[None]], stop_on_final: bool = False
     ) -> None:
-        """Runs a step that must happen until it succeeds (past the pivot, or undoing)."""
+        """Runs a step that must happen (past the pivot, or undoing) until it succeeds, or
+        raises Parked once it has failed too often or too long to pass by itself."""
         delay = FIRST_BACKOFF_SECONDS
+        refusals = 0
+        deadline = time.monotonic() + self._settings.park_after_seconds
         while True:
             try:
                 await step()
@@ -250,6 +308,12 @@ class SagaRunner:
             except StepError as error:
                 if not error.transient and stop_on_final:
                     raise
+                if not error.transient:
+                    refusals += 1
+                    if refusals >= self._settings.max_step_failures:
+                        raise Parked(f"{name.upper()}_REFUSED", str(error)) from error
+                elif time.monotonic() > deadline:
+                    raise Parked(f"{name.upper()}_UNAVAILABLE", str(error)) from error
                 level = logging.WARNING if error.transient else logging.ERROR
                 log.log(level, "%s; retrying in %.2fs", error, delay)
             delay = await self._sleep(delay)

@@ -35,6 +35,8 @@ class OrderService:
             SagaSettings(
                 step_retry_seconds=config.step_retry_seconds,
                 max_backoff_seconds=config.max_backoff_seconds,
+                max_step_failures=config.max_step_failures,
+                park_after_seconds=config.park_after_seconds,
                 hold_seconds=config.hold_seconds,
                 crash_at=config.crash_at,
             ),
@@ -67,6 +69,12 @@ class OrderService:
             await asyncio.sleep(interval)
             try:
                 self.saga.resume(idle_since=time.time() - interval)
+                parked = self.store.parked()
+                if parked:  # said again every interval until an operator acts
+                    log.warning(
+                        "%d sagas need attention (parked), oldest %s: %s",
+                        *(len(parked), parked[0].order_id, parked[0].reason),
+                    )
             except Exception:
                 log.exception("resuming idle sagas failed; trying again later")
 

@@ -20,6 +20,7 @@ from services.order.domain import (
     LineItem,
     Order,
     OrderState,
+    ParkedSaga,
     Phase,
     Saga,
     decode_failure,
@@ -62,6 +63,16 @@ CREATE TABLE IF NOT EXISTS sagas (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sagas_by_phase ON sagas (phase, updated_at);
+-- Sagas the orchestrator stopped driving after a bounded number of failures that will not
+-- pass by themselves (a capture of a voided payment, a bug): they wait for an operator.
+-- A table of its own, not a column: a database made by an earlier version gains it as is.
+CREATE TABLE IF NOT EXISTS parked_sagas (
+    order_id TEXT PRIMARY KEY REFERENCES sagas (order_id),
+    phase TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    parked_at REAL NOT NULL
+);
 """
 
 
@@ -191,10 +202,48 @@ class OrderStore(db.Store):
         open_phases = [p.value for p in Phase if p not in FINAL_PHASES]
         rows = self._reads.execute(
             f"SELECT order_id FROM sagas WHERE phase IN ({_placeholders(open_phases)})"
-            " AND updated_at <= ? ORDER BY updated_at",
+            " AND updated_at <= ?"
+            " AND order_id NOT IN (SELECT order_id FROM parked_sagas) ORDER BY updated_at",
             (*open_phases, idle_since),
         ).fetchall()
         return [r["order_id"] for r in rows]
+
+    # Parked sagas: driven no more until an operator resumes them.
+
+    @db.batched
+    def park(self, order_id: str, phase: Phase, reason: str, detail: str, now: float) -> bool:
+        """Stops driving the saga, if it is still in `phase` and not parked already."""
+        with db.transaction(self._conn) as conn:
+            return bool(
+                conn.execute(
+                    "INSERT OR IGNORE INTO parked_sagas (order_id, phase, reason, detail,"
+                    " parked_at) SELECT order_id, phase, ?, ?, ? FROM sagas"
+                    " WHERE order_id = ? AND phase = ?",
+                    (reason, detail, now, order_id, phase.value),
+                ).rowcount
+            )
+
+    @db.batched
+    def unpark(self, order_id: str) -> bool:
+        """Lets the saga be driven again; False if it was not parked."""
+        with db.transaction(self._conn) as conn:
+            return bool(
+                conn.execute("DELETE FROM parked_sagas WHERE order_id = ?", (order_id,)).rowcount
+            )
+
+    def parked(self) -> list[ParkedSaga]:
+        """Every parked saga, oldest first."""
+        rows = self._reads.execute("SELECT * FROM parked_sagas ORDER BY parked_at").fetchall()
+        return [
+            ParkedSaga(r["order_id"], Phase(r["phase"]), r["reason"], r["detail"], r["parked_at"])
+            for r in rows
+        ]
+
+    def is_parked(self, order_id: str) -> bool:
+        row = self._reads.execute(
+            "SELECT 1 FROM parked_sagas WHERE order_id = ?", (order_id,)
+        ).fetchone()
+        return row is not None
 
     @db.batched
     def record_reserved(
