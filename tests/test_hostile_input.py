@@ -24,6 +24,7 @@ from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from shopmesh import tokens
 from shopmesh.system import System
+from tests.helpers import record_fault
 from tests.system_helpers import bearer, rest
 
 INTERNAL_TEXT = ("Traceback", "metadata", "x-shop-", "Error parsing", "invalid header value")
@@ -58,9 +59,20 @@ def ejections(system: System) -> dict[str, int]:
 @pytest.fixture(scope="module", autouse=True)
 def no_ejections(system: System) -> Iterator[None]:
     """After every case of this module: no instance was ejected and none answered 5xx."""
-    before = ejections(system)
+    before, answered = ejections(system), system.stats("http.public.downstream_rq_")
     yield
-    assert ejections(system) == before, "client faults counted against instances"
+    after, now = ejections(system), system.stats("http.public.downstream_rq_")
+
+    def delta(kind: str) -> int:
+        name = f"http.public.downstream_rq_{kind}"
+        return now.get(name, 0) - answered.get(name, 0)
+
+    record_fault(
+        "hostile subjects, headers, page tokens, queries (HTTP)",
+        {"ok": delta("2xx"), "failed": delta("4xx"), "unknown": delta("5xx")},
+        "held" if after == before else f"EJECTED {after}",
+    )
+    assert after == before, "client faults counted against instances"
 
 
 def order_body(request_id: str) -> dict[str, object]:
