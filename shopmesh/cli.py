@@ -14,8 +14,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from services.stack import StartError
 from shopmesh import system, tokens
+from shopmesh.processes import StartError
 from shopmesh.tools import REPO, MissingTool
 
 EXAMPLES = """\
@@ -124,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     while not stopping:
         for part in [running.consul, running.envoy]:
             if not part.running():
-                print(f"{part.name} exited; see {part.log_path}. Stopping.", file=sys.stderr)
+                print(f"{part.label} exited; see {part.log_path}. Stopping.", file=sys.stderr)
                 stopping = True
         for service in [running.controlplane, *running.instances()]:
             if service.process.poll() is not None:

@@ -12,24 +12,15 @@ from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.envoy_config import EnvoySettings, Limits, write
-from services.stack import (
-    DEMO_DATA,
-    STOP_TIMEOUT_SECONDS,
-    ServiceProcess,
-    StartError,
-    kill_process,
-    spawn_service,
-    stop_process,
-)
+from services.stack import DEMO_DATA
 from shopmesh import tokens
+from shopmesh.processes import Process, ServiceProcess, spawn_service
 from shopmesh.tools import REPO, free_ports, tool
 
 READY_TIMEOUT_SECONDS = 30.0
@@ -75,54 +66,6 @@ class Settings:
     """Envoy's worker threads (see ENVOY_CONCURRENCY)."""
 
 
-@dataclass
-class Daemon:
-    """A non-Python component (Consul, Envoy): its process, command and log."""
-
-    name: str
-    command: list[str]
-    log_path: pathlib.Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Daemon:
-        with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=REPO,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-        if self.process is not None:
-            stop_process(self.process, timeout)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            kill_process(self.process)
-
-    def wait_until(
-        self, ready: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_SECONDS
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if not self.running() or time.monotonic() > deadline:
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                self.stop()
-                raise StartError(f"{self.name}: {what} did not happen; its log ends:\n{tail}")
-            time.sleep(0.05)
-
-
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
     """(status, body) of a GET, (0, "") if nothing answers."""
     try:
@@ -137,12 +80,12 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
 @dataclass
 class System:
     settings: Settings
-    consul: Daemon
+    consul: Process
     controlplane: ServiceProcess
     inventory: list[ServiceProcess]
     payment: list[ServiceProcess]
     order: list[ServiceProcess]
-    envoy: Daemon
+    envoy: Process
     keys: tokens.Keys
 
     @property
@@ -216,7 +159,9 @@ class System:
         else:
             self.consul.stop()
         self.consul.start()
-        self.consul.wait_until(self.consul_leader, "Consul electing itself leader")
+        self.consul.wait_until(
+            self.consul.is_ready, "Consul electing itself leader", READY_TIMEOUT_SECONDS
+        )
 
 
 def consul_has_leader(http_address: str) -> bool:
@@ -224,12 +169,15 @@ def consul_has_leader(http_address: str) -> bool:
     return status == 200 and body.strip() not in ("", '""')
 
 
-def consul_daemon(settings: Settings) -> Daemon:
+def consul_process(settings: Settings) -> Process:
+    """The Consul server agent, ready once it has elected itself leader."""
     ports = settings.ports
     data = settings.workdir / "consul"
     data.mkdir(parents=True, exist_ok=True)
-    return Daemon(
+    http_address = f"127.0.0.1:{ports.consul_http}"
+    return Process(
         "consul",
+        settings.workdir / "consul.log",
         [
             tool("consul"),
             "agent",
@@ -250,7 +198,7 @@ def consul_daemon(settings: Settings) -> Daemon:
             "-hcl",
             "performance { raft_multiplier = 1 }",
         ],
-        settings.workdir / "consul.log",
+        ready=lambda: consul_has_leader(http_address),
     )
 
 
@@ -272,16 +220,20 @@ def envoy_settings(settings: Settings, keys: tokens.Keys) -> EnvoySettings:
     )
 
 
-def envoy_daemon(settings: Settings, keys: tokens.Keys) -> Daemon:
+def envoy_process(settings: Settings, keys: tokens.Keys) -> Process:
+    """Envoy on the config rendered for `settings`, ready once its admin says it is LIVE
+    (listeners up, first endpoints fetched); started again, it reads the same file."""
     config = write(envoy_settings(settings, keys), settings.workdir / "envoy.yaml")
-    return Daemon(
+    admin = f"http://127.0.0.1:{settings.ports.admin}/ready"
+    return Process(
         "envoy",
+        settings.workdir / "envoy.log",
         [
             tool("envoy"),
             *("-c", str(config), "--disable-hot-restart", "--log-level", "warn"),
             *("--concurrency", str(settings.envoy_concurrency)),
         ],
-        settings.workdir / "envoy.log",
+        ready=lambda: http_get(admin)[0] == 200,
     )
 
 
@@ -293,12 +245,12 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
     keys = tokens.ensure_keys(settings.keys_dir or workdir / "jwt")
     ports = settings.ports
     consul_http = f"127.0.0.1:{ports.consul_http}"
-    started: list[Daemon | ServiceProcess] = []
+    started: list[Process] = []
     try:
         progress("consul")
-        consul = consul_daemon(settings).start()
+        consul = consul_process(settings).start()
         started.append(consul)
-        consul.wait_until(lambda: consul_has_leader(consul_http), "Consul electing itself leader")
+        consul.wait_until(consul.is_ready, "Consul electing itself leader", READY_TIMEOUT_SECONDS)
 
         progress("control plane, services and envoy")
         registered = {"consul_http": consul_http}
@@ -324,7 +276,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
                 )
                 groups[name].append(instance)
                 started.append(instance)
-        envoy = envoy_daemon(settings, keys).start()
+        envoy = envoy_process(settings, keys).start()
         started.append(envoy)
         for process in started:
             if isinstance(process, ServiceProcess):
@@ -340,7 +292,9 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             keys,
         )
         progress("endpoints healthy in envoy")
-        envoy.wait_until(system.envoy_ready, "a healthy endpoint for every instance")
+        envoy.wait_until(
+            system.envoy_ready, "a healthy endpoint for every instance", READY_TIMEOUT_SECONDS
+        )
         return system
     except BaseException:
         for process in reversed(started):
