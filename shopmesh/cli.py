@@ -2,12 +2,13 @@
 
 shopmesh token --user alice [--scope shop.admin] [--ttl 3600]   print a dev JWT
 shopmesh keys                                                  create the dev key pair
-shopmesh run [--instances N]                                   run everything (make run)
+shopmesh run [--instances N]                                   run everything, restarting (make run)
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import pathlib
 import signal
 import sys
@@ -15,8 +16,10 @@ import time
 from collections.abc import Sequence
 
 from shopmesh import system, tokens
-from shopmesh.processes import StartError
+from shopmesh.processes import CrashLoop, RestartPolicy, StartError, Supervisor
 from shopmesh.tools import REPO, MissingTool
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = """\
 shopmesh is running ({elapsed:.1f} s to healthy; logs and data in {workdir}/):
@@ -41,6 +44,14 @@ gRPC straight to the order service (no gateway: you name the caller yourself):
     127.0.0.1:{order_port} shop.order.v1.OrderService/ListOrders
 
 Press Ctrl-C to stop everything.
+"""
+
+
+RUN_DESCRIPTION = """\
+Runs Consul, the control plane, the services and Envoy, and supervises them until
+Ctrl-C or SIGTERM. A part that exits is started again after {first:g} s; the wait doubles
+with each further crash of that part within {window:g} s, up to {most:g} s. A part that
+crashes {limit} times within {window:g} s is given up on: everything stops, exit status 1.
 """
 
 
@@ -87,6 +98,9 @@ def _run(args: argparse.Namespace) -> int:
     settings = run_settings(args)
     ports = settings.ports
     started = time.monotonic()
+    # The supervisor's restarts and give-ups, on stderr with the time they happened.
+    logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("shopmesh").setLevel(logging.INFO)
 
     def progress(step: str) -> None:
         print(f"[{time.monotonic() - started:4.1f}s] starting {step}...", flush=True)
@@ -121,20 +135,18 @@ def _run(args: argparse.Namespace) -> int:
         ),
         flush=True,
     )
-    while not stopping:
-        for part in [running.consul, running.envoy]:
-            if not part.running():
-                print(f"{part.label} exited; see {part.log_path}. Stopping.", file=sys.stderr)
-                stopping = True
-        for service in [running.controlplane, *running.instances()]:
-            if service.process.poll() is not None:
-                print(f"{service.label} exited; see {service.log_path}. Stopping.", file=sys.stderr)
-                stopping = True
-        time.sleep(0.2)
+    # The supervisor lives here, in the parent that stays: it restarts a part that exits
+    # (Envoy also needs a live parent: it asks the kernel to stop it when its parent exits).
+    code = 0
+    try:
+        Supervisor(running.parts()).run(lambda: stopping)
+    except CrashLoop as loop:
+        log.error("%s. Stopping.", loop)
+        code = 1
     print("stopping...", flush=True)
     running.stop()
     print("stopped.", flush=True)
-    return 0
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,7 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help="[var/jwt]")
     keys.set_defaults(handler=_keys)
 
-    run = commands.add_parser("run", help="run Consul, the control plane, the services and Envoy")
+    restart = RestartPolicy()
+    run = commands.add_parser(
+        "run",
+        help="run Consul, the control plane, the services and Envoy",
+        description=RUN_DESCRIPTION.format(
+            first=restart.first_delay_seconds,
+            most=restart.max_delay_seconds,
+            window=restart.window_seconds,
+            limit=restart.crash_limit,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("--instances", type=int, default=1, help="instances of each service [1]")
     run.add_argument("--workdir", type=pathlib.Path, default=REPO / "var", help="[var/]")
     run.add_argument("--public-port", type=int, default=8080, help="[8080]")

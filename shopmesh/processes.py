@@ -1,26 +1,33 @@
-"""The parts of the local system as child processes: one `Process` for every part.
+"""The parts of the local system as child processes: one `Process` for every part, and
+the `Supervisor` that restarts them.
 
 Consul, Envoy, the control plane and each service instance are a `Process` each: a
 command, a log file, and a readiness check that is polled, never assumed after a sleep
 (Consul has a leader, Envoy is live, a service has written its ready file). Stopping is
 by PID: SIGTERM (a service deregisters and drains), then SIGKILL if it does not exit in
-time. A `Process` can be started again after it exits, on the same command.
+time. The supervisor starts a part that exited again, on the same command, after a
+backoff, as systemd's Restart=on-failure would, and gives up on a crash loop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Self
 
 from shopmesh.tools import REPO
+
+log = logging.getLogger(__name__)
 
 READY_TIMEOUT_SECONDS = 20.0
 STOP_TIMEOUT_SECONDS = 10.0
@@ -110,6 +117,13 @@ class Process:
         """kill -9, as a crash would."""
         if self._process is not None:
             kill_process(self._process)
+
+    def exit_status(self) -> str:
+        """How the last start ended: `exited with code 1`, `exited with signal 9`."""
+        code = self.process.poll()
+        if code is None:
+            return "is running"
+        return f"exited with signal {-code}" if code < 0 else f"exited with code {code}"
 
 
 class ServiceProcess(Process):
@@ -215,3 +229,120 @@ def spawn_service(
         name, workdir, port=port, settings=settings, module=module, instance=instance
     )
     return service.start()
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a part that exited is started again, and when the supervisor gives up on it."""
+
+    first_delay_seconds: float = 0.5
+    """The wait before the first restart; it doubles with each crash within the window."""
+    max_delay_seconds: float = 8.0
+    """The longest wait between a crash and the restart."""
+    crash_limit: int = 5
+    """This many crashes of one part within `window_seconds` is a crash loop: give up."""
+    window_seconds: float = 60.0
+    """How far back crashes count, for the loop and for the backoff."""
+    ready_timeout_seconds: float = 30.0
+    """A restarted part not ready by then is killed, and that counts as a crash."""
+
+    def delay(self, recent_crashes: int) -> float:
+        """The wait after the `recent_crashes`-th crash within the window."""
+        return min(self.first_delay_seconds * 2.0 ** (recent_crashes - 1), self.max_delay_seconds)
+
+
+class CrashLoop(Exception):
+    """A part crashed `crash_limit` times within the window: the supervisor gave up on it."""
+
+    def __init__(self, part: Process, message: str) -> None:
+        super().__init__(message)
+        self.part = part
+
+
+@dataclass
+class _Watch:
+    """What the supervisor knows about one part."""
+
+    part: Process
+    crashes: deque[float] = field(default_factory=deque)
+    restarts: int = 0
+    restart_at: float | None = None
+    """Set while the part waits out its backoff."""
+    started_at: float | None = None
+    """Set from a restart until the part is ready."""
+
+
+class Supervisor:
+    """Watches running parts and restarts the ones that exit; raises CrashLoop on a loop.
+
+    It polls (`check`, or `run` until told to stop) rather than blocking on any one part,
+    so a part waiting out its backoff or its readiness holds up no other part's restart.
+    The parts must have been started (and be ready) before the first check.
+    """
+
+    def __init__(
+        self,
+        parts: Sequence[Process],
+        policy: RestartPolicy = RestartPolicy(),
+    ) -> None:
+        self._watches = [_Watch(part) for part in parts]
+        self._policy = policy
+
+    def run(self, stopping: Callable[[], bool], interval: float = 0.1) -> None:
+        """Checks every `interval` until `stopping()`; CrashLoop if a part loops."""
+        while not stopping():
+            self.check()
+            time.sleep(interval)
+
+    def check(self) -> None:
+        """One round over every part: restart those whose backoff is over, note those that
+        became ready again, and schedule a restart for each that exited."""
+        for watch in self._watches:
+            self._check(watch, time.monotonic())
+
+    def _check(self, watch: _Watch, now: float) -> None:
+        part = watch.part
+        if watch.restart_at is not None:
+            if now >= watch.restart_at:
+                watch.restart_at, watch.started_at = None, now
+                part.start()
+            return
+        if not part.running():
+            self._crashed(watch, now, part.exit_status())
+        elif watch.started_at is not None:
+            if part.is_ready():
+                log.info(
+                    "%s is back (pid %d, ready %.1f s after restart %d)",
+                    part.label,
+                    part.pid,
+                    now - watch.started_at,
+                    watch.restarts,
+                )
+                watch.started_at = None
+            elif now - watch.started_at > self._policy.ready_timeout_seconds:
+                part.kill()
+                self._crashed(
+                    watch,
+                    now,
+                    f"was not ready {self._policy.ready_timeout_seconds:g} s after its restart",
+                )
+
+    def _crashed(self, watch: _Watch, now: float, how: str) -> None:
+        policy = self._policy
+        watch.started_at = None
+        watch.crashes.append(now)
+        while watch.crashes[0] < now - policy.window_seconds:
+            watch.crashes.popleft()
+        part, recent = watch.part, len(watch.crashes)
+        if recent >= policy.crash_limit:
+            raise CrashLoop(
+                part,
+                f"{part.label} crashed {recent} times in {policy.window_seconds:g} s (last: it"
+                f" {how}): giving up on it; see {part.log_path}",
+            )
+        delay = policy.delay(recent)
+        watch.restarts += 1
+        watch.restart_at = now + delay
+        log.warning(
+            "%s %s; restarting in %g s (restart %d)", part.label, how, delay, watch.restarts
+        )

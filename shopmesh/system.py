@@ -103,6 +103,10 @@ class System:
     def instances(self) -> list[ServiceProcess]:
         return [*self.inventory, *self.payment, *self.order]
 
+    def parts(self) -> list[Process]:
+        """Every process of the system, in the order they start."""
+        return [self.consul, self.controlplane, *self.instances(), self.envoy]
+
     def token(self, user: str, *scopes: str, ttl: int = tokens.DEFAULT_TTL_SECONDS) -> str:
         return tokens.issue(user, scopes, ttl, self.keys.private_pem.parent)
 
