@@ -52,6 +52,8 @@ Runs Consul, the control plane, the services and Envoy, and supervises them unti
 Ctrl-C or SIGTERM. A part that exits is started again after {first:g} s; the wait doubles
 with each further crash of that part within {window:g} s, up to {most:g} s. A part that
 crashes {limit} times within {window:g} s is given up on: everything stops, exit status 1.
+Stopping goes in order: the services (they deregister from Consul), then the control
+plane and Envoy, then Consul.
 """
 
 

@@ -71,6 +71,11 @@ class Process:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # A process group of its own: a terminal's Ctrl-C (SIGINT to the foreground
+                # group) reaches only the parent, which stops the parts in order. In the
+                # parent's group, Consul got it with the services and exited while they
+                # were still deregistering.
+                process_group=0,
             )
         return self
 
@@ -201,6 +206,21 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT
     except subprocess.TimeoutExpired:
         signal_process(process, signal.SIGKILL)
     return process.wait()
+
+
+def stop_together(parts: Sequence[Process], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """Stops `parts` at once (SIGTERM to each, then a shared wait of up to `timeout`,
+    then SIGKILL for any still running), so each drains while the others do."""
+    running = [p.process for p in parts if p.running()]
+    for process in running:
+        signal_process(process, signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+        signal_process(process, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in running:
+        try:
+            process.wait(max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            kill_process(process)
 
 
 def kill_process(process: subprocess.Popen[bytes]) -> None:

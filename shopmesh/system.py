@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from gateway.envoy_config import EnvoySettings, Limits, write
 from services.stack import DEMO_DATA
 from shopmesh import tokens
-from shopmesh.processes import Process, ServiceProcess, spawn_service
+from shopmesh.processes import Process, ServiceProcess, spawn_service, stop_together
 from shopmesh.tools import REPO, free_ports, tool
 
 READY_TIMEOUT_SECONDS = 30.0
@@ -148,11 +148,17 @@ class System:
         return found
 
     def stop(self) -> None:
-        """Stops everything by PID: Envoy first (no new traffic), Consul last."""
-        self.envoy.stop()
-        for service in [*self.order, *self.payment, *self.inventory, self.controlplane]:
-            service.stop()
-        self.consul.stop()
+        """Stops everything by PID, in order: the order service (it calls the others,
+        through Envoy, while it drains), then inventory and payment; each deregisters
+        from Consul as it stops, so Consul must still be up. Then the control plane and
+        Envoy, and Consul last."""
+        for tier in (
+            self.order,
+            [*self.inventory, *self.payment],
+            [self.controlplane, self.envoy],
+            [self.consul],
+        ):
+            stop_together(tier)
 
     # Restarts, for operators and fault tests.
 

@@ -1,6 +1,7 @@
 """`shopmesh run` as a user runs it: the real command in its own process group (as a
 terminal's foreground job is), on free ports, its output read line by line. A crashed part
-comes back by itself, and a crash loop makes it give up and say so."""
+comes back by itself, a crash loop makes it give up and say so, and Ctrl-C stops the parts
+in order (services before Consul)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from services.common.registration import consul_client
 from services.stack import DEMO_DATA, REPO
 from shopmesh import tokens
+from shopmesh.system import Ports, Settings, consul_process
 from shopmesh.tools import free_ports
 from tests.helpers import Client, Ledger, assert_calls_resolved, assert_invariants, record_fault
 from tests.system_helpers import Traffic
@@ -212,3 +215,39 @@ def test_a_crash_loop_makes_shopmesh_run_give_up_and_say_so(
     assert running.exit_code() == 1, running.output
     assert "inventory exited with code 1; restarting in" in running.output
     assert "stopped." in running.output
+
+
+def test_ctrl_c_stops_the_services_before_consul(shopmesh_run: Callable[..., ShopmeshRun]) -> None:
+    running = shopmesh_run("--instances", "2")
+    running.wait_running()
+    running.ctrl_c()
+    assert running.exit_code() == 0, running.output
+    logs = {
+        log.name: log.read_text()
+        for log in running.workdir.glob("*.log")
+        if log.name.startswith(("order", "inventory", "payment", "controlplane"))
+    }
+    assert len(logs) == 7, sorted(logs)
+    for name, text in logs.items():
+        assert "could not deregister" not in text, f"{name}:\n{text}"
+        assert "deregistered" in text, f"{name}:\n{text}"
+    consul_log = (running.workdir / "consul.log").read_text()
+    assert "Deregistering service failed" not in consul_log, consul_log
+    # Consul alone on the same data dir knows no service: none left a stale entry.
+    assert consul_services(running.workdir) == ["consul"]
+
+
+def consul_services(workdir: pathlib.Path) -> list[str]:
+    """The services Consul knows (catalog and agent) once restarted alone on `workdir`."""
+    ports = Ports.free()
+    consul = consul_process(Settings(workdir=workdir, ports=ports)).start()
+    try:
+        consul.wait_until(consul.is_ready, "Consul electing itself leader", START_SECONDS)
+        client = consul_client(f"127.0.0.1:{ports.consul_http}")
+        # A consistent read: just after its election the leader may still be replaying its
+        # raft log, and a default read then shows registrations whose deregistration it
+        # has not applied yet (measured: 25 to 195 of 300 deregistered services).
+        _, catalog = client.catalog.services(consistency="consistent")
+        return sorted({*catalog, *(s["Service"] for s in client.agent.services().values())})
+    finally:
+        consul.stop()
