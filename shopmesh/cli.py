@@ -27,6 +27,7 @@ shopmesh is running ({elapsed:.1f} s to healthy; logs and data in {workdir}/):
   internal hop       127.0.0.1:{internal}
   Envoy admin        http://127.0.0.1:{admin}
   Consul             http://127.0.0.1:{consul}
+                     DNS :{consul_dns}, server RPC :{consul_server}, serf LAN :{consul_serf}
   control plane      127.0.0.1:{xds}
   services           {services}
 
@@ -80,6 +81,9 @@ def run_settings(args: argparse.Namespace) -> system.Settings:
         admin=args.admin_port,
         xds=args.xds_port,
         consul_http=args.consul_port,
+        consul_dns=args.consul_dns_port,
+        consul_server=args.consul_server_port,
+        consul_serf=args.consul_serf_port,
     )
     return system.Settings(
         workdir=args.workdir,
@@ -98,7 +102,6 @@ def _run(args: argparse.Namespace) -> int:
         print("shopmesh run: --envoy-concurrency must be at least 1", file=sys.stderr)
         return 2
     settings = run_settings(args)
-    ports = settings.ports
     started = time.monotonic()
     # The supervisor's restarts and give-ups, on stderr with the time they happened.
     logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
@@ -122,6 +125,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     signal.signal(signal.SIGINT, request_stop)
+    ports = running.ports  # with the free ones picked
     print(
         EXAMPLES.format(
             elapsed=time.monotonic() - started,
@@ -130,6 +134,9 @@ def _run(args: argparse.Namespace) -> int:
             internal=ports.internal,
             admin=ports.admin,
             consul=ports.consul_http,
+            consul_dns=ports.consul_dns,
+            consul_server=ports.consul_server,
+            consul_serf=ports.consul_serf,
             xds=ports.xds,
             services=", ".join(f"{s.label} :{s.port}" for s in running.instances()),
             token=running.token("alice"),
@@ -196,11 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--instances", type=int, default=1, help="instances of each service [1]")
     run.add_argument("--workdir", type=pathlib.Path, default=REPO / "var", help="[var/]")
-    run.add_argument("--public-port", type=int, default=8080, help="[8080]")
-    run.add_argument("--internal-port", type=int, default=15001, help="[15001]")
-    run.add_argument("--admin-port", type=int, default=9901, help="[9901]")
+    run.add_argument("--public-port", type=int, default=8080, help="Envoy public [8080]")
+    run.add_argument("--internal-port", type=int, default=15001, help="Envoy internal [15001]")
+    run.add_argument("--admin-port", type=int, default=9901, help="Envoy admin [9901]")
     run.add_argument("--xds-port", type=int, default=18000, help="control plane [18000]")
     run.add_argument("--consul-port", type=int, default=8500, help="Consul HTTP [8500]")
+    for flag, what in [("dns", "DNS"), ("server", "server RPC"), ("serf", "serf LAN")]:
+        run.add_argument(
+            f"--consul-{flag}-port", type=int, default=0, help=f"Consul {what} [a free port]"
+        )
     run.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help="[var/jwt]")
     run.add_argument(
         "--envoy-concurrency",

@@ -15,7 +15,7 @@ import pathlib
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from gateway.envoy_config import EnvoySettings, Limits, write
 from services.stack import DEMO_DATA
@@ -28,19 +28,33 @@ READY_TIMEOUT_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class Ports:
+    """Where each part listens, all on 127.0.0.1; 0 is a free port picked at start."""
+
     public: int = 8080
     internal: int = 15001
     admin: int = 9901
     xds: int = 18000
     consul_http: int = 8500
-    consul_dns: int = 8600
-    consul_server: int = 8300
-    consul_serf: int = 8301
+    # Consul's own ports, which nobody addresses (the DNS one only on purpose): free ones,
+    # so a machine that already runs a Consul agent, or a second stack, can still start.
+    consul_dns: int = 0
+    consul_server: int = 0
+    consul_serf: int = 0
 
     @classmethod
     def free(cls) -> Ports:
         """Every port picked by the kernel, for tests running side by side."""
         return cls(*free_ports(8))
+
+    def resolved(self) -> Ports:
+        """These ports with each 0 replaced by a free one (for TCP and UDP alike), picked
+        now. Consul's data dir may have known other ones: it still elects itself leader
+        (its raft peer keeps the old address, which a single server never dials; the
+        check is tests/test_run.py's)."""
+        unset = [f.name for f in fields(self) if getattr(self, f.name) == 0]
+        taken = {getattr(self, f.name) for f in fields(self)}
+        picked = free_ports(len(unset), udp=True, avoid=taken)
+        return replace(self, **dict(zip(unset, picked, strict=True)))
 
 
 # One Envoy worker thread. Envoy's default is one per core, but here Envoy shares a
@@ -250,6 +264,7 @@ def envoy_process(settings: Settings, keys: tokens.Keys) -> Process:
 def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> System:
     """Starts every part and returns once all are healthy; StartError (everything
     started so far stopped again) if one is not."""
+    settings = replace(settings, ports=settings.ports.resolved())
     workdir = settings.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     keys = tokens.ensure_keys(settings.keys_dir or workdir / "jwt")

@@ -1,15 +1,18 @@
 """`shopmesh run` as a user runs it: the real command in its own process group (as a
 terminal's foreground job is), on free ports, its output read line by line. A crashed part
-comes back by itself, a crash loop makes it give up and say so, and Ctrl-C stops the parts
-in order (services before Consul)."""
+comes back by itself, a crash loop makes it give up and say so, Ctrl-C stops the parts in
+order (services before Consul), and busy Consul default ports do not keep it from starting."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -237,9 +240,10 @@ def test_ctrl_c_stops_the_services_before_consul(shopmesh_run: Callable[..., Sho
     assert consul_services(running.workdir) == ["consul"]
 
 
-def consul_services(workdir: pathlib.Path) -> list[str]:
-    """The services Consul knows (catalog and agent) once restarted alone on `workdir`."""
-    ports = Ports.free()
+def consul_services(workdir: pathlib.Path, ports: Ports | None = None) -> list[str]:
+    """The services Consul knows (catalog and agent) once restarted alone on `workdir`
+    (on free ports unless given)."""
+    ports = ports or Ports.free()
     consul = consul_process(Settings(workdir=workdir, ports=ports)).start()
     try:
         consul.wait_until(consul.is_ready, "Consul electing itself leader", START_SECONDS)
@@ -251,3 +255,41 @@ def consul_services(workdir: pathlib.Path) -> list[str]:
         return sorted({*catalog, *(s["Service"] for s in client.agent.services().values())})
     finally:
         consul.stop()
+
+
+def test_shopmesh_run_starts_beside_a_consul_on_the_default_ports(
+    shopmesh_run: Callable[..., ShopmeshRun],
+) -> None:
+    """Consul's server RPC, serf and DNS ports are free ones unless set: whatever holds
+    8300, 8301 and 8600 (here the test, where nothing else does yet) is no obstacle."""
+    with contextlib.ExitStack() as held:
+        for port in (8300, 8301, 8600):
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                probe = held.enter_context(socket.socket(socket.AF_INET, kind))
+                with contextlib.suppress(OSError):  # taken already: busy either way
+                    probe.bind(("127.0.0.1", port))
+                    if kind == socket.SOCK_STREAM:
+                        probe.listen()
+        running = shopmesh_run()
+        running.wait_running()
+    found = running.wait_for_line(r"DNS :(\d+), server RPC :(\d+), serf LAN :(\d+)")
+    assert {int(p) for p in found.groups()}.isdisjoint({8300, 8301, 8600}), found.group(0)
+    running.ctrl_c()
+    assert running.exit_code() == 0, running.output
+
+
+def test_consul_elects_itself_again_on_other_ports(tmp_path: pathlib.Path) -> None:
+    """Its raft configuration keeps the server address of the first start; a single server
+    never dials it, so a restart on other free ports still elects a leader, registrations
+    kept."""
+    settings = Settings(workdir=tmp_path, ports=Ports.free())
+    consul = consul_process(settings).start()
+    try:
+        consul.wait_until(consul.is_ready, "Consul electing itself leader", START_SECONDS)
+        consul_client(f"127.0.0.1:{settings.ports.consul_http}").agent.service.register(
+            "kept", service_id="kept-1", port=1
+        )
+    finally:
+        consul.stop()
+    moved = Ports(*free_ports(8, avoid=dataclasses.astuple(settings.ports)))
+    assert consul_services(tmp_path, moved) == ["consul", "kept"]
