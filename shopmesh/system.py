@@ -5,7 +5,8 @@ then the control plane, every service instance and Envoy at once) and returns wh
 is healthy: Consul has a leader, each service serves, and Envoy reports a healthy
 endpoint for every instance. Readiness is polled, never assumed after a sleep. The
 parent must stay alive: Envoy asks the kernel to stop it when its parent exits
-(PR_SET_PDEATHSIG, measured with Envoy 1.40).
+(PR_SET_PDEATHSIG, measured with Envoy 1.40); `shopmesh run` stays, supervising `parts()`
+(shopmesh.processes). `stop` stops them in order, services before Consul.
 """
 
 from __future__ import annotations
@@ -123,9 +124,6 @@ class System:
 
     def token(self, user: str, *scopes: str, ttl: int = tokens.DEFAULT_TTL_SECONDS) -> str:
         return tokens.issue(user, scopes, ttl, self.keys.private_pem.parent)
-
-    def consul_leader(self) -> bool:
-        return consul_has_leader(self.consul_http)
 
     def healthy_endpoints(self) -> dict[str, int]:
         """Per cluster, how many endpoints Envoy considers healthy now."""
@@ -246,7 +244,9 @@ def envoy_settings(settings: Settings, keys: tokens.Keys) -> EnvoySettings:
 
 def envoy_process(settings: Settings, keys: tokens.Keys) -> Process:
     """Envoy on the config rendered for `settings`, ready once its admin says it is LIVE
-    (listeners up, first endpoints fetched); started again, it reads the same file."""
+    (initialised: listeners up, the first endpoints fetched from the control plane, or
+    given up on after Envoy's 15 s initial fetch timeout); started again, it reads the
+    same file."""
     config = write(envoy_settings(settings, keys), settings.workdir / "envoy.yaml")
     admin = f"http://127.0.0.1:{settings.ports.admin}/ready"
     return Process(
