@@ -2,21 +2,24 @@
 
 shopmesh token --user alice [--scope shop.admin] [--ttl 3600]   print a dev JWT
 shopmesh keys                                                  create the dev key pair
-shopmesh run [--instances N]                                   run everything (make run)
+shopmesh run [--instances N]                                   run everything, restarting (make run)
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import pathlib
 import signal
 import sys
 import time
 from collections.abc import Sequence
 
-from services.stack import StartError
 from shopmesh import system, tokens
+from shopmesh.processes import CrashLoop, RestartPolicy, StartError, Supervisor
 from shopmesh.tools import REPO, MissingTool
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = """\
 shopmesh is running ({elapsed:.1f} s to healthy; logs and data in {workdir}/):
@@ -24,6 +27,7 @@ shopmesh is running ({elapsed:.1f} s to healthy; logs and data in {workdir}/):
   internal hop       127.0.0.1:{internal}
   Envoy admin        http://127.0.0.1:{admin}
   Consul             http://127.0.0.1:{consul}
+                     DNS :{consul_dns}, server RPC :{consul_server}, serf LAN :{consul_serf}
   control plane      127.0.0.1:{xds}
   services           {services}
 
@@ -41,6 +45,16 @@ gRPC straight to the order service (no gateway: you name the caller yourself):
     127.0.0.1:{order_port} shop.order.v1.OrderService/ListOrders
 
 Press Ctrl-C to stop everything.
+"""
+
+
+RUN_DESCRIPTION = """\
+Runs Consul, the control plane, the services and Envoy, and supervises them until
+Ctrl-C or SIGTERM. A part that exits is started again after {first:g} s; the wait doubles
+with each further crash of that part within {window:g} s, up to {most:g} s. A part that
+crashes {limit} times within {window:g} s is given up on: everything stops, exit status 1.
+Stopping goes in order: the services (they deregister from Consul), then the control
+plane and Envoy, then Consul.
 """
 
 
@@ -67,6 +81,9 @@ def run_settings(args: argparse.Namespace) -> system.Settings:
         admin=args.admin_port,
         xds=args.xds_port,
         consul_http=args.consul_port,
+        consul_dns=args.consul_dns_port,
+        consul_server=args.consul_server_port,
+        consul_serf=args.consul_serf_port,
     )
     return system.Settings(
         workdir=args.workdir,
@@ -85,8 +102,10 @@ def _run(args: argparse.Namespace) -> int:
         print("shopmesh run: --envoy-concurrency must be at least 1", file=sys.stderr)
         return 2
     settings = run_settings(args)
-    ports = settings.ports
     started = time.monotonic()
+    # The supervisor's restarts and give-ups, on stderr with the time they happened.
+    logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("shopmesh").setLevel(logging.INFO)
 
     def progress(step: str) -> None:
         print(f"[{time.monotonic() - started:4.1f}s] starting {step}...", flush=True)
@@ -106,6 +125,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     signal.signal(signal.SIGINT, request_stop)
+    ports = running.ports  # with the free ones picked
     print(
         EXAMPLES.format(
             elapsed=time.monotonic() - started,
@@ -114,6 +134,9 @@ def _run(args: argparse.Namespace) -> int:
             internal=ports.internal,
             admin=ports.admin,
             consul=ports.consul_http,
+            consul_dns=ports.consul_dns,
+            consul_server=ports.consul_server,
+            consul_serf=ports.consul_serf,
             xds=ports.xds,
             services=", ".join(f"{s.label} :{s.port}" for s in running.instances()),
             token=running.token("alice"),
@@ -121,20 +144,18 @@ def _run(args: argparse.Namespace) -> int:
         ),
         flush=True,
     )
-    while not stopping:
-        for part in [running.consul, running.envoy]:
-            if not part.running():
-                print(f"{part.name} exited; see {part.log_path}. Stopping.", file=sys.stderr)
-                stopping = True
-        for service in [running.controlplane, *running.instances()]:
-            if service.process.poll() is not None:
-                print(f"{service.label} exited; see {service.log_path}. Stopping.", file=sys.stderr)
-                stopping = True
-        time.sleep(0.2)
+    # The supervisor lives here, in the parent that stays: it restarts a part that exits
+    # (Envoy also needs a live parent: it asks the kernel to stop it when its parent exits).
+    code = 0
+    try:
+        Supervisor(running.parts()).run(lambda: stopping)
+    except CrashLoop as loop:
+        log.error("%s. Stopping.", loop)
+        code = 1
     print("stopping...", flush=True)
     running.stop()
     print("stopped.", flush=True)
-    return 0
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,14 +189,29 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help="[var/jwt]")
     keys.set_defaults(handler=_keys)
 
-    run = commands.add_parser("run", help="run Consul, the control plane, the services and Envoy")
+    restart = RestartPolicy()
+    run = commands.add_parser(
+        "run",
+        help="run Consul, the control plane, the services and Envoy",
+        description=RUN_DESCRIPTION.format(
+            first=restart.first_delay_seconds,
+            most=restart.max_delay_seconds,
+            window=restart.window_seconds,
+            limit=restart.crash_limit,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("--instances", type=int, default=1, help="instances of each service [1]")
     run.add_argument("--workdir", type=pathlib.Path, default=REPO / "var", help="[var/]")
-    run.add_argument("--public-port", type=int, default=8080, help="[8080]")
-    run.add_argument("--internal-port", type=int, default=15001, help="[15001]")
-    run.add_argument("--admin-port", type=int, default=9901, help="[9901]")
+    run.add_argument("--public-port", type=int, default=8080, help="Envoy public [8080]")
+    run.add_argument("--internal-port", type=int, default=15001, help="Envoy internal [15001]")
+    run.add_argument("--admin-port", type=int, default=9901, help="Envoy admin [9901]")
     run.add_argument("--xds-port", type=int, default=18000, help="control plane [18000]")
     run.add_argument("--consul-port", type=int, default=8500, help="Consul HTTP [8500]")
+    for flag, what in [("dns", "DNS"), ("server", "server RPC"), ("serf", "serf LAN")]:
+        run.add_argument(
+            f"--consul-{flag}-port", type=int, default=0, help=f"Consul {what} [a free port]"
+        )
     run.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help="[var/jwt]")
     run.add_argument(
         "--envoy-concurrency",

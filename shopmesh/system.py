@@ -5,32 +5,24 @@ then the control plane, every service instance and Envoy at once) and returns wh
 is healthy: Consul has a leader, each service serves, and Envoy reports a healthy
 endpoint for every instance. Readiness is polled, never assumed after a sleep. The
 parent must stay alive: Envoy asks the kernel to stop it when its parent exits
-(PR_SET_PDEATHSIG, measured with Envoy 1.40).
+(PR_SET_PDEATHSIG, measured with Envoy 1.40); `shopmesh run` stays, supervising `parts()`
+(shopmesh.processes). `stop` stops them in order, services before Consul.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from gateway.envoy_config import EnvoySettings, Limits, write
 from services.order.config import GATEWAY_TRY_TIMEOUT_SECONDS
-from services.stack import (
-    DEMO_DATA,
-    STOP_TIMEOUT_SECONDS,
-    ServiceProcess,
-    StartError,
-    kill_process,
-    spawn_service,
-    stop_process,
-)
+from services.stack import DEMO_DATA
 from shopmesh import tokens
+from shopmesh.processes import Process, ServiceProcess, spawn_service, stop_together
 from shopmesh.tools import REPO, free_ports, tool
 
 READY_TIMEOUT_SECONDS = 30.0
@@ -38,19 +30,33 @@ READY_TIMEOUT_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class Ports:
+    """Where each part listens, all on 127.0.0.1; 0 is a free port picked at start."""
+
     public: int = 8080
     internal: int = 15001
     admin: int = 9901
     xds: int = 18000
     consul_http: int = 8500
-    consul_dns: int = 8600
-    consul_server: int = 8300
-    consul_serf: int = 8301
+    # Consul's own ports, which nobody addresses (the DNS one only on purpose): free ones,
+    # so a machine that already runs a Consul agent, or a second stack, can still start.
+    consul_dns: int = 0
+    consul_server: int = 0
+    consul_serf: int = 0
 
     @classmethod
     def free(cls) -> Ports:
         """Every port picked by the kernel, for tests running side by side."""
         return cls(*free_ports(8))
+
+    def resolved(self) -> Ports:
+        """These ports with each 0 replaced by a free one (for TCP and UDP alike), picked
+        now. Consul's data dir may have known other ones: it still elects itself leader
+        (its raft peer keeps the old address, which a single server never dials; the
+        check is tests/test_run.py's)."""
+        unset = [f.name for f in fields(self) if getattr(self, f.name) == 0]
+        taken = {getattr(self, f.name) for f in fields(self)}
+        picked = free_ports(len(unset), udp=True, avoid=taken)
+        return replace(self, **dict(zip(unset, picked, strict=True)))
 
 
 # One Envoy worker thread. Envoy's default is one per core, but here Envoy shares a
@@ -76,54 +82,6 @@ class Settings:
     """Envoy's worker threads (see ENVOY_CONCURRENCY)."""
 
 
-@dataclass
-class Daemon:
-    """A non-Python component (Consul, Envoy): its process, command and log."""
-
-    name: str
-    command: list[str]
-    log_path: pathlib.Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Daemon:
-        with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=REPO,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-        if self.process is not None:
-            stop_process(self.process, timeout)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            kill_process(self.process)
-
-    def wait_until(
-        self, ready: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_SECONDS
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if not self.running() or time.monotonic() > deadline:
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                self.stop()
-                raise StartError(f"{self.name}: {what} did not happen; its log ends:\n{tail}")
-            time.sleep(0.05)
-
-
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
     """(status, body) of a GET, (0, "") if nothing answers."""
     try:
@@ -138,12 +96,12 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
 @dataclass
 class System:
     settings: Settings
-    consul: Daemon
+    consul: Process
     controlplane: ServiceProcess
     inventory: list[ServiceProcess]
     payment: list[ServiceProcess]
     order: list[ServiceProcess]
-    envoy: Daemon
+    envoy: Process
     keys: tokens.Keys
 
     @property
@@ -161,11 +119,12 @@ class System:
     def instances(self) -> list[ServiceProcess]:
         return [*self.inventory, *self.payment, *self.order]
 
+    def parts(self) -> list[Process]:
+        """Every process of the system, in the order they start."""
+        return [self.consul, self.controlplane, *self.instances(), self.envoy]
+
     def token(self, user: str, *scopes: str, ttl: int = tokens.DEFAULT_TTL_SECONDS) -> str:
         return tokens.issue(user, scopes, ttl, self.keys.private_pem.parent)
-
-    def consul_leader(self) -> bool:
-        return consul_has_leader(self.consul_http)
 
     def healthy_endpoints(self) -> dict[str, int]:
         """Per cluster, how many endpoints Envoy considers healthy now."""
@@ -202,11 +161,17 @@ class System:
         return found
 
     def stop(self) -> None:
-        """Stops everything by PID: Envoy first (no new traffic), Consul last."""
-        self.envoy.stop()
-        for service in [*self.order, *self.payment, *self.inventory, self.controlplane]:
-            service.stop()
-        self.consul.stop()
+        """Stops everything by PID, in order: the order service (it calls the others,
+        through Envoy, while it drains), then inventory and payment; each deregisters
+        from Consul as it stops, so Consul must still be up. Then the control plane and
+        Envoy, and Consul last."""
+        for tier in (
+            self.order,
+            [*self.inventory, *self.payment],
+            [self.controlplane, self.envoy],
+            [self.consul],
+        ):
+            stop_together(tier)
 
     # Restarts, for operators and fault tests.
 
@@ -217,7 +182,9 @@ class System:
         else:
             self.consul.stop()
         self.consul.start()
-        self.consul.wait_until(self.consul_leader, "Consul electing itself leader")
+        self.consul.wait_until(
+            self.consul.is_ready, "Consul electing itself leader", READY_TIMEOUT_SECONDS
+        )
 
 
 def consul_has_leader(http_address: str) -> bool:
@@ -225,12 +192,15 @@ def consul_has_leader(http_address: str) -> bool:
     return status == 200 and body.strip() not in ("", '""')
 
 
-def consul_daemon(settings: Settings) -> Daemon:
+def consul_process(settings: Settings) -> Process:
+    """The Consul server agent, ready once it has elected itself leader."""
     ports = settings.ports
     data = settings.workdir / "consul"
     data.mkdir(parents=True, exist_ok=True)
-    return Daemon(
+    http_address = f"127.0.0.1:{ports.consul_http}"
+    return Process(
         "consul",
+        settings.workdir / "consul.log",
         [
             tool("consul"),
             "agent",
@@ -251,7 +221,7 @@ def consul_daemon(settings: Settings) -> Daemon:
             "-hcl",
             "performance { raft_multiplier = 1 }",
         ],
-        settings.workdir / "consul.log",
+        ready=lambda: consul_has_leader(http_address),
     )
 
 
@@ -275,33 +245,40 @@ def envoy_settings(settings: Settings, keys: tokens.Keys) -> EnvoySettings:
     )
 
 
-def envoy_daemon(settings: Settings, keys: tokens.Keys) -> Daemon:
+def envoy_process(settings: Settings, keys: tokens.Keys) -> Process:
+    """Envoy on the config rendered for `settings`, ready once its admin says it is LIVE
+    (initialised: listeners up, the first endpoints fetched from the control plane, or
+    given up on after Envoy's 15 s initial fetch timeout); started again, it reads the
+    same file."""
     config = write(envoy_settings(settings, keys), settings.workdir / "envoy.yaml")
-    return Daemon(
+    admin = f"http://127.0.0.1:{settings.ports.admin}/ready"
+    return Process(
         "envoy",
+        settings.workdir / "envoy.log",
         [
             tool("envoy"),
             *("-c", str(config), "--disable-hot-restart", "--log-level", "warn"),
             *("--concurrency", str(settings.envoy_concurrency)),
         ],
-        settings.workdir / "envoy.log",
+        ready=lambda: http_get(admin)[0] == 200,
     )
 
 
 def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> System:
     """Starts every part and returns once all are healthy; StartError (everything
     started so far stopped again) if one is not."""
+    settings = replace(settings, ports=settings.ports.resolved())
     workdir = settings.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     keys = tokens.ensure_keys(settings.keys_dir or workdir / "jwt")
     ports = settings.ports
     consul_http = f"127.0.0.1:{ports.consul_http}"
-    started: list[Daemon | ServiceProcess] = []
+    started: list[Process] = []
     try:
         progress("consul")
-        consul = consul_daemon(settings).start()
+        consul = consul_process(settings).start()
         started.append(consul)
-        consul.wait_until(lambda: consul_has_leader(consul_http), "Consul electing itself leader")
+        consul.wait_until(consul.is_ready, "Consul electing itself leader", READY_TIMEOUT_SECONDS)
 
         progress("control plane, services and envoy")
         registered = {"consul_http": consul_http}
@@ -327,7 +304,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
                 )
                 groups[name].append(instance)
                 started.append(instance)
-        envoy = envoy_daemon(settings, keys).start()
+        envoy = envoy_process(settings, keys).start()
         started.append(envoy)
         for process in started:
             if isinstance(process, ServiceProcess):
@@ -343,7 +320,9 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             keys,
         )
         progress("endpoints healthy in envoy")
-        envoy.wait_until(system.envoy_ready, "a healthy endpoint for every instance")
+        envoy.wait_until(
+            system.envoy_ready, "a healthy endpoint for every instance", READY_TIMEOUT_SECONDS
+        )
         return system
     except BaseException:
         for process in reversed(started):

@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import socket
 import sys
+from collections.abc import Collection
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
@@ -26,15 +27,36 @@ def tool(name: str) -> str:
     raise MissingTool(f"{name} is not installed: run `make setup`")
 
 
-def free_ports(count: int) -> list[int]:
+def free_ports(count: int, *, udp: bool = False, avoid: Collection[int] = ()) -> list[int]:
     """`count` different ports nothing listens on now (the kernel's picks), for tests that
     must not collide. All probes stay bound until every port is picked:
-    the kernel may hand out a port again as soon as its probe closes."""
-    probes = [socket.socket() for _ in range(count)]
+    the kernel may hand out a port again as soon as its probe closes. With `udp`, each is
+    free for UDP as well (Consul's serf and DNS ports take both); none is in `avoid`."""
+    probes: list[socket.socket] = []
+    picked: list[int] = []
     try:
-        for probe in probes:
+        while len(picked) < count:
+            if len(probes) > count + 100:
+                raise OSError(f"found only {len(picked)} of {count} free ports")
+            probe = socket.socket()
+            probes.append(probe)
             probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
+            port = int(probe.getsockname()[1])
+            if port in avoid or (udp and not _udp_free(port, probes)):
+                continue
+            picked.append(port)
+        return picked
     finally:
         for probe in probes:
             probe.close()
+
+
+def _udp_free(port: int, probes: list[socket.socket]) -> bool:
+    """Whether UDP `port` can be bound; if so, it stays bound (in `probes`) for now."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probes.append(probe)
+    try:
+        probe.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True

@@ -7,14 +7,13 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
 from services.common.identity import ADMIN_SCOPE, SCOPES_HEADER, USER_HEADER
 from services.common.server import Service, build_server, set_serving
 from services.common.status import ErrorDetails, error_details
-from services.stack import Stack
 from shop.inventory.v1 import inventory_service_pb2 as inv
 from shop.inventory.v1 import inventory_service_pb2_grpc
 from shop.order.v1 import order_pb2, order_service_pb2_grpc
@@ -87,10 +86,26 @@ def wait_for(condition: Callable[[], T | None], what: str, timeout: float = WAIT
         time.sleep(0.05)
 
 
+class Reachable(Protocol):
+    @property
+    def target(self) -> str: ...
+
+
+class Targets(Protocol):
+    """Where each service answers: a Stack, or a system's first instances."""
+
+    @property
+    def order(self) -> Reachable: ...
+    @property
+    def inventory(self) -> Reachable: ...
+    @property
+    def payment(self) -> Reachable: ...
+
+
 class Client:
     """Blocking stubs for a running stack (subprocesses), as a user or operator calls it."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Targets) -> None:
         self._channels = [
             grpc.insecure_channel(s.target) for s in (stack.order, stack.inventory, stack.payment)
         ]

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -99,6 +99,16 @@ UNKNOWN_CODES = frozenset(
 )
 
 
+class Gateway(Protocol):
+    """Where Envoy's public listener is and how to get a token it accepts: a System, or a
+    `shopmesh run` started as a command."""
+
+    @property
+    def public_target(self) -> str: ...
+
+    def token(self, user: str) -> str: ...
+
+
 @dataclass
 class Traffic:
     """Steady CreateOrder calls over gRPC through Envoy, in a thread, counting outcomes.
@@ -106,7 +116,7 @@ class Traffic:
     Each call is recorded by request id as ok, failed (a definite answer: the order was
     refused or cancelled) or unknown (no answer the caller can rely on)."""
 
-    system: System
+    system: Gateway
     user: str = "rich"
     sku: str = "SKU-TEA"
     interval: float = 0.02

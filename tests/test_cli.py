@@ -1,13 +1,26 @@
-"""`shopmesh run`'s flags reach the system's settings (starting it is tests/test_readme.py's
-part: `make run` as the README shows it)."""
+"""`shopmesh run`'s flags reach the system's settings (starting it is tests/test_run.py's
+and tests/test_readme.py's part)."""
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import pytest
 
 from shopmesh import cli, system
+
+# The flag of each of Ports' fields.
+PORT_FLAGS = {
+    "public": "--public-port",
+    "internal": "--internal-port",
+    "admin": "--admin-port",
+    "xds": "--xds-port",
+    "consul_http": "--consul-port",
+    "consul_dns": "--consul-dns-port",
+    "consul_server": "--consul-server-port",
+    "consul_serf": "--consul-serf-port",
+}
 
 
 def test_run_flags_become_the_settings(tmp_path: pathlib.Path) -> None:
@@ -17,18 +30,24 @@ def test_run_flags_become_the_settings(tmp_path: pathlib.Path) -> None:
             *("--instances", "2", "--workdir", str(tmp_path)),
             *("--public-port", "18080", "--internal-port", "15101", "--admin-port", "19901"),
             *("--xds-port", "18100", "--consul-port", "18500", "--envoy-concurrency", "2"),
+            *("--consul-dns-port", "18600", "--consul-server-port", "18300"),
+            *("--consul-serf-port", "18301"),
         ]
     )
     settings = cli.run_settings(args)
     assert (settings.instances, settings.workdir, settings.envoy_concurrency) == (2, tmp_path, 2)
-    ports = settings.ports
-    assert (ports.public, ports.internal, ports.admin, ports.xds, ports.consul_http) == (
-        18080,
-        15101,
-        19901,
-        18100,
-        18500,
-    )
+    assert settings.ports == system.Ports(18080, 15101, 19901, 18100, 18500, 18600, 18300, 18301)
+
+
+def test_every_port_has_a_flag_shown_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert set(PORT_FLAGS) == {f.name for f in dataclasses.fields(system.Ports)}
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    shown = capsys.readouterr().out
+    for field, flag in PORT_FLAGS.items():
+        assert flag in shown, f"{flag} is not in `shopmesh run --help`"
+        args = cli.build_parser().parse_args(["run", flag, "12345"])
+        assert getattr(cli.run_settings(args).ports, field) == 12345, flag
 
 
 def test_run_defaults_are_the_documented_ones() -> None:
