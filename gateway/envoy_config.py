@@ -68,7 +68,8 @@ def render(settings: EnvoySettings) -> str:
 
 
 def http_rules(descriptor_set: bytes) -> dict[str, list[http_pb2.HttpRule]]:
-    """Each RPC's REST rules (additional bindings flattened), by full method name."""
+    """Each RPC's REST rules (additional bindings flattened), by full method name; also
+    what tools/check_http_rules.py compares between releases."""
     rules: dict[str, list[http_pb2.HttpRule]] = {}
     for file in descriptor_pb2.FileDescriptorSet.FromString(descriptor_set).file:
         for service in file.service:
@@ -84,6 +85,11 @@ def http_rules(descriptor_set: bytes) -> dict[str, list[http_pb2.HttpRule]]:
 def rule_path(rule: http_pb2.HttpRule) -> str:
     pattern = rule.WhichOneof("pattern")
     return rule.custom.path if pattern == "custom" else str(getattr(rule, pattern))
+
+
+def rule_verb(rule: http_pb2.HttpRule) -> str:
+    pattern = rule.WhichOneof("pattern")
+    return rule.custom.kind.upper() if pattern == "custom" else str(pattern).upper()
 
 
 def path_parameters(descriptor_set: bytes) -> set[str]:

@@ -30,7 +30,8 @@ READY_TIMEOUT_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class Ports:
-    """Where each part listens, all on 127.0.0.1; 0 is a free port picked at start."""
+    """Where each part listens (on 127.0.0.1, but the public listener on
+    `Settings.public_address`); 0 is a free port picked at start."""
 
     public: int = 8080
     internal: int = 15001

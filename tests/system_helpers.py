@@ -22,7 +22,7 @@ from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from shopmesh.seed import write_seed
 from shopmesh.system import System
 from shopmesh.tools import REPO
-from tests.helpers import Client
+from tests.helpers import Client, Ledger, assert_calls_resolved, assert_invariants, record_fault
 
 # Products and accounts large enough for steady traffic.
 PRODUCTS = {"SKU-TEA": (450, 100_000), "SKU-MUG": (1299, 50), "SKU-LAST": (25000, 1)}
@@ -178,6 +178,20 @@ class Traffic:
         while sum(self.outcomes.values()) < target:
             assert time.monotonic() < deadline, f"traffic stalled: {self.outcomes}"
             time.sleep(0.02)
+
+
+def settle(client: Client, ledger: Ledger, traffic: Traffic, fault: str) -> None:
+    """Once quiet: every call of `traffic` resolved and the invariants hold against
+    `ledger`; the outcome goes in the fault table. Closes `client`."""
+    try:
+        assert_calls_resolved(client, traffic.user, traffic.calls)
+        assert_invariants(client, ledger)
+    except AssertionError:
+        record_fault(fault, traffic.summary(), "VIOLATED")
+        raise
+    finally:
+        client.close()
+    record_fault(fault, traffic.summary())
 
 
 def write_system_seed(path: pathlib.Path) -> pathlib.Path:

@@ -31,6 +31,7 @@ from tests.helpers import (
     wait_for,
 )
 from tests.system_helpers import ACCOUNTS, PRODUCTS, Traffic, direct_client
+from tests.system_helpers import settle as settle_traffic
 
 FLAP_SECONDS = 40 if os.environ.get("SHOPMESH_CHAOS") == "1" else 12
 LEDGER = Ledger({s: q for s, (_, q) in PRODUCTS.items()}, dict(ACCOUNTS))
@@ -38,16 +39,7 @@ LEDGER = Ledger({s: q for s, (_, q) in PRODUCTS.items()}, dict(ACCOUNTS))
 
 def settle(system: System, traffic: Traffic, fault: str) -> None:
     """Invariants and unknown-call resolution once quiet; the outcome goes in the table."""
-    client = direct_client(system)
-    try:
-        assert_calls_resolved(client, traffic.user, traffic.calls)
-        assert_invariants(client, LEDGER)
-    except AssertionError:
-        record_fault(fault, traffic.summary(), "VIOLATED")
-        raise
-    finally:
-        client.close()
-    record_fault(fault, traffic.summary())
+    settle_traffic(direct_client(system), LEDGER, traffic, fault)
 
 
 @pytest.mark.parametrize("method", ["AuthorizePayment", "CapturePayment", "VoidPayment"])

@@ -27,8 +27,8 @@ from services.stack import DEMO_DATA, REPO
 from shopmesh import tokens
 from shopmesh.system import Ports, Settings, consul_process
 from shopmesh.tools import free_ports
-from tests.helpers import Client, Ledger, assert_calls_resolved, assert_invariants, record_fault
-from tests.system_helpers import Traffic
+from tests.helpers import Client, Ledger
+from tests.system_helpers import Traffic, settle
 
 SHOPMESH = str(pathlib.Path(sys.executable).parent / "shopmesh")
 START_SECONDS = 60.0
@@ -191,16 +191,7 @@ def test_a_service_killed_under_shopmesh_run_comes_back(
     assert running.process.poll() is None, running.output
     assert traffic.outcomes["ORDER_STATE_CONFIRMED"] == traffic.summary()["ok"], traffic.outcomes
     fault = f"inventory kill -9 under shopmesh run: back in {back:.1f} s"
-    client = direct_client(running)
-    try:
-        assert_calls_resolved(client, traffic.user, traffic.calls)
-        assert_invariants(client, DEMO_LEDGER)
-    except AssertionError:
-        record_fault(fault, traffic.summary(), "VIOLATED")
-        raise
-    finally:
-        client.close()
-    record_fault(fault, traffic.summary())
+    settle(direct_client(running), DEMO_LEDGER, traffic, fault)
 
 
 def test_a_crash_loop_makes_shopmesh_run_give_up_and_say_so(

@@ -12,35 +12,18 @@ this comparison.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 
-from google.api import annotations_pb2, http_pb2
-from google.protobuf import descriptor_pb2
+from gateway.envoy_config import http_rules, rule_path, rule_verb
 
 Route = tuple[str, str, str, str]  # (verb, path, body, response_body)
 
 
-def _routes(rule: http_pb2.HttpRule) -> Iterator[Route]:
-    pattern = rule.WhichOneof("pattern")
-    if pattern == "custom":
-        yield (rule.custom.kind.upper(), rule.custom.path, rule.body, rule.response_body)
-    elif pattern:
-        yield (pattern.upper(), getattr(rule, pattern), rule.body, rule.response_body)
-    for binding in rule.additional_bindings:
-        yield from _routes(binding)
-
-
 def http_routes(descriptor_set: bytes) -> dict[str, set[Route]]:
     """Each RPC's REST routes, by full method name (`shop.order.v1.OrderService.GetOrder`)."""
-    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
-    routes: dict[str, set[Route]] = {}
-    for file in files.file:
-        for service in file.service:
-            for method in service.method:
-                name = f"{file.package}.{service.name}.{method.name}"
-                rule = method.options.Extensions[annotations_pb2.http]
-                routes[name] = set(_routes(rule))
-    return routes
+    return {
+        method: {(rule_verb(r), rule_path(r), r.body, r.response_body) for r in rules}
+        for method, rules in http_rules(descriptor_set).items()
+    }
 
 
 def breaking_changes(released: dict[str, set[Route]], current: dict[str, set[Route]]) -> list[str]:

@@ -72,6 +72,8 @@ class Saga:
     compensate_from: Phase | None
     cancel_requested: bool
     failure: ServiceError | None
+    parked: bool = False
+    """Stopped for an operator (see ParkedSaga): driven no more until resumed."""
 
 
 def is_free(order: Order) -> bool:

@@ -177,7 +177,7 @@ class SagaRunner:
         if phase in FINAL_PHASES:
             return True
         if not await self._store.park(order_id, phase, parked.reason, parked.detail, time.time()):
-            return self._store.is_parked(order_id)
+            return self._store.saga(order_id).parked
         log.error(
             "saga %s parked in %s: %s (%s); %d sagas need attention",
             *(order_id, phase.value, parked.reason, parked.detail),
@@ -188,7 +188,7 @@ class SagaRunner:
     async def _drive(self, order_id: str) -> None:
         while True:
             saga = self._store.saga(order_id)
-            if saga.phase in FINAL_PHASES or self._store.is_parked(order_id):
+            if saga.phase in FINAL_PHASES or saga.parked:
                 return
             order = self._store.order(order_id)
             if saga.phase is Phase.COMPENSATING:

@@ -239,12 +239,6 @@ class OrderStore(db.Store):
             for r in rows
         ]
 
-    def is_parked(self, order_id: str) -> bool:
-        row = self._reads.execute(
-            "SELECT 1 FROM parked_sagas WHERE order_id = ?", (order_id,)
-        ).fetchone()
-        return row is not None
-
     @db.batched
     def record_reserved(
         self, order_id: str, items: Sequence[LineItem], currency: str, now: float
@@ -333,7 +327,12 @@ class OrderStore(db.Store):
 
 
 def _saga(conn: sqlite3.Connection, order_id: str) -> Saga:
-    row = conn.execute("SELECT * FROM sagas WHERE order_id = ?", (order_id,)).fetchone()
+    # The parked flag in the same read: the saga's driver looks at both before each step.
+    row = conn.execute(
+        "SELECT sagas.*, parked_sagas.order_id IS NOT NULL AS parked FROM sagas"
+        " LEFT JOIN parked_sagas USING (order_id) WHERE order_id = ?",
+        (order_id,),
+    ).fetchone()
     if row is None:
         raise _not_found(order_id)
     return Saga(
@@ -342,6 +341,7 @@ def _saga(conn: sqlite3.Connection, order_id: str) -> Saga:
         compensate_from=Phase(row["compensate_from"]) if row["compensate_from"] else None,
         cancel_requested=bool(row["cancel_requested"]),
         failure=decode_failure(row["failure"]),
+        parked=bool(row["parked"]),
     )
 
 
