@@ -11,6 +11,7 @@ import json
 import grpc
 import pytest
 
+from services.common.identity import ADMIN_SCOPE
 from shopmesh.openapi import INTERNAL_METHODS
 from shopmesh.system import System
 from shopmesh.tools import REPO
@@ -153,3 +154,15 @@ def test_saga_participant_methods_are_not_public(system: System, alice: str, met
     document = json.loads((REPO / "docs" / "openapi.json").read_text())
     operations = {op["operationId"] for ops in document["paths"].values() for op in ops.values()}
     assert f"{service.rsplit('.', 1)[-1]}_{name}" not in operations
+
+
+def test_parked_orders_are_listed_for_operators_only(system: System) -> None:
+    admin = rest(system, "GET", "/v1/orders:parked", system.token("ops", ADMIN_SCOPE))
+    assert (admin.status, admin.body) == (200, {"parkedOrders": [], "nextPageToken": ""})
+    user = rest(system, "GET", "/v1/orders:parked", system.token("alice"))
+    assert user.status == 403
+    assert user.body["details"][0]["reason"] == "ADMIN_SCOPE_REQUIRED"
+    resume = rest(
+        system, "POST", "/v1/orders/nope:resume", system.token("ops", ADMIN_SCOPE), body={}
+    )
+    assert resume.status == 404

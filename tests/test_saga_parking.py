@@ -8,14 +8,20 @@ from __future__ import annotations
 import asyncio
 import pathlib
 
+import grpc
 import pytest
 
 from services.common.errors import ErrorKind, ServiceError
+from services.order.config import OrderConfig
 from services.order.domain import LineItem, Order, OrderState, Phase
 from services.order.participants import Participants, StepError
 from services.order.saga import SagaParticipants, SagaRunner, SagaSettings
+from services.order.service import OrderService
 from services.order.store import OrderStore
-from tests.helpers import Served
+from shop.order.v1 import order_pb2
+from shop.order.v1 import order_service_pb2 as rpc
+from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
+from tests.helpers import ADMIN, Served, rejected, serving, user
 
 SETTINGS = SagaSettings(
     step_retry_seconds=1, max_backoff_seconds=0.05, hold_seconds=60, max_step_failures=3
@@ -188,3 +194,65 @@ async def test_an_order_whose_user_grpc_cannot_carry_ends_parked_not_pending_for
     assert saga.failure is not None and saga.failure.reason == "CALL_FAILED"
     [parked] = store.parked()
     assert (parked.phase, parked.reason) == (Phase.COMPENSATING, "RELEASE_REFUSED")
+
+
+# The operator's view over gRPC: the real order service, in this process.
+
+
+async def test_operators_list_and_resume_parked_orders(
+    tmp_path: pathlib.Path, inventory_served: Served, payment_served: Served
+) -> None:
+    config = OrderConfig(
+        db_path=tmp_path / "order.db",
+        inventory_target=inventory_served.target,
+        payment_target=payment_served.target,
+    )
+    service = OrderService(config)
+    async with serving(service) as served:
+        store, orders = service.store, OrderServiceStub(served.channel)
+        for n in range(3):  # placed and parked before any saga ran, as a stuck one would be
+            await store.create(f"o{n}", "alice", f"r{n}", (LineItem("SKU-TEA", 1),), 0.0)
+            assert await store.park(f"o{n}", Phase.STARTED, "UNEXPECTED_ERROR", "a bug", 1.0)
+
+        refused = await rejected(
+            orders.ListParkedOrders(rpc.ListParkedOrdersRequest(), metadata=user("alice"))
+        )
+        assert (refused.code, refused.reason) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ADMIN_SCOPE_REQUIRED",
+        )
+        first = await orders.ListParkedOrders(
+            rpc.ListParkedOrdersRequest(page_size=2), metadata=ADMIN
+        )
+        rest = await orders.ListParkedOrders(
+            rpc.ListParkedOrdersRequest(page_size=2, page_token=first.next_page_token),
+            metadata=ADMIN,
+        )
+        listed = [*first.parked_orders, *rest.parked_orders]
+        assert [p.order_id for p in listed] == ["o0", "o1", "o2"]
+        assert rest.next_page_token == ""
+        assert (listed[0].user_id, listed[0].saga_phase, listed[0].reason, listed[0].detail) == (
+            "alice",
+            "STARTED",
+            "UNEXPECTED_ERROR",
+            "a bug",
+        )
+        assert (
+            await orders.GetOrder(rpc.GetOrderRequest(order_id="o0"), metadata=user("alice"))
+        ).order.state == order_pb2.ORDER_STATE_PENDING
+
+        resumed = await orders.ResumeOrder(rpc.ResumeOrderRequest(order_id="o0"), metadata=ADMIN)
+        assert resumed.order.state == order_pb2.ORDER_STATE_CONFIRMED
+        again = await rejected(
+            orders.ResumeOrder(rpc.ResumeOrderRequest(order_id="o0"), metadata=ADMIN)
+        )
+        assert (again.code, again.reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "ORDER_NOT_PARKED",
+        )
+        ghost = await rejected(
+            orders.ResumeOrder(rpc.ResumeOrderRequest(order_id="nope"), metadata=ADMIN)
+        )
+        assert (ghost.code, ghost.reason) == (grpc.StatusCode.NOT_FOUND, "ORDER_NOT_FOUND")
+        left = await orders.ListParkedOrders(rpc.ListParkedOrdersRequest(), metadata=ADMIN)
+        assert [p.order_id for p in left.parked_orders] == ["o1", "o2"]

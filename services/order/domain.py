@@ -89,10 +89,13 @@ class ParkedSaga:
     UPPER_SNAKE cause, `detail` the last error; an operator resumes it once fixed."""
 
     order_id: str
+    user_id: str
     phase: Phase
     reason: str
     detail: str
     parked_at: float
+    seq: int
+    """Its place in the list (the row's rowid): pages are cut after one."""
 
 
 def fingerprint(items: tuple[LineItem, ...]) -> str:

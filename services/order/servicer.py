@@ -13,7 +13,7 @@ import grpc
 from services.common import pagination
 from services.common.convert import money, timestamp
 from services.common.errors import ServiceError, Violations, failed_precondition
-from services.common.identity import caller
+from services.common.identity import caller, require_admin
 from services.common.validation import check_id, check_items, require_order_id
 from services.order import domain
 from services.order.config import ANSWER_MARGIN_SECONDS
@@ -93,6 +93,37 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
             await self._wait_for_saga(order.order_id, context)
         return rpc.CancelOrderResponse(order=_order(self._store.order(order.order_id)))
 
+    async def ListParkedOrders(
+        self, request: rpc.ListParkedOrdersRequest, context: Context
+    ) -> rpc.ListParkedOrdersResponse:
+        require_admin(caller(context))
+        violations = Violations()
+        size = pagination.page_size(request.page_size, violations)
+        after = pagination.decode_number(request.page_token, violations)
+        violations.raise_if_any()
+        page = self._store.parked(after or 0, size + 1)
+        more = len(page) > size
+        page = page[:size]
+        return rpc.ListParkedOrdersResponse(
+            parked_orders=[_parked(p) for p in page],
+            next_page_token=pagination.encode_token(str(page[-1].seq)) if more else "",
+        )
+
+    async def ResumeOrder(
+        self, request: rpc.ResumeOrderRequest, context: Context
+    ) -> rpc.ResumeOrderResponse:
+        require_admin(caller(context))
+        require_order_id(request.order_id)
+        order = self._store.order(request.order_id)
+        if not await self._store.unpark(order.order_id):
+            raise failed_precondition(
+                "ORDER_NOT_PARKED",
+                f"order {order.order_id!r} is not parked: its saga is running or done",
+                order_id=order.order_id,
+            )
+        await self._wait_for_saga(order.order_id, context)
+        return rpc.ResumeOrderResponse(order=_order(self._store.order(order.order_id)))
+
     async def placed(self) -> None:
         """Waits for the orders being placed (at stop: each starts its saga before the
         saga runner stops)."""
@@ -135,6 +166,17 @@ def _check_line_items(
 ) -> tuple[domain.LineItem, ...]:
     check_items(violations, "line_items", [(i.sku, i.quantity) for i in items])
     return tuple(domain.LineItem(i.sku, i.quantity) for i in items)
+
+
+def _parked(p: domain.ParkedSaga) -> rpc.ParkedOrder:
+    return rpc.ParkedOrder(
+        order_id=p.order_id,
+        user_id=p.user_id,
+        saga_phase=p.phase.value,
+        reason=p.reason,
+        detail=p.detail,
+        park_time=timestamp(p.parked_at),
+    )
 
 
 def _order(o: domain.Order) -> pb.Order:

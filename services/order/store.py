@@ -231,11 +231,25 @@ class OrderStore(db.Store):
                 conn.execute("DELETE FROM parked_sagas WHERE order_id = ?", (order_id,)).rowcount
             )
 
-    def parked(self) -> list[ParkedSaga]:
-        """Every parked saga, oldest first."""
-        rows = self._reads.execute("SELECT * FROM parked_sagas ORDER BY parked_at").fetchall()
+    def parked(self, after_seq: int = 0, limit: int = -1) -> list[ParkedSaga]:
+        """Parked sagas, oldest first, after `after_seq` (a ParkedSaga's seq); at most
+        `limit` of them (-1: all)."""
+        rows = self._reads.execute(
+            "SELECT parked_sagas.rowid AS seq, parked_sagas.*, orders.user_id"
+            " FROM parked_sagas JOIN orders USING (order_id)"
+            " WHERE parked_sagas.rowid > ? ORDER BY parked_sagas.rowid LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
         return [
-            ParkedSaga(r["order_id"], Phase(r["phase"]), r["reason"], r["detail"], r["parked_at"])
+            ParkedSaga(
+                order_id=r["order_id"],
+                user_id=r["user_id"],
+                phase=Phase(r["phase"]),
+                reason=r["reason"],
+                detail=r["detail"],
+                parked_at=r["parked_at"],
+                seq=r["seq"],
+            )
             for r in rows
         ]
 

@@ -56,6 +56,16 @@ class OrderServiceStub:
                 request_serializer=shop_dot_order_dot_v1_dot_order__service__pb2.CancelOrderRequest.SerializeToString,
                 response_deserializer=shop_dot_order_dot_v1_dot_order__service__pb2.CancelOrderResponse.FromString,
                 _registered_method=True)
+        self.ListParkedOrders = channel.unary_unary(
+                '/shop.order.v1.OrderService/ListParkedOrders',
+                request_serializer=shop_dot_order_dot_v1_dot_order__service__pb2.ListParkedOrdersRequest.SerializeToString,
+                response_deserializer=shop_dot_order_dot_v1_dot_order__service__pb2.ListParkedOrdersResponse.FromString,
+                _registered_method=True)
+        self.ResumeOrder = channel.unary_unary(
+                '/shop.order.v1.OrderService/ResumeOrder',
+                request_serializer=shop_dot_order_dot_v1_dot_order__service__pb2.ResumeOrderRequest.SerializeToString,
+                response_deserializer=shop_dot_order_dot_v1_dot_order__service__pb2.ResumeOrderResponse.FromString,
+                _registered_method=True)
 
 
 class OrderServiceServicer:
@@ -103,6 +113,27 @@ class OrderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListParkedOrders(self, request, context):
+        """ListParkedOrders returns, for operators, the orders whose saga stopped for good
+        reasons of its own (a step refused too often, a participant gone too long, an
+        unexpected error), oldest first. Callers still see such orders PENDING.
+        Returns PERMISSION_DENIED (ADMIN_SCOPE_REQUIRED) without the shop.admin scope and
+        INVALID_ARGUMENT for a bad page size or token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeOrder(self, request, context):
+        """ResumeOrder drives a parked order's saga again, once its cause is fixed, and waits
+        for it like CancelOrder does.
+        Returns PERMISSION_DENIED (ADMIN_SCOPE_REQUIRED) without the shop.admin scope,
+        NOT_FOUND (ORDER_NOT_FOUND) and FAILED_PRECONDITION (ORDER_NOT_PARKED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +156,16 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.CancelOrder,
                     request_deserializer=shop_dot_order_dot_v1_dot_order__service__pb2.CancelOrderRequest.FromString,
                     response_serializer=shop_dot_order_dot_v1_dot_order__service__pb2.CancelOrderResponse.SerializeToString,
+            ),
+            'ListParkedOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListParkedOrders,
+                    request_deserializer=shop_dot_order_dot_v1_dot_order__service__pb2.ListParkedOrdersRequest.FromString,
+                    response_serializer=shop_dot_order_dot_v1_dot_order__service__pb2.ListParkedOrdersResponse.SerializeToString,
+            ),
+            'ResumeOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeOrder,
+                    request_deserializer=shop_dot_order_dot_v1_dot_order__service__pb2.ResumeOrderRequest.FromString,
+                    response_serializer=shop_dot_order_dot_v1_dot_order__service__pb2.ResumeOrderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -237,6 +278,60 @@ class OrderService:
             '/shop.order.v1.OrderService/CancelOrder',
             shop_dot_order_dot_v1_dot_order__service__pb2.CancelOrderRequest.SerializeToString,
             shop_dot_order_dot_v1_dot_order__service__pb2.CancelOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListParkedOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.order.v1.OrderService/ListParkedOrders',
+            shop_dot_order_dot_v1_dot_order__service__pb2.ListParkedOrdersRequest.SerializeToString,
+            shop_dot_order_dot_v1_dot_order__service__pb2.ListParkedOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.order.v1.OrderService/ResumeOrder',
+            shop_dot_order_dot_v1_dot_order__service__pb2.ResumeOrderRequest.SerializeToString,
+            shop_dot_order_dot_v1_dot_order__service__pb2.ResumeOrderResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,9 +13,14 @@ __all__ = (
     "LineItem",
     "ListOrdersRequest",
     "ListOrdersResponse",
+    "ListParkedOrdersRequest",
+    "ListParkedOrdersResponse",
     "Order",
     "OrderServiceStub",
     "OrderState",
+    "ParkedOrder",
+    "ResumeOrderRequest",
+    "ResumeOrderResponse",
 )
 
 import datetime
@@ -239,6 +244,52 @@ default_message_pool.register_message("shop.order.v1", "ListOrdersResponse", Lis
 
 
 @dataclass(eq=False, repr=False)
+class ListParkedOrdersRequest(betterproto2.Message):
+    """
+    ListParkedOrdersRequest asks for one page of the parked orders.
+    """
+
+    page_size: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+    """
+    The most parked orders to return, 1 to 100; 0 means 50.
+    """
+
+    page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The next_page_token of the previous page, or empty for the first page.
+    """
+
+
+default_message_pool.register_message(
+    "shop.order.v1", "ListParkedOrdersRequest", ListParkedOrdersRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListParkedOrdersResponse(betterproto2.Message):
+    """
+    ListParkedOrdersResponse is one page of the parked orders.
+    """
+
+    parked_orders: "list[ParkedOrder]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    The parked orders of this page, oldest first.
+    """
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The token for the next page; empty when this page is the last.
+    """
+
+
+default_message_pool.register_message(
+    "shop.order.v1", "ListParkedOrdersResponse", ListParkedOrdersResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class Order(betterproto2.Message):
     """
     Order is one purchase by one user, created by CreateOrder.
@@ -300,6 +351,80 @@ class Order(betterproto2.Message):
 
 
 default_message_pool.register_message("shop.order.v1", "Order", Order)
+
+
+@dataclass(eq=False, repr=False)
+class ParkedOrder(betterproto2.Message):
+    """
+    ParkedOrder is an order whose saga waits for an operator.
+    """
+
+    order_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The order's id.
+    """
+
+    user_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The id of the user who placed the order.
+    """
+
+    saga_phase: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The saga phase it stopped in, such as COMMITTING or COMPENSATING.
+    """
+
+    reason: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Why it stopped, as a stable UPPER_SNAKE reason such as CAPTURE_REFUSED,
+    RELEASE_REFUSED, CAPTURE_UNAVAILABLE or UNEXPECTED_ERROR.
+    """
+
+    detail: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    The last error the saga saw, for the operator.
+    """
+
+    park_time: "datetime.datetime | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When it stopped.
+    """
+
+
+default_message_pool.register_message("shop.order.v1", "ParkedOrder", ParkedOrder)
+
+
+@dataclass(eq=False, repr=False)
+class ResumeOrderRequest(betterproto2.Message):
+    """
+    ResumeOrderRequest names the parked order to drive again.
+    """
+
+    order_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The order's id.
+    """
+
+
+default_message_pool.register_message("shop.order.v1", "ResumeOrderRequest", ResumeOrderRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ResumeOrderResponse(betterproto2.Message):
+    """
+    ResumeOrderResponse carries the order after the resumed saga ran.
+    """
+
+    order: "Order | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The order: CONFIRMED or CANCELLED, or PENDING if its saga is still running (or
+    parked again).
+    """
+
+
+default_message_pool.register_message("shop.order.v1", "ResumeOrderResponse", ResumeOrderResponse)
 
 
 class OrderServiceStub:
@@ -365,6 +490,35 @@ class OrderServiceStub:
             "/shop.order.v1.OrderService/CancelOrder",
             CancelOrderRequest.SerializeToString,
             CancelOrderResponse.FromString,
+        )(message)
+
+    def list_parked_orders(self, message: "ListParkedOrdersRequest") -> "ListParkedOrdersResponse":
+        """
+        ListParkedOrders returns, for operators, the orders whose saga stopped for good
+        reasons of its own (a step refused too often, a participant gone too long, an
+        unexpected error), oldest first. Callers still see such orders PENDING.
+        Returns PERMISSION_DENIED (ADMIN_SCOPE_REQUIRED) without the shop.admin scope and
+        INVALID_ARGUMENT for a bad page size or token.
+        """
+
+        return self._channel.unary_unary(
+            "/shop.order.v1.OrderService/ListParkedOrders",
+            ListParkedOrdersRequest.SerializeToString,
+            ListParkedOrdersResponse.FromString,
+        )(message)
+
+    def resume_order(self, message: "ResumeOrderRequest") -> "ResumeOrderResponse":
+        """
+        ResumeOrder drives a parked order's saga again, once its cause is fixed, and waits
+        for it like CancelOrder does.
+        Returns PERMISSION_DENIED (ADMIN_SCOPE_REQUIRED) without the shop.admin scope,
+        NOT_FOUND (ORDER_NOT_FOUND) and FAILED_PRECONDITION (ORDER_NOT_PARKED).
+        """
+
+        return self._channel.unary_unary(
+            "/shop.order.v1.OrderService/ResumeOrder",
+            ResumeOrderRequest.SerializeToString,
+            ResumeOrderResponse.FromString,
         )(message)
 
 

@@ -5,6 +5,8 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_annotations } from "../../../google/api/annotations_pb.js";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { LineItem, Order } from "./order_pb.js";
 import { file_shop_order_v1_order } from "./order_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -13,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/order/v1/order_service.proto.
  */
 export const file_shop_order_v1_order_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFzaG9wL29yZGVyL3YxL29yZGVyX3NlcnZpY2UucHJvdG8SDXNob3Aub3JkZXIudjEiVQoSQ3JlYXRlT3JkZXJSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSKwoKbGluZV9pdGVtcxgCIAMoCzIXLnNob3Aub3JkZXIudjEuTGluZUl0ZW0iOgoTQ3JlYXRlT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnNob3Aub3JkZXIudjEuT3JkZXIiIwoPR2V0T3JkZXJSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJIjcKEEdldE9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyIjoKEUxpc3RPcmRlcnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlMKEkxpc3RPcmRlcnNSZXNwb25zZRIkCgZvcmRlcnMYASADKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChJDYW5jZWxPcmRlclJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiOgoTQ2FuY2VsT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnNob3Aub3JkZXIudjEuT3JkZXIyzQMKDE9yZGVyU2VydmljZRJrCgtDcmVhdGVPcmRlchIhLnNob3Aub3JkZXIudjEuQ3JlYXRlT3JkZXJSZXF1ZXN0GiIuc2hvcC5vcmRlci52MS5DcmVhdGVPcmRlclJlc3BvbnNlIhWC0+STAg86ASoiCi92MS9vcmRlcnMSagoIR2V0T3JkZXISHi5zaG9wLm9yZGVyLnYxLkdldE9yZGVyUmVxdWVzdBofLnNob3Aub3JkZXIudjEuR2V0T3JkZXJSZXNwb25zZSIdgtPkkwIXEhUvdjEvb3JkZXJzL3tvcmRlcl9pZH0SZQoKTGlzdE9yZGVycxIgLnNob3Aub3JkZXIudjEuTGlzdE9yZGVyc1JlcXVlc3QaIS5zaG9wLm9yZGVyLnYxLkxpc3RPcmRlcnNSZXNwb25zZSISgtPkkwIMEgovdjEvb3JkZXJzEn0KC0NhbmNlbE9yZGVyEiEuc2hvcC5vcmRlci52MS5DYW5jZWxPcmRlclJlcXVlc3QaIi5zaG9wLm9yZGVyLnYxLkNhbmNlbE9yZGVyUmVzcG9uc2UiJ4LT5JMCIToBKiIcL3YxL29yZGVycy97b3JkZXJfaWR9OmNhbmNlbGIGcHJvdG8z", [file_google_api_annotations, file_shop_order_v1_order]);
+  fileDesc("CiFzaG9wL29yZGVyL3YxL29yZGVyX3NlcnZpY2UucHJvdG8SDXNob3Aub3JkZXIudjEiVQoSQ3JlYXRlT3JkZXJSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSKwoKbGluZV9pdGVtcxgCIAMoCzIXLnNob3Aub3JkZXIudjEuTGluZUl0ZW0iOgoTQ3JlYXRlT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnNob3Aub3JkZXIudjEuT3JkZXIiIwoPR2V0T3JkZXJSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJIjcKEEdldE9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyIjoKEUxpc3RPcmRlcnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlMKEkxpc3RPcmRlcnNSZXNwb25zZRIkCgZvcmRlcnMYASADKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChJDYW5jZWxPcmRlclJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiOgoTQ2FuY2VsT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnNob3Aub3JkZXIudjEuT3JkZXIiQAoXTGlzdFBhcmtlZE9yZGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiZgoYTGlzdFBhcmtlZE9yZGVyc1Jlc3BvbnNlEjEKDXBhcmtlZF9vcmRlcnMYASADKAsyGi5zaG9wLm9yZGVyLnYxLlBhcmtlZE9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKTAQoLUGFya2VkT3JkZXISEAoIb3JkZXJfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRISCgpzYWdhX3BoYXNlGAMgASgJEg4KBnJlYXNvbhgEIAEoCRIOCgZkZXRhaWwYBSABKAkSLQoJcGFya190aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCImChJSZXN1bWVPcmRlclJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiOgoTUmVzdW1lT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnNob3Aub3JkZXIudjEuT3JkZXIyzAUKDE9yZGVyU2VydmljZRJrCgtDcmVhdGVPcmRlchIhLnNob3Aub3JkZXIudjEuQ3JlYXRlT3JkZXJSZXF1ZXN0GiIuc2hvcC5vcmRlci52MS5DcmVhdGVPcmRlclJlc3BvbnNlIhWC0+STAg86ASoiCi92MS9vcmRlcnMSagoIR2V0T3JkZXISHi5zaG9wLm9yZGVyLnYxLkdldE9yZGVyUmVxdWVzdBofLnNob3Aub3JkZXIudjEuR2V0T3JkZXJSZXNwb25zZSIdgtPkkwIXEhUvdjEvb3JkZXJzL3tvcmRlcl9pZH0SZQoKTGlzdE9yZGVycxIgLnNob3Aub3JkZXIudjEuTGlzdE9yZGVyc1JlcXVlc3QaIS5zaG9wLm9yZGVyLnYxLkxpc3RPcmRlcnNSZXNwb25zZSISgtPkkwIMEgovdjEvb3JkZXJzEn0KC0NhbmNlbE9yZGVyEiEuc2hvcC5vcmRlci52MS5DYW5jZWxPcmRlclJlcXVlc3QaIi5zaG9wLm9yZGVyLnYxLkNhbmNlbE9yZGVyUmVzcG9uc2UiJ4LT5JMCIToBKiIcL3YxL29yZGVycy97b3JkZXJfaWR9OmNhbmNlbBJ+ChBMaXN0UGFya2VkT3JkZXJzEiYuc2hvcC5vcmRlci52MS5MaXN0UGFya2VkT3JkZXJzUmVxdWVzdBonLnNob3Aub3JkZXIudjEuTGlzdFBhcmtlZE9yZGVyc1Jlc3BvbnNlIhmC0+STAhMSES92MS9vcmRlcnM6cGFya2VkEn0KC1Jlc3VtZU9yZGVyEiEuc2hvcC5vcmRlci52MS5SZXN1bWVPcmRlclJlcXVlc3QaIi5zaG9wLm9yZGVyLnYxLlJlc3VtZU9yZGVyUmVzcG9uc2UiJ4LT5JMCIToBKiIcL3YxL29yZGVycy97b3JkZXJfaWR9OnJlc3VtZWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_timestamp, file_shop_order_v1_order]);
 
 /**
  * CreateOrderRequest asks to place an order.
@@ -207,6 +209,162 @@ export const CancelOrderResponseSchema: GenMessage<CancelOrderResponse> = /*@__P
   messageDesc(file_shop_order_v1_order_service, 7);
 
 /**
+ * ListParkedOrdersRequest asks for one page of the parked orders.
+ *
+ * @generated from message shop.order.v1.ListParkedOrdersRequest
+ */
+export type ListParkedOrdersRequest = Message<"shop.order.v1.ListParkedOrdersRequest"> & {
+  /**
+   * The most parked orders to return, 1 to 100; 0 means 50.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page, or empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message shop.order.v1.ListParkedOrdersRequest.
+ * Use `create(ListParkedOrdersRequestSchema)` to create a new message.
+ */
+export const ListParkedOrdersRequestSchema: GenMessage<ListParkedOrdersRequest> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order_service, 8);
+
+/**
+ * ListParkedOrdersResponse is one page of the parked orders.
+ *
+ * @generated from message shop.order.v1.ListParkedOrdersResponse
+ */
+export type ListParkedOrdersResponse = Message<"shop.order.v1.ListParkedOrdersResponse"> & {
+  /**
+   * The parked orders of this page, oldest first.
+   *
+   * @generated from field: repeated shop.order.v1.ParkedOrder parked_orders = 1;
+   */
+  parkedOrders: ParkedOrder[];
+
+  /**
+   * The token for the next page; empty when this page is the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message shop.order.v1.ListParkedOrdersResponse.
+ * Use `create(ListParkedOrdersResponseSchema)` to create a new message.
+ */
+export const ListParkedOrdersResponseSchema: GenMessage<ListParkedOrdersResponse> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order_service, 9);
+
+/**
+ * ParkedOrder is an order whose saga waits for an operator.
+ *
+ * @generated from message shop.order.v1.ParkedOrder
+ */
+export type ParkedOrder = Message<"shop.order.v1.ParkedOrder"> & {
+  /**
+   * The order's id.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+
+  /**
+   * The id of the user who placed the order.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * The saga phase it stopped in, such as COMMITTING or COMPENSATING.
+   *
+   * @generated from field: string saga_phase = 3;
+   */
+  sagaPhase: string;
+
+  /**
+   * Why it stopped, as a stable UPPER_SNAKE reason such as CAPTURE_REFUSED,
+   * RELEASE_REFUSED, CAPTURE_UNAVAILABLE or UNEXPECTED_ERROR.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * The last error the saga saw, for the operator.
+   *
+   * @generated from field: string detail = 5;
+   */
+  detail: string;
+
+  /**
+   * When it stopped.
+   *
+   * @generated from field: google.protobuf.Timestamp park_time = 6;
+   */
+  parkTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message shop.order.v1.ParkedOrder.
+ * Use `create(ParkedOrderSchema)` to create a new message.
+ */
+export const ParkedOrderSchema: GenMessage<ParkedOrder> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order_service, 10);
+
+/**
+ * ResumeOrderRequest names the parked order to drive again.
+ *
+ * @generated from message shop.order.v1.ResumeOrderRequest
+ */
+export type ResumeOrderRequest = Message<"shop.order.v1.ResumeOrderRequest"> & {
+  /**
+   * The order's id.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+};
+
+/**
+ * Describes the message shop.order.v1.ResumeOrderRequest.
+ * Use `create(ResumeOrderRequestSchema)` to create a new message.
+ */
+export const ResumeOrderRequestSchema: GenMessage<ResumeOrderRequest> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order_service, 11);
+
+/**
+ * ResumeOrderResponse carries the order after the resumed saga ran.
+ *
+ * @generated from message shop.order.v1.ResumeOrderResponse
+ */
+export type ResumeOrderResponse = Message<"shop.order.v1.ResumeOrderResponse"> & {
+  /**
+   * The order: CONFIRMED or CANCELLED, or PENDING if its saga is still running (or
+   * parked again).
+   *
+   * @generated from field: shop.order.v1.Order order = 1;
+   */
+  order?: Order | undefined;
+};
+
+/**
+ * Describes the message shop.order.v1.ResumeOrderResponse.
+ * Use `create(ResumeOrderResponseSchema)` to create a new message.
+ */
+export const ResumeOrderResponseSchema: GenMessage<ResumeOrderResponse> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order_service, 12);
+
+/**
  * OrderService places and tracks a user's orders. Placing an order runs a saga over the
  * inventory and payment services that ends CONFIRMED or CANCELLED, even across crashes.
  *
@@ -264,6 +422,33 @@ export const OrderService: GenService<{
     methodKind: "unary";
     input: typeof CancelOrderRequestSchema;
     output: typeof CancelOrderResponseSchema;
+  },
+  /**
+   * ListParkedOrders returns, for operators, the orders whose saga stopped for good
+   * reasons of its own (a step refused too often, a participant gone too long, an
+   * unexpected error), oldest first. Callers still see such orders PENDING.
+   * Returns PERMISSION_DENIED (ADMIN_SCOPE_REQUIRED) without the shop.admin scope and
+   * INVALID_ARGUMENT for a bad page size or token.
+   *
+   * @generated from rpc shop.order.v1.OrderService.ListParkedOrders
+   */
+  listParkedOrders: {
+    methodKind: "unary";
+    input: typeof ListParkedOrdersRequestSchema;
+    output: typeof ListParkedOrdersResponseSchema;
+  },
+  /**
+   * ResumeOrder drives a parked order's saga again, once its cause is fixed, and waits
+   * for it like CancelOrder does.
+   * Returns PERMISSION_DENIED (ADMIN_SCOPE_REQUIRED) without the shop.admin scope,
+   * NOT_FOUND (ORDER_NOT_FOUND) and FAILED_PRECONDITION (ORDER_NOT_PARKED).
+   *
+   * @generated from rpc shop.order.v1.OrderService.ResumeOrder
+   */
+  resumeOrder: {
+    methodKind: "unary";
+    input: typeof ResumeOrderRequestSchema;
+    output: typeof ResumeOrderResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_shop_order_v1_order_service, 0);
