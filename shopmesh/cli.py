@@ -2,6 +2,7 @@
 
 shopmesh token --user alice [--scope shop.admin] [--ttl 3600]   print a dev JWT
 shopmesh keys                                                  create the dev key pair
+shopmesh check [--workdir var]                                 check every promise in the databases
 shopmesh run [--instances N]                                   run everything, restarting (make run)
 """
 
@@ -11,11 +12,12 @@ import argparse
 import logging
 import pathlib
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
 
-from shopmesh import system, tokens
+from shopmesh import check, system, tokens
 from shopmesh.processes import CrashLoop, RestartPolicy, StartError, Supervisor
 from shopmesh.tools import REPO, MissingTool
 
@@ -65,6 +67,23 @@ def _token(args: argparse.Namespace) -> int:
         print(f"shopmesh token: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        report = check.check_workdir(args.workdir, args.settle_seconds)
+    except (FileNotFoundError, sqlite3.Error) as error:
+        print(
+            f"shopmesh check: {error} (is --workdir the system's work directory?)", file=sys.stderr
+        )
+        return 2
+    print(f"shopmesh check: {report.summary()}")
+    for line in report.parked:
+        print(f"needs an operator: {line}")
+    for line in report.problems:
+        print(f"PROBLEM: {line}")
+    print("every promise holds" if report.ok else f"{len(report.problems)} problems")
+    return 0 if report.ok else 1
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -184,6 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help="[var/jwt]")
     token.set_defaults(handler=_token)
+
+    checking = commands.add_parser(
+        "check",
+        help="check the system's promises in its databases (safe on a live system)",
+        description=check.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    checking.add_argument("--workdir", type=pathlib.Path, default=REPO / "var", help="[var/]")
+    checking.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=60.0,
+        help="a PENDING order that has not moved for longer, and is not parked, is a problem [60]",
+    )
+    checking.set_defaults(handler=_check)
 
     keys = commands.add_parser("keys", help="create the dev key pair and JWKS if missing")
     keys.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help="[var/jwt]")

@@ -19,6 +19,7 @@ from services.stack import Stack
 from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as orders
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
+from shopmesh.check import check_workdir
 from shopmesh.seed import write_seed
 from shopmesh.system import System
 from shopmesh.tools import REPO
@@ -180,12 +181,19 @@ class Traffic:
             time.sleep(0.02)
 
 
-def settle(client: Client, ledger: Ledger, traffic: Traffic, fault: str) -> None:
-    """Once quiet: every call of `traffic` resolved and the invariants hold against
-    `ledger`; the outcome goes in the fault table. Closes `client`."""
+def settle(
+    client: Client, ledger: Ledger, traffic: Traffic, fault: str, workdir: pathlib.Path
+) -> None:
+    """Once quiet: every call of `traffic` resolved, the invariants hold against `ledger`
+    through the APIs and in the databases of `workdir` (`shopmesh check`), and no saga
+    was parked (none of these faults makes success impossible); the outcome goes in the
+    fault table. Closes `client`."""
     try:
         assert_calls_resolved(client, traffic.user, traffic.calls)
         assert_invariants(client, ledger)
+        report = check_workdir(workdir)
+        assert report.ok, report.problems
+        assert not report.parked, report.parked
     except AssertionError:
         record_fault(fault, traffic.summary(), "VIOLATED")
         raise

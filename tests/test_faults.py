@@ -39,7 +39,7 @@ LEDGER = Ledger({s: q for s, (_, q) in PRODUCTS.items()}, dict(ACCOUNTS))
 
 def settle(system: System, traffic: Traffic, fault: str) -> None:
     """Invariants and unknown-call resolution once quiet; the outcome goes in the table."""
-    settle_traffic(direct_client(system), LEDGER, traffic, fault)
+    settle_traffic(direct_client(system), LEDGER, traffic, fault, system.settings.workdir)
 
 
 @pytest.mark.parametrize("method", ["AuthorizePayment", "CapturePayment", "VoidPayment"])

@@ -30,6 +30,7 @@ from services.stack import Stack, restart, start_stack
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.payment.v1 import payment_pb2
+from shopmesh.check import check_workdir
 from shopmesh.seed import write_seed
 from tests.helpers import (
     Client,
@@ -224,6 +225,8 @@ def test_the_saga_model(model_stack: tuple[Stack, Client]) -> None:
         if calls:
             assert_calls_resolved(client, who, calls)
     assert_invariants(client, Ledger({s: q for s, (_, q) in PRODUCTS.items()}, dict(ACCOUNTS)))
+    report = check_workdir(stack.order.workdir)  # `shopmesh check`, on the databases
+    assert report.ok and not report.parked, (report.problems, report.parked)
     summary: dict[str, int] = {}
     for calls in SagaModel.calls.values():
         for _, kind in calls:

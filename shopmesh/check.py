@@ -1,0 +1,229 @@
+"""`shopmesh check`: the system's promises, read straight from the services' databases.
+
+What it checks (DESIGN.md's invariants, in the terms the databases hold):
+
+- every order is final, or parked with a reason, or still inside `settle_seconds` (in
+  flight); a PENDING order past that, not parked, is a saga nobody finishes;
+- a CONFIRMED order's hold is COMMITTED and its payment CAPTURED for exactly its total
+  (a free order has no payment); a CANCELLED one has a reason, no hold left and no money
+  held or taken;
+- per product, `held` is the sum of the HELD reservations and `sold` of the COMMITTED
+  ones: no stock appears or vanishes; per account, `held` is the sum of the AUTHORIZED
+  payments and `captured` of the CAPTURED ones: no money does;
+- no stock is sold and no money captured for an order that was cancelled, and at most one
+  payment exists per order (the payments table's key), so at most one capture.
+
+It runs against a live system too: each database is read in one read transaction (a
+consistent snapshot of that service), the order database first. A participant's state
+moves before the order's does (the hold is committed and the payment captured before the
+order is CONFIRMED), so a final order's holds and payments can no longer change, and
+whatever a participant holds for an order that is not final yet, or not yet in the
+order snapshot, is in flight and only counted. On one host the databases are SQLite files
+in the work directory (`var/` for `make run`); they are opened read-only.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    """Broken promises: each one a sentence naming what and where."""
+    parked: list[str] = field(default_factory=list)
+    """Orders whose saga waits for an operator (not a broken promise, but unfinished)."""
+    counts: Counter[str] = field(default_factory=Counter)
+    """How many orders in each state, products and accounts: what was looked at."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        c = self.counts
+        return (
+            f"{c['orders']} orders ({c['CONFIRMED']} confirmed, {c['CANCELLED']} cancelled,"
+            f" {c['in flight']} in flight, {c['parked']} parked), {c['products']} products,"
+            f" {c['accounts']} accounts"
+        )
+
+
+def check_workdir(workdir: pathlib.Path, settle_seconds: float = 60.0) -> Report:
+    """Checks the databases a one-host system keeps in `workdir` (order.db, ...)."""
+    return check(
+        workdir / "order.db",
+        workdir / "inventory.db",
+        workdir / "payment.db",
+        settle_seconds,
+    )
+
+
+def check(
+    order_db: pathlib.Path,
+    inventory_db: pathlib.Path,
+    payment_db: pathlib.Path,
+    settle_seconds: float = 60.0,
+    now: float | None = None,
+) -> Report:
+    now = time.time() if now is None else now
+    orders = _read(
+        order_db,
+        orders="SELECT o.order_id, o.state, o.cancel_reason, o.total_minor, s.phase,"
+        " s.updated_at, p.reason AS parked_reason FROM orders o JOIN sagas s USING (order_id)"
+        " LEFT JOIN parked_sagas p USING (order_id)",
+    )["orders"]
+    stock = _read(
+        inventory_db,
+        products="SELECT sku, available, held, sold FROM products",
+        reservations="SELECT order_id, state FROM reservations",
+        items="SELECT r.state, i.order_id, i.sku, i.quantity FROM reservation_items i"
+        " JOIN reservations r USING (order_id)",
+    )
+    money = _read(
+        payment_db,
+        accounts="SELECT user_id, available, held, captured FROM accounts",
+        payments="SELECT order_id, user_id, amount_minor, state FROM payments",
+    )
+    report = Report()
+    _check_orders(report, orders, stock, money, now=now, settle_seconds=settle_seconds)
+    _check_stock(report, stock)
+    _check_money(report, money)
+    return report
+
+
+def _read(path: pathlib.Path, **queries: str) -> dict[str, list[sqlite3.Row]]:
+    """Runs `queries` in one read transaction on the database at `path`, read-only."""
+    if not path.exists():
+        raise FileNotFoundError(f"no database at {path}")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=5)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("BEGIN")
+        found = {name: conn.execute(sql).fetchall() for name, sql in queries.items()}
+        conn.execute("COMMIT")
+        return found
+    finally:
+        conn.close()
+
+
+def _check_orders(
+    report: Report,
+    orders: list[sqlite3.Row],
+    stock: dict[str, list[sqlite3.Row]],
+    money: dict[str, list[sqlite3.Row]],
+    *,
+    now: float,
+    settle_seconds: float,
+) -> None:
+    holds = {r["order_id"]: r["state"] for r in stock["reservations"]}
+    payments = {p["order_id"]: p for p in money["payments"]}
+    states: dict[str, str] = {}
+    for order in orders:
+        order_id, state = order["order_id"], order["state"]
+        states[order_id] = state
+        report.counts["orders"] += 1
+        report.counts[state] += 1
+        hold, payment = holds.get(order_id), payments.get(order_id)
+        if state == "PENDING":
+            if order["parked_reason"] is not None:
+                report.counts["parked"] += 1
+                report.parked.append(
+                    f"order {order_id}: parked in {order['phase']}: {order['parked_reason']}"
+                )
+            elif now - order["updated_at"] > settle_seconds:
+                report.problems.append(
+                    f"order {order_id} is PENDING (saga {order['phase']}), has not moved"
+                    f" for {now - order['updated_at']:.0f} s, and is not parked"
+                )
+            else:
+                report.counts["in flight"] += 1
+        elif state == "CONFIRMED":
+            if hold != "COMMITTED":
+                report.problems.append(
+                    f"order {order_id} is CONFIRMED but its stock hold is {hold or 'missing'}"
+                )
+            total = order["total_minor"]
+            if total == 0:
+                if payment is not None and payment["state"] in ("AUTHORIZED", "CAPTURED"):
+                    report.problems.append(f"free order {order_id} has a payment {_shown(payment)}")
+            elif payment is None or payment["state"] != "CAPTURED":
+                report.problems.append(
+                    f"order {order_id} is CONFIRMED but its payment is"
+                    f" {_shown(payment) if payment is not None else 'missing'}"
+                )
+            elif payment["amount_minor"] != total:
+                report.problems.append(
+                    f"order {order_id} totals {total} but {payment['amount_minor']} was captured"
+                )
+        elif state == "CANCELLED":
+            if not order["cancel_reason"]:
+                report.problems.append(f"order {order_id} is CANCELLED without a reason")
+            if hold in ("HELD", "COMMITTED"):
+                report.problems.append(f"order {order_id} is CANCELLED but its stock is {hold}")
+            if payment is not None and payment["state"] in ("AUTHORIZED", "CAPTURED"):
+                report.problems.append(
+                    f"order {order_id} is CANCELLED but its payment is {_shown(payment)}"
+                )
+        else:
+            report.problems.append(f"order {order_id} has an unknown state {state!r}")
+    # Participants' records of orders the order service does not know (yet): in flight if
+    # the order was made after the order snapshot; nothing else to say about them here.
+    for order_id, payment in payments.items():
+        if payment["state"] == "CAPTURED" and states.get(order_id) == "CANCELLED":
+            report.problems.append(f"cancelled order {order_id} was charged")
+
+
+def _check_stock(report: Report, stock: dict[str, list[sqlite3.Row]]) -> None:
+    held: Counter[str] = Counter()
+    sold: Counter[str] = Counter()
+    for item in stock["items"]:
+        if item["state"] == "HELD":
+            held[item["sku"]] += item["quantity"]
+        elif item["state"] == "COMMITTED":
+            sold[item["sku"]] += item["quantity"]
+    for product in stock["products"]:
+        report.counts["products"] += 1
+        sku = product["sku"]
+        if product["held"] != held[sku]:
+            report.problems.append(
+                f"{sku}: {product['held']} held, but HELD reservations add up to {held[sku]}"
+            )
+        if product["sold"] != sold[sku]:
+            report.problems.append(
+                f"{sku}: {product['sold']} sold, but COMMITTED reservations add up to {sold[sku]}"
+            )
+        if product["available"] < 0:
+            report.problems.append(f"{sku}: {product['available']} available")
+
+
+def _check_money(report: Report, money: dict[str, list[sqlite3.Row]]) -> None:
+    held: Counter[str] = Counter()
+    captured: Counter[str] = Counter()
+    for payment in money["payments"]:
+        if payment["state"] == "AUTHORIZED":
+            held[payment["user_id"]] += payment["amount_minor"]
+        elif payment["state"] == "CAPTURED":
+            captured[payment["user_id"]] += payment["amount_minor"]
+    for account in money["accounts"]:
+        report.counts["accounts"] += 1
+        user = account["user_id"]
+        if account["held"] != held[user]:
+            report.problems.append(
+                f"account {user}: {account['held']} held, but AUTHORIZED payments add up to"
+                f" {held[user]}"
+            )
+        if account["captured"] != captured[user]:
+            report.problems.append(
+                f"account {user}: {account['captured']} captured, but CAPTURED payments add"
+                f" up to {captured[user]}"
+            )
+
+
+def _shown(payment: Any) -> str:
+    return f"{payment['state']} ({payment['amount_minor']})"
