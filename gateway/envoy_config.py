@@ -22,16 +22,25 @@ TEMPLATE = pathlib.Path(__file__).with_name("envoy.yaml")
 
 @dataclass(frozen=True)
 class Limits:
-    """Circuit-breaker limits: the only Envoy policy a test or a deployment tunes."""
+    """Envoy's limits: the only Envoy policy a test or a deployment tunes."""
 
-    # Of inventory and payment (the internal hop) ...
+    # Circuit breakers of inventory and payment (the internal hop) ...
     max_connections: int = 1024
     max_pending_requests: int = 256
     max_requests: int = 512
     max_retries: int = 32
-    # ... and of the order cluster (the public edge).
+    # ... of the order cluster (the public edge) ...
     edge_max_pending_requests: int = 256
     edge_max_requests: int = 512
+    # ... and of the order instances' health route, which needs no token.
+    health_max_requests: int = 32
+    # The edge itself: client connections on the public listener, in all, and the heap
+    # Envoy may use before it sheds load (the overload manager).
+    edge_max_connections: int = 4096
+    request_timeout_seconds: float = 15.0
+    """How long a client may take to send a whole request, body included."""
+    max_downstream_connections: int = 8192
+    max_heap_bytes: int = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
