@@ -24,6 +24,7 @@ from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from shopmesh import tokens
 from shopmesh.system import System
+from tests.conftest import SystemFactory
 from tests.helpers import record_fault
 from tests.system_helpers import bearer, rest
 
@@ -47,11 +48,17 @@ def token_for(system: System, subject: str) -> str:
 
 
 def ejections(system: System) -> dict[str, int]:
-    """Every outlier-detection counter of every cluster that is not 0, and 5xx answers."""
+    """Ejections Envoy carried out, per cluster and cause, and upstream 5xx answers (only
+    the counters that are not 0)."""
     return {
         name: value
         for name, value in system.stats("cluster.").items()
-        if value and (".outlier_detection.ejections" in name or name.endswith("upstream_rq_5xx"))
+        if value
+        and (
+            ".outlier_detection.ejections_enforced" in name
+            or name.endswith(".outlier_detection.ejections_active")
+            or name.endswith("upstream_rq_5xx")
+        )
     }
 
 
@@ -165,9 +172,15 @@ def test_a_binary_header_that_is_not_base64_is_dropped(system: System) -> None:
     assert answer.status == 200, answer
 
 
-def grpc_status(system: System, method: str, token: str, header: tuple[str, str]) -> str:
-    """The grpc-status of an empty request sent over raw HTTP/2 with one extra header,
-    which the Python gRPC client would refuse to send (curl sends anything)."""
+def grpc_status(
+    system: System,
+    method: str,
+    token: str,
+    header: tuple[str, str],
+    frame: bytes = b"\x00\x00\x00\x00\x00",  # one gRPC frame holding an empty message
+) -> str:
+    """The grpc-status of a request (by default empty) sent over raw HTTP/2 with one extra
+    header, which the Python gRPC client would refuse to send (curl sends anything)."""
     sent = subprocess.run(
         [
             *("curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-D", "-"),
@@ -176,7 +189,7 @@ def grpc_status(system: System, method: str, token: str, header: tuple[str, str]
             *("-H", f"authorization: Bearer {token}", "-H", f"{header[0]}: {header[1]}"),
             f"http://{system.public_target}/shop.order.v1.OrderService/{method}",
         ],
-        input=b"\x00\x00\x00\x00\x00",  # one gRPC frame holding an empty message
+        input=frame,
         capture_output=True,
         timeout=30,
         check=True,
@@ -186,6 +199,31 @@ def grpc_status(system: System, method: str, token: str, header: tuple[str, str]
         if name.strip().lower() == "grpc-status":
             return value.strip()
     raise AssertionError(f"no grpc-status in {sent.stdout!r}")
+
+
+def test_client_faults_the_services_answer_5xx_eject_no_instance(
+    make_system: SystemFactory,
+) -> None:
+    """Python gRPC answers an unknown grpc-encoding and a compressed frame without an
+    encoding INTERNAL, and an unknown method UNIMPLEMENTED: a client's faults all the same.
+    With two order instances, outlier detection counted them as the instance's 5xx and
+    ejected one after 5 in a row."""
+    system = make_system(instances=2)
+    token = system.token("alice")
+    empty, compressed = b"\x00\x00\x00\x00\x00", b"\x01\x00\x00\x00\x00"
+    with grpc.insecure_channel(system.public_target) as channel:
+        unknown = channel.unary_unary("/shop.order.v1.OrderService/NoSuchMethod")
+        for _ in range(12):
+            assert (
+                grpc_status(system, "ListOrders", token, ("grpc-encoding", "bogus"), empty) == "13"
+            )
+            assert grpc_status(system, "ListOrders", token, ("x-a", "b"), compressed) == "13"
+            with pytest.raises(grpc.RpcError) as refused:
+                unknown(b"", metadata=bearer(token), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    enforced = system.stats("cluster.order.outlier_detection.ejections_enforced_total")
+    assert enforced == {"cluster.order.outlier_detection.ejections_enforced_total": 0}, enforced
+    assert system.healthy_endpoints()["order"] == 2
 
 
 # Item 4: what a client may not steer.
