@@ -39,6 +39,10 @@ $(TS)/node_modules/.installed: $(TS)/package-lock.json
 .tools/bin/consul:
 	tools/install-consul
 
+# libfaketime, for the clock-jump test: Debian's package unpacked into .tools/ (see the script).
+.tools/lib/libfaketime.so.1:
+	tools/install-faketime
+
 # The dev JWT key pair; Envoy reads the JWKS, `shopmesh token` signs with the key.
 var/jwt/jwks.json: $(VENV)/.installed
 	$(VENV)/bin/shopmesh keys
@@ -76,7 +80,7 @@ lint: setup
 breaking: setup
 	tools/breaking
 
-test: setup wrk gen-check lint breaking
+test: setup wrk .tools/lib/libfaketime.so.1 gen-check lint breaking
 	@echo "== pytest"
 	pytest $(PYTEST_ARGS)
 
@@ -88,7 +92,7 @@ profile: setup
 	python -m bench.profile
 
 # The same tests with the long profiles: more saga-model runs and steps, longer flapping.
-chaos: setup wrk
+chaos: setup wrk .tools/lib/libfaketime.so.1
 	SHOPMESH_CHAOS=1 timeout 900 pytest $(PYTEST_ARGS)
 
 # N instances of each service: make run N=2

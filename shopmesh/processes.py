@@ -52,6 +52,8 @@ class Process:
         self.log_path = log_path
         self.command = list(command)
         self._ready = ready
+        self.env: dict[str, str] = {}
+        """Environment variables to add at the next start (e.g. a test's LD_PRELOAD)."""
         self._process: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
@@ -71,6 +73,7 @@ class Process:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env} if self.env else None,
                 # A process group of its own: a terminal's Ctrl-C (SIGINT to the foreground
                 # group) reaches only the parent, which stops the parts in order. In the
                 # parent's group, Consul got it with the services and exited while they

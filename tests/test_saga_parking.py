@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import time
 
 import grpc
 import pytest
@@ -92,7 +93,7 @@ async def test_a_capture_refused_for_good_parks_the_saga_and_resume_finishes_it(
     )
     assert "PAYMENT_VOIDED" in parked.detail
     assert store.order(order_id).state is OrderState.PENDING  # callers see it unfinished
-    assert order_id not in store.open_sagas(idle_since=1e12)  # no instance adopts it
+    assert order_id not in store.open_sagas(now=1e12)  # no instance adopts it
     await asyncio.wait_for(runner.ensure(order_id), BOUND_SECONDS)  # a repeat: still parked
     assert participants.calls.count("capture") == SETTINGS.max_step_failures
 
@@ -212,7 +213,9 @@ async def test_operators_list_and_resume_parked_orders(
         store, orders = service.store, OrderServiceStub(served.channel)
         for n in range(3):  # placed and parked before any saga ran, as a stuck one would be
             await store.create(f"o{n}", "alice", f"r{n}", (LineItem("SKU-TEA", 1),), 0.0)
-            assert await store.park(f"o{n}", Phase.STARTED, "UNEXPECTED_ERROR", "a bug", 1.0)
+            lease = await store.acquire(f"o{n}", "test", time.time(), time.time() + 60)
+            assert lease is not None
+            assert await store.park(lease, Phase.STARTED, "UNEXPECTED_ERROR", "a bug", 1.0)
 
         refused = await rejected(
             orders.ListParkedOrders(rpc.ListParkedOrdersRequest(), metadata=user("alice"))

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 
 from services.common.errors import ErrorKind, ServiceError
-from services.order.domain import CANCELLED_BY_USER, LineItem, Order, OrderState, Phase
+from services.order.domain import CANCELLED_BY_USER, Lease, LineItem, Order, OrderState, Phase
 from services.order.participants import StepError
 from services.order.saga import SagaRunner, SagaSettings
 from services.order.store import OrderStore
@@ -21,9 +21,9 @@ def record_moves(store: OrderStore) -> list[tuple[Phase, Phase]]:
     moves: list[tuple[Phase, Phase]] = []
     advance = store.advance
 
-    async def recorded(order_id: str, before: Phase, after: Phase, now: float) -> bool:
+    async def recorded(lease: Lease, before: Phase, after: Phase, now: float) -> bool:
         moves.append((before, after))
-        return await advance(order_id, before, after, now)
+        return await advance(lease, before, after, now)
 
     store.advance = recorded  # type: ignore[method-assign]
     return moves
@@ -126,11 +126,15 @@ async def test_open_sagas_are_found_through_the_index_oldest_first(tmp_path: pat
     store = OrderStore(tmp_path / "order.db")
     for n, at in enumerate((30.0, 10.0, 20.0, 40.0)):
         await store.create(f"o{n}", "alice", f"r{n}", (LineItem("SKU-TEA", 1),), at)
-    await store.advance("o2", Phase.STARTED, Phase.RESERVED, 20.0)  # open still
-    await store.finish("o0", Phase.STARTED, 30.0)  # not a real path, but final: CANCELLED
+    leases = [await store.acquire(f"o{n}", "test", 0.0, 50.0) for n in range(4)]
+    assert all(leases)
+    await store.advance(Lease("o2", "test", 1), Phase.STARTED, Phase.RESERVED, 20.0)  # open
+    await store.finish(Lease("o0", "test", 1), Phase.STARTED, 30.0)  # final: CANCELLED
+    await store.renew(Lease("o3", "test", 1), 70.0)  # driven past 60
     statements: list[str] = []
     store._reads.set_trace_callback(statements.append)
-    assert store.open_sagas(idle_since=35.0) == ["o1", "o2"]
+    # Open, with no live lease at 60: o1 (oldest) and o2; o0 is final, o3's lease holds.
+    assert store.open_sagas(now=60.0) == ["o1", "o2"]
     # Finished sagas pile up forever, so the query must not scan them all.
     (query,) = statements
     with sqlite3.connect(tmp_path / "order.db") as conn:

@@ -3,7 +3,6 @@ same saga (SagaRunner, OrderStore) as shopmesh's, over HttpParticipants."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
@@ -42,7 +41,7 @@ CREATE_WAIT_SECONDS = 10.0
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    saga.resume(idle_since=time.time())  # sagas a crash left unfinished
+    saga.adopt()  # sagas a crash left unfinished, once their leases run out
     yield
     await saga.stop()
     await participants.close()
@@ -113,8 +112,20 @@ async def create_order(body: CreateOrderIn, request: Request) -> dict[str, Any]:
     check_items(violations, "line_items", [(i.sku, i.quantity) for i in body.line_items])
     violations.raise_if_any()
     items = tuple(domain.LineItem(i.sku, i.quantity) for i in body.line_items)
-    order, _ = await store.create(uuid.uuid4().hex, who, body.request_id, items, time.time())
-    await asyncio.wait({saga.ensure(order.order_id)}, timeout=CREATE_WAIT_SECONDS)
+    order_id = uuid.uuid4().hex
+    first = saga.first_lease(order_id)
+    order, created = await store.create(
+        order_id,
+        who,
+        body.request_id,
+        items,
+        time.time(),
+        lease=first.lease,
+        lease_until=first.until,
+    )
+    if created:
+        saga.ensure(order_id, first)
+    await saga.wait(order.order_id, CREATE_WAIT_SECONDS)
     return {"order": order_json(store.answer(order.order_id))}
 
 

@@ -49,7 +49,16 @@ class OrderConfig(StoreConfig):
         " timeout less the time to answer)",
     )
     recovery_interval_seconds: float = setting(
-        30.0, "how often to resume sagas that no process has moved for that long"
+        5.0, "how often to look for sagas whose owner's lease has run out, and adopt them"
+    )
+    lease_seconds: float = setting(
+        10.0,
+        "how long an instance's lease on a saga lasts unrenewed (renewed every third of it"
+        " while driven); past it another instance adopts the saga. More than twice"
+        " call_timeout_seconds",
+    )
+    max_active_sagas: int = setting(
+        100, "sagas one instance drives at once; the others wait for a slot"
     )
     max_step_failures: int = setting(
         5,
@@ -75,6 +84,8 @@ class OrderConfig(StoreConfig):
             "recovery_interval_seconds",
             "max_step_failures",
             "park_after_seconds",
+            "lease_seconds",
+            "max_active_sagas",
         ):
             if getattr(self, name) <= 0:
                 found.append(f"{name} must be > 0, got {getattr(self, name)}")
@@ -82,6 +93,12 @@ class OrderConfig(StoreConfig):
             found.append(
                 f"hold_seconds must be {MIN_HOLD_SECONDS:g}..{MAX_HOLD_SECONDS:g}"
                 f" (what inventory holds stock for), got {self.hold_seconds:g}"
+            )
+        if self.lease_seconds <= 2 * self.call_timeout_seconds:
+            found.append(
+                f"lease_seconds must be more than twice call_timeout_seconds"
+                f" ({self.call_timeout_seconds:g} s): a call begun on a lease must end before"
+                f" another instance may adopt the saga, got {self.lease_seconds:g}"
             )
         longest_wait = GATEWAY_TRY_TIMEOUT_SECONDS - ANSWER_MARGIN_SECONDS
         if self.create_wait_seconds > longest_wait:

@@ -76,6 +76,27 @@ class Saga:
     """Stopped for an operator (see ParkedSaga): driven no more until resumed."""
 
 
+@dataclass(frozen=True)
+class Lease:
+    """The right to drive one saga, held by one order instance (`owner`) at a time.
+
+    Each change of hands takes a new `epoch`, and every saga write names the lease it is
+    made under: a write under an older epoch is refused (fencing), so an owner that was
+    paused past its lease and wakes up cannot undo what its successor did."""
+
+    order_id: str
+    owner: str
+    epoch: int
+
+
+class LeaseLost(Exception):
+    """Another instance holds the saga's lease now: this one stops driving it."""
+
+    def __init__(self, lease: Lease) -> None:
+        super().__init__(f"saga {lease.order_id}: lease epoch {lease.epoch} is no longer held")
+        self.lease = lease
+
+
 def is_free(order: Order) -> bool:
     """A free order (a total of 0, once the hold has priced it) owes nothing, so the saga
     makes no payment call for it: PaymentService holds only amounts above 0, and a

@@ -1,10 +1,17 @@
 """The order saga's orchestrator: drives each order from its saga record to a final state.
 
 The record in the order database is the truth; this code only reads it, makes the next
-call, and records the outcome. So a process that dies anywhere loses nothing: on start-up
-(and periodically, for sagas another instance abandoned) `resume` drives every saga that
-is not final from where its record says it is, repeating at most the one step in flight,
+call, and records the outcome. So a process that dies anywhere loses nothing: another
+instance (or this one, restarted) adopts every saga whose lease has expired (`adopt`) and
+drives it on from where its record says it is, repeating at most the one step in flight,
 which every participant accepts again (idempotent by order id).
+
+One instance drives a saga at a time: its lease (services.order.store) is renewed in the
+background while the saga runs, is checked before every participant call, and fences
+every write. Local timers (backoff, retry and parking deadlines, lease trust) use the
+monotonic clock, so a jump of the wall clock moves none of them; only lease expiry, which
+other processes read, is wall-clock time. An instance drives at most `max_active_sagas`
+at once; the others wait for a slot, and it adopts no more than it has slots for.
 
 A free order (a total of 0) skips the payment steps: there is nothing to authorize,
 capture or void (see `is_free`).
@@ -24,9 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +47,8 @@ from services.order.domain import (
     FINAL_PHASES,
     MAX_TOTAL_MINOR,
     PAYMENT_ATTEMPTED_PHASES,
+    Lease,
+    LeaseLost,
     LineItem,
     Order,
     Phase,
@@ -64,6 +75,10 @@ class SagaSettings:
     """Final answers of one step past the pivot (or unexpected errors) before parking."""
     park_after_seconds: float = 3600.0
     """How long one step past the pivot retries transient failures before parking."""
+    lease_seconds: float = 10.0
+    """How long a saga's lease lasts unrenewed; after it, another instance may adopt it."""
+    max_active_sagas: int = 100
+    """Sagas one instance drives at once; the others wait for a slot."""
     crash_at: str = ""
     """TEST ONLY: the named step at which the process kills itself (kill -9)."""
 
@@ -97,43 +112,181 @@ class StepFailed(Exception):
         self.error = error
 
 
+@dataclass
+class _Held:
+    """A lease this process holds, and until when (monotonic) it trusts it unchecked."""
+
+    lease: Lease
+    trusted_until: float
+
+
+@dataclass(frozen=True)
+class FirstLease:
+    """The lease a new order's saga starts under, written with the order (OrderStore.create)."""
+
+    lease: Lease
+    until: float
+    """Its expiry (wall clock, as stored)."""
+    taken_at: float
+    """When it was made (monotonic), for how long to trust it."""
+
+
 class SagaRunner:
     def __init__(
-        self, store: OrderStore, participants: SagaParticipants, settings: SagaSettings
+        self,
+        store: OrderStore,
+        participants: SagaParticipants,
+        settings: SagaSettings,
+        owner: str = "",
     ) -> None:
         self._store = store
         self._participants = participants
         self._settings = settings
+        # Unique among live processes on a host (a pid is), and says where it runs.
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._held: dict[str, _Held] = {}
+        self._slots = asyncio.Semaphore(settings.max_active_sagas)
+        self._renewer: asyncio.Task[None] | None = None
 
-    def ensure(self, order_id: str) -> asyncio.Task[None]:
-        """The task driving this order, started if none runs in this process."""
+    def first_lease(self, order_id: str) -> FirstLease:
+        return FirstLease(
+            Lease(order_id, self.owner, 1),
+            time.time() + self._settings.lease_seconds,
+            time.monotonic(),
+        )
+
+    def ensure(self, order_id: str, first: FirstLease | None = None) -> asyncio.Task[None]:
+        """The task driving this order here, started if none runs in this process. It
+        drives the saga under `first`, or under a lease it takes; if another instance holds
+        the lease, it ends at once (that instance drives the saga)."""
         task = self._tasks.get(order_id)
         if task is None or task.done():
-            task = asyncio.create_task(self._drive_until_final(order_id), name=f"saga-{order_id}")
+            task = asyncio.create_task(self._run(order_id, first), name=f"saga-{order_id}")
             self._tasks[order_id] = task
             task.add_done_callback(lambda done: self._forget(order_id, done))
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_forever(), name="saga-leases")
         return task
 
     def _forget(self, order_id: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(order_id) is task:
             del self._tasks[order_id]
 
-    def resume(self, idle_since: float) -> int:
-        """Drives every saga that is not final and has not moved since `idle_since`."""
-        ids = [i for i in self._store.open_sagas(idle_since) if i not in self._tasks]
+    async def wait(self, order_id: str, seconds: float) -> None:
+        """Returns once the saga is final or parked, or after `seconds`, whichever
+        instance drives it (this one is asked to, if none does)."""
+        deadline = time.monotonic() + seconds
+        await asyncio.wait({self.ensure(order_id)}, timeout=seconds)
+        delay = FIRST_BACKOFF_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            saga = self._store.saga(order_id)
+            if saga.phase in FINAL_PHASES or saga.parked:
+                return
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.5)
+
+    def adopt(self) -> int:
+        """Drives sagas nobody drives (no lease, or an expired one), oldest first, as many
+        as this instance has free slots for; returns how many it tries to take."""
+        free = self._settings.max_active_sagas - len(self._tasks)
+        if free <= 0:
+            return 0
+        candidates = self._store.open_sagas(time.time(), free + len(self._tasks))
+        ids = [i for i in candidates if i not in self._tasks][:free]
         for order_id in ids:
             self.ensure(order_id)
         if ids:
-            log.info("resuming %d unfinished sagas", len(ids))
+            log.info("adopting up to %d sagas nobody drives", len(ids))
         return len(ids)
 
     async def stop(self) -> None:
-        """Stops driving; the records stay, and the next start resumes them."""
-        tasks = list(self._tasks.values())
+        """Stops driving and gives the leases up, so other instances adopt the sagas at
+        once; the records stay."""
+        held = [h.lease for h in self._held.values()]
+        tasks = [*self._tasks.values(), *([self._renewer] if self._renewer else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if held:
+            with contextlib.suppress(Exception):  # storage down: they expire by themselves
+                await self._store.release(held)
+
+    async def _run(self, order_id: str, first: FirstLease | None) -> None:
+        try:
+            if first is not None:
+                self._trust(first.lease, first.taken_at)
+            else:
+                try:
+                    if not await self._acquire(order_id):
+                        return  # another instance drives it, or it is final
+                except Exception as error:  # storage down: adopted on a later round
+                    log.warning("saga %s: its lease cannot be taken now (%s)", order_id, error)
+                    return
+            async with self._slots:
+                await self._drive_until_final(order_id)
+        except LeaseLost as lost:
+            log.info(
+                "saga %s: lease epoch %d lost, another instance drives it now",
+                *(order_id, lost.lease.epoch),
+            )
+        finally:
+            self._held.pop(order_id, None)
+
+    async def _acquire(self, order_id: str) -> bool:
+        taken_at, now = time.monotonic(), time.time()
+        lease = await self._store.acquire(
+            order_id, self.owner, now, now + self._settings.lease_seconds
+        )
+        if lease is None:
+            return False
+        if lease.epoch > 1:
+            log.info("saga %s adopted (lease epoch %d)", order_id, lease.epoch)
+        self._trust(lease, taken_at)
+        return True
+
+    def _trust(self, lease: Lease, taken_at: float) -> None:
+        # Half the lease: the other half is the margin for a renewal that is slow to land.
+        self._held[lease.order_id] = _Held(lease, taken_at + self._settings.lease_seconds / 2)
+
+    def _lease(self, order_id: str) -> Lease:
+        return self._held[order_id].lease
+
+    async def _keep_lease(self, order_id: str) -> None:
+        """Before a participant call: raises LeaseLost unless the lease is still this
+        process's. Checked in the database only when the local trust has run out (the
+        background renewal fell behind: the process was paused, or storage was slow)."""
+        held = self._held[order_id]
+        if time.monotonic() < held.trusted_until:
+            return
+        taken_at = time.monotonic()
+        if not await self._store.renew(held.lease, time.time() + self._settings.lease_seconds):
+            raise LeaseLost(held.lease)
+        self._trust(held.lease, taken_at)
+
+    async def _renew_forever(self) -> None:
+        """Renews every lease held, a third of a lease apart; a lease found lost is
+        distrusted, so its saga stops before its next call or write."""
+        while True:
+            await asyncio.sleep(self._settings.lease_seconds / 3)
+            held = list(self._held.values())
+            if not held:
+                continue
+            taken_at = time.monotonic()
+            try:
+                kept = await self._store.renew_all(
+                    [h.lease for h in held], time.time() + self._settings.lease_seconds
+                )
+            except Exception as error:  # storage down: each saga checks before its calls
+                log.warning("renewing %d saga leases failed: %s", len(held), error)
+                continue
+            for h in held:
+                if self._held.get(h.lease.order_id) is h:
+                    h.trusted_until = (
+                        taken_at + self._settings.lease_seconds / 2
+                        if h.lease in kept
+                        else -math.inf
+                    )
 
     def crash_point(self, name: str) -> None:
         if self._settings.crash_at == name:
@@ -153,7 +306,7 @@ class SagaRunner:
                 except Parked as parked:
                     if await self._park(order_id, parked):
                         return
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, LeaseLost):
                 raise
             except Exception as error:
                 failures += 1
@@ -176,7 +329,8 @@ class SagaRunner:
         phase = self._store.saga(order_id).phase
         if phase in FINAL_PHASES:
             return True
-        if not await self._store.park(order_id, phase, parked.reason, parked.detail, time.time()):
+        lease = self._lease(order_id)
+        if not await self._store.park(lease, phase, parked.reason, parked.detail, time.time()):
             return self._store.saga(order_id).parked
         log.error(
             "saga %s parked in %s: %s (%s); %d sagas need attention",
@@ -194,24 +348,25 @@ class SagaRunner:
             if saga.phase is Phase.COMPENSATING:
                 await self._compensate(order, saga)
                 continue
+            lease = self._lease(order_id)
             if saga.cancel_requested and saga.phase in CANCELLABLE_PHASES:
                 await self._store.begin_compensation(
-                    order_id, saga.phase, cancelled_by_user(), time.time()
+                    lease, saga.phase, cancelled_by_user(), time.time()
                 )
                 continue
             try:
                 await self._forward(order, saga.phase)
             except StepFailed as failed:
                 log.info("order %s: %s; compensating", order_id, failed.error.reason)
-                await self._store.begin_compensation(
-                    order_id, saga.phase, failed.error, time.time()
-                )
+                await self._store.begin_compensation(lease, saga.phase, failed.error, time.time())
 
     async def _forward(self, order: Order, phase: Phase) -> None:
         """Takes the one step after `phase` and records it."""
+        lease = self._lease(order.order_id)
         if phase is Phase.STARTED:
             items = await self._before_pivot(
                 order,
+                "reserve",
                 lambda: self._participants.reserve(order, self._settings.hold_seconds),
                 "inventory",
             )
@@ -226,46 +381,44 @@ class SagaRunner:
                         violations=(FieldViolation("line_items", "the total is too large"),),
                     )
                 )
-            await self._store.record_reserved(order.order_id, items, currency, time.time())
+            await self._store.record_reserved(lease, items, currency, time.time())
             self.crash_point("after_reserve")
         elif phase is Phase.RESERVED:
             if not is_free(order):
                 await self._before_pivot(
-                    order, lambda: self._participants.authorize(order), "payment"
+                    order, "authorize", lambda: self._participants.authorize(order), "payment"
                 )
             # Authorized: on to the pivot in the same write, unless a cancel was asked for
             # meanwhile; then AUTHORIZED, and the next turn compensates (voids, releases).
             now = time.time()
-            if not await self._store.advance(order.order_id, Phase.RESERVED, Phase.COMMITTING, now):
-                await self._store.advance(order.order_id, Phase.RESERVED, Phase.AUTHORIZED, now)
+            if not await self._store.advance(lease, Phase.RESERVED, Phase.COMMITTING, now):
+                await self._store.advance(lease, Phase.RESERVED, Phase.AUTHORIZED, now)
             self.crash_point("after_authorize")
         elif phase is Phase.AUTHORIZED:  # only sagas an older version left in AUTHORIZED
-            await self._store.advance(
-                order.order_id, Phase.AUTHORIZED, Phase.COMMITTING, time.time()
-            )
+            await self._store.advance(lease, Phase.AUTHORIZED, Phase.COMMITTING, time.time())
         elif phase is Phase.COMMITTING:
             try:
                 await self._until_done(
-                    "commit", lambda: self._participants.commit(order), stop_on_final=True
+                    order, "commit", lambda: self._participants.commit(order), stop_on_final=True
                 )
             except StepError as error:
                 # The hold expired or was released: nothing was sold, so we can still cancel.
                 raise StepFailed(error.error) from error
             self.crash_point("after_commit")
             if not is_free(order):
-                await self._until_done("capture", lambda: self._participants.capture(order))
-            await self._store.finish(order.order_id, Phase.COMMITTING, time.time())
+                await self._until_done(order, "capture", lambda: self._participants.capture(order))
+            await self._store.finish(lease, Phase.COMMITTING, time.time())
 
     async def _compensate(self, order: Order, saga: Saga) -> None:
         """Undoes what may have happened, newest first, then records CANCELLED."""
         if saga.compensate_from in PAYMENT_ATTEMPTED_PHASES and not is_free(order):
-            await self._until_done("void", lambda: self._participants.void(order))
+            await self._until_done(order, "void", lambda: self._participants.void(order))
             self.crash_point("during_compensation")
-        await self._until_done("release", lambda: self._participants.release(order))
-        await self._store.finish(order.order_id, Phase.COMPENSATING, time.time())
+        await self._until_done(order, "release", lambda: self._participants.release(order))
+        await self._store.finish(self._lease(order.order_id), Phase.COMPENSATING, time.time())
 
     async def _before_pivot(
-        self, order: Order, step: Callable[[], Awaitable[T]], participant: str
+        self, order: Order, name: str, step: Callable[[], Awaitable[T]], participant: str
     ) -> T:
         """Runs a step, retrying transient failures for a while; then the order is cancelled.
 
@@ -274,6 +427,7 @@ class SagaRunner:
         deadline = time.monotonic() + self._settings.step_retry_seconds
         delay = FIRST_BACKOFF_SECONDS
         while True:
+            await self._call_ready(order, name)
             try:
                 return await step()
             except StepError as error:
@@ -294,7 +448,11 @@ class SagaRunner:
                 raise StepFailed(cancelled_by_user())
 
     async def _until_done(
-        self, name: str, step: Callable[[], Awaitable[None]], stop_on_final: bool = False
+        self,
+        order: Order,
+        name: str,
+        step: Callable[[], Awaitable[None]],
+        stop_on_final: bool = False,
     ) -> None:
         """Runs a step that must happen (past the pivot, or undoing) until it succeeds, or
         raises Parked once it has failed too often or too long to pass by itself."""
@@ -302,6 +460,7 @@ class SagaRunner:
         refusals = 0
         deadline = time.monotonic() + self._settings.park_after_seconds
         while True:
+            await self._call_ready(order, name)
             try:
                 await step()
                 return
@@ -317,6 +476,13 @@ class SagaRunner:
                 level = logging.WARNING if error.transient else logging.ERROR
                 log.log(level, "%s; retrying in %.2fs", error, delay)
             delay = await self._sleep(delay)
+
+    async def _call_ready(self, order: Order, name: str) -> None:
+        """Before each participant call: the lease must still be this process's."""
+        await self._keep_lease(order.order_id)
+        log.debug(
+            "saga %s: %s, lease epoch %d", order.order_id, name, self._lease(order.order_id).epoch
+        )
 
     async def _sleep(self, delay: float) -> float:
         """Waits about `delay` (with jitter, so retries do not march in step); the next delay."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import grpc
 
@@ -37,6 +36,8 @@ class OrderService:
                 max_backoff_seconds=config.max_backoff_seconds,
                 max_step_failures=config.max_step_failures,
                 park_after_seconds=config.park_after_seconds,
+                lease_seconds=config.lease_seconds,
+                max_active_sagas=config.max_active_sagas,
                 hold_seconds=config.hold_seconds,
                 crash_at=config.crash_at,
             ),
@@ -48,8 +49,9 @@ class OrderService:
         order_service_pb2_grpc.add_OrderServiceServicer_to_server(self._servicer, server)
 
     async def start(self) -> None:
-        # Every saga left unfinished by an earlier process, whatever its age.
-        self.saga.resume(idle_since=time.time())
+        # Sagas left unfinished by an earlier process whose leases have run out (a process
+        # that stopped cleanly gave its leases up; a crashed one's expire after a lease).
+        self.saga.adopt()
         self._recovery = asyncio.create_task(self._recover_forever())
 
     async def stop(self) -> None:
@@ -63,12 +65,12 @@ class OrderService:
         self.store.close()
 
     async def _recover_forever(self) -> None:
-        """Adopts sagas that nobody moved for a while (another instance may have died)."""
+        """Adopts sagas whose owner's lease has run out (the owner died or is stuck)."""
         interval = self._config.recovery_interval_seconds
         while True:
             await asyncio.sleep(interval)
             try:
-                self.saga.resume(idle_since=time.time() - interval)
+                self.saga.adopt()
                 parked = self.store.parked()
                 if parked:  # said again every interval until an operator acts
                     log.warning(

@@ -133,24 +133,33 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         self, user_id: str, request_id: str, items: tuple[domain.LineItem, ...]
     ) -> domain.Order:
         """Writes the order (or finds the one the request id made) and starts its saga."""
+        order_id = uuid.uuid4().hex
+        first = self._saga.first_lease(order_id)  # this instance drives what it creates
         order, created = await self._store.create(
-            uuid.uuid4().hex, user_id, request_id, items, time.time()
+            order_id,
+            user_id,
+            request_id,
+            items,
+            time.time(),
+            lease=first.lease,
+            lease_until=first.until,
         )
         if created:
             self._saga.crash_point("after_persist")
-        self._saga.ensure(order.order_id)
+            self._saga.ensure(order.order_id, first)
+        else:  # a repeat: driven here only if no instance drives it
+            self._saga.ensure(order.order_id)
         return order
 
     async def _wait_for_saga(self, order_id: str, context: Context) -> None:
-        """Waits for the saga to end, but answers in time: a PENDING order goes on alone."""
+        """Waits for the saga to end, but answers in time: a PENDING order goes on alone
+        (the wait never cancels the saga: it outlives an impatient caller)."""
         wait = self._create_wait
         remaining = context.time_remaining()
         if remaining is not None:
             wait = min(wait, remaining - ANSWER_MARGIN_SECONDS)
-        task = self._saga.ensure(order_id)
         if wait > 0:
-            # asyncio.wait never cancels the task: the saga outlives an impatient caller.
-            await asyncio.wait({task}, timeout=wait)
+            await self._saga.wait(order_id, wait)
 
 
 def _already_confirmed(order_id: str) -> ServiceError:
