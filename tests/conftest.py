@@ -103,8 +103,14 @@ def make_stack(tmp_path: pathlib.Path, seed_file: pathlib.Path) -> Iterator[Stac
 
 @pytest.fixture
 def stack(make_stack: StackFactory) -> tuple[Stack, Client]:
-    """A stack with short retry budgets, so fault tests end quickly."""
-    return make_stack(call_timeout_seconds="1", step_retry_seconds="3", max_backoff_seconds="0.5")
+    """A stack with short retry budgets, so fault tests end quickly, and room for the race
+    tests' 50 concurrent orders of one user (the default open-order quota is 10)."""
+    return make_stack(
+        call_timeout_seconds="1",
+        step_retry_seconds="3",
+        max_backoff_seconds="0.5",
+        max_open_orders_per_user="100",
+    )
 
 
 @pytest.fixture(scope="module")

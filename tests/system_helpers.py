@@ -27,7 +27,7 @@ from tests.helpers import Client, Ledger, assert_calls_resolved, assert_invarian
 
 # Products and accounts large enough for steady traffic.
 PRODUCTS = {"SKU-TEA": (450, 100_000), "SKU-MUG": (1299, 50), "SKU-LAST": (25000, 1)}
-ACCOUNTS = {"alice": 100_000, "bob": 2_000, "rich": 100_000_000}
+ACCOUNTS = {"alice": 100_000, "bob": 2_000, "carol": 0, "rich": 100_000_000}
 
 
 @dataclass

@@ -38,7 +38,14 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             ports=Ports.free(),
             seed_file=seed,
             envoy_limits=limits,
-            service_settings={"order": {"step_retry_seconds": "20", "max_backoff_seconds": "0.5"}},
+            # Its burst of orders from one user is the point: the open-order quota is not.
+            service_settings={
+                "order": {
+                    "step_retry_seconds": "20",
+                    "max_backoff_seconds": "0.5",
+                    "max_open_orders_per_user": "1000",
+                }
+            },
         )
     )
     yield started

@@ -170,7 +170,7 @@ async def test_a_caller_who_leaves_while_the_order_is_written_still_gets_its_sag
     )
     service = OrderService(config)
     async with serving(service):
-        servicer = OrderServicer(service.store, service.saga, config.create_wait_seconds)
+        servicer = OrderServicer(service.store, service.saga, config)
         context = cast(grpc.aio.ServicerContext, CallerContext())
         # Another process holds the write lock, so the order's write waits in the queue.
         blocker = sqlite3.connect(config.db_path, isolation_level=None)

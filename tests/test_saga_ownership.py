@@ -44,6 +44,7 @@ ORDER_SETTINGS = {
     "step_retry_seconds": "300",  # sagas wait out the outage before the pivot
     "create_wait_seconds": "1",
     "log_level": "DEBUG",
+    "max_open_orders_per_user": "100",  # 50 orders of one user wait for payment at once
 }
 CALL = re.compile(
     r"^(\S+ \S+) DEBUG order services\.order\.saga: saga (\w+): (\w+), lease epoch (\d+)$"

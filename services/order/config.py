@@ -70,6 +70,23 @@ class OrderConfig(StoreConfig):
         "how long one saga step past the pivot retries transient failures before the saga"
         " is parked for an operator",
     )
+    max_open_orders_per_user: int = setting(
+        10, "PENDING orders one user may have at once; more are refused (RESOURCE_EXHAUSTED)"
+    )
+    decline_limit: int = setting(
+        3,
+        "orders of one user cancelled for want of money (INSUFFICIENT_FUNDS, ACCOUNT_NOT_FOUND)"
+        " within decline_window_seconds, past which the user's new orders are refused before"
+        " any stock is held (RESOURCE_EXHAUSTED)",
+    )
+    decline_window_seconds: float = setting(
+        300.0, "how far back declined orders count towards decline_limit"
+    )
+    retention_seconds: float = setting(
+        7 * 24 * 3600.0,
+        "how long a cancelled order (and its request id) is kept after it ended; confirmed"
+        " orders are kept for good. At least decline_window_seconds",
+    )
     crash_at: str = setting(
         "", "TEST ONLY: kill this process with SIGKILL at a saga step: " + ", ".join(CRASH_POINTS)
     )
@@ -86,6 +103,10 @@ class OrderConfig(StoreConfig):
             "park_after_seconds",
             "lease_seconds",
             "max_active_sagas",
+            "max_open_orders_per_user",
+            "decline_limit",
+            "decline_window_seconds",
+            "retention_seconds",
         ):
             if getattr(self, name) <= 0:
                 found.append(f"{name} must be > 0, got {getattr(self, name)}")
@@ -93,6 +114,12 @@ class OrderConfig(StoreConfig):
             found.append(
                 f"hold_seconds must be {MIN_HOLD_SECONDS:g}..{MAX_HOLD_SECONDS:g}"
                 f" (what inventory holds stock for), got {self.hold_seconds:g}"
+            )
+        if self.retention_seconds < self.decline_window_seconds:
+            found.append(
+                f"retention_seconds must be at least decline_window_seconds"
+                f" ({self.decline_window_seconds:g}): the declines it counts must still exist,"
+                f" got {self.retention_seconds:g}"
             )
         if self.lease_seconds <= 2 * self.call_timeout_seconds:
             found.append(

@@ -76,6 +76,23 @@ class Saga:
     """Stopped for an operator (see ParkedSaga): driven no more until resumed."""
 
 
+# Why a saga cancelled an order when the user could not pay: what the decline limit counts.
+DECLINE_REASONS = ("INSUFFICIENT_FUNDS", "ACCOUNT_NOT_FOUND")
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What one user may have at once (checked as an order is written, in its transaction,
+    so concurrent calls cannot slip past it together)."""
+
+    max_open_orders: int
+    """PENDING orders at once."""
+    max_declines: int
+    """Orders cancelled for want of money (DECLINE_REASONS) since `declines_since`; past it
+    the user's new orders are refused before any stock is held for them."""
+    declines_since: float
+
+
 @dataclass(frozen=True)
 class Lease:
     """The right to drive one saga, held by one order instance (`owner`) at a time.

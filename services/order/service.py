@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import grpc
 
@@ -42,7 +43,7 @@ class OrderService:
                 crash_at=config.crash_at,
             ),
         )
-        self._servicer = OrderServicer(self.store, self.saga, config.create_wait_seconds)
+        self._servicer = OrderServicer(self.store, self.saga, config)
         self._recovery: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -71,6 +72,7 @@ class OrderService:
             await asyncio.sleep(interval)
             try:
                 self.saga.adopt()
+                await self._prune()
                 parked = self.store.parked()
                 if parked:  # said again every interval until an operator acts
                     log.warning(
@@ -79,6 +81,14 @@ class OrderService:
                     )
             except Exception:
                 log.exception("resuming idle sagas failed; trying again later")
+
+    async def _prune(self) -> None:
+        """Deletes cancelled orders past the retention time, a batch per round (a read
+        first, so that a round with nothing to prune takes no write lock)."""
+        before = time.time() - self._config.retention_seconds
+        if self.store.prunable(before):
+            pruned = await self.store.prune(before)
+            log.info("pruned %d cancelled orders older than the retention time", pruned)
 
 
 async def create(config: OrderConfig) -> OrderService:

@@ -16,7 +16,7 @@ from services.common.errors import ServiceError, Violations, failed_precondition
 from services.common.identity import caller, require_admin
 from services.common.validation import check_id, check_items, require_order_id
 from services.order import domain
-from services.order.config import ANSWER_MARGIN_SECONDS
+from services.order.config import ANSWER_MARGIN_SECONDS, OrderConfig
 from services.order.saga import SagaRunner
 from services.order.store import OrderStore
 from shop.order.v1 import order_pb2 as pb
@@ -27,10 +27,11 @@ Context: TypeAlias = grpc.aio.ServicerContext
 
 
 class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
-    def __init__(self, store: OrderStore, saga: SagaRunner, create_wait_seconds: float) -> None:
+    def __init__(self, store: OrderStore, saga: SagaRunner, config: OrderConfig) -> None:
         self._store = store
         self._saga = saga
-        self._create_wait = create_wait_seconds
+        self._config = config
+        self._create_wait = config.create_wait_seconds
         # Orders being placed for callers that may have left: held until done, since the
         # loop keeps tasks only weakly.
         self._placing: set[asyncio.Task[domain.Order]] = set()
@@ -135,14 +136,17 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         """Writes the order (or finds the one the request id made) and starts its saga."""
         order_id = uuid.uuid4().hex
         first = self._saga.first_lease(order_id)  # this instance drives what it creates
+        now = time.time()
+        quota = domain.Quota(
+            max_open_orders=self._config.max_open_orders_per_user,
+            max_declines=self._config.decline_limit,
+            declines_since=now - self._config.decline_window_seconds,
+        )
         order, created = await self._store.create(
-            order_id,
-            user_id,
-            request_id,
-            items,
-            time.time(),
+            *(order_id, user_id, request_id, items, now),
             lease=first.lease,
             lease_until=first.until,
+            quota=quota,
         )
         if created:
             self._saga.crash_point("after_persist")

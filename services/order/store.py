@@ -15,14 +15,16 @@ instead (`now()`), leaving the instances' clocks out of it.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 
 from services.common import db
-from services.common.errors import ServiceError, already_exists, not_found
+from services.common.errors import ErrorKind, ServiceError, already_exists, not_found
 from services.order.domain import (
     CANCELLABLE_PHASES,
     CANCELLED_BY_USER,
+    DECLINE_REASONS,
     FINAL_PHASES,
     Lease,
     LeaseLost,
@@ -31,6 +33,7 @@ from services.order.domain import (
     OrderState,
     ParkedSaga,
     Phase,
+    Quota,
     Saga,
     decode_failure,
     encode_failure,
@@ -38,7 +41,11 @@ from services.order.domain import (
     same_request,
 )
 
-SCHEMA = """
+# SQL's spelling of DECLINE_REASONS, the same in the partial index and in the query that
+# must match it to use it.
+_DECLINED = "cancel_reason IN ({})".format(", ".join(f"'{r}'" for r in DECLINE_REASONS))
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS orders (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     order_id TEXT NOT NULL UNIQUE,
@@ -54,6 +61,10 @@ CREATE TABLE IF NOT EXISTS orders (
     UNIQUE (user_id, request_id)
 );
 CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, seq);
+-- Partial indexes, small and cheap to keep: a user's open orders and recent declines, which
+-- every CreateOrder counts (Quota); their WHERE must match the queries' word for word.
+CREATE INDEX IF NOT EXISTS orders_pending ON orders (user_id) WHERE state = 'PENDING';
+CREATE INDEX IF NOT EXISTS orders_declined ON orders (user_id, updated_at) WHERE {_DECLINED};
 CREATE TABLE IF NOT EXISTS order_items (
     order_id TEXT NOT NULL REFERENCES orders (order_id),
     position INTEGER NOT NULL,
@@ -117,11 +128,14 @@ class OrderStore(db.Store):
         *,
         lease: Lease | None = None,
         lease_until: float = 0.0,
+        quota: Quota | None = None,
     ) -> tuple[Order, bool]:
         """Persists a PENDING order and its saga (under `lease` until `lease_until`, if
         given), or returns the one the request id made.
 
-        Returns (order, created). ALREADY_EXISTS if the request id made a different order.
+        Returns (order, created). ALREADY_EXISTS if the request id made a different order;
+        RESOURCE_EXHAUSTED if a new one would break the user's `quota` (a repeat of an
+        existing request id never does).
         """
         wanted = fingerprint(items)
         with db.transaction(self._conn) as conn:
@@ -138,6 +152,8 @@ class OrderStore(db.Store):
                         order_id=row["order_id"],
                     )
                 return self._order(conn, row["order_id"]), False
+            if quota is not None:
+                _check_quota(conn, user_id, quota)
             conn.execute(
                 "INSERT INTO orders (order_id, user_id, request_id, fingerprint, state,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -221,6 +237,33 @@ class OrderStore(db.Store):
             updated_at=row["updated_at"],
             seq=row["seq"],
         )
+
+    def prunable(self, before: float) -> bool:
+        """Whether some CANCELLED order ended before `before` (see `prune`)."""
+        return bool(
+            self._reads.execute(
+                "SELECT 1 FROM sagas WHERE phase = ? AND updated_at < ? LIMIT 1",
+                (Phase.CANCELLED.value, before),
+            ).fetchone()
+        )
+
+    @db.batched
+    def prune(self, before: float, limit: int = 1000) -> int:
+        """Deletes up to `limit` CANCELLED orders (all their rows) that ended before
+        `before`; returns how many. Confirmed orders are the shop's record and stay.
+        Their request ids are forgotten with them: a repeat after that places a new order."""
+        with db.transaction(self._conn) as conn:
+            ids = [
+                (r["order_id"],)
+                for r in conn.execute(
+                    "SELECT order_id FROM sagas WHERE phase = ? AND updated_at < ?"
+                    " ORDER BY updated_at LIMIT ?",
+                    (Phase.CANCELLED.value, before, limit),
+                )
+            ]
+            for table in ("order_items", "saga_leases", "parked_sagas", "sagas", "orders"):
+                conn.executemany(f"DELETE FROM {table} WHERE order_id = ?", ids)
+            return len(ids)
 
     # The saga record.
 
@@ -475,6 +518,35 @@ def _saga(conn: sqlite3.Connection, order_id: str) -> Saga:
         failure=decode_failure(row["failure"]),
         parked=bool(row["parked"]),
     )
+
+
+def _check_quota(conn: sqlite3.Connection, user_id: str, quota: Quota) -> None:
+    [open_orders] = conn.execute(
+        "SELECT COUNT(*) FROM orders WHERE user_id = ? AND state = 'PENDING'", (user_id,)
+    ).fetchone()
+    if open_orders >= quota.max_open_orders:
+        raise ServiceError(
+            ErrorKind.RESOURCE_EXHAUSTED,
+            "TOO_MANY_OPEN_ORDERS",
+            f"you have {open_orders} orders in progress, the most one user may have at once;"
+            " place this one when one of them is done",
+            metadata={"limit": str(quota.max_open_orders)},
+        )
+    declined = conn.execute(
+        "SELECT COUNT(*), MIN(updated_at) FROM orders WHERE user_id = ? AND updated_at > ?"
+        f" AND {_DECLINED}",
+        (user_id, quota.declines_since),
+    ).fetchone()
+    if declined[0] >= quota.max_declines:
+        # Refused until the oldest decline counted leaves the window.
+        retry_after = max(1, math.ceil(declined[1] - quota.declines_since))
+        raise ServiceError(
+            ErrorKind.RESOURCE_EXHAUSTED,
+            "TOO_MANY_DECLINED_ORDERS",
+            f"{declined[0]} of your recent orders could not be paid for; new orders are"
+            f" refused for {retry_after} s (check your balance first)",
+            metadata={"limit": str(quota.max_declines), "retry_after_seconds": str(retry_after)},
+        )
 
 
 def _fence(conn: sqlite3.Connection, lease: Lease) -> None:

@@ -1,0 +1,117 @@
+"""A user's quota (open orders, recent declines) and the retention of cancelled orders, in
+the order store on a real SQLite file."""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+
+import pytest
+
+from services.common.errors import ErrorKind, ServiceError
+from services.order.domain import Lease, LineItem, Phase, Quota
+from services.order.store import OrderStore
+
+ITEMS = (LineItem("SKU-TEA", 1),)
+QUOTA = Quota(max_open_orders=3, max_declines=2, declines_since=100.0)
+
+
+async def place(store: OrderStore, n: int, user: str = "alice", now: float = 200.0) -> bool:
+    _, created = await store.create(
+        f"o{n}-{user}",
+        user,
+        f"r{n}",
+        ITEMS,
+        now,
+        lease=Lease(f"o{n}-{user}", "test", 1),
+        lease_until=now + 60,
+        quota=QUOTA,
+    )
+    return created
+
+
+async def cancel(store: OrderStore, n: int, reason: str, now: float, user: str = "alice") -> None:
+    lease = Lease(f"o{n}-{user}", "test", 1)
+    failure = ServiceError(ErrorKind.FAILED_PRECONDITION, reason, reason.lower())
+    assert await store.begin_compensation(lease, Phase.STARTED, failure, now)
+    assert await store.finish(lease, Phase.COMPENSATING, now)
+
+
+async def test_a_user_may_have_only_so_many_open_orders(tmp_path: pathlib.Path) -> None:
+    store = OrderStore(tmp_path / "order.db")
+    assert await place(store, 1) and await place(store, 2) and await place(store, 3)
+    with pytest.raises(ServiceError) as refused:
+        await place(store, 4)
+    assert (refused.value.kind, refused.value.reason) == (
+        ErrorKind.RESOURCE_EXHAUSTED,
+        "TOO_MANY_OPEN_ORDERS",
+    )
+    assert not await place(store, 1)  # a repeat is answered, quota or not
+    assert await place(store, 1, user="bob")  # another user's quota is their own
+    await cancel(store, 1, "OUT_OF_STOCK", 150.0)  # one ends: room for one more
+    assert await place(store, 4)
+    assert len(store.orders("alice", None, 10)) == 4
+    store.close()
+
+
+async def test_a_user_whose_orders_keep_being_declined_is_refused_for_a_while(
+    tmp_path: pathlib.Path,
+) -> None:
+    store = OrderStore(tmp_path / "order.db")
+    for n in (1, 2, 3):
+        assert await place(store, n)
+    await cancel(store, 1, "INSUFFICIENT_FUNDS", 90.0)  # before the window: not counted
+    await cancel(store, 2, "INSUFFICIENT_FUNDS", 120.0)
+    await cancel(store, 3, "OUT_OF_STOCK", 130.0)  # not a decline
+    assert await place(store, 4)
+    await cancel(store, 4, "ACCOUNT_NOT_FOUND", 140.0)  # the second decline in the window
+    with pytest.raises(ServiceError) as refused:
+        await place(store, 5)
+    assert refused.value.reason == "TOO_MANY_DECLINED_ORDERS"
+    # Refused until the oldest decline counted (at 120) leaves the window (since 100).
+    assert refused.value.metadata["retry_after_seconds"] == "20"
+    assert await place(store, 5, user="bob")
+    store.close()
+
+
+async def test_the_quota_is_counted_through_small_indexes(tmp_path: pathlib.Path) -> None:
+    """Every CreateOrder counts them: walking the user's whole history would not do."""
+    store = OrderStore(tmp_path / "order.db")
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    await place(store, 1)
+    store._conn.set_trace_callback(None)
+    counts = [s for s in statements if "COUNT(*)" in s]
+    assert len(counts) == 2, statements
+    with sqlite3.connect(tmp_path / "order.db") as conn:
+        plans = [
+            " ".join(str(row) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
+            for query in counts
+        ]
+    assert "orders_pending" in plans[0] and "orders_declined" in plans[1], plans
+    store.close()
+
+
+async def test_cancelled_orders_past_the_retention_time_are_pruned_and_forgotten(
+    tmp_path: pathlib.Path,
+) -> None:
+    store = OrderStore(tmp_path / "order.db")
+    for n in (1, 2, 3):
+        assert await place(store, n, now=50.0)
+    await cancel(store, 1, "OUT_OF_STOCK", 60.0)
+    await cancel(store, 2, "OUT_OF_STOCK", 160.0)  # within the retention time
+    lease = Lease("o3-alice", "test", 1)
+    await store.advance(lease, Phase.STARTED, Phase.COMMITTING, 60.0)
+    await store.finish(lease, Phase.COMMITTING, 60.0)  # CONFIRMED: kept for good
+
+    assert store.prunable(before=100.0)
+    assert await store.prune(before=100.0) == 1
+    assert not store.prunable(before=100.0)
+    assert [o.order_id for o in store.orders("alice", None, 10)] == ["o3-alice", "o2-alice"]
+    with sqlite3.connect(tmp_path / "order.db") as conn:
+        for table in ("orders", "order_items", "sagas", "saga_leases", "parked_sagas"):
+            left = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE order_id = 'o1-alice'")
+            assert left.fetchone() == (0,), table
+    # Its request id is forgotten: the same one places a new order now.
+    assert await place(store, 1, now=300.0)
+    store.close()
