@@ -20,6 +20,7 @@ import sys
 import time
 
 from bench.run import SEED_ACCOUNTS, SEED_PRODUCTS, SHOP_REST, Path, drive
+from gateway.envoy_config import UNTHROTTLED
 from shopmesh import tokens
 from shopmesh.seed import write_seed
 from shopmesh.system import Ports, Settings, start
@@ -61,7 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     seed = write_seed(args.workdir / "seed.json", SEED_PRODUCTS, SEED_ACCOUNTS)
     print("starting shopmesh...", flush=True)
-    shop = start(Settings(workdir=args.workdir / "shopmesh", ports=Ports.free(), seed_file=seed))
+    # As in bench/run.py: one user sends every order, so the rate limits are lifted.
+    shop = start(
+        Settings(
+            workdir=args.workdir / "shopmesh",
+            ports=Ports.free(),
+            seed_file=seed,
+            envoy_limits=UNTHROTTLED,
+        )
+    )
     try:
         token = tokens.issue("bench", (), 3600, shop.keys.private_pem.parent)
         rest = Path(

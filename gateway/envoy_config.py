@@ -41,6 +41,66 @@ class Limits:
     """How long a client may take to send a whole request, body included."""
     max_downstream_connections: int = 8192
     max_heap_bytes: int = 512 * 1024 * 1024
+    # Rate limits: token buckets, each a sustained rate and a burst (the bucket's size, the
+    # most admitted at once), per Envoy process. Every call with a verified token counts
+    # against its user's bucket; CreateOrder, which holds stock, also against the user's
+    # order bucket ...
+    user_requests_per_second: float = 50.0
+    user_request_burst: int = 100
+    user_orders_per_second: float = 5.0
+    user_order_burst: int = 10
+    # ... every request on the public listener against one bucket shared by all, but the
+    # two health routes (no token), which have one bucket each.
+    listener_requests_per_second: float = 2000.0
+    listener_request_burst: int = 4000
+    health_requests_per_second: float = 100.0
+    health_request_burst: int = 200
+    max_users_tracked: int = 10_000
+    """Users with a bucket at once (Envoy's max_dynamic_descriptors, an LRU): one pushed
+    out comes back with a full bucket. Enough if it exceeds `users_admitted_while_refilling`,
+    every user the listener's bucket can admit while a user's bucket refills."""
+
+    def __post_init__(self) -> None:
+        rates = [n for n in self.__dataclass_fields__ if n.endswith("_per_second")]
+        bursts = [n for n in self.__dataclass_fields__ if n.endswith("_burst")]
+        bad = [n for n in rates if not getattr(self, n) > 0]
+        bad += [n for n in (*bursts, "max_users_tracked") if getattr(self, n) < 1]
+        if bad:
+            raise ValueError(f"must be positive: {', '.join(bad)}")
+
+    def users_admitted_while_refilling(self) -> int:
+        """The most distinct users the listener's bucket admits in the time an empty user
+        bucket takes to fill again: an LRU larger than this never forgets a user whose
+        bucket is not full again."""
+        refill_seconds = max(
+            self.user_request_burst / self.user_requests_per_second,
+            self.user_order_burst / self.user_orders_per_second,
+        )
+        return int(self.listener_request_burst + self.listener_requests_per_second * refill_seconds)
+
+
+# Rate limits far above what one machine can send, every other limit as it is: for the
+# benchmark and the tests that load the system, which measure the system, not the
+# limiter (the rate-limit filters still run, at their full cost). Each says so where it
+# builds its system; tests/test_rate_limits.py sets tight ones.
+UNTHROTTLED = Limits(
+    user_requests_per_second=1_000_000,
+    user_request_burst=1_000_000,
+    user_orders_per_second=1_000_000,
+    user_order_burst=1_000_000,
+    listener_requests_per_second=1_000_000,
+    listener_request_burst=1_000_000,
+    health_requests_per_second=1_000_000,
+    health_request_burst=1_000_000,
+)
+
+
+def token_bucket(per_second: float, burst: int) -> str:
+    """Envoy's token bucket for a rate and a burst, as YAML: whole tokens per fill (about
+    one second's worth, at least one) and the interval that makes the rate."""
+    tokens = max(1, round(per_second))
+    interval = max(50, round(1000 * tokens / per_second)) / 1000  # Envoy's shortest: 50 ms
+    return f"{{max_tokens: {burst}, tokens_per_fill: {tokens}, fill_interval: {interval:.3f}s}}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +129,10 @@ def render(settings: EnvoySettings) -> str:
     # Policy with one source elsewhere: the user-id alphabet, and the contracts' routes.
     values["USER_ID_REGEX"] = f"^{USER_ID_PATTERN}$"
     values["USER_ID_RULE"] = USER_ID_RULE
+    limits = settings.limits
+    for bucket in ("user_request", "user_order", "listener_request", "health_request"):
+        rate, burst = getattr(limits, f"{bucket}s_per_second"), getattr(limits, f"{bucket}_burst")
+        values[f"{bucket.upper()}_BUCKET"] = token_bucket(rate, burst)
     descriptor = pathlib.Path(settings.descriptor_file).read_bytes()
     names = sorted(path_parameters(descriptor))
     json_names = [re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), n) for n in names]

@@ -16,7 +16,9 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields, replace
 
+from gateway.envoy_config import Limits
 from shopmesh import check, system, tokens
 from shopmesh.processes import CrashLoop, RestartPolicy, StartError, Supervisor
 from shopmesh.tools import REPO, MissingTool
@@ -92,6 +94,18 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def gateway_limit(text: str) -> tuple[str, int | float]:
+    """`--gateway-limit NAME=VALUE`: one field of gateway.envoy_config.Limits."""
+    name, _, value = text.partition("=")
+    kinds = {f.name: f.type for f in fields(Limits)}
+    if name not in kinds:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a gateway limit")
+    try:
+        return name, int(value) if kinds[name] == "int" else float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name} wants a number, not {value!r}") from None
+
+
 def run_settings(args: argparse.Namespace) -> system.Settings:
     """What `shopmesh run`'s flags ask for."""
     ports = system.Ports(
@@ -110,6 +124,7 @@ def run_settings(args: argparse.Namespace) -> system.Settings:
         instances=args.instances,
         keys_dir=args.keys_dir,
         envoy_concurrency=args.envoy_concurrency,
+        envoy_limits=replace(Limits(), **dict(args.gateway_limit)),
     )
 
 
@@ -120,7 +135,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.envoy_concurrency < 1:
         print("shopmesh run: --envoy-concurrency must be at least 1", file=sys.stderr)
         return 2
-    settings = run_settings(args)
+    try:
+        settings = run_settings(args)
+    except ValueError as error:  # a limit out of range
+        print(f"shopmesh run: --gateway-limit: {error}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     # The supervisor's restarts and give-ups, on stderr with the time they happened.
     logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
@@ -252,6 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=system.ENVOY_CONCURRENCY,
         help=f"Envoy worker threads [{system.ENVOY_CONCURRENCY}]",
+    )
+    defaults = Limits()
+    run.add_argument(
+        "--gateway-limit",
+        metavar="NAME=VALUE",
+        type=gateway_limit,
+        action="append",
+        default=[],
+        help="set one of Envoy's limits (repeatable; README \"The gateway's policy\"), of: "
+        + ", ".join(f"{f.name} [{getattr(defaults, f.name)}]" for f in fields(Limits)),
     )
     run.set_defaults(handler=_run)
     return parser

@@ -265,6 +265,16 @@ class Builder:
             "404": {"description": "NOT_FOUND", **error},
             "409": {"description": "ALREADY_EXISTS or ABORTED", **error},
             "413": {"description": "The body is over the gateway's limit", **error},
+            "429": {
+                "description": "RESOURCE_EXHAUSTED: over one of the gateway's rate limits",
+                "headers": {
+                    "retry-after": {
+                        "description": "Seconds until the bucket refills",
+                        "schema": {"type": "integer", "minimum": 1},
+                    }
+                },
+                **error,
+            },
             "503": {
                 "description": "UNAVAILABLE: retry later (circuit breaker or no instance)",
                 **error,

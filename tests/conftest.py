@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
+from gateway.envoy_config import UNTHROTTLED
 from services.inventory.config import InventoryConfig
 from services.inventory.service import InventoryService
 from services.order.config import OrderConfig
@@ -116,10 +117,14 @@ def stack(make_stack: StackFactory) -> tuple[Stack, Client]:
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """The whole system (Consul, control plane, one instance of each service, Envoy) on free
-    ports, shared by the tests of one module; stopped by PID afterwards."""
+    ports, shared by the tests of one module; stopped by PID afterwards. Its gateway has
+    no rate limit in the way (UNTHROTTLED): these tests send many calls per user, and are
+    about something else."""
     workdir = tmp_path_factory.mktemp("system")
     seed = write_system_seed(workdir / "seed.json")
-    started = start_system(Settings(workdir=workdir, ports=Ports.free(), seed_file=seed))
+    started = start_system(
+        Settings(workdir=workdir, ports=Ports.free(), seed_file=seed, envoy_limits=UNTHROTTLED)
+    )
     yield started
     started.stop()
 
@@ -129,14 +134,16 @@ SystemFactory = Callable[..., System]
 
 @pytest.fixture
 def make_system(tmp_path: pathlib.Path) -> Iterator[SystemFactory]:
-    """Starts a whole system per call (Settings fields as keyword arguments); stops every
-    one, by PID, after the test."""
+    """Starts a whole system per call (Settings fields as keyword arguments; the gateway's
+    limits UNTHROTTLED unless `envoy_limits` is given); stops every one, by PID, after the
+    test."""
     started: list[System] = []
 
     def make(**settings: Any) -> System:
         workdir = tmp_path / f"system{len(started)}"
         workdir.mkdir()
         seed = write_system_seed(workdir / "seed.json")
+        settings.setdefault("envoy_limits", UNTHROTTLED)
         started.append(
             start_system(Settings(workdir=workdir, ports=Ports.free(), seed_file=seed, **settings))
         )

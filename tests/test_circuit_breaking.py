@@ -9,11 +9,12 @@ import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import grpc
 import pytest
 
-from gateway.envoy_config import Limits
+from gateway.envoy_config import UNTHROTTLED
 from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
@@ -31,7 +32,8 @@ PARALLEL_ORDERS = 12
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     workdir = tmp_path_factory.mktemp("breaker")
     seed = write_system_seed(workdir / "seed.json")
-    limits = Limits(max_requests=2, max_pending_requests=1, max_retries=1)
+    # Tight breakers; no rate limit in the way of the parallel orders.
+    limits = replace(UNTHROTTLED, max_requests=2, max_pending_requests=1, max_retries=1)
     started = start_system(
         Settings(
             workdir=workdir,

@@ -8,6 +8,7 @@ import pathlib
 
 import pytest
 
+from gateway.envoy_config import Limits
 from shopmesh import cli, system
 
 # The flag of each of Ports' fields.
@@ -54,6 +55,46 @@ def test_run_defaults_are_the_documented_ones() -> None:
     settings = cli.run_settings(cli.build_parser().parse_args(["run"]))
     assert settings.ports == system.Ports()
     assert (settings.instances, settings.envoy_concurrency) == (1, 1)
+    assert settings.envoy_limits == Limits()
+
+
+def test_gateway_limits_are_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    flags = [
+        "--gateway-limit",
+        "user_orders_per_second=0.5",
+        "--gateway-limit",
+        "user_order_burst=3",
+    ]
+    settings = cli.run_settings(cli.build_parser().parse_args(["run", *flags]))
+    assert settings.envoy_limits == dataclasses.replace(
+        Limits(), user_orders_per_second=0.5, user_order_burst=3
+    )
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    shown = capsys.readouterr().out
+    for field in dataclasses.fields(Limits):
+        assert field.name in shown, f"{field.name} is not in `shopmesh run --help`"
+
+
+@pytest.mark.parametrize(
+    ("flag", "complaint"),
+    [
+        ("max_user=3", "'max_user' is not a gateway limit"),
+        ("user_order_burst=many", "user_order_burst wants a number"),
+        ("user_order_burst=2.5", "user_order_burst wants a number"),
+    ],
+)
+def test_a_bad_gateway_limit_is_refused(
+    flag: str, complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--gateway-limit", flag])
+    assert complaint in capsys.readouterr().err
+
+
+def test_a_gateway_limit_out_of_range_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["run", "--gateway-limit", "user_orders_per_second=0"]) == 2
+    assert "must be positive: user_orders_per_second" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag", ["--instances", "--envoy-concurrency"])

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gateway.envoy_config import UNTHROTTLED
 from services.common.registration import consul_client
 from services.stack import restart
 from shopmesh.system import Ports, Settings, System, http_get
@@ -25,7 +26,13 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     workdir = tmp_path_factory.mktemp("discovery")
     seed = write_system_seed(workdir / "seed.json")
     started = start_system(
-        Settings(workdir=workdir, ports=Ports.free(), seed_file=seed, instances=2)
+        Settings(
+            workdir=workdir,
+            ports=Ports.free(),
+            seed_file=seed,
+            instances=2,
+            envoy_limits=UNTHROTTLED,  # steady traffic from one user
+        )
     )
     yield started
     started.stop()

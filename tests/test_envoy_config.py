@@ -5,17 +5,29 @@ from __future__ import annotations
 import pathlib
 import subprocess
 
-from gateway.envoy_config import render, write
+import pytest
+
+from gateway.envoy_config import UNTHROTTLED, Limits, render, token_bucket, write
 from services.order.config import GATEWAY_TRY_TIMEOUT_SECONDS
 from shopmesh import tokens
 from shopmesh.system import Settings, envoy_settings
 from shopmesh.tools import tool
 
 
-def test_the_rendered_gateway_config_is_valid(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize(
+    "limits",
+    [
+        Limits(),
+        UNTHROTTLED,
+        Limits(user_orders_per_second=0.01, user_requests_per_second=2.5, max_users_tracked=1),
+    ],
+    ids=["defaults", "unthrottled", "slow refills"],
+)
+def test_the_rendered_gateway_config_is_valid(tmp_path: pathlib.Path, limits: Limits) -> None:
     # Rendered as `shopmesh run` renders it, with the default ports.
     keys = tokens.ensure_keys(tmp_path / "jwt")
-    config = write(envoy_settings(Settings(workdir=tmp_path), keys), tmp_path / "envoy.yaml")
+    settings = Settings(workdir=tmp_path, envoy_limits=limits)
+    config = write(envoy_settings(settings, keys), tmp_path / "envoy.yaml")
     checked = subprocess.run(
         [tool("envoy"), "--mode", "validate", "-c", str(config), "--disable-hot-restart"],
         capture_output=True,
@@ -42,3 +54,30 @@ def test_envoy_gives_create_order_the_time_the_order_service_plans_for(
     order_route = text[text.index("prefix: /shop.order.v1.OrderService/") :]
     order_route = order_route[: order_route.index("- match:")]
     assert f"per_try_timeout: {GATEWAY_TRY_TIMEOUT_SECONDS}s" in order_route
+
+
+@pytest.mark.parametrize(
+    ("per_second", "bucket"),
+    [
+        (50.0, "{max_tokens: 9, tokens_per_fill: 50, fill_interval: 1.000s}"),
+        (2.5, "{max_tokens: 9, tokens_per_fill: 2, fill_interval: 0.800s}"),
+        (0.01, "{max_tokens: 9, tokens_per_fill: 1, fill_interval: 100.000s}"),
+        (1e6, "{max_tokens: 9, tokens_per_fill: 1000000, fill_interval: 1.000s}"),
+    ],
+)
+def test_a_rate_becomes_an_envoy_token_bucket(per_second: float, bucket: str) -> None:
+    assert token_bucket(per_second, 9) == bucket
+
+
+def test_the_default_lru_holds_every_user_a_refill_can_see() -> None:
+    """A user pushed out of the LRU of users comes back with a full bucket: harmless only
+    if it is full again anyway, so the LRU must outlast a refill at the listener's rate."""
+    limits = Limits()
+    assert limits.max_users_tracked > limits.users_admitted_while_refilling()
+
+
+def test_limits_refuse_a_rate_or_burst_of_zero() -> None:
+    with pytest.raises(
+        ValueError, match="must be positive: user_orders_per_second, user_request_burst"
+    ):
+        Limits(user_orders_per_second=0, user_request_burst=0)

@@ -10,11 +10,12 @@ import signal
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 
 import grpc
 import pytest
 
-from gateway.envoy_config import Limits
+from gateway.envoy_config import UNTHROTTLED
 from services.stack import restart
 from shop.inventory.v1 import inventory_pb2
 from shop.inventory.v1 import inventory_service_pb2 as inv
@@ -148,7 +149,7 @@ def test_a_retry_storm_stays_within_the_retry_budget(make_system: SystemFactory)
     more than max_retries (2) retries outstanding, the saga's own retries absorb the rest,
     and once the fault clears every order completes."""
     system = make_system(
-        envoy_limits=Limits(max_retries=2),
+        envoy_limits=replace(UNTHROTTLED, max_retries=2),
         service_settings={
             "payment": {"flaky_calls": "120"},
             "order": {"step_retry_seconds": "30", "max_backoff_seconds": "0.5"},

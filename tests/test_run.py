@@ -138,6 +138,13 @@ class ShopmeshRun:
         self.process.stdout.close()
 
 
+# For a test that orders faster than a user may by default (gateway.envoy_config.Limits).
+ORDER_RATE_FLAGS = (
+    *("--gateway-limit", "user_orders_per_second=20"),
+    *("--gateway-limit", "user_order_burst=20"),
+)
+
+
 @pytest.fixture
 def shopmesh_run(tmp_path: pathlib.Path) -> Iterator[Callable[..., ShopmeshRun]]:
     """Starts `shopmesh run` (workdir under tmp_path, extra flags as arguments); stops
@@ -178,7 +185,8 @@ def direct_client(running: ShopmeshRun) -> Client:
 def test_a_service_killed_under_shopmesh_run_comes_back(
     shopmesh_run: Callable[..., ShopmeshRun],
 ) -> None:
-    running = shopmesh_run()
+    # alice orders up to 10 times a second, twice the default per-user order rate.
+    running = shopmesh_run(*ORDER_RATE_FLAGS)
     running.wait_running()
     with Traffic(running, user="alice", sku="SKU-TEA-001", interval=0.1) as traffic:
         traffic.wait_for_ok(3)
