@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from bench.run import SEED_ACCOUNTS, SEED_PRODUCTS, SHOP_REST, Path, drive
+from bench.run import BENCH_ORDER_SETTINGS, SEED_ACCOUNTS, SEED_PRODUCTS, SHOP_REST, Path, drive
 from gateway.envoy_config import UNTHROTTLED
 from shopmesh import tokens
 from shopmesh.seed import write_seed
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             ports=Ports.free(),
             seed_file=seed,
             envoy_limits=UNTHROTTLED,
+            # Likewise the order service's per-user quota: one user has every order.
+            service_settings={"order": BENCH_ORDER_SETTINGS},
         )
     )
     try:
