@@ -4,8 +4,13 @@ A ServiceError becomes its status with ErrorInfo/BadRequest; any other exception
 INTERNAL with a generic message (grpc would otherwise send the exception text to the
 client as UNKNOWN). Bytes that do not parse as the request message (bad wire format,
 invalid UTF-8 in a string) become INVALID_ARGUMENT MALFORMED_REQUEST: grpc's own answer
-is UNKNOWN with the parser's exception text. Each failed call is logged once; successes
-only at DEBUG.
+is UNKNOWN with the parser's exception text. So does a request body that ends without
+exactly one whole message (none, a truncated frame, two): grpc.aio's unary path takes a
+half-close without a message for a cancellation and never answers it, so the caller (and
+Envoy, until its per-try timeout, which counts against the instance) waits for nothing.
+Each unary method is therefore served as stream-unary, which sees the end of the stream;
+on the wire nothing changes for a well-formed call. Each failed call is logged once;
+successes only at DEBUG.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -37,6 +42,15 @@ Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 MALFORMED = object()
 """What a request that failed to parse is replaced with, so the handler can answer it."""
+
+NOT_ONE_MESSAGE = object()
+"""What a unary call's body that holds no whole message, or several, stands for."""
+
+
+async def _only_message(requests: AsyncIterator[Any]) -> Any:
+    """The one message of a unary call's body (read to its end), or NOT_ONE_MESSAGE."""
+    received = [request async for request in requests]
+    return received[0] if len(received) == 1 else NOT_ONE_MESSAGE
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -75,9 +89,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         behavior: Behavior = handler.unary_unary
         domain = self._domain
 
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def guarded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             try:
+                request = await _only_message(requests)
+                if request is NOT_ONE_MESSAGE:
+                    raise ServiceError(
+                        ErrorKind.INVALID_ARGUMENT,
+                        "MALFORMED_REQUEST",
+                        "the request body is not exactly one whole gRPC message",
+                    )
                 if request is MALFORMED:
                     raise ServiceError(
                         ErrorKind.INVALID_ARGUMENT,
@@ -98,7 +119,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 log.debug("%s -> OK in %.1f ms", method, (time.perf_counter() - started) * 1e3)
             return response
 
-        wrapped = grpc.unary_unary_rpc_method_handler(
+        wrapped = grpc.stream_unary_rpc_method_handler(
             guarded,
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,

@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 
 C = TypeVar("C", bound=ServerConfig)
 
+# Request metadata a call may carry. gRPC's default is 8 KiB (between 8 and 10 KiB it
+# refuses a random share of calls, with a message listing every header), but the gateway
+# admits 16 KiB of client headers (gateway/envoy.yaml, max_request_headers_kb) and adds its
+# own: such a call must be served, not refused by a limit the client cannot see.
+MAX_METADATA_BYTES = 64 * 1024
+
 
 class Service(Protocol):
     """What a service hands to the shared start-up."""
@@ -53,7 +59,13 @@ async def build_server(
     service: Service, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with the service, health and reflection, bound but not started."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(f"{service.name}.shopmesh")])
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(f"{service.name}.shopmesh")],
+        options=[
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+        ],
+    )
     service.register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
