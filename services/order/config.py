@@ -6,7 +6,11 @@ import pathlib
 from dataclasses import dataclass
 
 from services.common.config import StoreConfig, setting
-from services.common.validation import MAX_HOLD_SECONDS, MIN_HOLD_SECONDS
+from services.common.validation import (
+    MAX_AUTHORIZATION_SECONDS,
+    MAX_HOLD_SECONDS,
+    MIN_HOLD_SECONDS,
+)
 
 # Envoy's per-try timeout on the OrderService route (gateway/envoy.yaml is rendered with
 # it). CreateOrder must answer before it: past it, Envoy retries a call whose order is
@@ -61,9 +65,24 @@ class OrderConfig(StoreConfig):
         "how long one saga step past the pivot retries transient failures before the saga"
         " is parked for an operator",
     )
+    authorization_margin_seconds: float = setting(
+        300.0,
+        "added to hold_seconds + park_after_seconds to make the TTL the saga asks payment to"
+        " hold the money for (covers the clocks of different hosts and the last retries)",
+    )
     crash_at: str = setting(
         "", "TEST ONLY: kill this process with SIGKILL at a saga step: " + ", ".join(CRASH_POINTS)
     )
+
+    @property
+    def authorization_seconds(self) -> float:
+        """How long the saga asks payment to hold an order's money: long enough that it
+        cannot expire between the commit and the capture. The authorization is made after
+        the stock hold, and inventory commits no hold past its expire time, so the commit
+        succeeds at most hold_seconds after the authorization; the capture then retries
+        for at most park_after_seconds before the saga is parked; the margin covers clock
+        differences between hosts and the last attempt's deadline and backoff."""
+        return self.hold_seconds + self.park_after_seconds + self.authorization_margin_seconds
 
     def problems(self) -> list[str]:
         found = super().problems()
@@ -82,6 +101,16 @@ class OrderConfig(StoreConfig):
             found.append(
                 f"hold_seconds must be {MIN_HOLD_SECONDS:g}..{MAX_HOLD_SECONDS:g}"
                 f" (what inventory holds stock for), got {self.hold_seconds:g}"
+            )
+        margin = self.authorization_margin_seconds
+        if margin < 0:
+            found.append(f"authorization_margin_seconds must be >= 0, got {margin}")
+        elif self.authorization_seconds > MAX_AUTHORIZATION_SECONDS:
+            found.append(
+                "hold_seconds + park_after_seconds + authorization_margin_seconds must be at"
+                f" most {MAX_AUTHORIZATION_SECONDS:g} (how long payment holds an authorization),"
+                f" got {self.hold_seconds:g} + {self.park_after_seconds:g}"
+                f" + {self.authorization_margin_seconds:g} = {self.authorization_seconds:g}"
             )
         longest_wait = GATEWAY_TRY_TIMEOUT_SECONDS - ANSWER_MARGIN_SECONDS
         if self.create_wait_seconds > longest_wait:
