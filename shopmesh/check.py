@@ -13,6 +13,12 @@ What it checks (DESIGN.md's invariants, in the terms the databases hold):
 - no stock is sold and no money captured for an order that was cancelled, and at most one
   payment exists per order (the payments table's key), so at most one capture.
 
+Participants prune rows that hold nothing past their retention (released and expired
+reservations, voided, declined and expired payments, tombstones), never a COMMITTED
+reservation or a CAPTURED payment. So a CANCELLED order's rows may be missing, which
+these checks accept (they ask that it hold and take nothing), while a CONFIRMED order's
+hold and capture are always there to be checked.
+
 It runs against a live system too: each database is read in one read transaction (a
 consistent snapshot of that service), the order database first. A participant's state
 moves before the order's does (the hold is committed and the payment captured before the

@@ -194,7 +194,8 @@ def assert_invariants(client: Client, ledger: Ledger) -> None:
     Every order is final; per SKU, initial stock = available + sold with nothing held and
     sold = what confirmed orders bought; per order, a CONFIRMED one has exactly one captured
     payment of its total (none if the total is 0: a free order makes no payment call), a
-    CANCELLED one none; per user, initial balance = available + captured, with nothing held.
+    CANCELLED one none (its payment, if any, held nothing or gave it back: VOIDED, DECLINED,
+    EXPIRED, or pruned); per user, initial balance = available + captured, with nothing held.
     """
     sold_by_orders = dict.fromkeys(ledger.stock, 0)
     for user_id, initial in ledger.balances.items():
@@ -220,6 +221,7 @@ def assert_invariants(client: Client, ledger: Ledger) -> None:
                 assert payment is None or payment.state in (
                     payment_pb2.PAYMENT_STATE_VOIDED,
                     payment_pb2.PAYMENT_STATE_DECLINED,
+                    payment_pb2.PAYMENT_STATE_EXPIRED,
                 ), f"cancelled order {order.order_id} has payment {payment}"
         available, held = client.balance(user_id)
         assert held == 0, f"{user_id} still has {held} held"

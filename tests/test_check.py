@@ -8,9 +8,9 @@ import sqlite3
 import subprocess
 import sys
 
-from services.stack import Stack
+from services.stack import Stack, restart
 from tests.conftest import StackFactory
-from tests.helpers import Client, fails
+from tests.helpers import Client, fails, wait_for
 
 
 def shopmesh_check(workdir: pathlib.Path, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -23,9 +23,9 @@ def shopmesh_check(workdir: pathlib.Path, *flags: str) -> subprocess.CompletedPr
     )
 
 
-def orders_placed(make_stack: StackFactory) -> tuple[Stack, Client, str, str]:
+def orders_placed(make_stack: StackFactory, **settings: str) -> tuple[Stack, Client, str, str]:
     """A stack with one confirmed order (alice) and one cancelled for want of money (bob)."""
-    stack, client = make_stack()
+    stack, client = make_stack(**settings)
     confirmed = client.create_order("alice", "r1", [("SKU-TEA", 3), ("SKU-MUG", 1)])
     refused = fails(lambda: client.create_order("bob", "r2", [("SKU-MUG", 2)]))
     return stack, client, confirmed.order_id, refused.metadata["order_id"]
@@ -100,3 +100,38 @@ def test_a_missing_work_directory_is_said_plainly(tmp_path: pathlib.Path) -> Non
     assert ran.returncode == 2
     assert "no database at" in ran.stderr and "--workdir" in ran.stderr
     assert "Traceback" not in ran.stderr
+
+
+def test_every_promise_holds_after_retention_pruned_the_cancelled_order(
+    make_stack: StackFactory,
+) -> None:
+    """Payment and inventory prune a cancelled order's rows past their retention (1 s
+    here; a released hold counts from when it would have expired: 1 s here too); the
+    check reads the databases and must not miss them."""
+    stack, client, confirmed, cancelled = orders_placed(make_stack, hold_seconds="1")
+    for service in (stack.payment, stack.inventory):
+        service.stop()
+    stack.payment = restart(stack.payment, retention_seconds="1")
+    stack.inventory = restart(stack.inventory, retention_seconds="1")
+    wait_for(lambda: client.payment_of(cancelled) is None, "bob's declined payment to be pruned")
+    wait_for(
+        lambda: not rows(stack.order.workdir / "inventory.db", "reservations", cancelled),
+        "bob's released reservation to be pruned",
+    )
+    assert not rows(stack.order.workdir / "inventory.db", "reservation_items", cancelled)
+    assert client.payment_of(confirmed) is not None  # a capture is never pruned
+    assert rows(stack.order.workdir / "inventory.db", "reservations", confirmed)
+    ran = shopmesh_check(stack.order.workdir)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "2 orders (1 confirmed, 1 cancelled, 0 in flight, 0 parked)" in ran.stdout
+    assert client.balance("bob") == (2000, 0)
+    assert client.stock("SKU-MUG") == (24, 0, 1)
+
+
+def rows(path: pathlib.Path, table: str, order_id: str) -> int:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+        return int(
+            conn.execute(
+                f"SELECT count(*) FROM {table} WHERE order_id = ?", (order_id,)
+            ).fetchone()[0]
+        )

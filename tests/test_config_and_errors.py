@@ -11,10 +11,11 @@ import grpc
 import pytest
 
 from services.common.config import ConfigError, load
-from services.common.validation import MAX_HOLD_SECONDS
+from services.common.validation import MAX_AUTHORIZATION_SECONDS, MAX_HOLD_SECONDS
 from services.inventory.config import InventoryConfig
 from services.inventory.service import InventoryService
 from services.order.config import ANSWER_MARGIN_SECONDS, GATEWAY_TRY_TIMEOUT_SECONDS, OrderConfig
+from services.payment.config import PaymentConfig
 from services.stack import REPO
 from shop.inventory.v1 import inventory_service_pb2 as rpc
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
@@ -90,6 +91,55 @@ def test_the_order_service_refuses_what_inventory_or_envoy_would_defeat() -> Non
     at_limits = ["--hold-seconds", str(MAX_HOLD_SECONDS), "--create-wait-seconds", str(longest)]
     config = load(OrderConfig, at_limits)
     assert (config.hold_seconds, config.create_wait_seconds) == (MAX_HOLD_SECONDS, longest)
+
+
+def test_the_order_service_refuses_an_authorization_longer_than_payment_holds() -> None:
+    # The saga asks payment to hold the money for hold + park_after + margin, so that it
+    # cannot expire between the commit and the capture; payment holds it 7 days at most.
+    longest_park = MAX_AUTHORIZATION_SECONDS - MAX_HOLD_SECONDS
+    with pytest.raises(ConfigError) as raised:
+        load(
+            OrderConfig,
+            [
+                "--hold-seconds",
+                str(MAX_HOLD_SECONDS),
+                "--park-after-seconds",
+                str(longest_park),
+                "--authorization-margin-seconds",
+                "1",
+            ],
+        )
+    (problem,) = raised.value.problems
+    assert problem == (
+        "hold_seconds + park_after_seconds + authorization_margin_seconds must be at most"
+        " 604800 (how long payment holds an authorization), got 3600 + 601200 + 1 = 604801"
+    ), problem
+    with pytest.raises(ConfigError) as raised:
+        load(OrderConfig, ["--authorization-margin-seconds", "-1"])
+    assert raised.value.problems == ("authorization_margin_seconds must be >= 0, got -1.0",)
+    at_limit = load(
+        OrderConfig,
+        [
+            *("--hold-seconds", str(MAX_HOLD_SECONDS), "--park-after-seconds", str(longest_park)),
+            *("--authorization-margin-seconds", "0"),
+        ],
+    )
+    assert at_limit.authorization_seconds == MAX_AUTHORIZATION_SECONDS
+    default = OrderConfig()
+    assert default.authorization_seconds == 900 + 3600 + 300
+
+
+def test_payment_refuses_a_default_authorization_or_retention_out_of_range() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(
+            PaymentConfig,
+            ["--default-authorization-seconds", str(MAX_AUTHORIZATION_SECONDS + 1)],
+            {"SHOP_RETENTION_SECONDS": "0", "SHOP_SWEEP_INTERVAL_SECONDS": "0"},
+        )
+    assert len(raised.value.problems) == 3, raised.value.problems
+    assert raised.value.problems[0].startswith("default_authorization_seconds must be 1..604800")
+    config = PaymentConfig()
+    assert (config.default_authorization_seconds, config.retention_seconds) == (86400, 604800)
 
 
 def test_an_order_service_whose_wait_envoy_would_retry_exits_2_saying_so(

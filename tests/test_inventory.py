@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
+import sqlite3
+import time
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from services.inventory.config import InventoryConfig
+from services.inventory.domain import Item, ReservationState
+from services.inventory.service import InventoryService
+from services.inventory.store import InventoryStore
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_service_pb2 as rpc
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
-from tests.helpers import ADMIN, rejected, user
+from tests.helpers import ADMIN, rejected, serving, user
 
 ALICE = user("alice")
 
@@ -288,3 +295,84 @@ async def test_other_validation(inventory: InventoryServiceStub, call: str, fiel
     error = await rejected(method(request, metadata=ADMIN))
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
     assert [v.field for v in error.violations] == [field]
+
+
+DAY = 86_400.0
+
+
+async def one_of_each(store: InventoryStore, prefix: str, at: float) -> None:
+    """A reservation in every state, made at `at` with a 1 s hold: committed, released,
+    a release tombstone, expired, and one still held (for 1000 days: past the test's clock)."""
+    mug = (Item("SKU-MUG", 1),)
+    await store.reserve(f"{prefix}committed", "alice", mug, 1, at)
+    await store.commit(f"{prefix}committed", "alice", at)
+    await store.reserve(f"{prefix}released", "alice", mug, 1, at)
+    await store.release(f"{prefix}released", "alice", at)
+    await store.release(f"{prefix}tombstone", "alice", at)
+    await store.reserve(f"{prefix}expired", "alice", mug, 1, at)
+    assert await store.expire_due(at + 1) == 1
+    await store.reserve(f"{prefix}held", "alice", mug, 1000 * DAY, at + 1)
+
+
+def reservation_ids(path: pathlib.Path) -> tuple[set[str], set[str]]:
+    """The order ids in reservations, and in reservation_items."""
+    with sqlite3.connect(path) as conn:
+        return (
+            {r[0] for r in conn.execute("SELECT order_id FROM reservations")},
+            {r[0] for r in conn.execute("SELECT order_id FROM reservation_items")},
+        )
+
+
+async def test_retention_prunes_finished_reservations_and_never_a_sale(
+    tmp_path: pathlib.Path, seed_file: pathlib.Path
+) -> None:
+    path = tmp_path / "inventory.db"
+    store = InventoryStore(path)
+    store.seed(seed_file)
+    await one_of_each(store, "old-", at=1000.0)
+    await one_of_each(store, "new-", at=1000.0 + 5 * DAY)
+    before = store.product("SKU-MUG")
+    # The old ones ended 12 days before, the new ones 7 days (to the second) before.
+    assert await store.prune(1000.0 + 12 * DAY, retention_seconds=7 * DAY + 2) == 3
+    everything = {"committed", "released", "tombstone", "expired", "held"}
+    kept = {"old-committed", "old-held"} | {f"new-{k}" for k in everything}
+    held_or_sold = kept - {"new-tombstone"}  # a tombstone has no items
+    assert reservation_ids(path) == (kept, held_or_sold)
+    assert store.product("SKU-MUG") == before  # no stock moved
+    assert await store.prune(1000.0 + 100 * DAY, retention_seconds=7 * DAY) == 3
+    assert reservation_ids(path)[0] == {
+        f"{p}{k}" for p in ("old-", "new-") for k in ("committed", "held")
+    }
+    assert store.reservation("old-committed").state is ReservationState.COMMITTED
+    assert store.product("SKU-MUG") == before
+    store.close()
+
+
+async def test_the_sweeper_prunes_past_retention(
+    tmp_path: pathlib.Path, seed_file: pathlib.Path
+) -> None:
+    config = InventoryConfig(
+        db_path=tmp_path / "short.db", seed_file=seed_file, retention_seconds=1
+    )
+    async with serving(InventoryService(config)) as served:
+        inventory = InventoryServiceStub(served.channel)
+        await inventory.ReserveStock(reserve("kept", ("SKU-MUG", 2)), metadata=ALICE)
+        await inventory.CommitReservation(
+            rpc.CommitReservationRequest(order_id="kept"), metadata=ALICE
+        )
+        await inventory.ReleaseReservation(
+            rpc.ReleaseReservationRequest(order_id="gone"), metadata=ALICE
+        )
+        deadline = time.monotonic() + 10  # the sweeper runs every second
+        while "gone" in reservation_ids(config.db_path)[0]:
+            assert time.monotonic() < deadline, "the tombstone was never pruned"
+            await asyncio.sleep(0.05)
+        error = await rejected(
+            inventory.GetReservation(rpc.GetReservationRequest(order_id="gone"), metadata=ALICE)
+        )
+        assert error.reason == "RESERVATION_NOT_FOUND"
+        kept = await inventory.GetReservation(
+            rpc.GetReservationRequest(order_id="kept"), metadata=ALICE
+        )
+        assert kept.reservation.state == pb.RESERVATION_STATE_COMMITTED
+        assert await stock(inventory, "SKU-MUG") == (23, 0, 2)

@@ -17,6 +17,7 @@ import pytest
 
 from services.order import domain
 from services.order.config import OrderConfig
+from services.order.participants import Participants
 from services.order.service import OrderService
 from services.order.servicer import OrderServicer
 from shop.inventory.v1 import inventory_service_pb2 as inventory_rpc
@@ -315,3 +316,46 @@ async def test_unknown_order_is_not_found(orders: OrderServiceStub) -> None:
         "ORDER_NOT_FOUND",
         {"order_id": "nope"},
     )
+
+
+async def test_the_saga_asks_payment_to_hold_the_money_for_its_authorization_seconds(
+    payment_served: Served,
+) -> None:
+    """Participants send authorization_duration; OrderConfig.authorization_seconds (what
+    service.py passes) is hold + park_after + margin."""
+    config = OrderConfig(
+        payment_target=payment_served.target,
+        hold_seconds=60,
+        park_after_seconds=120,
+        authorization_margin_seconds=30,
+    )
+    assert config.authorization_seconds == 210
+    participants = Participants(
+        config.inventory_target,
+        config.payment_target,
+        timeout=5,
+        authorization_seconds=config.authorization_seconds,
+    )
+    order = domain.Order(
+        order_id="o-ttl",
+        user_id="alice",
+        request_id="r1",
+        items=(domain.LineItem("SKU-TEA", 1, 450, "USD"),),
+        state=domain.OrderState.PENDING,
+        cancel_reason="",
+        total_minor=450,
+        currency="USD",
+        created_at=0.0,
+        updated_at=0.0,
+        seq=1,
+    )
+    try:
+        await participants.authorize(order)
+    finally:
+        await participants.close()
+    payment = (
+        await PaymentServiceStub(payment_served.channel).GetPayment(
+            payment_rpc.GetPaymentRequest(order_id="o-ttl"), metadata=ALICE
+        )
+    ).payment
+    assert payment.expire_time.ToSeconds() - payment.create_time.ToSeconds() == 210

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
+import sqlite3
+import time
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
+from services.common.validation import MAX_AUTHORIZATION_SECONDS
+from services.payment.config import PaymentConfig
+from services.payment.domain import PaymentState
+from services.payment.service import PaymentService
+from services.payment.store import PaymentStore
 from shop.money.v1.money_pb2 import Money
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_service_pb2 as rpc
 from shop.payment.v1.payment_service_pb2_grpc import PaymentServiceStub
-from tests.helpers import ADMIN, rejected, user
+from tests.helpers import ADMIN, rejected, serving, user
 
 ALICE = user("alice")
+DAY = 86_400.0
+WAIT_SECONDS = 10.0  # the sweeper runs every second: ten times what it needs
 
 
 @pytest.fixture
@@ -21,10 +32,17 @@ def payment(payment_channel: grpc.aio.Channel) -> PaymentServiceStub:
     return PaymentServiceStub(payment_channel)
 
 
-def authorize(order_id: str, amount: int, currency: str = "USD") -> rpc.AuthorizePaymentRequest:
-    return rpc.AuthorizePaymentRequest(
+def authorize(
+    order_id: str, amount: int, currency: str = "USD", seconds: float | None = None
+) -> rpc.AuthorizePaymentRequest:
+    request = rpc.AuthorizePaymentRequest(
         order_id=order_id, amount=Money(currency_code=currency, amount_minor=amount)
     )
+    if seconds is not None:
+        duration = duration_pb2.Duration()
+        duration.FromNanoseconds(int(seconds * 1e9))
+        request.authorization_duration.CopyFrom(duration)
+    return request
 
 
 async def balance(payment: PaymentServiceStub, user_id: str = "alice") -> tuple[int, int]:
@@ -158,6 +176,9 @@ async def test_every_method_needs_a_caller(payment: PaymentServiceStub) -> None:
         (authorize("o1", 100, "usd"), "amount.currency_code"),
         (authorize("o1", 100, ""), "amount.currency_code"),
         (rpc.AuthorizePaymentRequest(order_id="o1"), "amount"),
+        (authorize("o1", 100, seconds=0), "authorization_duration"),
+        (authorize("o1", 100, seconds=0.5), "authorization_duration"),
+        (authorize("o1", 100, seconds=MAX_AUTHORIZATION_SECONDS + 1), "authorization_duration"),
     ],
 )
 async def test_authorize_validation(
@@ -179,3 +200,201 @@ async def test_id_validation(payment: PaymentServiceStub, method: str) -> None:
     error = await rejected(getattr(payment, method)(requests[method], metadata=ALICE))
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
     assert len(error.violations) == 1
+
+
+async def held_until_zero(payment: PaymentServiceStub, user_id: str = "alice") -> tuple[int, int]:
+    """The balance once nothing is held any more (bounded: fails after WAIT_SECONDS)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while (found := await balance(payment, user_id))[1] != 0:
+        assert time.monotonic() < deadline, f"still held after {WAIT_SECONDS}s: {found}"
+        await asyncio.sleep(0.05)
+    return found
+
+
+async def state_of(payment: PaymentServiceStub, order_id: str) -> pb.Payment:
+    found: rpc.GetPaymentResponse = await payment.GetPayment(
+        rpc.GetPaymentRequest(order_id=order_id), metadata=ALICE
+    )
+    return found.payment
+
+
+async def test_an_authorization_not_captured_in_time_expires(payment: PaymentServiceStub) -> None:
+    """Held for 1 s, then nobody calls: the sweeper gives the money back by itself, and the
+    payment can be neither captured nor authorized again; a void is harmless."""
+    held = await payment.AuthorizePayment(authorize("o1", 2500, seconds=1), metadata=ALICE)
+    lifetime = held.payment.expire_time.ToMicroseconds() - held.payment.create_time.ToMicroseconds()
+    assert (held.payment.state, lifetime) == (pb.PAYMENT_STATE_AUTHORIZED, 1_000_000)
+    assert await balance(payment) == (97_500, 2500)
+    assert await held_until_zero(payment) == (100_000, 0)  # no call in between: the sweeper
+    expired = await state_of(payment, "o1")
+    assert (expired.state, expired.HasField("expire_time")) == (pb.PAYMENT_STATE_EXPIRED, False)
+    error = await rejected(
+        payment.CapturePayment(rpc.CapturePaymentRequest(order_id="o1"), metadata=ALICE)
+    )
+    assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PAYMENT_EXPIRED")
+    voided = await payment.VoidPayment(rpc.VoidPaymentRequest(order_id="o1"), metadata=ALICE)
+    assert voided.payment.state == pb.PAYMENT_STATE_EXPIRED  # nothing to give back twice
+    error = await rejected(
+        payment.AuthorizePayment(authorize("o1", 2500, seconds=1), metadata=ALICE)
+    )
+    assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PAYMENT_EXPIRED")
+    assert await balance(payment) == (100_000, 0)
+
+
+@pytest.fixture
+async def unswept(tmp_path: pathlib.Path, seed_file: pathlib.Path) -> PaymentServiceStub:
+    """A payment service whose sweeper would run only after an hour: every expiry seen
+    within a test was made by the call itself."""
+    config = PaymentConfig(
+        db_path=tmp_path / "unswept.db", seed_file=seed_file, sweep_interval_seconds=3600
+    )
+    async with serving(PaymentService(config)) as served:
+        yield PaymentServiceStub(served.channel)
+
+
+async def until_past(expire_time: float) -> None:
+    """Waits until the wall clock is past `expire_time` (what the store compares with)."""
+    await asyncio.sleep(max(0.0, expire_time - time.time()) + 0.05)
+    assert time.time() > expire_time
+
+
+@pytest.mark.parametrize("call", ["capture", "authorize", "void"])
+async def test_each_call_expires_a_due_authorization_itself(
+    unswept: PaymentServiceStub, call: str
+) -> None:
+    held = await unswept.AuthorizePayment(authorize("o1", 2500, seconds=1), metadata=ALICE)
+    await until_past(held.payment.expire_time.ToMicroseconds() / 1e6)
+    assert await balance(unswept) == (97_500, 2500)  # nothing swept it
+    if call == "void":
+        voided = await unswept.VoidPayment(rpc.VoidPaymentRequest(order_id="o1"), metadata=ALICE)
+        assert voided.payment.state == pb.PAYMENT_STATE_EXPIRED
+    else:
+        refused = (
+            unswept.CapturePayment(rpc.CapturePaymentRequest(order_id="o1"), metadata=ALICE)
+            if call == "capture"
+            else unswept.AuthorizePayment(authorize("o1", 2500, seconds=1), metadata=ALICE)
+        )
+        error = await rejected(refused)
+        assert (error.code, error.reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "PAYMENT_EXPIRED",
+        )
+    # The refusal did not undo the expiry: the money is back and stays back.
+    assert await balance(unswept) == (100_000, 0)
+    assert (await state_of(unswept, "o1")).state == pb.PAYMENT_STATE_EXPIRED
+
+
+async def test_an_authorization_without_a_duration_lasts_the_default(
+    payment: PaymentServiceStub,
+) -> None:
+    held = (await payment.AuthorizePayment(authorize("o1", 100), metadata=ALICE)).payment
+    lifetime = held.expire_time.ToSeconds() - held.create_time.ToSeconds()
+    assert lifetime == PaymentConfig().default_authorization_seconds == DAY
+
+
+async def one_of_each(store: PaymentStore, prefix: str, at: float) -> None:
+    await store.authorize(
+        f"{prefix}captured", "alice", 100, "USD", now=at, authorization_seconds=10 * DAY
+    )
+    await store.capture(f"{prefix}captured", "alice", at)
+    await store.authorize(
+        f"{prefix}voided", "alice", 200, "USD", now=at, authorization_seconds=10 * DAY
+    )
+    await store.void(f"{prefix}voided", "alice", at)
+    await store.void(f"{prefix}tombstone", "alice", at)
+    with pytest.raises(Exception, match="cannot cover"):
+        await store.authorize(
+            f"{prefix}declined", "bob", 5000, "USD", now=at, authorization_seconds=10 * DAY
+        )
+    await store.authorize(f"{prefix}expired", "alice", 300, "USD", now=at, authorization_seconds=1)
+    assert await store.expire_due(at + 1) == 1
+    await store.authorize(
+        f"{prefix}authorized", "alice", 400, "USD", now=at, authorization_seconds=10 * DAY
+    )
+
+
+def payment_ids(path: pathlib.Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("SELECT order_id FROM payments")}
+
+
+async def test_retention_prunes_finished_payments_and_never_a_capture(
+    tmp_path: pathlib.Path, seed_file: pathlib.Path
+) -> None:
+    store = PaymentStore(tmp_path / "payment.db")
+    store.seed(seed_file)
+    await one_of_each(store, "old-", at=1000.0)
+    await one_of_each(store, "new-", at=1000.0 + 5 * DAY)
+    before = (store.account("alice"), store.account("bob"))
+    # Seven days after the new ones: the old ones are 12 days old, the new ones 7.
+    pruned = await store.prune(1000.0 + 12 * DAY, retention_seconds=7 * DAY + 1)
+    assert pruned == 4
+    kept = {"captured", "authorized"}
+    assert payment_ids(tmp_path / "payment.db") == {f"old-{k}" for k in kept} | {
+        f"new-{k}" for k in ("captured", "voided", "tombstone", "declined", "expired", "authorized")
+    }
+    assert (store.account("alice"), store.account("bob")) == before  # no money moved
+    assert await store.prune(1000.0 + 100 * DAY, retention_seconds=7 * DAY) == 4
+    assert {
+        i.removeprefix("old-").removeprefix("new-") for i in payment_ids(tmp_path / "payment.db")
+    } == kept
+    assert store.payment("old-captured").state is PaymentState.CAPTURED
+    store.close()
+
+
+async def test_the_sweeper_prunes_past_retention(
+    tmp_path: pathlib.Path, seed_file: pathlib.Path
+) -> None:
+    config = PaymentConfig(db_path=tmp_path / "short.db", seed_file=seed_file, retention_seconds=1)
+    async with serving(PaymentService(config)) as served:
+        payment = PaymentServiceStub(served.channel)
+        await payment.AuthorizePayment(authorize("kept", 2500), metadata=ALICE)
+        await payment.CapturePayment(rpc.CapturePaymentRequest(order_id="kept"), metadata=ALICE)
+        await payment.VoidPayment(rpc.VoidPaymentRequest(order_id="gone"), metadata=ALICE)
+        deadline = time.monotonic() + WAIT_SECONDS
+        while "gone" in payment_ids(config.db_path):
+            assert time.monotonic() < deadline, "the tombstone was never pruned"
+            await asyncio.sleep(0.05)
+        error = await rejected(
+            payment.GetPayment(rpc.GetPaymentRequest(order_id="gone"), metadata=ALICE)
+        )
+        assert error.reason == "PAYMENT_NOT_FOUND"
+        assert (await state_of(payment, "kept")).state == pb.PAYMENT_STATE_CAPTURED
+        assert await balance(payment) == (97_500, 0)
+
+
+OLD_SCHEMA = """
+CREATE TABLE accounts (
+    user_id TEXT PRIMARY KEY, currency TEXT NOT NULL,
+    available INTEGER NOT NULL CHECK (available >= 0),
+    held INTEGER NOT NULL DEFAULT 0 CHECK (held >= 0),
+    captured INTEGER NOT NULL DEFAULT 0 CHECK (captured >= 0)
+);
+CREATE TABLE payments (
+    order_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, amount_minor INTEGER NOT NULL,
+    currency TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+INSERT INTO accounts VALUES ('alice', 'USD', 900, 100, 0);
+INSERT INTO payments VALUES ('old', 'alice', 100, 'USD', 'AUTHORIZED', 1000.0, 1000.0);
+"""
+
+
+async def test_a_database_of_the_version_before_expiry_opens_and_its_holds_expire(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Its authorizations had no expire time: they get the default one, counted from when
+    they were made, as if their caller had sent no duration."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_SCHEMA)
+    for _ in range(2):  # opening twice changes nothing more
+        store = PaymentStore(path, default_authorization_seconds=DAY)
+        store.close()
+    store = PaymentStore(path, default_authorization_seconds=DAY)
+    assert await store.expire_due(1000.0 + DAY - 1) == 0
+    assert await store.expire_due(1000.0 + DAY) == 1
+    assert store.payment("old").state is PaymentState.EXPIRED
+    account = store.account("alice")
+    assert (account.available, account.held) == (1000, 0)
+    store.close()

@@ -6,6 +6,7 @@ Every test ends by checking DESIGN.md's invariants through the services' APIs.
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +19,7 @@ from services.order.config import CRASH_POINTS
 from services.stack import Stack, restart
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_service_pb2 as rpc
+from shop.payment.v1 import payment_pb2
 from tests.conftest import StackFactory
 from tests.helpers import Client, Ledger, assert_invariants, fails, record_fault, user, wait_for
 
@@ -241,3 +243,65 @@ def test_a_hold_that_expired_during_a_crash_cancels_the_order(
     assert (order.state, order.cancel_reason) == (pb.ORDER_STATE_CANCELLED, "RESERVATION_EXPIRED")
     assert client.balance("alice") == (100_000, 0)
     assert_invariants(client, ledger)
+
+
+def test_an_authorization_that_expired_during_a_crash_cancels_the_order(
+    make_stack: StackFactory, ledger: Ledger
+) -> None:
+    """The order service asks payment to hold the money for hold + park_after + margin
+    (here 1 + 2 + 0.5 s), dies after authorizing and stays down past both TTLs: payment
+    gives the money back by itself, and on restart the commit finds the hold gone, so the
+    saga voids (nothing left to give back) and releases: CANCELLED, nothing lost."""
+    services, client = make_stack(
+        crash_at="after_authorize",
+        hold_seconds="1",
+        park_after_seconds="2",
+        authorization_margin_seconds="0.5",
+    )
+    fails(lambda: client.create_order("alice", "r1", [("SKU-MUG", 2)]))
+    assert services.order.process.wait(10) == -signal.SIGKILL
+    with sqlite3.connect(f"file:{services.order.workdir / 'order.db'}?mode=ro", uri=True) as db:
+        (order_id,) = db.execute("SELECT order_id FROM orders").fetchone()  # the service is down
+    authorized = client.payment_of(order_id)
+    assert authorized is not None and authorized.state == payment_pb2.PAYMENT_STATE_AUTHORIZED
+    lifetime = authorized.expire_time.ToMilliseconds() - authorized.create_time.ToMilliseconds()
+    assert lifetime == 3500  # hold_seconds + park_after_seconds + authorization_margin_seconds
+    wait_for(lambda: client.balance("alice") == (100_000, 0), "the authorization to expire")
+    wait_for(lambda: client.stock("SKU-MUG") == (25, 0, 0), "the hold to expire")
+    services.order = restart(services.order, crash_at="")
+    order = client.wait_final("alice", order_id)
+    assert (order.state, order.cancel_reason) == (pb.ORDER_STATE_CANCELLED, "RESERVATION_EXPIRED")
+    expired = client.payment_of(order_id)
+    assert expired is not None and expired.state == payment_pb2.PAYMENT_STATE_EXPIRED
+    assert client.balance("alice") == (100_000, 0)
+    assert_invariants(client, ledger)
+    record_fault("order down past its authorization's TTL after authorize", {"unknown": 1})
+
+
+def test_an_authorization_expired_before_the_pivot_cancels_the_order(
+    make_stack: StackFactory, ledger: Ledger
+) -> None:
+    """Payment authorizes but every reply is lost, so the saga keeps asking again (the
+    call is idempotent) until the authorization (2 s here) has expired: the repeat answers
+    PAYMENT_EXPIRED, a final failure before the pivot, as an expired stock hold is, and the
+    order is cancelled with it: the void moves nothing, the release gives the stock back."""
+    services, client = make_stack(
+        call_timeout_seconds="1",
+        step_retry_seconds="20",
+        max_backoff_seconds="0.5",
+        hold_seconds="1",
+        park_after_seconds="1",
+        authorization_margin_seconds="0",
+    )
+    services.payment.stop()
+    services.payment = restart(services.payment, lose_replies="AuthorizePayment:1000")
+    error = fails(lambda: client.create_order("alice", "r1", [("SKU-MUG", 2)]))
+    assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PAYMENT_EXPIRED")
+    order = client.get_order("alice", error.metadata["order_id"])
+    assert (order.state, order.cancel_reason) == (pb.ORDER_STATE_CANCELLED, "PAYMENT_EXPIRED")
+    expired = client.payment_of(order.order_id)
+    assert expired is not None and expired.state == payment_pb2.PAYMENT_STATE_EXPIRED
+    assert client.stock("SKU-MUG") == (25, 0, 0)
+    assert client.balance("alice") == (100_000, 0)
+    assert_invariants(client, ledger)
+    record_fault("authorize replies lost until the authorization expired", {"failed": 1})

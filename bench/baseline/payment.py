@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from bench.baseline.common import caller, install_error_handler, open_store, seed_file
 from services.common.errors import Violations
 from services.common.validation import check_id
-from services.payment.domain import MAX_AMOUNT_MINOR, Payment
+from services.payment.domain import DEFAULT_AUTHORIZATION_SECONDS, MAX_AMOUNT_MINOR, Payment
 from services.payment.store import PaymentStore
 
 store = open_store(PaymentStore)
@@ -39,7 +39,11 @@ async def authorize(body: AuthorizeIn, request: Request) -> dict[str, Any]:
     violations.check(0 < body.amount_minor <= MAX_AMOUNT_MINOR, "amount_minor", "out of range")
     violations.raise_if_any()
     return payment(
-        await store.authorize(body.order_id, who, body.amount_minor, body.currency, time.time())
+        await store.authorize(
+            *(body.order_id, who, body.amount_minor, body.currency),
+            now=time.time(),
+            authorization_seconds=DEFAULT_AUTHORIZATION_SECONDS,
+        )
     )
 
 

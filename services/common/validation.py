@@ -1,5 +1,5 @@
-"""Field checks and limits the services share: ids, SKUs, item lists, hold durations
-(see errors.Violations)."""
+"""Field checks and limits the services share: ids, SKUs, item lists, hold and
+authorization durations (see errors.Violations)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ MAX_QUANTITY = 1000
 # asks for its holds, refuses to start with a hold_seconds outside them.
 MIN_HOLD_SECONDS = 1.0
 MAX_HOLD_SECONDS = 3600.0
+# How long a payment authorization may hold money: payment refuses others, so the order
+# service, which asks for hold + park_after + a margin (see its config), refuses to start
+# with settings whose sum exceeds the maximum.
+MIN_AUTHORIZATION_SECONDS = 1.0
+MAX_AUTHORIZATION_SECONDS = 7 * 86_400.0
 
 
 def check_id(violations: Violations, field: str, value: str) -> bool:

@@ -14,11 +14,20 @@ class InventoryConfig(StoreConfig):
 
     db_path: pathlib.Path = setting(pathlib.Path("var/inventory.db"), "SQLite database file")
     sweep_interval_seconds: float = setting(
-        1.0, "how often holds past their expire time give their stock back"
+        1.0,
+        "how often holds past their expire time give their stock back, and reservations"
+        " past the retention are pruned",
+    )
+    retention_seconds: float = setting(
+        7 * 86_400.0,
+        "how long a reservation that holds nothing (released, expired, a release's"
+        " tombstone) is kept, counted from its hold's expire time; committed ones are kept"
+        " for ever",
     )
 
     def problems(self) -> list[str]:
         found = super().problems()
-        if self.sweep_interval_seconds <= 0:
-            found.append(f"sweep_interval_seconds must be > 0, got {self.sweep_interval_seconds}")
+        for name in ("sweep_interval_seconds", "retention_seconds"):
+            if getattr(self, name) <= 0:
+                found.append(f"{name} must be > 0, got {getattr(self, name):g}")
         return found

@@ -1,4 +1,5 @@
-"""The inventory service as the shared start-up runs it: store, servicer, hold sweeper."""
+"""The inventory service as the shared start-up runs it: store, servicer, sweeper (hold
+expiry and retention)."""
 
 from __future__ import annotations
 
@@ -47,16 +48,21 @@ class InventoryService:
         self.store.close()
 
     async def _sweep_forever(self) -> None:
-        """Gives back holds nobody committed: an order service may have died for good."""
+        """Gives back holds nobody committed (an order service may have died for good), and
+        prunes reservations that hold nothing past the retention."""
         while True:
             await asyncio.sleep(self._config.sweep_interval_seconds)
             try:
-                expired = await self.store.expire_due(time.time())
+                now = time.time()
+                expired = await self.store.expire_due(now)
+                pruned = await self.store.prune(now, self._config.retention_seconds)
             except Exception:
                 log.exception("sweeping expired holds failed; trying again later")
                 continue
             if expired:
                 log.info("%d holds expired and gave their stock back", expired)
+            if pruned:
+                log.info("pruned %d reservations past the retention", pruned)
 
 
 async def create(config: InventoryConfig) -> InventoryService:

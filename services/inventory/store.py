@@ -24,6 +24,10 @@ from services.common.errors import (
 )
 from services.inventory.domain import Item, Product, Reservation, ReservationState, fingerprint
 
+# Reservations one prune deletes at most: a backlog is worked off over several sweeps,
+# each a short transaction.
+PRUNE_BATCH = 1000
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
     sku TEXT PRIMARY KEY,
@@ -227,6 +231,39 @@ class InventoryStore(db.Store):
         """Gives back the stock of every hold past its expire time; returns how many."""
         with db.transaction(self._conn) as conn:
             return _expire_due(conn, now)
+
+    @db.batched
+    def prune(self, now: float, retention_seconds: float) -> int:
+        """Deletes reservations that hold nothing (RELEASED, EXPIRED, and release
+        tombstones) whose expire time is more than `retention_seconds` past; never a
+        COMMITTED one, the record of a sale. At most PRUNE_BATCH at a time; returns how many.
+
+        Reservations have no time of their last change, and need none: a hold is released
+        or expires at the latest at its expire time, and a tombstone's expire time is when
+        it was written, so each is kept at least `retention_seconds` after it ended (a
+        released hold at most one hold's length more). Pruning is safe: the saga that
+        released it is finished, a ReserveStock arriving later still (which a tombstone
+        would have refused) holds the stock only until that hold expires, and a pruned
+        reservation held no stock, so no count changes.
+        """
+        with db.transaction(self._conn) as conn:
+            due = [
+                row["order_id"]
+                for row in conn.execute(
+                    "SELECT order_id FROM reservations WHERE state IN (?, ?) AND expire_at < ?"
+                    " LIMIT ?",
+                    (
+                        ReservationState.RELEASED.value,
+                        ReservationState.EXPIRED.value,
+                        now - retention_seconds,
+                        PRUNE_BATCH,
+                    ),
+                )
+            ]
+            for order_id in due:
+                conn.execute("DELETE FROM reservation_items WHERE order_id = ?", (order_id,))
+                conn.execute("DELETE FROM reservations WHERE order_id = ?", (order_id,))
+            return len(due)
 
     @db.batched
     def restock(self, sku: str, quantity: int, request_id: str) -> Product:

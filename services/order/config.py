@@ -6,7 +6,11 @@ import pathlib
 from dataclasses import dataclass
 
 from services.common.config import StoreConfig, setting
-from services.common.validation import MAX_HOLD_SECONDS, MIN_HOLD_SECONDS
+from services.common.validation import (
+    MAX_AUTHORIZATION_SECONDS,
+    MAX_HOLD_SECONDS,
+    MIN_HOLD_SECONDS,
+)
 
 # Envoy's per-try timeout on the OrderService route (gateway/envoy.yaml is rendered with
 # it). CreateOrder must answer before it: past it, Envoy retries a call whose order is
@@ -87,9 +91,24 @@ class OrderConfig(StoreConfig):
         "how long a cancelled order (and its request id) is kept after it ended; confirmed"
         " orders are kept for good. At least decline_window_seconds",
     )
+    authorization_margin_seconds: float = setting(
+        300.0,
+        "added to hold_seconds + park_after_seconds to make the TTL the saga asks payment to"
+        " hold the money for (covers the clocks of different hosts and the last retries)",
+    )
     crash_at: str = setting(
         "", "TEST ONLY: kill this process with SIGKILL at a saga step: " + ", ".join(CRASH_POINTS)
     )
+
+    @property
+    def authorization_seconds(self) -> float:
+        """How long the saga asks payment to hold an order's money: long enough that it
+        cannot expire between the commit and the capture. The authorization is made after
+        the stock hold, and inventory commits no hold past its expire time, so the commit
+        succeeds at most hold_seconds after the authorization; the capture then retries
+        for at most park_after_seconds before the saga is parked; the margin covers clock
+        differences between hosts and the last attempt's deadline and backoff."""
+        return self.hold_seconds + self.park_after_seconds + self.authorization_margin_seconds
 
     def problems(self) -> list[str]:
         found = super().problems()
@@ -126,6 +145,16 @@ class OrderConfig(StoreConfig):
                 f"lease_seconds must be more than twice call_timeout_seconds"
                 f" ({self.call_timeout_seconds:g} s): a call begun on a lease must end before"
                 f" another instance may adopt the saga, got {self.lease_seconds:g}"
+            )
+        margin = self.authorization_margin_seconds
+        if margin < 0:
+            found.append(f"authorization_margin_seconds must be >= 0, got {margin}")
+        elif self.authorization_seconds > MAX_AUTHORIZATION_SECONDS:
+            found.append(
+                "hold_seconds + park_after_seconds + authorization_margin_seconds must be at"
+                f" most {MAX_AUTHORIZATION_SECONDS:g} (how long payment holds an authorization),"
+                f" got {self.hold_seconds:g} + {self.park_after_seconds:g}"
+                f" + {self.authorization_margin_seconds:g} = {self.authorization_seconds:g}"
             )
         longest_wait = GATEWAY_TRY_TIMEOUT_SECONDS - ANSWER_MARGIN_SECONDS
         if self.create_wait_seconds > longest_wait:

@@ -46,7 +46,16 @@ class StepError(Exception):
 class Participants:
     """gRPC clients of inventory and payment, for the saga's steps."""
 
-    def __init__(self, inventory_target: str, payment_target: str, timeout: float) -> None:
+    def __init__(
+        self,
+        inventory_target: str,
+        payment_target: str,
+        timeout: float,
+        authorization_seconds: float | None = None,
+    ) -> None:
+        """`authorization_seconds`: how long payment is asked to hold an order's money
+        (OrderConfig.authorization_seconds); None leaves it to payment's default."""
+        self._authorization_seconds = authorization_seconds
         self._inventory_channel = grpc.aio.insecure_channel(inventory_target)
         self._payment_channel = grpc.aio.insecure_channel(payment_target)
         self._inventory = inventory_service_pb2_grpc.InventoryServiceStub(self._inventory_channel)
@@ -104,6 +113,8 @@ class Participants:
                 currency_code=order.currency, amount_minor=order.total_minor or 0
             ),
         )
+        if self._authorization_seconds is not None:
+            request.authorization_duration.FromNanoseconds(int(self._authorization_seconds * 1e9))
         await self._call("payment", self._payment.AuthorizePayment, request, order)
 
     async def capture(self, order: Order) -> None:

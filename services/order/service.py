@@ -27,7 +27,10 @@ class OrderService:
         self._config = config
         self.store = OrderStore(config.db_path, config.db_synchronous)
         self._participants = Participants(
-            config.inventory_target, config.payment_target, config.call_timeout_seconds
+            config.inventory_target,
+            config.payment_target,
+            config.call_timeout_seconds,
+            authorization_seconds=config.authorization_seconds,
         )
         self.saga = SagaRunner(
             self.store,

@@ -6,7 +6,11 @@ import pathlib
 from dataclasses import dataclass
 
 from services.common.config import StoreConfig, setting
+from services.common.validation import MAX_AUTHORIZATION_SECONDS, MIN_AUTHORIZATION_SECONDS
+from services.payment.domain import DEFAULT_AUTHORIZATION_SECONDS
 from services.payment.faults import MUTATING
+
+WEEK_SECONDS = 7 * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -14,6 +18,21 @@ class PaymentConfig(StoreConfig):
     """Settings of the payment service."""
 
     db_path: pathlib.Path = setting(pathlib.Path("var/payment.db"), "SQLite database file")
+    default_authorization_seconds: float = setting(
+        DEFAULT_AUTHORIZATION_SECONDS,
+        "how long an authorization holds money when the caller names no"
+        f" authorization_duration, {MIN_AUTHORIZATION_SECONDS:g}..{MAX_AUTHORIZATION_SECONDS:g}",
+    )
+    sweep_interval_seconds: float = setting(
+        1.0,
+        "how often authorizations past their expire time give their money back, and"
+        " payments past the retention are pruned",
+    )
+    retention_seconds: float = setting(
+        WEEK_SECONDS,
+        "how long a payment that holds no money (voided, declined, expired, a void's"
+        " tombstone) is kept after its last change; captured ones are kept for ever",
+    )
     lose_replies: str = setting(
         "",
         "TEST ONLY: METHOD:N, e.g. CapturePayment:2 - the first N calls of METHOD take effect,"
@@ -30,6 +49,20 @@ class PaymentConfig(StoreConfig):
 
     def problems(self) -> list[str]:
         found = super().problems()
+        if (
+            not MIN_AUTHORIZATION_SECONDS
+            <= self.default_authorization_seconds
+            <= (MAX_AUTHORIZATION_SECONDS)
+        ):
+            found.append(
+                "default_authorization_seconds must be"
+                f" {MIN_AUTHORIZATION_SECONDS:g}..{MAX_AUTHORIZATION_SECONDS:g}"
+                " (what an authorization_duration may be),"
+                f" got {self.default_authorization_seconds:g}"
+            )
+        for name in ("sweep_interval_seconds", "retention_seconds"):
+            if getattr(self, name) <= 0:
+                found.append(f"{name} must be > 0, got {getattr(self, name):g}")
         if self.delay_seconds < 0 or self.flaky_calls < 0:
             found.append("delay_seconds and flaky_calls must be >= 0")
         if self.lose_replies:

@@ -6,6 +6,10 @@ import enum
 from dataclasses import dataclass
 
 MAX_AMOUNT_MINOR = 100_000_000
+# How long an authorization holds money when its caller names no duration (callers older
+# than authorization_duration): PaymentConfig.default_authorization_seconds' default.
+# The limits are services.common.validation's, shared with order.
+DEFAULT_AUTHORIZATION_SECONDS = 86_400.0
 
 
 class PaymentState(enum.Enum):
@@ -13,6 +17,13 @@ class PaymentState(enum.Enum):
     CAPTURED = "CAPTURED"
     VOIDED = "VOIDED"
     DECLINED = "DECLINED"
+    EXPIRED = "EXPIRED"
+
+
+# States a payment never leaves and in which it holds no money: past the retention they
+# may be pruned (PaymentStore.prune). CAPTURED is final too, but it is the record of money
+# taken, and is kept.
+PRUNABLE_STATES = (PaymentState.VOIDED, PaymentState.DECLINED, PaymentState.EXPIRED)
 
 
 @dataclass(frozen=True)
@@ -32,3 +43,5 @@ class Payment:
     state: PaymentState
     created_at: float
     updated_at: float
+    expire_at: float | None = None
+    """When an AUTHORIZED payment gives its money back; None in every other state."""

@@ -1,8 +1,11 @@
-"""The payment service as the shared start-up runs it."""
+"""The payment service as the shared start-up runs it: store, servicer, sweeper."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 
 import grpc
 
@@ -20,22 +23,50 @@ class PaymentService:
     service_names = (payment_service_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name,)
 
     def __init__(self, config: PaymentConfig) -> None:
+        self._config = config
         self._faults = Faults(config.lose_replies, config.delay_seconds, config.flaky_calls)
-        self.store = PaymentStore(config.db_path, config.db_synchronous)
+        self.store = PaymentStore(
+            config.db_path,
+            config.db_synchronous,
+            default_authorization_seconds=config.default_authorization_seconds,
+        )
         if config.seed_file is not None:
             added = self.store.seed(config.seed_file)
             log.info("seeded %d accounts from %s", added, config.seed_file)
+        self._sweeper: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
-        payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(
-            PaymentServicer(self.store, self._faults), server
+        servicer = PaymentServicer(
+            self.store, self._faults, self._config.default_authorization_seconds
         )
+        payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, server)
 
     async def start(self) -> None:
-        pass
+        self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         self.store.close()
+
+    async def _sweep_forever(self) -> None:
+        """Gives back money nobody captured (its order service may have died for good), and
+        prunes payments that hold nothing past the retention."""
+        while True:
+            await asyncio.sleep(self._config.sweep_interval_seconds)
+            try:
+                now = time.time()
+                expired = await self.store.expire_due(now)
+                pruned = await self.store.prune(now, self._config.retention_seconds)
+            except Exception:
+                log.exception("sweeping expired authorizations failed; trying again later")
+                continue
+            if expired:
+                log.info("%d authorizations expired and gave their money back", expired)
+            if pruned:
+                log.info("pruned %d payments past the retention", pruned)
 
 
 async def create(config: PaymentConfig) -> PaymentService:

@@ -10,7 +10,13 @@ import grpc
 from services.common.convert import money, timestamp
 from services.common.errors import Violations
 from services.common.identity import USER_ID_RULE, caller, is_valid_user_id
-from services.common.validation import CURRENCY_PATTERN, check_id, require_order_id
+from services.common.validation import (
+    CURRENCY_PATTERN,
+    MAX_AUTHORIZATION_SECONDS,
+    MIN_AUTHORIZATION_SECONDS,
+    check_id,
+    require_order_id,
+)
 from services.payment import domain
 from services.payment.faults import Faults
 from services.payment.store import PaymentStore, account_not_found
@@ -22,9 +28,15 @@ Context: TypeAlias = grpc.aio.ServicerContext
 
 
 class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
-    def __init__(self, store: PaymentStore, faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        store: PaymentStore,
+        faults: Faults | None = None,
+        default_authorization_seconds: float = domain.DEFAULT_AUTHORIZATION_SECONDS,
+    ) -> None:
         self._store = store
         self._faults = faults or Faults()
+        self._default_authorization_seconds = default_authorization_seconds
 
     async def GetAccount(
         self, request: rpc.GetAccountRequest, context: Context
@@ -64,9 +76,20 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
                 "amount.amount_minor",
                 f"must be 1..{domain.MAX_AMOUNT_MINOR}",
             )
+        # Unset: a caller from before authorization_duration; it gets the default.
+        lasts = self._default_authorization_seconds
+        if request.HasField("authorization_duration"):
+            lasts = request.authorization_duration.ToTimedelta().total_seconds()
+            violations.check(
+                MIN_AUTHORIZATION_SECONDS <= lasts <= MAX_AUTHORIZATION_SECONDS,
+                "authorization_duration",
+                "must be 1 second to 7 days",
+            )
         violations.raise_if_any()
         payment = await self._store.authorize(
-            request.order_id, who.user_id, amount.amount_minor, amount.currency_code, time.time()
+            *(request.order_id, who.user_id, amount.amount_minor, amount.currency_code),
+            now=time.time(),
+            authorization_seconds=lasts,
         )
         self._faults.after_commit("AuthorizePayment")
         return rpc.AuthorizePaymentResponse(payment=_payment(payment))
@@ -103,7 +126,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
 
 
 def _payment(p: domain.Payment) -> pb.Payment:
-    return pb.Payment(
+    encoded = pb.Payment(
         order_id=p.order_id,
         user_id=p.user_id,
         amount=money(p.amount_minor, p.currency),
@@ -111,3 +134,6 @@ def _payment(p: domain.Payment) -> pb.Payment:
         create_time=timestamp(p.created_at),
         update_time=timestamp(p.updated_at),
     )
+    if p.expire_at is not None:
+        encoded.expire_time.CopyFrom(timestamp(p.expire_at))
+    return encoded

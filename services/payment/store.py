@@ -2,6 +2,11 @@
 
 For every account, `available + held + captured` equals what was deposited, and one
 payment per order (the primary key) means at most one capture per order.
+
+An authorization holds money only until its expire time: then it gives the money back and
+the payment is EXPIRED. Each write expires what is due first (as inventory's holds do), so
+no call ever sees an authorization past its time, and the service's sweeper does the same
+for authorizations nobody calls about (`expire_due`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,17 @@ import sqlite3
 
 from services.common import db
 from services.common.errors import ServiceError, already_exists, failed_precondition, not_found
-from services.payment.domain import Account, Payment, PaymentState
+from services.payment.domain import (
+    DEFAULT_AUTHORIZATION_SECONDS,
+    PRUNABLE_STATES,
+    Account,
+    Payment,
+    PaymentState,
+)
+
+# Rows one prune deletes at most: a backlog (the first prune of an old database) is worked
+# off over several sweeps, each a short transaction, instead of one that stalls writes.
+PRUNE_BATCH = 1000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -31,6 +46,17 @@ CREATE TABLE IF NOT EXISTS payments (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS payments_by_state_and_age ON payments (state, updated_at);
+-- One row per AUTHORIZED payment: when it gives its money back; deleted when the payment
+-- leaves AUTHORIZED. A table of its own rather than a new column of payments: there is no
+-- migration tool yet, and a CREATE ... IF NOT EXISTS opens a database made before expiry
+-- (see PaymentStore.__init__ for its authorizations) exactly as a new one, as the order
+-- store's parked_sagas does; and the sweeper's search walks only live authorizations.
+CREATE TABLE IF NOT EXISTS authorization_expiry (
+    order_id TEXT PRIMARY KEY REFERENCES payments (order_id),
+    expire_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS authorization_expiry_by_time ON authorization_expiry (expire_at);
 """
 
 
@@ -40,6 +66,24 @@ def account_not_found(user_id: str) -> ServiceError:
 
 class PaymentStore(db.Store):
     schema = SCHEMA
+
+    def __init__(
+        self,
+        path: pathlib.Path,
+        synchronous: str = "FULL",
+        group_commit: bool = True,
+        default_authorization_seconds: float = DEFAULT_AUTHORIZATION_SECONDS,
+    ) -> None:
+        super().__init__(path, synchronous, group_commit)
+        # Authorizations made before expiry existed have no expire time: they get the one
+        # their caller, who named no duration, gets today, counted from when they were
+        # made. Idempotent, so every instance opening the file may run it.
+        with db.transaction(self._conn) as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO authorization_expiry (order_id, expire_at)"
+                " SELECT order_id, updated_at + ? FROM payments WHERE state = ?",
+                (default_authorization_seconds, PaymentState.AUTHORIZED.value),
+            )
 
     def seed(self, seed_file: pathlib.Path) -> int:
         """Opens the seed file's accounts that do not exist yet; returns how many."""
@@ -71,10 +115,19 @@ class PaymentStore(db.Store):
 
     @db.batched
     def authorize(
-        self, order_id: str, user_id: str, amount_minor: int, currency: str, now: float
+        self,
+        order_id: str,
+        user_id: str,
+        amount_minor: int,
+        currency: str,
+        *,
+        now: float,
+        authorization_seconds: float,
     ) -> Payment:
-        """Holds the amount, or records a decline; a repeat gives the first answer."""
+        """Holds the amount for `authorization_seconds`, or records a decline; a repeat
+        gives the first answer (and keeps the first expire time)."""
         with db.transaction(self._conn) as conn:
+            _expire_due(conn, now)
             existing = _payment(conn, order_id)
             if existing is None:
                 account = conn.execute(
@@ -100,8 +153,12 @@ class PaymentStore(db.Store):
                     "INSERT INTO payments VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (order_id, user_id, amount_minor, currency, state.value, now, now),
                 )
-                existing = _payment(conn, order_id)
-                assert existing is not None
+                if held:
+                    conn.execute(
+                        "INSERT INTO authorization_expiry (order_id, expire_at) VALUES (?, ?)",
+                        (order_id, now + authorization_seconds),
+                    )
+                existing = _payment_or_fail(conn, order_id)
             elif existing.state is PaymentState.VOIDED and existing.amount_minor == 0:
                 pass  # a tombstone from VoidPayment: checked below, holds nothing
             elif (existing.user_id, existing.amount_minor, existing.currency) != (
@@ -114,37 +171,35 @@ class PaymentStore(db.Store):
                     f"order {order_id!r} already has a different payment",
                     order_id=order_id,
                 )
+        # Raised after the transaction, so that the decline (or the expiry) stays recorded.
         if existing.state is PaymentState.DECLINED:
-            # Raised after the transaction so that the decline stays recorded.
             raise failed_precondition(
                 "INSUFFICIENT_FUNDS", "the account cannot cover the amount", order_id=order_id
             )
-        if existing.state is PaymentState.VOIDED:
-            raise failed_precondition(
-                "PAYMENT_VOIDED", f"the payment of order {order_id!r} was voided", order_id=order_id
-            )
+        if existing.state in (PaymentState.VOIDED, PaymentState.EXPIRED):
+            raise _nothing_held(existing)
         return existing
 
     @db.batched
     def capture(self, order_id: str, user_id: str, now: float) -> Payment:
         """Takes the held amount; a repeat returns the captured payment."""
         with db.transaction(self._conn) as conn:
+            _expire_due(conn, now)
             found = _owned(conn, order_id, user_id)
             if found.state is PaymentState.AUTHORIZED:
                 _move(conn, found, "held = held - ?1, captured = captured + ?1")
                 _set_state(conn, order_id, PaymentState.CAPTURED, now)
-            elif found.state is not PaymentState.CAPTURED:
-                raise failed_precondition(
-                    f"PAYMENT_{found.state.value}",
-                    f"the payment of order {order_id!r} is {found.state.value.lower()}",
-                    order_id=order_id,
-                )
-            return _payment_or_fail(conn, order_id)
+            found = _payment_or_fail(conn, order_id)
+        if found.state is not PaymentState.CAPTURED:
+            raise _nothing_held(found)  # after the transaction: an expiry stays recorded
+        return found
 
     @db.batched
     def void(self, order_id: str, user_id: str, now: float) -> Payment:
-        """Gives the held amount back; for an unknown order, records an empty voided one."""
+        """Gives the held amount back; for an unknown order, records an empty voided one.
+        An expired, declined or voided payment holds nothing, and stays as it is."""
         with db.transaction(self._conn) as conn:
+            _expire_due(conn, now)
             if _payment(conn, order_id) is None:
                 # A tombstone: an AuthorizePayment for this order that arrives late finds
                 # it and holds nothing.
@@ -157,17 +212,49 @@ class PaymentStore(db.Store):
             if found.state is PaymentState.AUTHORIZED:
                 _move(conn, found, "held = held - ?1, available = available + ?1")
                 _set_state(conn, order_id, PaymentState.VOIDED, now)
-            elif found.state is PaymentState.CAPTURED:
-                raise failed_precondition(
-                    "PAYMENT_ALREADY_CAPTURED",
-                    f"the payment of order {order_id!r} was captured",
-                    order_id=order_id,
-                )
-            return _payment_or_fail(conn, order_id)
+            found = _payment_or_fail(conn, order_id)
+        if found.state is PaymentState.CAPTURED:
+            raise failed_precondition(
+                "PAYMENT_ALREADY_CAPTURED",
+                f"the payment of order {order_id!r} was captured",
+                order_id=order_id,
+            )
+        return found
+
+    @db.batched
+    def expire_due(self, now: float) -> int:
+        """Gives back the money of every authorization past its expire time; how many."""
+        with db.transaction(self._conn) as conn:
+            return _expire_due(conn, now)
+
+    @db.batched
+    def prune(self, now: float, retention_seconds: float) -> int:
+        """Deletes payments that hold no money and have not changed for longer than
+        `retention_seconds` (VOIDED, DECLINED, EXPIRED, and VoidPayment's tombstones);
+        never a CAPTURED one, the record of money taken. At most PRUNE_BATCH at a time;
+        returns how many.
+
+        Pruning a tombstone or a declined payment is safe now that authorizations expire:
+        the saga that made it is finished (cancelled) long since, and an AuthorizePayment
+        for that order arriving later still, which the row would have refused, holds the
+        money only until its authorization expires (the saga no longer waits for it, so
+        nobody captures it), then gives it back. No money appears or vanishes: a pruned
+        payment held nothing, and the accounts' totals do not count it.
+        """
+        with db.transaction(self._conn) as conn:
+            return conn.execute(
+                "DELETE FROM payments WHERE order_id IN (SELECT order_id FROM payments"
+                " WHERE state IN (?, ?, ?) AND updated_at < ? LIMIT ?)",
+                (*(s.value for s in PRUNABLE_STATES), now - retention_seconds, PRUNE_BATCH),
+            ).rowcount
 
 
 def _payment(conn: sqlite3.Connection, order_id: str) -> Payment | None:
-    row = conn.execute("SELECT * FROM payments WHERE order_id = ?", (order_id,)).fetchone()
+    row = conn.execute(
+        "SELECT p.*, e.expire_at FROM payments p LEFT JOIN authorization_expiry e"
+        " USING (order_id) WHERE p.order_id = ?",
+        (order_id,),
+    ).fetchone()
     if row is None:
         return None
     return Payment(
@@ -178,6 +265,17 @@ def _payment(conn: sqlite3.Connection, order_id: str) -> Payment | None:
         PaymentState(row["state"]),
         row["created_at"],
         row["updated_at"],
+        row["expire_at"],
+    )
+
+
+def _nothing_held(payment: Payment) -> ServiceError:
+    """The refusal to capture (or authorize again) a payment that holds no money."""
+    state = payment.state.value
+    return failed_precondition(
+        f"PAYMENT_{state}",
+        f"the payment of order {payment.order_id!r} is {state.lower()}",
+        order_id=payment.order_id,
     )
 
 
@@ -204,7 +302,20 @@ def _move(conn: sqlite3.Connection, payment: Payment, assignment: str) -> None:
 
 
 def _set_state(conn: sqlite3.Connection, order_id: str, state: PaymentState, now: float) -> None:
+    """Moves an AUTHORIZED payment on (every move leaves AUTHORIZED): its expiry goes."""
     conn.execute(
         "UPDATE payments SET state = ?, updated_at = ? WHERE order_id = ?",
         (state.value, now, order_id),
     )
+    conn.execute("DELETE FROM authorization_expiry WHERE order_id = ?", (order_id,))
+
+
+def _expire_due(conn: sqlite3.Connection, now: float) -> int:
+    due = conn.execute(
+        "SELECT order_id FROM authorization_expiry WHERE expire_at <= ?", (now,)
+    ).fetchall()
+    for row in due:
+        found = _payment_or_fail(conn, row["order_id"])
+        _move(conn, found, "held = held - ?1, available = available + ?1")
+        _set_state(conn, found.order_id, PaymentState.EXPIRED, now)
+    return len(due)

@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from shop.money.v1 import money_pb2 as shop_dot_money_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/payment/v1/payment.proto\x12\x0fshop.payment.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/money/v1/money.proto\"\x9e\x01\n\x07\x41\x63\x63ount\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x41\n\x11\x61vailable_balance\x18\x02 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x10\x61vailableBalance\x12\x37\n\x0cheld_balance\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x0bheldBalance\"\x9a\x02\n\x07Payment\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12,\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x06\x61mount\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32\x1d.shop.payment.v1.PaymentStateR\x05state\x12;\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime*\x9d\x01\n\x0cPaymentState\x12\x1d\n\x19PAYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18PAYMENT_STATE_AUTHORIZED\x10\x01\x12\x1a\n\x16PAYMENT_STATE_CAPTURED\x10\x02\x12\x18\n\x14PAYMENT_STATE_VOIDED\x10\x03\x12\x1a\n\x16PAYMENT_STATE_DECLINED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/payment/v1/payment.proto\x12\x0fshop.payment.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/money/v1/money.proto\"\x9e\x01\n\x07\x41\x63\x63ount\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x41\n\x11\x61vailable_balance\x18\x02 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x10\x61vailableBalance\x12\x37\n\x0cheld_balance\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x0bheldBalance\"\xd7\x02\n\x07Payment\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12,\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x06\x61mount\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32\x1d.shop.payment.v1.PaymentStateR\x05state\x12;\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x12;\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime*\xb8\x01\n\x0cPaymentState\x12\x1d\n\x19PAYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18PAYMENT_STATE_AUTHORIZED\x10\x01\x12\x1a\n\x16PAYMENT_STATE_CAPTURED\x10\x02\x12\x18\n\x14PAYMENT_STATE_VOIDED\x10\x03\x12\x1a\n\x16PAYMENT_STATE_DECLINED\x10\x04\x12\x19\n\x15PAYMENT_STATE_EXPIRED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.payment.v1.payment_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PAYMENTSTATE']._serialized_start=557
-  _globals['_PAYMENTSTATE']._serialized_end=714
+  _globals['_PAYMENTSTATE']._serialized_start=618
+  _globals['_PAYMENTSTATE']._serialized_end=802
   _globals['_ACCOUNT']._serialized_start=111
   _globals['_ACCOUNT']._serialized_end=269
   _globals['_PAYMENT']._serialized_start=272
-  _globals['_PAYMENT']._serialized_end=554
+  _globals['_PAYMENT']._serialized_end=615
 # @@protoc_insertion_point(module_scope)

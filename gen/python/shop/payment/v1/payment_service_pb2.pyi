@@ -1,4 +1,7 @@
+import datetime
+
 from google.api import annotations_pb2 as _annotations_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from shop.money.v1 import money_pb2 as _money_pb2
 from shop.payment.v1 import payment_pb2 as _payment_pb2
 from google.protobuf import descriptor as _descriptor
@@ -21,12 +24,14 @@ class GetAccountResponse(_message.Message):
     def __init__(self, account: _Optional[_Union[_payment_pb2.Account, _Mapping]] = ...) -> None: ...
 
 class AuthorizePaymentRequest(_message.Message):
-    __slots__ = ("order_id", "amount")
+    __slots__ = ("order_id", "amount", "authorization_duration")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_DURATION_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     amount: _money_pb2.Money
-    def __init__(self, order_id: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...
+    authorization_duration: _duration_pb2.Duration
+    def __init__(self, order_id: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., authorization_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AuthorizePaymentResponse(_message.Message):
     __slots__ = ("payment",)

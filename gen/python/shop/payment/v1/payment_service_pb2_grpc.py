@@ -79,11 +79,14 @@ class PaymentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AuthorizePayment(self, request, context):
-        """AuthorizePayment holds an order's amount on the caller's account. Calling it again
-        for the same order returns the existing payment and holds nothing more.
+        """AuthorizePayment holds an order's amount on the caller's account until it is
+        captured, voided, or its authorization_duration passes (then the amount is given back
+        and the payment is EXPIRED). Calling it again for the same order returns the existing
+        payment and holds nothing more.
         Returns FAILED_PRECONDITION with INSUFFICIENT_FUNDS (the decline is recorded, and
-        repeats give the same answer), ACCOUNT_NOT_FOUND, CURRENCY_MISMATCH or PAYMENT_VOIDED,
-        and ALREADY_EXISTS (PAYMENT_MISMATCH) if the order already has a different payment.
+        repeats give the same answer), ACCOUNT_NOT_FOUND, CURRENCY_MISMATCH, PAYMENT_VOIDED or
+        PAYMENT_EXPIRED, and ALREADY_EXISTS (PAYMENT_MISMATCH) if the order already has a
+        different payment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,17 +94,18 @@ class PaymentServiceServicer:
 
     def CapturePayment(self, request, context):
         """CapturePayment takes the held amount. Capturing twice takes it once.
-        Returns NOT_FOUND (PAYMENT_NOT_FOUND) and FAILED_PRECONDITION (PAYMENT_VOIDED or
-        PAYMENT_DECLINED) when there is nothing to capture.
+        Returns NOT_FOUND (PAYMENT_NOT_FOUND) and FAILED_PRECONDITION (PAYMENT_VOIDED,
+        PAYMENT_DECLINED or PAYMENT_EXPIRED) when there is nothing to capture.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def VoidPayment(self, request, context):
-        """VoidPayment gives a held amount back. Voiding twice is harmless, and voiding an order
-        that has no payment records a voided one, so that an AuthorizePayment arriving late
-        for that order holds nothing.
+        """VoidPayment gives a held amount back. Voiding twice is harmless, voiding an expired
+        payment moves nothing (its amount is back already), and voiding an order that has no
+        payment records a voided one, so that an AuthorizePayment arriving late for that order
+        holds nothing.
         Returns FAILED_PRECONDITION (PAYMENT_ALREADY_CAPTURED) if the money was taken.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -63,6 +63,12 @@ class PaymentState(betterproto2.Enum):
     The account could not cover the amount; nothing was held.
     """
 
+    EXPIRED = 5
+    """
+    The authorization was neither captured nor voided before its expire time, and the
+    amount was given back.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -71,6 +77,7 @@ class PaymentState(betterproto2.Enum):
             2: "PAYMENT_STATE_CAPTURED",
             3: "PAYMENT_STATE_VOIDED",
             4: "PAYMENT_STATE_DECLINED",
+            5: "PAYMENT_STATE_EXPIRED",
         }
 
     @classmethod
@@ -81,6 +88,7 @@ class PaymentState(betterproto2.Enum):
             "PAYMENT_STATE_CAPTURED": 2,
             "PAYMENT_STATE_VOIDED": 3,
             "PAYMENT_STATE_DECLINED": 4,
+            "PAYMENT_STATE_EXPIRED": 5,
         }
 
 
@@ -131,6 +139,15 @@ class AuthorizePaymentRequest(betterproto2.Message):
     """
     The amount to hold: more than 0 and at most 100000000 minor units, in the
     account's currency.
+    """
+
+    authorization_duration: "datetime.timedelta | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+    )
+    """
+    How long the amount stays held without a capture or a void, 1 second to 7 days;
+    unset means the payment service's default (its default_authorization_seconds
+    setting, 1 day unless set).
     """
 
 
@@ -294,6 +311,14 @@ class Payment(betterproto2.Message):
     When the payment last changed state.
     """
 
+    expire_time: "datetime.datetime | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When an AUTHORIZED payment gives its amount back unless it is captured first; unset
+    in every other state.
+    """
+
 
 default_message_pool.register_message("shop.payment.v1", "Payment", Payment)
 
@@ -321,7 +346,7 @@ class VoidPaymentResponse(betterproto2.Message):
 
     payment: "Payment | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
-    The payment, now VOIDED (or DECLINED, which held nothing).
+    The payment, now VOIDED (or DECLINED or EXPIRED, which hold nothing).
     """
 
 
@@ -352,11 +377,14 @@ class PaymentServiceStub:
 
     def authorize_payment(self, message: "AuthorizePaymentRequest") -> "AuthorizePaymentResponse":
         """
-        AuthorizePayment holds an order's amount on the caller's account. Calling it again
-        for the same order returns the existing payment and holds nothing more.
+        AuthorizePayment holds an order's amount on the caller's account until it is
+        captured, voided, or its authorization_duration passes (then the amount is given back
+        and the payment is EXPIRED). Calling it again for the same order returns the existing
+        payment and holds nothing more.
         Returns FAILED_PRECONDITION with INSUFFICIENT_FUNDS (the decline is recorded, and
-        repeats give the same answer), ACCOUNT_NOT_FOUND, CURRENCY_MISMATCH or PAYMENT_VOIDED,
-        and ALREADY_EXISTS (PAYMENT_MISMATCH) if the order already has a different payment.
+        repeats give the same answer), ACCOUNT_NOT_FOUND, CURRENCY_MISMATCH, PAYMENT_VOIDED or
+        PAYMENT_EXPIRED, and ALREADY_EXISTS (PAYMENT_MISMATCH) if the order already has a
+        different payment.
         """
 
         return self._channel.unary_unary(
@@ -368,8 +396,8 @@ class PaymentServiceStub:
     def capture_payment(self, message: "CapturePaymentRequest") -> "CapturePaymentResponse":
         """
         CapturePayment takes the held amount. Capturing twice takes it once.
-        Returns NOT_FOUND (PAYMENT_NOT_FOUND) and FAILED_PRECONDITION (PAYMENT_VOIDED or
-        PAYMENT_DECLINED) when there is nothing to capture.
+        Returns NOT_FOUND (PAYMENT_NOT_FOUND) and FAILED_PRECONDITION (PAYMENT_VOIDED,
+        PAYMENT_DECLINED or PAYMENT_EXPIRED) when there is nothing to capture.
         """
 
         return self._channel.unary_unary(
@@ -380,9 +408,10 @@ class PaymentServiceStub:
 
     def void_payment(self, message: "VoidPaymentRequest") -> "VoidPaymentResponse":
         """
-        VoidPayment gives a held amount back. Voiding twice is harmless, and voiding an order
-        that has no payment records a voided one, so that an AuthorizePayment arriving late
-        for that order holds nothing.
+        VoidPayment gives a held amount back. Voiding twice is harmless, voiding an expired
+        payment moves nothing (its amount is back already), and voiding an order that has no
+        payment records a voided one, so that an AuthorizePayment arriving late for that order
+        holds nothing.
         Returns FAILED_PRECONDITION (PAYMENT_ALREADY_CAPTURED) if the money was taken.
         """
 

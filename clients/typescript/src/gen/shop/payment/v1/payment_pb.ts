@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/payment/v1/payment.proto.
  */
 export const file_shop_payment_v1_payment: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zaG9wL3BheW1lbnQvdjEvcGF5bWVudC5wcm90bxIPc2hvcC5wYXltZW50LnYxIncKB0FjY291bnQSDwoHdXNlcl9pZBgBIAEoCRIvChFhdmFpbGFibGVfYmFsYW5jZRgCIAEoCzIULnNob3AubW9uZXkudjEuTW9uZXkSKgoMaGVsZF9iYWxhbmNlGAMgASgLMhQuc2hvcC5tb25leS52MS5Nb25leSLiAQoHUGF5bWVudBIQCghvcmRlcl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEiQKBmFtb3VudBgDIAEoCzIULnNob3AubW9uZXkudjEuTW9uZXkSLAoFc3RhdGUYBCABKA4yHS5zaG9wLnBheW1lbnQudjEuUGF5bWVudFN0YXRlEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqnQEKDFBheW1lbnRTdGF0ZRIdChlQQVlNRU5UX1NUQVRFX1VOU1BFQ0lGSUVEEAASHAoYUEFZTUVOVF9TVEFURV9BVVRIT1JJWkVEEAESGgoWUEFZTUVOVF9TVEFURV9DQVBUVVJFRBACEhgKFFBBWU1FTlRfU1RBVEVfVk9JREVEEAMSGgoWUEFZTUVOVF9TVEFURV9ERUNMSU5FRBAEYgZwcm90bzM", [file_google_protobuf_timestamp, file_shop_money_v1_money]);
+  fileDesc("Ch1zaG9wL3BheW1lbnQvdjEvcGF5bWVudC5wcm90bxIPc2hvcC5wYXltZW50LnYxIncKB0FjY291bnQSDwoHdXNlcl9pZBgBIAEoCRIvChFhdmFpbGFibGVfYmFsYW5jZRgCIAEoCzIULnNob3AubW9uZXkudjEuTW9uZXkSKgoMaGVsZF9iYWxhbmNlGAMgASgLMhQuc2hvcC5tb25leS52MS5Nb25leSKTAgoHUGF5bWVudBIQCghvcmRlcl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEiQKBmFtb3VudBgDIAEoCzIULnNob3AubW9uZXkudjEuTW9uZXkSLAoFc3RhdGUYBCABKA4yHS5zaG9wLnBheW1lbnQudjEuUGF5bWVudFN0YXRlEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKrgBCgxQYXltZW50U3RhdGUSHQoZUEFZTUVOVF9TVEFURV9VTlNQRUNJRklFRBAAEhwKGFBBWU1FTlRfU1RBVEVfQVVUSE9SSVpFRBABEhoKFlBBWU1FTlRfU1RBVEVfQ0FQVFVSRUQQAhIYChRQQVlNRU5UX1NUQVRFX1ZPSURFRBADEhoKFlBBWU1FTlRfU1RBVEVfREVDTElORUQQBBIZChVQQVlNRU5UX1NUQVRFX0VYUElSRUQQBWIGcHJvdG8z", [file_google_protobuf_timestamp, file_shop_money_v1_money]);
 
 /**
  * Account is a user's money at the store. Every minor unit the user ever deposited is
@@ -99,6 +99,14 @@ export type Payment = Message<"shop.payment.v1.Payment"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 6;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * When an AUTHORIZED payment gives its amount back unless it is captured first; unset
+   * in every other state.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 7;
+   */
+  expireTime?: Timestamp | undefined;
 };
 
 /**
@@ -149,6 +157,14 @@ export enum PaymentState {
    * @generated from enum value: PAYMENT_STATE_DECLINED = 4;
    */
   DECLINED = 4,
+
+  /**
+   * The authorization was neither captured nor voided before its expire time, and the
+   * amount was given back.
+   *
+   * @generated from enum value: PAYMENT_STATE_EXPIRED = 5;
+   */
+  EXPIRED = 5,
 }
 
 /**

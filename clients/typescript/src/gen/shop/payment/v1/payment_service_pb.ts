@@ -5,6 +5,8 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_annotations } from "../../../google/api/annotations_pb.js";
+import type { Duration } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
 import type { Money } from "../../money/v1/money_pb.js";
 import { file_shop_money_v1_money } from "../../money/v1/money_pb.js";
 import type { Account, Payment } from "./payment_pb.js";
@@ -15,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/payment/v1/payment_service.proto.
  */
 export const file_shop_payment_v1_payment_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVzaG9wL3BheW1lbnQvdjEvcGF5bWVudF9zZXJ2aWNlLnByb3RvEg9zaG9wLnBheW1lbnQudjEiJAoRR2V0QWNjb3VudFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSI/ChJHZXRBY2NvdW50UmVzcG9uc2USKQoHYWNjb3VudBgBIAEoCzIYLnNob3AucGF5bWVudC52MS5BY2NvdW50IlEKF0F1dGhvcml6ZVBheW1lbnRSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJEiQKBmFtb3VudBgCIAEoCzIULnNob3AubW9uZXkudjEuTW9uZXkiRQoYQXV0aG9yaXplUGF5bWVudFJlc3BvbnNlEikKB3BheW1lbnQYASABKAsyGC5zaG9wLnBheW1lbnQudjEuUGF5bWVudCIpChVDYXB0dXJlUGF5bWVudFJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiQwoWQ2FwdHVyZVBheW1lbnRSZXNwb25zZRIpCgdwYXltZW50GAEgASgLMhguc2hvcC5wYXltZW50LnYxLlBheW1lbnQiJgoSVm9pZFBheW1lbnRSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJIkAKE1ZvaWRQYXltZW50UmVzcG9uc2USKQoHcGF5bWVudBgBIAEoCzIYLnNob3AucGF5bWVudC52MS5QYXltZW50IiUKEUdldFBheW1lbnRSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJIj8KEkdldFBheW1lbnRSZXNwb25zZRIpCgdwYXltZW50GAEgASgLMhguc2hvcC5wYXltZW50LnYxLlBheW1lbnQylgUKDlBheW1lbnRTZXJ2aWNlEnUKCkdldEFjY291bnQSIi5zaG9wLnBheW1lbnQudjEuR2V0QWNjb3VudFJlcXVlc3QaIy5zaG9wLnBheW1lbnQudjEuR2V0QWNjb3VudFJlc3BvbnNlIh6C0+STAhgSFi92MS9hY2NvdW50cy97dXNlcl9pZH0SgAEKEEF1dGhvcml6ZVBheW1lbnQSKC5zaG9wLnBheW1lbnQudjEuQXV0aG9yaXplUGF5bWVudFJlcXVlc3QaKS5zaG9wLnBheW1lbnQudjEuQXV0aG9yaXplUGF5bWVudFJlc3BvbnNlIheC0+STAhE6ASoiDC92MS9wYXltZW50cxKNAQoOQ2FwdHVyZVBheW1lbnQSJi5zaG9wLnBheW1lbnQudjEuQ2FwdHVyZVBheW1lbnRSZXF1ZXN0Gicuc2hvcC5wYXltZW50LnYxLkNhcHR1cmVQYXltZW50UmVzcG9uc2UiKoLT5JMCJDoBKiIfL3YxL3BheW1lbnRzL3tvcmRlcl9pZH06Y2FwdHVyZRKBAQoLVm9pZFBheW1lbnQSIy5zaG9wLnBheW1lbnQudjEuVm9pZFBheW1lbnRSZXF1ZXN0GiQuc2hvcC5wYXltZW50LnYxLlZvaWRQYXltZW50UmVzcG9uc2UiJ4LT5JMCIToBKiIcL3YxL3BheW1lbnRzL3tvcmRlcl9pZH06dm9pZBJ2CgpHZXRQYXltZW50EiIuc2hvcC5wYXltZW50LnYxLkdldFBheW1lbnRSZXF1ZXN0GiMuc2hvcC5wYXltZW50LnYxLkdldFBheW1lbnRSZXNwb25zZSIfgtPkkwIZEhcvdjEvcGF5bWVudHMve29yZGVyX2lkfWIGcHJvdG8z", [file_google_api_annotations, file_shop_money_v1_money, file_shop_payment_v1_payment]);
+  fileDesc("CiVzaG9wL3BheW1lbnQvdjEvcGF5bWVudF9zZXJ2aWNlLnByb3RvEg9zaG9wLnBheW1lbnQudjEiJAoRR2V0QWNjb3VudFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSI/ChJHZXRBY2NvdW50UmVzcG9uc2USKQoHYWNjb3VudBgBIAEoCzIYLnNob3AucGF5bWVudC52MS5BY2NvdW50IowBChdBdXRob3JpemVQYXltZW50UmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCRIkCgZhbW91bnQYAiABKAsyFC5zaG9wLm1vbmV5LnYxLk1vbmV5EjkKFmF1dGhvcml6YXRpb25fZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRQoYQXV0aG9yaXplUGF5bWVudFJlc3BvbnNlEikKB3BheW1lbnQYASABKAsyGC5zaG9wLnBheW1lbnQudjEuUGF5bWVudCIpChVDYXB0dXJlUGF5bWVudFJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiQwoWQ2FwdHVyZVBheW1lbnRSZXNwb25zZRIpCgdwYXltZW50GAEgASgLMhguc2hvcC5wYXltZW50LnYxLlBheW1lbnQiJgoSVm9pZFBheW1lbnRSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJIkAKE1ZvaWRQYXltZW50UmVzcG9uc2USKQoHcGF5bWVudBgBIAEoCzIYLnNob3AucGF5bWVudC52MS5QYXltZW50IiUKEUdldFBheW1lbnRSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJIj8KEkdldFBheW1lbnRSZXNwb25zZRIpCgdwYXltZW50GAEgASgLMhguc2hvcC5wYXltZW50LnYxLlBheW1lbnQylgUKDlBheW1lbnRTZXJ2aWNlEnUKCkdldEFjY291bnQSIi5zaG9wLnBheW1lbnQudjEuR2V0QWNjb3VudFJlcXVlc3QaIy5zaG9wLnBheW1lbnQudjEuR2V0QWNjb3VudFJlc3BvbnNlIh6C0+STAhgSFi92MS9hY2NvdW50cy97dXNlcl9pZH0SgAEKEEF1dGhvcml6ZVBheW1lbnQSKC5zaG9wLnBheW1lbnQudjEuQXV0aG9yaXplUGF5bWVudFJlcXVlc3QaKS5zaG9wLnBheW1lbnQudjEuQXV0aG9yaXplUGF5bWVudFJlc3BvbnNlIheC0+STAhE6ASoiDC92MS9wYXltZW50cxKNAQoOQ2FwdHVyZVBheW1lbnQSJi5zaG9wLnBheW1lbnQudjEuQ2FwdHVyZVBheW1lbnRSZXF1ZXN0Gicuc2hvcC5wYXltZW50LnYxLkNhcHR1cmVQYXltZW50UmVzcG9uc2UiKoLT5JMCJDoBKiIfL3YxL3BheW1lbnRzL3tvcmRlcl9pZH06Y2FwdHVyZRKBAQoLVm9pZFBheW1lbnQSIy5zaG9wLnBheW1lbnQudjEuVm9pZFBheW1lbnRSZXF1ZXN0GiQuc2hvcC5wYXltZW50LnYxLlZvaWRQYXltZW50UmVzcG9uc2UiJ4LT5JMCIToBKiIcL3YxL3BheW1lbnRzL3tvcmRlcl9pZH06dm9pZBJ2CgpHZXRQYXltZW50EiIuc2hvcC5wYXltZW50LnYxLkdldFBheW1lbnRSZXF1ZXN0GiMuc2hvcC5wYXltZW50LnYxLkdldFBheW1lbnRSZXNwb25zZSIfgtPkkwIZEhcvdjEvcGF5bWVudHMve29yZGVyX2lkfWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_duration, file_shop_money_v1_money, file_shop_payment_v1_payment]);
 
 /**
  * GetAccountRequest names the account to return.
@@ -79,6 +81,15 @@ export type AuthorizePaymentRequest = Message<"shop.payment.v1.AuthorizePaymentR
    * @generated from field: shop.money.v1.Money amount = 2;
    */
   amount?: Money | undefined;
+
+  /**
+   * How long the amount stays held without a capture or a void, 1 second to 7 days;
+   * unset means the payment service's default (its default_authorization_seconds
+   * setting, 1 day unless set).
+   *
+   * @generated from field: google.protobuf.Duration authorization_duration = 3;
+   */
+  authorizationDuration?: Duration | undefined;
 };
 
 /**
@@ -179,7 +190,7 @@ export const VoidPaymentRequestSchema: GenMessage<VoidPaymentRequest> = /*@__PUR
  */
 export type VoidPaymentResponse = Message<"shop.payment.v1.VoidPaymentResponse"> & {
   /**
-   * The payment, now VOIDED (or DECLINED, which held nothing).
+   * The payment, now VOIDED (or DECLINED or EXPIRED, which hold nothing).
    *
    * @generated from field: shop.payment.v1.Payment payment = 1;
    */
@@ -255,11 +266,14 @@ export const PaymentService: GenService<{
     output: typeof GetAccountResponseSchema;
   },
   /**
-   * AuthorizePayment holds an order's amount on the caller's account. Calling it again
-   * for the same order returns the existing payment and holds nothing more.
+   * AuthorizePayment holds an order's amount on the caller's account until it is
+   * captured, voided, or its authorization_duration passes (then the amount is given back
+   * and the payment is EXPIRED). Calling it again for the same order returns the existing
+   * payment and holds nothing more.
    * Returns FAILED_PRECONDITION with INSUFFICIENT_FUNDS (the decline is recorded, and
-   * repeats give the same answer), ACCOUNT_NOT_FOUND, CURRENCY_MISMATCH or PAYMENT_VOIDED,
-   * and ALREADY_EXISTS (PAYMENT_MISMATCH) if the order already has a different payment.
+   * repeats give the same answer), ACCOUNT_NOT_FOUND, CURRENCY_MISMATCH, PAYMENT_VOIDED or
+   * PAYMENT_EXPIRED, and ALREADY_EXISTS (PAYMENT_MISMATCH) if the order already has a
+   * different payment.
    *
    * @generated from rpc shop.payment.v1.PaymentService.AuthorizePayment
    */
@@ -270,8 +284,8 @@ export const PaymentService: GenService<{
   },
   /**
    * CapturePayment takes the held amount. Capturing twice takes it once.
-   * Returns NOT_FOUND (PAYMENT_NOT_FOUND) and FAILED_PRECONDITION (PAYMENT_VOIDED or
-   * PAYMENT_DECLINED) when there is nothing to capture.
+   * Returns NOT_FOUND (PAYMENT_NOT_FOUND) and FAILED_PRECONDITION (PAYMENT_VOIDED,
+   * PAYMENT_DECLINED or PAYMENT_EXPIRED) when there is nothing to capture.
    *
    * @generated from rpc shop.payment.v1.PaymentService.CapturePayment
    */
@@ -281,9 +295,10 @@ export const PaymentService: GenService<{
     output: typeof CapturePaymentResponseSchema;
   },
   /**
-   * VoidPayment gives a held amount back. Voiding twice is harmless, and voiding an order
-   * that has no payment records a voided one, so that an AuthorizePayment arriving late
-   * for that order holds nothing.
+   * VoidPayment gives a held amount back. Voiding twice is harmless, voiding an expired
+   * payment moves nothing (its amount is back already), and voiding an order that has no
+   * payment records a voided one, so that an AuthorizePayment arriving late for that order
+   * holds nothing.
    * Returns FAILED_PRECONDITION (PAYMENT_ALREADY_CAPTURED) if the money was taken.
    *
    * @generated from rpc shop.payment.v1.PaymentService.VoidPayment
