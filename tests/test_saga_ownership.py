@@ -212,7 +212,7 @@ def test_an_owner_paused_past_its_lease_neither_calls_nor_writes_for_the_lost_sa
         lambda: sum(1 for _, i, _ in calls(paused) if i == order_id) >= 2 or None,
         "the owner to call payment",
     )
-    paused.signal(signal.SIGSTOP)
+    pause_outside_a_write(paused, system.settings.workdir / "order.db")
 
     def taken_over() -> tuple[str, int] | None:
         lease = lease_of(system, order_id)
