@@ -60,6 +60,16 @@ def test_describe_shows_the_contract(stack: Stack) -> None:
     assert "int32 quantity = 2;" in message.stdout
 
 
+def test_describe_resolves_a_method_by_its_full_name(stack: Stack) -> None:
+    described = grpcurl(stack.order.target, "describe", "shop.order.v1.OrderService.CreateOrder")
+    assert described.returncode == 0, described.stderr
+    assert described.stdout.startswith("shop.order.v1.OrderService.CreateOrder is a method:")
+    assert "rpc CreateOrder ( .shop.order.v1.CreateOrderRequest )" in described.stdout
+    unknown = grpcurl(stack.order.target, "describe", "shop.order.v1.OrderService.NoSuchMethod")
+    assert unknown.returncode != 0
+    assert "Symbol not found" in unknown.stderr
+
+
 def test_one_call_per_service(stack: Stack) -> None:
     product = grpcurl(
         "-d",

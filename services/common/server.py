@@ -21,9 +21,8 @@ from typing import Protocol, TypeVar
 import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from services.common import logs
+from services.common import logs, reflection
 from services.common.config import ConfigError, ServerConfig, load
 from services.common.interceptor import ErrorInterceptor
 from services.common.registration import Instance, Registration
@@ -69,9 +68,7 @@ async def build_server(
     service.register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable((*service.service_names, health.SERVICE_NAME), server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as error:  # grpc's way of saying the bind failed
