@@ -146,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("shopmesh").setLevel(logging.INFO)
 
     def progress(step: str) -> None:
-        print(f"[{time.monotonic() - started:4.1f}s] starting {step}...", flush=True)
+        print(f"[{time.monotonic() - started:4.1f}s] {step}...", flush=True)
 
     stopping = False
 

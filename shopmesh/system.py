@@ -267,7 +267,8 @@ def envoy_process(settings: Settings, keys: tokens.Keys) -> Process:
 
 def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> System:
     """Starts every part and returns once all are healthy; StartError (everything
-    started so far stopped again) if one is not."""
+    started so far stopped again) if one is not. `progress` hears each step as a phrase
+    ("starting consul")."""
     settings = replace(settings, ports=settings.ports.resolved())
     workdir = settings.workdir
     workdir.mkdir(parents=True, exist_ok=True)
@@ -276,12 +277,12 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
     consul_http = f"127.0.0.1:{ports.consul_http}"
     started: list[Process] = []
     try:
-        progress("consul")
+        progress("starting consul")
         consul = consul_process(settings).start()
         started.append(consul)
         consul.wait_until(consul.is_ready, "Consul electing itself leader", READY_TIMEOUT_SECONDS)
 
-        progress("control plane, services and envoy")
+        progress("starting the control plane, the services and envoy")
         registered = {"consul_http": consul_http}
         controlplane = spawn_service(
             "controlplane",
@@ -320,7 +321,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             envoy,
             keys,
         )
-        progress("endpoints healthy in envoy")
+        progress("waiting until envoy sees every instance healthy")
         envoy.wait_until(
             system.envoy_ready, "a healthy endpoint for every instance", READY_TIMEOUT_SECONDS
         )

@@ -224,6 +224,12 @@ def test_ctrl_c_stops_the_services_before_consul(shopmesh_run: Callable[..., Sho
     running.wait_running()
     running.ctrl_c()
     assert running.exit_code() == 0, running.output
+    # What it says while it starts: one step a line, each a phrase.
+    assert re.findall(r"^\[ *[0-9.]+s\] (.+)\.\.\.$", running.output, re.MULTILINE) == [
+        "starting consul",
+        "starting the control plane, the services and envoy",
+        "waiting until envoy sees every instance healthy",
+    ], running.output
     logs = {
         log.name: log.read_text()
         for log in running.workdir.glob("*.log")
