@@ -19,6 +19,7 @@ help:
 	@echo "make chaos      the whole suite with the long fault profiles (under 15 min), fault table at the end"
 	@echo "make bench      shopmesh against the FastAPI baseline, side by side (bench/results/, about 5 min)"
 	@echo "make profile    where each service's time goes under the order load (py-spy)"
+	@echo "make clean      reset the demo data: delete var/ (databases, logs, dev keys) and the tools' caches"
 
 TS := clients/typescript
 SDK := clients/python/shopmesh_sdk/gen
@@ -61,7 +62,7 @@ gen: setup
 	buf build --as-file-descriptor-set -o gen/descriptor.binpb
 	python -m shopmesh.openapi gen/descriptor.binpb docs/openapi.json
 	buf generate --template $(TS)/buf.gen.yaml
-	buf generate --template clients/python/buf.gen.yaml > /dev/null
+	buf generate --template clients/python/buf.gen.yaml
 
 gen-check: gen
 	@git diff --exit-code --stat -- gen/ docs/openapi.json $(TS)/src/gen $(SDK) \
@@ -100,5 +101,6 @@ N ?= 1
 run: setup
 	shopmesh run --instances $(N)
 
+# The next `make run` starts on fresh demo data (services/demo_data.json) with new dev keys.
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
