@@ -19,11 +19,10 @@ import subprocess
 import sys
 import time
 
-from bench.run import BENCH_ORDER_SETTINGS, SEED_ACCOUNTS, SEED_PRODUCTS, SHOP_REST, Path, drive
-from gateway.envoy_config import UNTHROTTLED
+from bench.measure import SEED_ACCOUNTS, SEED_PRODUCTS, SHOP_REST, LoadPath, drive, shop_settings
 from shopmesh import tokens
 from shopmesh.seed import write_seed
-from shopmesh.system import Ports, Settings, start
+from shopmesh.system import start
 from shopmesh.tools import REPO
 
 PY_SPY = pathlib.Path(sys.executable).parent / "py-spy"
@@ -62,20 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     seed = write_seed(args.workdir / "seed.json", SEED_PRODUCTS, SEED_ACCOUNTS)
     print("starting shopmesh...", flush=True)
-    # As in bench/run.py: one user sends every order, so the rate limits are lifted.
-    shop = start(
-        Settings(
-            workdir=args.workdir / "shopmesh",
-            ports=Ports.free(),
-            seed_file=seed,
-            envoy_limits=UNTHROTTLED,
-            # Likewise the order service's per-user quota: one user has every order.
-            service_settings={"order": BENCH_ORDER_SETTINGS},
-        )
-    )
+    # As `make bench` runs it: one user sends every order, its limits lifted.
+    shop = start(shop_settings(args.workdir / "shopmesh", seed))
     try:
         token = tokens.issue("bench", (), 3600, shop.keys.private_pem.parent)
-        rest = Path(
+        rest = LoadPath(
             SHOP_REST, "shopmesh", "rest", f"http://{shop.public_target}", ("--token", token)
         )
         drive(rest, f"warm-{time.time_ns()}", 3, args.connections)
