@@ -12,8 +12,8 @@ help:
 	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
 	@echo "make test       set up, check generated code and lint, run every test"
 	@echo "make setup      install into the repo: .venv (pinned), Consul, npm packages, dev JWT keys (idempotent)"
-	@echo "make gen        regenerate gen/ and docs/openapi.json from proto/"
-	@echo "make gen-check  regenerate and fail if gen/ differs from what is committed"
+	@echo "make gen        regenerate gen/, the clients, docs/openapi.json and docs/api-reference.md from proto/"
+	@echo "make gen-check  regenerate and fail if any generated file differs from what is committed"
 	@echo "make lint       buf lint + format, ruff, mypy"
 	@echo "make breaking   check proto/ against the last released contract (buf breaking + REST routes)"
 	@echo "make chaos      the whole suite with the long fault profiles (under 15 min), fault table at the end"
@@ -23,6 +23,8 @@ help:
 
 TS := clients/typescript
 SDK := clients/python/shopmesh_sdk/gen
+# What `make gen` writes; gen-check fails if any of it differs from what is committed.
+GENERATED := gen/ docs/openapi.json docs/api-reference.md $(TS)/src/gen $(SDK)
 
 setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules/.installed
 
@@ -61,14 +63,15 @@ gen: setup
 	buf generate
 	buf build --as-file-descriptor-set -o gen/descriptor.binpb
 	python -m shopmesh.openapi gen/descriptor.binpb docs/openapi.json
+	python -m shopmesh.api_reference gen/descriptor.binpb docs/api-reference.md
 	buf generate --template $(TS)/buf.gen.yaml
 	buf generate --template clients/python/buf.gen.yaml
 
 gen-check: gen
-	@git diff --exit-code --stat -- gen/ docs/openapi.json $(TS)/src/gen $(SDK) \
-		&& test -z "$$(git status --porcelain -- gen/ docs/openapi.json $(TS)/src/gen $(SDK))" \
+	@git diff --exit-code --stat -- $(GENERATED) \
+		&& test -z "$$(git status --porcelain -- $(GENERATED))" \
 		|| { echo "error: generated code is stale: run 'make gen' and commit it" >&2; exit 1; }
-	@echo "generated code is fresh (gen/, docs/openapi.json, $(TS)/src/gen, $(SDK))"
+	@echo "generated code is fresh ($(GENERATED))"
 
 lint: setup
 	@echo "== buf lint, buf format, ruff, mypy"
