@@ -56,6 +56,16 @@ def test_a_valid_token_is_accepted(system: System) -> None:
     assert orders_with(system, signed(system, claims())) == 200
 
 
+def test_a_token_is_accepted_up_to_30_seconds_past_its_exp(system: System) -> None:
+    # Envoy allows 30 s of clock skew (clock_skew_seconds in gateway/envoy.yaml), as the
+    # docs' token section says: so `shopmesh token --ttl 1` still works for about 31 s.
+    now = int(time.time())
+    late = signed(system, claims(iat=now - 60, nbf=now - 60, exp=now - 20))
+    assert orders_with(system, late) == 200
+    too_late = signed(system, claims(iat=now - 60, nbf=now - 60, exp=now - 40))
+    assert orders_with(system, too_late) == 401
+
+
 @pytest.mark.parametrize(
     ("case", "status"),
     [

@@ -1,21 +1,26 @@
-"""The README's examples, run as written against the whole system (Consul, control plane,
-services, Envoy) seeded with the demo data.
+"""The examples of README.md, docs/*.md and gateway/README.md, run as written against the
+whole system (Consul, control plane, services, Envoy) seeded with the demo data.
 
-Only Envoy's address changes (the tests use free ports). In the "Calling it" block,
-`export` lines run before every command; a comment saying "grpcurl exits N" gives the exit
-code the next command must have, and every other command must succeed. Each code block
-after a `<!-- run:LANG -->` marker ("Using the API") runs whole: sh with bash, ts with
-node in clients/typescript, python with the venv's interpreter.
+An example is a fenced block right after a `<!-- run:LANG -->` line, and what it prints
+is the fenced block right after the next `<!-- output -->` line: every example shows its
+output. sh runs with bash from the repository root, ts as the docs say to run it (saved
+in clients/typescript, compiled with tsc, run with node), python with the venv's
+interpreter. The output is compared as doctest compares (`...` stands for any text, such
+as an id or a time; runs of whitespace are equal). Only addresses change: Envoy's public
+listener (localhost:8080) and the system's workdir (var/) are the test system's. The
+documents run in the order of DOCUMENTS, each from top to bottom, on one system, so an
+example sees what the ones before it did.
 """
 
 from __future__ import annotations
 
-import json
+import doctest
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -24,30 +29,49 @@ from shopmesh.system import Ports, Settings, System
 from shopmesh.system import start as start_system
 from tests.system_helpers import build_typescript_client
 
-START = "<!-- readme-examples"
-END = "<!-- /readme-examples -->"
+DOCUMENTS = [
+    REPO / "README.md",
+    *sorted((REPO / "docs").glob("*.md")),
+    REPO / "gateway" / "README.md",
+]
+EXAMPLE = re.compile(
+    r"<!-- run:(?P<language>\w+) -->\n```\w*\n(?P<code>.*?)```\n"
+    r"(?:(?!<!-- run:).)*?<!-- output -->\n```\w*\n(?P<output>.*?)```",
+    re.DOTALL,
+)
+# The TypeScript example's file, and the command the docs give to run it.
+TS_FILE = "example.ts"
+TS_COMMAND = re.compile(r"npx tsc .*? example\.ts && node dist/example\.js")
+OUTPUT = doctest.OutputChecker()
+OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
-def examples() -> tuple[list[str], list[tuple[str, int]]]:
-    """(export lines, [(command, expected exit code)]) of the README's example block."""
-    text = (REPO / "README.md").read_text()
-    block = text[text.index(START) : text.index(END)]
-    exports, commands, expected = [], [], 0
-    for line in block.splitlines():
-        if line.startswith("#"):
-            match = re.search(r"grpcurl exits (\d+)", line)
-            expected = int(match.group(1)) if match else 0
-        elif line.startswith("export "):
-            exports.append(line)
-        elif line.startswith((".venv/bin/", "curl ")):
-            commands.append((line, expected))
-            expected = 0
-    return exports, commands
+@dataclass(frozen=True)
+class Example:
+    document: str
+    language: str
+    code: str
+    output: str
+
+    def __str__(self) -> str:
+        return f"{self.document}: {self.language} example\n{self.code}"
+
+
+def examples() -> list[Example]:
+    found = []
+    for document in DOCUMENTS:
+        text = document.read_text()
+        matched = list(EXAMPLE.finditer(text))
+        # A run marker whose block has no output block would be skipped silently.
+        assert len(matched) == text.count("<!-- run:"), f"{document}: an example without output"
+        name = str(document.relative_to(REPO))
+        found += [Example(name, m["language"], m["code"], m["output"]) for m in matched]
+    return found
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    # The README's `shopmesh token` signs with var/jwt, as after `make setup`.
+    # The docs' `shopmesh token` signs with var/jwt, as after `make setup`.
     settings = Settings(
         workdir=tmp_path_factory.mktemp("readme"),
         ports=Ports.free(),
@@ -59,65 +83,56 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     started.stop()
 
 
-def marked_blocks() -> list[tuple[str, str]]:
-    """(language, code) of each fenced block right after a `<!-- run:LANG -->` marker."""
-    text = (REPO / "README.md").read_text()
-    return re.findall(r"<!-- run:(\w+) -->\n```\w*\n(.*?)```", text, re.DOTALL)
+def test_every_document_has_its_examples() -> None:
+    by_document: dict[str, list[str]] = {}
+    for example in examples():
+        by_document.setdefault(example.document, []).append(example.language)
+    assert by_document["README.md"] == ["sh"]
+    assert by_document["docs/api.md"].count("sh") >= 4
+    assert {"ts", "python"} <= set(by_document["docs/api.md"])
+    api = (REPO / "docs" / "api.md").read_text()
+    assert TS_COMMAND.search(api), "docs/api.md gives no command for the TypeScript example"
+    assert f"save it as `{TS_FILE}`" in api
 
 
-def test_the_readme_has_examples() -> None:
-    assert [lang for lang, _ in marked_blocks()] == ["sh", "sh", "ts", "python"]
-    exports, commands = examples()
-    assert exports
-    assert len(commands) >= 8
+def test_the_output_check_can_fail() -> None:
+    assert OUTPUT.check_output('{"orderId": "..."}\n', '{"orderId": "d5b7"}\n', OPTIONS)
+    assert not OUTPUT.check_output('{"state": "CONFIRMED"}\n', '{"state": "CANCELLED"}\n', OPTIONS)
 
 
-def test_every_example_works_as_written(system: System) -> None:
-    exports, commands = examples()
-    outputs = []
-    for written, expected in commands:
-        command = written.replace("localhost:8080", system.public_target)
-        ran = subprocess.run(
-            ["bash", "-c", "\n".join([*exports, command])],
-            cwd=REPO,
-            capture_output=True,
+def _run(example: Example, system: System) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TOKEN": system.token("alice")}
+    code = example.code.replace("localhost:8080", system.public_target)
+    code = re.sub(r"\bvar/(?=\w+\.ready\b)", f"{system.settings.workdir}/", code)
+    if example.language == "sh":
+        command, cwd = ["bash", "-c", code], REPO
+    elif example.language == "ts":
+        cwd = build_typescript_client()
+        (cwd / TS_FILE).write_text(code)
+        given = TS_COMMAND.search((REPO / "docs" / "api.md").read_text())
+        assert given is not None, "docs/api.md gives no command for the TypeScript example"
+        command = ["bash", "-c", given[0]]
+    else:
+        command, cwd = [sys.executable, "-c", code], REPO
+    try:
+        return subprocess.run(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # interleaved, as a terminal shows them
             text=True,
-            timeout=30,
+            timeout=90,
             check=False,
         )
-        assert ran.returncode == expected, f"{command}\n{ran.stdout}\n{ran.stderr}"
-        outputs.append(ran.stdout + ran.stderr)
-    # What the prose around the examples promises.
-    placed = json.loads(next(o for o in outputs if '"requestId":"readme-1"' in o))
-    assert placed["order"]["state"] == "ORDER_STATE_CONFIRMED"
-    assert any('"reason":"INSUFFICIENT_FUNDS"' in o for o in outputs)
-    assert "401\n" in outputs
-    assert any('"field":"line_items[0].quantity"' in o for o in outputs)
-    assert any('"availableQuantity": 6' in o for o in outputs)  # restocked 1 + 5
+    finally:
+        if example.language == "ts":
+            (cwd / TS_FILE).unlink(missing_ok=True)
 
 
-def test_using_the_api_four_ways(system: System) -> None:
-    env = {**os.environ, "TOKEN": system.token("alice")}
-    client = build_typescript_client()
-    for language, written in marked_blocks():
-        code = written.replace("localhost:8080", system.public_target)
-        if language == "sh":
-            command, cwd = ["bash", "-c", code], REPO
-        elif language == "ts":
-            snippet = client / "dist" / "readme-snippet.mjs"
-            snippet.write_text(code.replace("./dist/src/index.js", "./src/index.js"))
-            command, cwd = ["node", str(snippet)], client
-        else:
-            command, cwd = [sys.executable, "-c", code], REPO
-        ran = subprocess.run(
-            command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+def test_every_example_prints_what_its_document_shows(system: System) -> None:
+    for example in examples():
+        printed = _run(example, system).stdout
+        assert OUTPUT.check_output(example.output, printed, OPTIONS), (
+            f"{example}\nprints:\n{printed}\nthe document shows:\n{example.output}"
         )
-        assert ran.returncode == 0, f"{language}:\n{code}\n{ran.stdout}\n{ran.stderr}"
-        if language == "sh":
-            assert "ORDER_STATE_CONFIRMED" in ran.stdout, ran.stdout
-        elif language == "ts":
-            placed, reason = ran.stdout.splitlines()
-            assert placed.endswith(" 2 900n"), ran.stdout  # OrderState.CONFIRMED, a bigint
-            assert reason == "ORDER_NOT_FOUND", ran.stdout
-        else:
-            assert ran.stdout.strip().endswith(" CONFIRMED 900"), ran.stdout
