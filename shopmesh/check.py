@@ -1,6 +1,6 @@
 """`shopmesh check`: the system's promises, read straight from the services' databases.
 
-What it checks (DESIGN.md's invariants, in the terms the databases hold):
+What it checks (the saga's invariants, in the terms the databases hold):
 
 - every order is final, or parked with a reason, or still inside `settle_seconds` (in
   flight); a PENDING order past that, not parked, is a saga nobody finishes;

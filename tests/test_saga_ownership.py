@@ -33,7 +33,7 @@ from tests.system_helpers import bearer
 
 CHAOS = bool(os.environ.get("SHOPMESH_CHAOS"))
 LEASE_SECONDS = 3.0
-# The scenario is a 60 s outage; the short profile keeps its shape (many lease
+# The scenario is a 60 s payment outage; the short profile keeps its shape (many lease
 # periods and recovery intervals long) in less time.
 OUTAGE_SECONDS = 60.0 if CHAOS else 20.0
 ORDER_SETTINGS = {
