@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     try:
-        token = tokens.issue("bench", (), 3600, shop.keys.private_pem.parent)
+        token = tokens.issue("bench", directory=shop.keys.private_pem.parent)
         rest = Path(
             SHOP_REST, "shopmesh", "rest", f"http://{shop.public_target}", ("--token", token)
         )

@@ -24,8 +24,10 @@ from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from tests.helpers import ADMIN, Served, rejected, serving, user
 
-SETTINGS = SagaSettings(
-    step_retry_seconds=1, max_backoff_seconds=0.05, hold_seconds=60, max_step_failures=3
+SETTINGS = SagaSettings.of(
+    OrderConfig(
+        step_retry_seconds=1, max_backoff_seconds=0.05, hold_seconds=60, max_step_failures=3
+    )
 )
 BOUND_SECONDS = 10  # far above what 3 failures with 0.05 s backoff take
 
@@ -123,8 +125,10 @@ async def test_a_participant_gone_past_the_bound_parks_the_saga(tmp_path: pathli
     )
     store = OrderStore(tmp_path / "order.db")
     order, _ = await store.create("o1", "alice", "r1", (LineItem("SKU-TEA", 1),), 0.0)
-    settings = SagaSettings(
-        step_retry_seconds=1, max_backoff_seconds=0.05, hold_seconds=60, park_after_seconds=0.3
+    settings = SagaSettings.of(
+        OrderConfig(
+            step_retry_seconds=1, max_backoff_seconds=0.05, hold_seconds=60, park_after_seconds=0.3
+        )
     )
     runner = SagaRunner(store, Refusing({"capture": gone}), settings)
     await asyncio.wait_for(runner.ensure(order.order_id), BOUND_SECONDS)

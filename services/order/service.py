@@ -35,16 +35,7 @@ class OrderService:
         self.saga = SagaRunner(
             self.store,
             self._participants,
-            SagaSettings(
-                step_retry_seconds=config.step_retry_seconds,
-                max_backoff_seconds=config.max_backoff_seconds,
-                max_step_failures=config.max_step_failures,
-                park_after_seconds=config.park_after_seconds,
-                lease_seconds=config.lease_seconds,
-                max_active_sagas=config.max_active_sagas,
-                hold_seconds=config.hold_seconds,
-                crash_at=config.crash_at,
-            ),
+            SagaSettings.of(config),
         )
         self._servicer = OrderServicer(self.store, self.saga, config)
         self._recovery: asyncio.Task[None] | None = None
