@@ -13,8 +13,7 @@ import pytest
 from services.common.errors import ErrorKind, ServiceError
 from services.order.config import OrderConfig
 from services.order.domain import Lease, LeaseLost, LineItem, Order, Phase
-from services.order.participants import StepError
-from services.order.saga import SagaRunner, SagaSettings
+from services.order.saga import SagaRunner, SagaSettings, StepError
 from services.order.store import OrderStore
 
 ITEMS = (LineItem("SKU-TEA", 1),)

@@ -10,8 +10,7 @@ from collections.abc import Awaitable, Callable
 from services.common.errors import ErrorKind, ServiceError
 from services.order.config import OrderConfig
 from services.order.domain import CANCELLED_BY_USER, Lease, LineItem, Order, OrderState, Phase
-from services.order.participants import StepError
-from services.order.saga import SagaRunner, SagaSettings
+from services.order.saga import SagaRunner, SagaSettings, StepError
 from services.order.store import OrderStore
 
 SETTINGS = SagaSettings.of(

@@ -57,7 +57,6 @@ from services.order.domain import (
     cancelled_by_user,
     is_free,
 )
-from services.order.participants import StepError
 from services.order.store import OrderStore
 
 log = logging.getLogger(__name__)
@@ -86,9 +85,21 @@ class SagaSettings:
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
+class StepError(Exception):
+    """A participant's answer other than success, as the error it returned, and whether
+    the failure is worth retrying (it says nothing about the request, only the moment)."""
+
+    def __init__(self, participant: str, error: ServiceError, transient: bool) -> None:
+        super().__init__(f"{participant}: {error.reason or error.kind.name}: {error.message}")
+        self.participant = participant
+        self.error = error
+        self.transient = transient
+
+
 class SagaParticipants(Protocol):
-    """The calls the saga makes; each raises StepError. Implemented over gRPC by
-    services.order.participants (and over HTTP by the benchmark's baseline)."""
+    """The calls the saga makes; each returns or raises StepError. Implemented over gRPC
+    by services.order.participants.GrpcParticipants (and over HTTP by the benchmark's
+    baseline)."""
 
     async def reserve(self, order: Order, hold_seconds: float) -> list[LineItem]: ...
     async def commit(self, order: Order) -> None: ...

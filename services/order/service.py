@@ -10,7 +10,7 @@ import time
 import grpc
 
 from services.order.config import OrderConfig
-from services.order.participants import Participants
+from services.order.participants import GrpcParticipants
 from services.order.saga import SagaRunner, SagaSettings
 from services.order.servicer import OrderServicer
 from services.order.store import OrderStore
@@ -26,7 +26,7 @@ class OrderService:
     def __init__(self, config: OrderConfig) -> None:
         self._config = config
         self.store = OrderStore(config.db_path, config.db_synchronous)
-        self._participants = Participants(
+        self._participants = GrpcParticipants(
             config.inventory_target,
             config.payment_target,
             config.call_timeout_seconds,
