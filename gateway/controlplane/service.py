@@ -17,6 +17,7 @@ from gateway.controlplane.xds import AggregatedDiscovery, Snapshot
 class ControlPlane:
     name = "controlplane"
     service_names = (ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,)
+    interceptors = ()
 
     def __init__(self, config: ControlPlaneConfig) -> None:
         self.snapshot = Snapshot()

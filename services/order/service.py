@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 class OrderService:
     name = "order"
     service_names = (order_service_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name,)
+    interceptors = ()
 
     def __init__(self, config: OrderConfig) -> None:
         self._config = config
