@@ -87,7 +87,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
             now=time.time(),
             authorization_seconds=lasts,
         )
-        return rpc.AuthorizePaymentResponse(payment=_payment(payment))
+        return rpc.AuthorizePaymentResponse(payment=_payment_to_proto(payment))
 
     async def CapturePayment(
         self, request: rpc.CapturePaymentRequest, context: Context
@@ -95,7 +95,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         who = caller(context)
         require_order_id(request.order_id)
         payment = await self._store.capture(request.order_id, who.user_id, time.time())
-        return rpc.CapturePaymentResponse(payment=_payment(payment))
+        return rpc.CapturePaymentResponse(payment=_payment_to_proto(payment))
 
     async def VoidPayment(
         self, request: rpc.VoidPaymentRequest, context: Context
@@ -103,7 +103,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         who = caller(context)
         require_order_id(request.order_id)
         payment = await self._store.void(request.order_id, who.user_id, time.time())
-        return rpc.VoidPaymentResponse(payment=_payment(payment))
+        return rpc.VoidPaymentResponse(payment=_payment_to_proto(payment))
 
     async def GetPayment(
         self, request: rpc.GetPaymentRequest, context: Context
@@ -112,11 +112,11 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         require_order_id(request.order_id)
         owner = None if who.is_admin else who.user_id
         return rpc.GetPaymentResponse(
-            payment=_payment(self._store.payment(request.order_id, owner))
+            payment=_payment_to_proto(self._store.payment(request.order_id, owner))
         )
 
 
-def _payment(p: domain.Payment) -> pb.Payment:
+def _payment_to_proto(p: domain.Payment) -> pb.Payment:
     encoded = pb.Payment(
         order_id=p.order_id,
         user_id=p.user_id,
