@@ -70,7 +70,7 @@ class PaymentStore(db.Store):
     def __init__(
         self,
         path: pathlib.Path,
-        synchronous: str = "FULL",
+        synchronous: str = db.SYNCHRONOUS,
         group_commit: bool = True,
         default_authorization_seconds: float = DEFAULT_AUTHORIZATION_SECONDS,
     ) -> None:
