@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     # As `make bench` runs it: one user sends every order, its limits lifted.
     shop = start(shop_settings(args.workdir / "shopmesh", seed))
     try:
-        token = tokens.issue("bench", (), 3600, shop.keys.private_pem.parent)
+        token = tokens.issue("bench", directory=shop.keys.private_pem.parent)
         rest = LoadPath(
             SHOP_REST, "shopmesh", "rest", f"http://{shop.public_target}", ("--token", token)
         )

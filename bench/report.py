@@ -201,7 +201,7 @@ def render(
         f" baseline {wrk_base:.0f} ({wrk_shop / wrk_base:.2f}x).",
         f"Failed requests in measured runs: {failed}.",
         "",
-        "Targets (issue 6):",
+        "Targets:",
         *targets,
     ]
     return "\n".join(lines)

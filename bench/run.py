@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 {name: [p.pid] for name, p in base.processes.items()},
                 args.workdir / "baseline" / "baseline-order.db",
             )
-            token = tokens.issue("bench", (), 3600, shop.keys.private_pem.parent)
+            token = tokens.issue("bench", directory=shop.keys.private_pem.parent)
             systems = {"shopmesh": shop_system, "baseline": base_system}
             results = benchmark(
                 load_paths(shop, base, token),

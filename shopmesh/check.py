@@ -1,6 +1,6 @@
 """`shopmesh check`: the system's promises, read straight from the services' databases.
 
-What it checks (DESIGN.md's invariants, in the terms the databases hold):
+What it checks (the saga's invariants, in the terms the databases hold):
 
 - every order is final, or parked with a reason, or still inside `settle_seconds` (in
   flight); a PENDING order past that, not parked, is a saga nobody finishes;
@@ -37,6 +37,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+SETTLE_SECONDS = 60.0
+"""How long a PENDING order may stand still, not parked, before it counts as a problem."""
+
 
 @dataclass
 class Report:
@@ -60,7 +63,7 @@ class Report:
         )
 
 
-def check_workdir(workdir: pathlib.Path, settle_seconds: float = 60.0) -> Report:
+def check_workdir(workdir: pathlib.Path, settle_seconds: float = SETTLE_SECONDS) -> Report:
     """Checks the databases a one-host system keeps in `workdir` (order.db, ...)."""
     return check(
         workdir / "order.db",
@@ -74,7 +77,7 @@ def check(
     order_db: pathlib.Path,
     inventory_db: pathlib.Path,
     payment_db: pathlib.Path,
-    settle_seconds: float = 60.0,
+    settle_seconds: float = SETTLE_SECONDS,
     now: float | None = None,
 ) -> Report:
     now = time.time() if now is None else now

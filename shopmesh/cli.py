@@ -1,9 +1,9 @@
 """The `shopmesh` command: dev tokens and the local system.
 
-shopmesh token --user alice [--scope shop.admin] [--ttl 3600]   print a dev JWT
-shopmesh keys                                                  create the dev key pair
-shopmesh check [--workdir var]                                 check every promise in the databases
-shopmesh run [--instances N]                                   run everything, restarting (make run)
+shopmesh token --user alice [--scope shop.admin] [--ttl S]   print a dev JWT
+shopmesh keys                                               create the dev key pair
+shopmesh check [--workdir DIR]                              check every promise in the databases
+shopmesh run [--instances N]                                run everything, restarting (make run)
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ import signal
 import sqlite3
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import fields, replace
+from typing import Any
 
 from gateway.envoy_config import Limits
 from shopmesh import check, system, tokens
 from shopmesh.processes import CrashLoop, RestartPolicy, StartError, Supervisor
-from shopmesh.tools import REPO, MissingTool
+from shopmesh.tools import WORKDIR, MissingTool
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +108,39 @@ def gateway_limit(text: str) -> tuple[str, int | float]:
         raise argparse.ArgumentTypeError(f"{name} wants a number, not {value!r}") from None
 
 
+# The flag of each of Ports' fields: --<name>-port, but Consul's HTTP port is --consul-port.
+PORT_FLAGS = {f.name: f"--{f.name.replace('_', '-')}-port" for f in fields(system.Ports)} | {
+    "consul_http": "--consul-port"
+}
+# Settings that `shopmesh run` has a flag for, named after the field.
+RUN_FLAGS = ("instances", "workdir", "envoy_concurrency")
+
+
+def add_setting_flag(
+    parser: argparse.ArgumentParser,
+    settings: type[Any],
+    name: str,
+    flag: str = "",
+    shown: str = "",
+) -> None:
+    """A flag for one field of a settings dataclass, whose type, default and help text
+    (`services.common.config.setting`) come from the field, so `--help` says what the
+    code does. `shown` stands for the default in the help text."""
+    field = next(f for f in fields(settings) if f.name == name)
+    flag = flag or f"--{name.replace('_', '-')}"
+    parser.add_argument(
+        flag,
+        dest=name,
+        metavar=flag.removeprefix("--").replace("-", "_").upper(),
+        type=typing.get_type_hints(settings)[name],
+        default=field.default,
+        help=f"{field.metadata['help']} [{shown or field.default}]",
+    )
+
+
 def run_settings(args: argparse.Namespace) -> system.Settings:
     """What `shopmesh run`'s flags ask for."""
-    ports = system.Ports(
-        public=args.public_port,
-        internal=args.internal_port,
-        admin=args.admin_port,
-        xds=args.xds_port,
-        consul_http=args.consul_port,
-        consul_dns=args.consul_dns_port,
-        consul_server=args.consul_server_port,
-        consul_serf=args.consul_serf_port,
-    )
+    ports = system.Ports(**{name: getattr(args, name) for name in PORT_FLAGS})
     return system.Settings(
         workdir=args.workdir,
         ports=ports,
@@ -204,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopmesh", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    keys_dir = REPO / "var" / "jwt"
+    keys_dir = tokens.DEFAULT_KEYS_DIR
 
     token = commands.add_parser("token", help="print a dev JWT for a user")
     token.add_argument("--user", required=True, help="the token's subject (the user id)")
@@ -218,9 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--ttl",
         type=int,
         default=tokens.DEFAULT_TTL_SECONDS,
-        help=f"lifetime in seconds, at most {tokens.MAX_TTL_SECONDS} [3600]",
+        help=f"lifetime in seconds, at most {tokens.MAX_TTL_SECONDS}"
+        f" [{tokens.DEFAULT_TTL_SECONDS}]",
     )
-    token.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help="[var/jwt]")
+    token.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help=f"[{keys_dir}]")
     token.set_defaults(handler=_token)
 
     checking = commands.add_parser(
@@ -229,17 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
         description=check.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    checking.add_argument("--workdir", type=pathlib.Path, default=REPO / "var", help="[var/]")
+    checking.add_argument("--workdir", type=pathlib.Path, default=WORKDIR, help=f"[{WORKDIR}]")
     checking.add_argument(
         "--settle-seconds",
         type=float,
-        default=60.0,
-        help="a PENDING order that has not moved for longer, and is not parked, is a problem [60]",
+        default=check.SETTLE_SECONDS,
+        help="a PENDING order that has not moved for longer, and is not parked, is a problem"
+        f" [{check.SETTLE_SECONDS:g}]",
     )
     checking.set_defaults(handler=_check)
 
     keys = commands.add_parser("keys", help="create the dev key pair and JWKS if missing")
-    keys.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help="[var/jwt]")
+    keys.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help=f"[{keys_dir}]")
     keys.set_defaults(handler=_keys)
 
     restart = RestartPolicy()
@@ -254,24 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--instances", type=int, default=1, help="instances of each service [1]")
-    run.add_argument("--workdir", type=pathlib.Path, default=REPO / "var", help="[var/]")
-    run.add_argument("--public-port", type=int, default=8080, help="Envoy public [8080]")
-    run.add_argument("--internal-port", type=int, default=15001, help="Envoy internal [15001]")
-    run.add_argument("--admin-port", type=int, default=9901, help="Envoy admin [9901]")
-    run.add_argument("--xds-port", type=int, default=18000, help="control plane [18000]")
-    run.add_argument("--consul-port", type=int, default=8500, help="Consul HTTP [8500]")
-    for flag, what in [("dns", "DNS"), ("server", "server RPC"), ("serf", "serf LAN")]:
-        run.add_argument(
-            f"--consul-{flag}-port", type=int, default=0, help=f"Consul {what} [a free port]"
-        )
-    run.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help="[var/jwt]")
-    run.add_argument(
-        "--envoy-concurrency",
-        type=int,
-        default=system.ENVOY_CONCURRENCY,
-        help=f"Envoy worker threads [{system.ENVOY_CONCURRENCY}]",
-    )
+    for name in RUN_FLAGS:
+        add_setting_flag(run, system.Settings, name)
+    for field in fields(system.Ports):
+        free = "a free port" if field.default == 0 else ""
+        add_setting_flag(run, system.Ports, field.name, PORT_FLAGS[field.name], shown=free)
+    run.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help=f"[{keys_dir}]")
     defaults = Limits()
     run.add_argument(
         "--gateway-limit",
@@ -279,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=gateway_limit,
         action="append",
         default=[],
-        help="set one of Envoy's limits (repeatable; README \"The gateway's policy\"), of: "
+        help="set one of Envoy's limits (repeatable; gateway/README.md), of: "
         + ", ".join(f"{f.name} [{getattr(defaults, f.name)}]" for f in fields(Limits)),
     )
     run.set_defaults(handler=_run)

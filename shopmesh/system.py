@@ -18,12 +18,14 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 
+from gateway.controlplane.config import ADS_PORT, CONSUL_HTTP_PORT
 from gateway.envoy_config import EnvoySettings, Limits, write
+from services.common.config import setting
 from services.order.config import GATEWAY_TRY_TIMEOUT_SECONDS
 from services.stack import DEMO_DATA
 from shopmesh import tokens
 from shopmesh.processes import Process, ServiceProcess, spawn_service, stop_together
-from shopmesh.tools import REPO, free_ports, tool
+from shopmesh.tools import REPO, WORKDIR, free_ports, tool
 
 READY_TIMEOUT_SECONDS = 30.0
 
@@ -31,18 +33,19 @@ READY_TIMEOUT_SECONDS = 30.0
 @dataclass(frozen=True)
 class Ports:
     """Where each part listens (on 127.0.0.1, but the public listener on
-    `Settings.public_address`); 0 is a free port picked at start."""
+    `Settings.public_address`); 0 is a free port picked at start. `shopmesh run` has a
+    flag for each, its help and default taken from here."""
 
-    public: int = 8080
-    internal: int = 15001
-    admin: int = 9901
-    xds: int = 18000
-    consul_http: int = 8500
+    public: int = setting(8080, "Envoy public")
+    internal: int = setting(15001, "Envoy internal")
+    admin: int = setting(9901, "Envoy admin")
+    xds: int = setting(ADS_PORT, "control plane")
+    consul_http: int = setting(CONSUL_HTTP_PORT, "Consul HTTP")
     # Consul's own ports, which nobody addresses (the DNS one only on purpose): free ones,
     # so a machine that already runs a Consul agent, or a second stack, can still start.
-    consul_dns: int = 0
-    consul_server: int = 0
-    consul_serf: int = 0
+    consul_dns: int = setting(0, "Consul DNS")
+    consul_server: int = setting(0, "Consul server RPC")
+    consul_serf: int = setting(0, "Consul serf LAN")
 
     @classmethod
     def free(cls) -> Ports:
@@ -63,15 +66,18 @@ class Ports:
 # One Envoy worker thread. Envoy's default is one per core, but here Envoy shares a
 # laptop's few cores with the Python services: on the 2-core bench machine one worker took
 # 90 µs of CPU per REST GET against 155 µs with two, and cut the order path's p50 at a fixed
-# rate by a quarter (README "Performance"). On a machine with cores to spare, raise it.
+# rate by a quarter (docs/performance.md). On a machine with cores to spare, raise it.
 ENVOY_CONCURRENCY = 1
 
 
 @dataclass(frozen=True)
 class Settings:
-    workdir: pathlib.Path = REPO / "var"
+    """What a system is started with; `shopmesh run`'s flags take the help and default of
+    the fields that have a help text."""
+
+    workdir: pathlib.Path = setting(WORKDIR, "logs, databases and the rendered envoy.yaml")
     ports: Ports = field(default_factory=Ports)
-    instances: int = 1
+    instances: int = setting(1, "instances of each service")
     seed_file: pathlib.Path = DEMO_DATA
     public_address: str = "127.0.0.1"
     service_settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
@@ -79,8 +85,8 @@ class Settings:
     envoy_limits: Limits = field(default_factory=Limits)
     keys_dir: pathlib.Path | None = None
     """Where the dev JWT keys live; unset: `<workdir>/jwt`."""
-    envoy_concurrency: int = ENVOY_CONCURRENCY
-    """Envoy's worker threads (see ENVOY_CONCURRENCY)."""
+    envoy_concurrency: int = setting(ENVOY_CONCURRENCY, "Envoy worker threads")
+    """See ENVOY_CONCURRENCY."""
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:

@@ -1,7 +1,7 @@
 """Development JWTs: an RS256 key pair under var/jwt/, the JWKS Envoy reads, and tokens.
 
 For development only: a real deployment points Envoy's jwt_authn at its identity
-provider's JWKS (see README, "Plugging in a real identity provider") and never holds a
+provider's JWKS (see docs/api.md, "Plugging in a real identity provider") and never holds a
 private key. PyJWT signs; cryptography makes the key.
 """
 
@@ -19,13 +19,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from services.common.identity import USER_ID_RULE, is_valid_user_id
+from shopmesh.tools import WORKDIR
 
 ISSUER = "shopmesh-dev"
 AUDIENCE = "shopmesh"
 DEFAULT_TTL_SECONDS = 3600
 # Envoy refuses tokens that live longer than this (jwt_authn max_lifetime).
 MAX_TTL_SECONDS = 86400
-DEFAULT_KEYS_DIR = pathlib.Path("var/jwt")
+DEFAULT_KEYS_DIR = WORKDIR / "jwt"
+"""The dev keys every shopmesh command uses unless told otherwise."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ import sys
 from collections.abc import Collection
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+WORKDIR = REPO / "var"
+"""Where `make run` keeps its logs, databases and dev keys; absolute, so the commands
+find it from any directory."""
 BIN = pathlib.Path(sys.executable).parent
 
 

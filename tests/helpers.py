@@ -189,7 +189,7 @@ class Ledger:
 
 
 def assert_invariants(client: Client, ledger: Ledger) -> None:
-    """DESIGN.md's invariants, read through the services' APIs once the system is quiet.
+    """The saga's invariants, read through the services' APIs once the system is quiet.
 
     Every order is final; per SKU, initial stock = available + sold with nothing held and
     sold = what confirmed orders bought; per order, a CONFIRMED one has exactly one captured

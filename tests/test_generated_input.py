@@ -1,6 +1,6 @@
 """Generated requests for every public RPC, over native gRPC and over REST through Envoy's
 public listener: no answer is a server fault, none carries internal text, and no instance
-is ejected (issue "Hold under hostile and careless use", item 3).
+is ejected.
 
 Driven by the contracts, not by a list of cases: the RPCs are those of gen/descriptor.binpb
 that the public listener routes to a service (read from the rendered gateway/envoy.yaml),

@@ -3,7 +3,8 @@ fault, so it gets a 4xx (gRPC: a client-fault status), never a 5xx or internal t
 never counts against an instance's health (Envoy's outlier-ejection counters stay 0).
 
 Each case here answered 500 or 503, or was obeyed, before the gateway and the services
-refused it (issue "Hold under hostile and careless use", items 1, 3 and 4).
+refused it. They come in three groups: the user-id alphabet, client faults that answered
+5xx, and what a client may not steer.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def order_body(request_id: str) -> dict[str, object]:
     return {"request_id": request_id, "line_items": [{"sku": "SKU-TEA", "quantity": 1}]}
 
 
-# Item 1: the user-id alphabet.
+# The user-id alphabet.
 
 BAD_SUBJECTS = {
     "non-ASCII": "zoë",
@@ -120,7 +121,7 @@ def test_every_character_of_the_alphabet_is_accepted(system: System) -> None:
     assert answer.status == 200, answer
 
 
-# Item 3: client faults that answered 5xx.
+# Client faults that answered 5xx.
 
 
 @pytest.mark.parametrize(
@@ -285,7 +286,7 @@ def test_a_body_not_of_one_whole_message_is_invalid_argument_at_once(
 
 def test_a_second_message_in_a_unary_call_is_ignored(system: System) -> None:
     """Two messages for a unary method are answered from the first at once, as grpc's own
-    unary path does (README "Compression and framing" says why it is not refused)."""
+    unary path does (gateway/README.md, "Compression and framing", says why)."""
     timeouts = "cluster.order.upstream_rq_per_try_timeout"
     before = system.stats(timeouts).get(timeouts, 0)
     answer = grpc_answer(
@@ -295,7 +296,7 @@ def test_a_second_message_in_a_unary_call_is_ignored(system: System) -> None:
     assert system.stats(timeouts).get(timeouts, 0) == before
 
 
-# Item 4: what a client may not steer.
+# What a client may not steer.
 
 
 def test_x_envoy_headers_from_a_client_are_not_obeyed(system: System) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from services.order import domain
 from services.order.config import OrderConfig
-from services.order.participants import Participants
+from services.order.participants import GrpcParticipants
 from services.order.service import OrderService
 from services.order.servicer import OrderServicer
 from shop.inventory.v1 import inventory_service_pb2 as inventory_rpc
@@ -330,7 +330,7 @@ async def test_the_saga_asks_payment_to_hold_the_money_for_its_authorization_sec
         authorization_margin_seconds=30,
     )
     assert config.authorization_seconds == 210
-    participants = Participants(
+    participants = GrpcParticipants(
         config.inventory_target,
         config.payment_target,
         timeout=5,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import pathlib
 import sqlite3
 import time
@@ -14,6 +15,7 @@ from google.protobuf import duration_pb2
 from services.common.validation import MAX_AUTHORIZATION_SECONDS
 from services.payment.config import PaymentConfig
 from services.payment.domain import PaymentState
+from services.payment.faults import FaultInterceptor
 from services.payment.service import PaymentService
 from services.payment.store import PaymentStore
 from shop.money.v1.money_pb2 import Money
@@ -398,3 +400,58 @@ async def test_a_database_of_the_version_before_expiry_opens_and_its_holds_expir
     account = store.account("alice")
     assert (account.available, account.held) == (1000, 0)
     store.close()
+
+
+def test_test_faults_are_an_interceptor_installed_only_when_one_is_set(
+    tmp_path: pathlib.Path,
+) -> None:
+    plain = PaymentService(PaymentConfig(db_path=tmp_path / "plain.db"))
+    assert plain.interceptors == ()
+    plain.store.close()
+    base = PaymentConfig(db_path=tmp_path / "faulty.db")
+    for config in (
+        dataclasses.replace(base, lose_replies="VoidPayment:1"),
+        dataclasses.replace(base, delay_seconds=0.1),
+        dataclasses.replace(base, flaky_calls=1),
+    ):
+        faulty = PaymentService(config)
+        assert [type(i) for i in faulty.interceptors] == [FaultInterceptor], config
+        faulty.store.close()
+
+
+async def test_a_lost_reply_took_effect_and_the_retry_gets_the_answer(
+    tmp_path: pathlib.Path, seed_file: pathlib.Path
+) -> None:
+    config = PaymentConfig(
+        db_path=tmp_path / "lossy.db", seed_file=seed_file, lose_replies="AuthorizePayment:1"
+    )
+    async with serving(PaymentService(config)) as served:
+        payment = PaymentServiceStub(served.channel)
+        lost = await rejected(payment.AuthorizePayment(authorize("o1", 2500), metadata=ALICE))
+        assert (lost.code, lost.reason) == (grpc.StatusCode.UNAVAILABLE, "REPLY_LOST")
+        assert await balance(payment) == (97_500, 2500)  # it took effect all the same
+        again = await payment.AuthorizePayment(authorize("o1", 2500), metadata=ALICE)
+        assert again.payment.state == pb.PAYMENT_STATE_AUTHORIZED
+        assert await balance(payment) == (97_500, 2500)
+
+
+async def test_a_flaky_instance_fails_every_second_mutating_call_before_doing_anything(
+    tmp_path: pathlib.Path, seed_file: pathlib.Path
+) -> None:
+    config = PaymentConfig(db_path=tmp_path / "flaky.db", seed_file=seed_file, flaky_calls=2)
+    async with serving(PaymentService(config)) as served:
+        payment = PaymentServiceStub(served.channel)
+        failed = await rejected(payment.AuthorizePayment(authorize("o1", 2500), metadata=ALICE))
+        assert (failed.code, failed.reason) == (grpc.StatusCode.UNAVAILABLE, "FLAKY")
+        assert await balance(payment) == (100_000, 0)  # nothing was done
+        await payment.AuthorizePayment(authorize("o1", 2500), metadata=ALICE)
+        # Reads are not mutating calls: never failed, and they count for nothing.
+        await payment.GetPayment(rpc.GetPaymentRequest(order_id="o1"), metadata=ALICE)
+        capture = rpc.CapturePaymentRequest(order_id="o1")
+        failed = await rejected(payment.CapturePayment(capture, metadata=ALICE))
+        assert failed.reason == "FLAKY"
+        captured = await payment.CapturePayment(capture, metadata=ALICE)
+        assert captured.payment.state == pb.PAYMENT_STATE_CAPTURED
+        # Past the first 2N calls, none fails.
+        void = rpc.VoidPaymentRequest(order_id="o2")
+        assert (await payment.VoidPayment(void, metadata=ALICE)).payment.order_id == "o2"

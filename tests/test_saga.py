@@ -1,6 +1,7 @@
 """The order saga against real processes: success, failures, faults, duplicates, crashes.
 
-Every test ends by checking DESIGN.md's invariants through the services' APIs.
+Every test ends by checking the saga's invariants through the services' APIs
+(helpers.assert_invariants: every order final, no stock or money made or lost).
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import pytest
 
 from services.common.errors import ErrorKind, ServiceError
+from services.order.config import OrderConfig
 from services.order.domain import Lease, LeaseLost, LineItem, Order, Phase
-from services.order.participants import StepError
-from services.order.saga import SagaRunner, SagaSettings
+from services.order.saga import SagaRunner, SagaSettings, StepError
 from services.order.store import OrderStore
 
 ITEMS = (LineItem("SKU-TEA", 1),)
@@ -79,8 +79,10 @@ async def test_a_runner_that_loses_the_lease_makes_no_more_calls_for_that_saga(
     """Runner A drives a saga while payment is down; the lease is taken from it (as an
     instance whose clock ran ahead would): its renewal finds out, and it stops calling."""
     store, thief = OrderStore(tmp_path / "order.db"), OrderStore(tmp_path / "order.db")
-    settings = SagaSettings(
-        step_retry_seconds=60, max_backoff_seconds=0.05, hold_seconds=60, lease_seconds=0.6
+    settings = SagaSettings.of(
+        OrderConfig(
+            step_retry_seconds=60, max_backoff_seconds=0.05, hold_seconds=60, lease_seconds=0.6
+        )
     )
     participants = PaymentDown()
     runner = SagaRunner(store, participants, settings, owner="a")
@@ -101,8 +103,10 @@ async def test_a_runner_that_loses_the_lease_makes_no_more_calls_for_that_saga(
 
 async def test_a_runner_drives_at_most_max_active_sagas_at_once(tmp_path: pathlib.Path) -> None:
     store = OrderStore(tmp_path / "order.db")
-    settings = SagaSettings(
-        step_retry_seconds=60, max_backoff_seconds=0.05, hold_seconds=60, max_active_sagas=2
+    settings = SagaSettings.of(
+        OrderConfig(
+            step_retry_seconds=60, max_backoff_seconds=0.05, hold_seconds=60, max_active_sagas=2
+        )
     )
     participants = PaymentDown()
     runner = SagaRunner(store, participants, settings, owner="a")

@@ -33,7 +33,7 @@ from tests.system_helpers import bearer
 
 CHAOS = bool(os.environ.get("SHOPMESH_CHAOS"))
 LEASE_SECONDS = 3.0
-# The issue's scenario is a 60 s outage; the short profile keeps its shape (many lease
+# The scenario is a 60 s payment outage; the short profile keeps its shape (many lease
 # periods and recovery intervals long) in less time.
 OUTAGE_SECONDS = 60.0 if CHAOS else 20.0
 ORDER_SETTINGS = {
@@ -142,7 +142,7 @@ def instance_of(system: System, owner: str) -> int:
 def pause_outside_a_write(process: ServiceProcess, database: pathlib.Path) -> None:
     """SIGSTOPs `process` at a moment it holds no write lock on `database`. On SQLite a
     process stopped inside a write transaction stalls every writer on the file until it
-    runs again (README "The order saga"): a fault of its own, not the one tested here."""
+    runs again (docs/saga.md): a fault of its own, not the one tested here."""
     for _ in range(20):
         process.signal(signal.SIGSTOP)
         try:

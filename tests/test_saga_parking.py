@@ -15,8 +15,8 @@ import pytest
 from services.common.errors import ErrorKind, ServiceError
 from services.order.config import OrderConfig
 from services.order.domain import LineItem, Order, OrderState, Phase
-from services.order.participants import Participants, StepError
-from services.order.saga import SagaParticipants, SagaRunner, SagaSettings
+from services.order.participants import GrpcParticipants
+from services.order.saga import SagaParticipants, SagaRunner, SagaSettings, StepError
 from services.order.service import OrderService
 from services.order.store import OrderStore
 from shop.order.v1 import order_pb2
@@ -24,8 +24,10 @@ from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from tests.helpers import ADMIN, Served, rejected, serving, user
 
-SETTINGS = SagaSettings(
-    step_retry_seconds=1, max_backoff_seconds=0.05, hold_seconds=60, max_step_failures=3
+SETTINGS = SagaSettings.of(
+    OrderConfig(
+        step_retry_seconds=1, max_backoff_seconds=0.05, hold_seconds=60, max_step_failures=3
+    )
 )
 BOUND_SECONDS = 10  # far above what 3 failures with 0.05 s backoff take
 
@@ -123,8 +125,10 @@ async def test_a_participant_gone_past_the_bound_parks_the_saga(tmp_path: pathli
     )
     store = OrderStore(tmp_path / "order.db")
     order, _ = await store.create("o1", "alice", "r1", (LineItem("SKU-TEA", 1),), 0.0)
-    settings = SagaSettings(
-        step_retry_seconds=1, max_backoff_seconds=0.05, hold_seconds=60, park_after_seconds=0.3
+    settings = SagaSettings.of(
+        OrderConfig(
+            step_retry_seconds=1, max_backoff_seconds=0.05, hold_seconds=60, park_after_seconds=0.3
+        )
     )
     runner = SagaRunner(store, Refusing({"capture": gone}), settings)
     await asyncio.wait_for(runner.ensure(order.order_id), BOUND_SECONDS)
@@ -157,7 +161,7 @@ async def test_a_call_grpc_cannot_make_is_a_final_step_failure(
 ) -> None:
     """A user id gRPC cannot carry (an order an older version let in): the call raised a
     non-gRPC exception, which the saga retried every 2 s for ever."""
-    participants = Participants(inventory_served.target, inventory_served.target, 2.0)
+    participants = GrpcParticipants(inventory_served.target, inventory_served.target, 2.0)
     order = Order(
         order_id="o1",
         user_id="zoë",
@@ -186,7 +190,7 @@ async def test_a_call_grpc_cannot_make_is_a_final_step_failure(
 async def test_an_order_whose_user_grpc_cannot_carry_ends_parked_not_pending_for_ever(
     tmp_path: pathlib.Path, inventory_served: Served, payment_served: Served
 ) -> None:
-    participants = Participants(inventory_served.target, payment_served.target, 2.0)
+    participants = GrpcParticipants(inventory_served.target, payment_served.target, 2.0)
     try:
         store, _, order_id = await start(tmp_path, participants, user="zoë")
     finally:

@@ -8,12 +8,14 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 
 from services.common.errors import ErrorKind, ServiceError
+from services.order.config import OrderConfig
 from services.order.domain import CANCELLED_BY_USER, Lease, LineItem, Order, OrderState, Phase
-from services.order.participants import StepError
-from services.order.saga import SagaRunner, SagaSettings
+from services.order.saga import SagaRunner, SagaSettings, StepError
 from services.order.store import OrderStore
 
-SETTINGS = SagaSettings(step_retry_seconds=1, max_backoff_seconds=0.1, hold_seconds=60)
+SETTINGS = SagaSettings.of(
+    OrderConfig(step_retry_seconds=1, max_backoff_seconds=0.1, hold_seconds=60)
+)
 
 
 def record_moves(store: OrderStore) -> list[tuple[Phase, Phase]]:

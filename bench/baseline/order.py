@@ -21,22 +21,22 @@ from bench.baseline.participants import HttpParticipants
 from services.common.errors import ErrorKind, ServiceError, Violations
 from services.common.validation import check_id, check_items
 from services.order import domain
+from services.order.config import OrderConfig
 from services.order.saga import SagaRunner, SagaSettings
 from services.order.store import OrderStore
 from shopmesh import tokens
 
 ISSUER, AUDIENCE = tokens.ISSUER, tokens.AUDIENCE
 
+# The order service's defaults: the baseline runs the same saga as shopmesh does.
+DEFAULTS = OrderConfig()
 store = open_store(OrderStore)
-participants = HttpParticipants(setting("INVENTORY_URL"), setting("PAYMENT_URL"), 2.0)
-saga = SagaRunner(
-    store,
-    participants,
-    SagaSettings(step_retry_seconds=10, max_backoff_seconds=2, hold_seconds=900),
+participants = HttpParticipants(
+    setting("INVENTORY_URL"), setting("PAYMENT_URL"), DEFAULTS.call_timeout_seconds
 )
+saga = SagaRunner(store, participants, SagaSettings.of(DEFAULTS))
 _jwks = json.loads(pathlib.Path(setting("JWKS")).read_text())["keys"]
 KEYS = {k["kid"]: jwt.PyJWK(k).key for k in _jwks}
-CREATE_WAIT_SECONDS = 10.0
 
 
 @contextlib.asynccontextmanager
@@ -125,7 +125,7 @@ async def create_order(body: CreateOrderIn, request: Request) -> dict[str, Any]:
     )
     if created:
         saga.ensure(order_id, first)
-    await saga.wait(order.order_id, CREATE_WAIT_SECONDS)
+    await saga.wait(order.order_id, DEFAULTS.create_wait_seconds)
     return {"order": order_json(store.answer(order.order_id))}
 
 

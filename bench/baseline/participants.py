@@ -1,6 +1,6 @@
 """The saga's participant calls over HTTP/JSON with httpx, each participant behind a
-circuit breaker (the `circuitbreaker` library): the classic Python way. Same interface
-as services.order.participants.Participants, so the same SagaRunner drives it."""
+circuit breaker (the `circuitbreaker` library): the classic Python way. The saga's
+SagaParticipants over HTTP, so the same SagaRunner drives it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from circuitbreaker import CircuitBreaker, CircuitBreakerError
 from services.common.errors import ErrorKind, FieldViolation, ServiceError
 from services.common.identity import USER_HEADER
 from services.order.domain import LineItem, Order
-from services.order.participants import StepError
+from services.order.saga import StepError
 
 TRANSIENT_STATUS = {500, 502, 503, 504}
 

@@ -2,7 +2,8 @@
 
 import sys
 
-from gateway.controlplane.service import ControlPlaneConfig, create
+from gateway.controlplane.config import ControlPlaneConfig
+from gateway.controlplane.service import create
 from services.common.server import main
 
 sys.exit(main("controlplane", ControlPlaneConfig, create))

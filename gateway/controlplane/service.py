@@ -4,41 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 
+from gateway.controlplane.config import ControlPlaneConfig
 from gateway.controlplane.consul_watch import ServiceWatch
 from gateway.controlplane.resources import Endpoint, load_assignment
 from gateway.controlplane.xds import AggregatedDiscovery, Snapshot
-from services.common.config import ServerConfig, is_host_port, setting
-
-
-@dataclass(frozen=True)
-class ControlPlaneConfig(ServerConfig):
-    """Settings of the control plane (it registers itself in Consul like the services)."""
-
-    port: int = setting(18000, "port Envoy's ADS stream connects to")
-    watch_consul_http: str = setting("127.0.0.1:8500", "host:port of the Consul HTTP API to watch")
-    clusters: str = setting("inventory,payment,order", "comma-separated Consul services to serve")
-
-    def problems(self) -> list[str]:
-        found = super().problems()
-        if not self.cluster_names:
-            found.append("clusters must name at least one service")
-        if not is_host_port(self.watch_consul_http):
-            found.append(f"watch_consul_http must be host:port, got {self.watch_consul_http!r}")
-        return found
-
-    @property
-    def cluster_names(self) -> list[str]:
-        return [c.strip() for c in self.clusters.split(",") if c.strip()]
 
 
 class ControlPlane:
     name = "controlplane"
     service_names = (ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,)
+    interceptors = ()
 
     def __init__(self, config: ControlPlaneConfig) -> None:
         self.snapshot = Snapshot()

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from services.common import db
+
 ENV_PREFIX = "SHOP_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -33,7 +35,7 @@ class ConfigError(Exception):
 
 
 def setting(default: Any, help: str) -> Any:
-    """A config field with its help text (shown by --help and in the README)."""
+    """A config field with its help text (shown by --help and in docs/architecture.md)."""
     return dataclasses.field(default=default, metadata={"help": help})
 
 
@@ -101,7 +103,7 @@ class StoreConfig(ServerConfig):
 
     db_path: pathlib.Path = setting(pathlib.Path("var/service.db"), "SQLite database file")
     db_synchronous: str = setting(
-        "FULL", "SQLite synchronous mode: FULL survives power loss, NORMAL only crashes"
+        db.SYNCHRONOUS, "SQLite synchronous mode: FULL survives power loss, NORMAL only crashes"
     )
     seed_file: pathlib.Path | None = setting(
         None, "JSON file of demo data loaded at start (existing rows are kept)"
@@ -109,9 +111,10 @@ class StoreConfig(ServerConfig):
 
     def problems(self) -> list[str]:
         found = super().problems()
-        if self.db_synchronous not in ("FULL", "NORMAL", "EXTRA"):
+        if self.db_synchronous not in db.SYNCHRONOUS_MODES:
             found.append(
-                f"db_synchronous must be FULL, NORMAL or EXTRA, got {self.db_synchronous!r}"
+                f"db_synchronous must be one of {', '.join(db.SYNCHRONOUS_MODES)},"
+                f" got {self.db_synchronous!r}"
             )
         if self.seed_file is not None and not self.seed_file.is_file():
             found.append(f"seed_file {self.seed_file} does not exist")

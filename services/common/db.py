@@ -40,6 +40,9 @@ from services.common.errors import ErrorKind, ServiceError
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+SYNCHRONOUS = "FULL"
+"""Every commit survives power loss, unless a store is opened otherwise."""
+SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 
 
 def connect(path: pathlib.Path, synchronous: str, schema: str) -> sqlite3.Connection:
@@ -237,7 +240,7 @@ class Store:
     schema: ClassVar[str] = ""
 
     def __init__(
-        self, path: pathlib.Path, synchronous: str = "FULL", group_commit: bool = True
+        self, path: pathlib.Path, synchronous: str = SYNCHRONOUS, group_commit: bool = True
     ) -> None:
         self._conn = connect(path, synchronous, self.schema)
         self.writes = GroupCommit(self._conn, enabled=group_commit)

@@ -1,7 +1,8 @@
 """Who is calling: the identity headers the gateway sets from a verified JWT.
 
-Services trust these headers because only Envoy can reach them with one: Envoy strips
-any a client sends and sets them from the token (see DESIGN.md). The order service
+Services trust these headers because only Envoy can reach them with one: Envoy removes
+every x-shop-* header a client sends and sets these from the verified token's `sub` and
+`scope` claims (gateway/envoy.yaml, jwt_authn's claim_to_headers). The order service
 passes the user header on to inventory and payment.
 """
 

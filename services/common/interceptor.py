@@ -11,7 +11,7 @@ Envoy, until its per-try timeout, which counts against the instance) waits for n
 Each unary method is therefore served as stream-unary and reads exactly one message,
 which sees the end of a stream that has none; on the wire nothing changes for a
 well-formed call. It does not read on to the end: waiting for the half-close after the
-message cost about 15% of orders/s (`make bench`, README "Performance"), so a second
+message cost about 15% of orders/s (`make bench`, docs/performance.md), so a second
 message is ignored, as grpc's own unary path ignores it. Each failed call is logged
 once; successes only at DEBUG.
 """

@@ -49,6 +49,10 @@ class Service(Protocol):
     def service_names(self) -> Sequence[str]:
         """Full names of the gRPC services it serves, for health and reflection."""
 
+    @property
+    def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
+        """The service's own server interceptors, inside the error mapping (usually none)."""
+
     def register(self, server: grpc.aio.Server) -> None: ...
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -59,7 +63,7 @@ async def build_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with the service, health and reflection, bound but not started."""
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(f"{service.name}.shopmesh")],
+        interceptors=[ErrorInterceptor(f"{service.name}.shopmesh"), *service.interceptors],
         options=[
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),

@@ -6,7 +6,10 @@ import enum
 from dataclasses import dataclass
 
 MAX_RESTOCK = 1_000_000
-DEFAULT_HOLD_SECONDS = 900.0  # the limits are services.common.validation's, shared with order
+DEFAULT_HOLD_SECONDS = 900.0
+"""How long a hold lasts when ReserveStock names no hold_duration; the order service asks
+for as long by default (OrderConfig.hold_seconds). The limits are services.common.validation's,
+shared with order."""
 
 
 class ReservationState(enum.Enum):

@@ -23,6 +23,7 @@ class InventoryService:
     service_names = (
         inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
     )
+    interceptors = ()
 
     def __init__(self, config: InventoryConfig) -> None:
         self._config = config

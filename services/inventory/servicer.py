@@ -39,7 +39,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         violations = Violations()
         check_sku(violations, "sku", request.sku)
         violations.raise_if_any()
-        return rpc.GetProductResponse(product=_product(self._store.product(request.sku)))
+        return rpc.GetProductResponse(product=_product_to_proto(self._store.product(request.sku)))
 
     async def ListProducts(
         self, request: rpc.ListProductsRequest, context: Context
@@ -52,7 +52,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         more = len(page) > size
         page = page[:size]
         return rpc.ListProductsResponse(
-            products=[_product(p) for p in page],
+            products=[_product_to_proto(p) for p in page],
             next_page_token=pagination.encode_token(page[-1].sku) if more else "",
         )
 
@@ -73,7 +73,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
             )
         violations.raise_if_any()
         found = await self._store.reserve(request.order_id, who.user_id, items, hold, time.time())
-        return rpc.ReserveStockResponse(reservation=_reservation(found))
+        return rpc.ReserveStockResponse(reservation=_reservation_to_proto(found))
 
     async def GetReservation(
         self, request: rpc.GetReservationRequest, context: Context
@@ -82,7 +82,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         require_order_id(request.order_id)
         owner = None if who.is_admin else who.user_id
         return rpc.GetReservationResponse(
-            reservation=_reservation(self._store.reservation(request.order_id, owner))
+            reservation=_reservation_to_proto(self._store.reservation(request.order_id, owner))
         )
 
     async def CommitReservation(
@@ -91,7 +91,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         who = caller(context)
         require_order_id(request.order_id)
         found = await self._store.commit(request.order_id, who.user_id, time.time())
-        return rpc.CommitReservationResponse(reservation=_reservation(found))
+        return rpc.CommitReservationResponse(reservation=_reservation_to_proto(found))
 
     async def ReleaseReservation(
         self, request: rpc.ReleaseReservationRequest, context: Context
@@ -99,7 +99,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         who = caller(context)
         require_order_id(request.order_id)
         found = await self._store.release(request.order_id, who.user_id, time.time())
-        return rpc.ReleaseReservationResponse(reservation=_reservation(found))
+        return rpc.ReleaseReservationResponse(reservation=_reservation_to_proto(found))
 
     async def RestockProduct(
         self, request: rpc.RestockProductRequest, context: Context
@@ -115,7 +115,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         check_id(violations, "request_id", request.request_id)
         violations.raise_if_any()
         product = await self._store.restock(request.sku, request.quantity, request.request_id)
-        return rpc.RestockProductResponse(product=_product(product))
+        return rpc.RestockProductResponse(product=_product_to_proto(product))
 
 
 def _check_items(
@@ -125,7 +125,7 @@ def _check_items(
     return tuple(domain.Item(i.sku, i.quantity) for i in items)
 
 
-def _product(p: domain.Product) -> pb.Product:
+def _product_to_proto(p: domain.Product) -> pb.Product:
     return pb.Product(
         sku=p.sku,
         name=p.name,
@@ -136,7 +136,7 @@ def _product(p: domain.Product) -> pb.Product:
     )
 
 
-def _reservation(r: domain.Reservation) -> pb.Reservation:
+def _reservation_to_proto(r: domain.Reservation) -> pb.Reservation:
     return pb.Reservation(
         order_id=r.order_id,
         user_id=r.user_id,

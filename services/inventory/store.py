@@ -87,22 +87,20 @@ class InventoryStore(db.Store):
     # Reads.
 
     def product(self, sku: str) -> Product:
-        return _product_in(self._reads, sku)
+        return _read_product(self._reads, sku)
 
     def products(self, after_sku: str | None, limit: int) -> list[Product]:
         rows = self._reads.execute(
             "SELECT * FROM products WHERE sku > ? ORDER BY sku LIMIT ?", (after_sku or "", limit)
         ).fetchall()
-        return [_product(r) for r in rows]
+        return [_product_from_row(r) for r in rows]
 
     def reservation(self, order_id: str, user_id: str | None = None) -> Reservation:
         """The order's reservation; NOT_FOUND if none, or if it is another user's."""
         with db.snapshot(self._reads) as conn:
-            found = _reservation(conn, order_id)
+            found = _read_reservation(conn, order_id)
         if found is None or (user_id is not None and found.user_id != user_id):
-            raise not_found(
-                "RESERVATION_NOT_FOUND", f"order {order_id!r} has no reservation", order_id=order_id
-            )
+            raise _reservation_not_found(order_id)
         return found
 
     # Writes.
@@ -115,7 +113,7 @@ class InventoryStore(db.Store):
         wanted = tuple(items)
         with db.transaction(self._conn) as conn:
             _expire_due(conn, now)
-            existing = _reservation(conn, order_id)
+            existing = _read_reservation(conn, order_id)
             if existing is not None:
                 return _same_reservation(existing, user_id, wanted)
             unknown = _unknown_skus(conn, wanted)
@@ -164,7 +162,7 @@ class InventoryStore(db.Store):
                 " VALUES (?, ?, ?, ?, ?)",
                 [(order_id, i.sku, i.quantity, i.price_minor, i.currency) for i in priced],
             )
-            reservation = _reservation(conn, order_id)
+            reservation = _read_reservation(conn, order_id)
         assert reservation is not None
         return reservation
 
@@ -173,13 +171,9 @@ class InventoryStore(db.Store):
         """Sells a held reservation; a repeat returns the committed one."""
         with db.transaction(self._conn) as conn:
             _expire_due(conn, now)
-            found = _reservation(conn, order_id)
+            found = _read_reservation(conn, order_id)
             if found is None or found.user_id != user_id:
-                raise not_found(
-                    "RESERVATION_NOT_FOUND",
-                    f"order {order_id!r} has no reservation",
-                    order_id=order_id,
-                )
+                raise _reservation_not_found(order_id)
             if found.state is ReservationState.HELD:
                 _move(conn, found, "held = held - ?1, sold = sold + ?1")
                 _set_state(conn, order_id, ReservationState.COMMITTED)
@@ -189,7 +183,7 @@ class InventoryStore(db.Store):
                     f"the reservation of order {order_id!r} is {found.state.value.lower()}",
                     order_id=order_id,
                 )
-            result = _reservation(conn, order_id)
+            result = _read_reservation(conn, order_id)
         assert result is not None
         return result
 
@@ -198,7 +192,7 @@ class InventoryStore(db.Store):
         """Gives a hold back; for an unknown order, records an empty released one."""
         with db.transaction(self._conn) as conn:
             _expire_due(conn, now)
-            found = _reservation(conn, order_id)
+            found = _read_reservation(conn, order_id)
             if found is None:
                 # A tombstone: a ReserveStock for this order that arrives late finds it
                 # and holds nothing.
@@ -208,11 +202,7 @@ class InventoryStore(db.Store):
                     (order_id, user_id, ReservationState.RELEASED.value, now),
                 )
             elif found.user_id != user_id:
-                raise not_found(
-                    "RESERVATION_NOT_FOUND",
-                    f"order {order_id!r} has no reservation",
-                    order_id=order_id,
-                )
+                raise _reservation_not_found(order_id)
             elif found.state is ReservationState.HELD:
                 _move(conn, found, "held = held - ?1, available = available + ?1")
                 _set_state(conn, order_id, ReservationState.RELEASED)
@@ -222,7 +212,7 @@ class InventoryStore(db.Store):
                     f"the stock of order {order_id!r} is already sold",
                     order_id=order_id,
                 )
-            result = _reservation(conn, order_id)
+            result = _read_reservation(conn, order_id)
         assert result is not None
         return result
 
@@ -271,7 +261,7 @@ class InventoryStore(db.Store):
         with db.transaction(self._conn) as conn:
             known = conn.execute("SELECT 1 FROM products WHERE sku = ?", (sku,)).fetchone()
             if known is None:
-                raise not_found("PRODUCT_NOT_FOUND", f"no product has SKU {sku!r}", sku=sku)
+                raise _product_not_found(sku)
             previous = conn.execute(
                 "SELECT sku, quantity FROM restocks WHERE request_id = ?", (request_id,)
             ).fetchone()
@@ -289,17 +279,28 @@ class InventoryStore(db.Store):
                     "this request_id was already used for a different restock",
                     request_id=request_id,
                 )
-            return _product_in(conn, sku)
+            return _read_product(conn, sku)
 
 
-def _product_in(conn: sqlite3.Connection, sku: str) -> Product:
+def _product_not_found(sku: str) -> ServiceError:
+    return not_found("PRODUCT_NOT_FOUND", f"no product has SKU {sku!r}", sku=sku)
+
+
+def _reservation_not_found(order_id: str) -> ServiceError:
+    """For an order with no reservation, or another user's: the same answer, so no probing."""
+    return not_found(
+        "RESERVATION_NOT_FOUND", f"order {order_id!r} has no reservation", order_id=order_id
+    )
+
+
+def _read_product(conn: sqlite3.Connection, sku: str) -> Product:
     row = conn.execute("SELECT * FROM products WHERE sku = ?", (sku,)).fetchone()
     if row is None:
-        raise not_found("PRODUCT_NOT_FOUND", f"no product has SKU {sku!r}", sku=sku)
-    return _product(row)
+        raise _product_not_found(sku)
+    return _product_from_row(row)
 
 
-def _product(row: sqlite3.Row) -> Product:
+def _product_from_row(row: sqlite3.Row) -> Product:
     return Product(
         row["sku"],
         row["name"],
@@ -311,7 +312,7 @@ def _product(row: sqlite3.Row) -> Product:
     )
 
 
-def _reservation(conn: sqlite3.Connection, order_id: str) -> Reservation | None:
+def _read_reservation(conn: sqlite3.Connection, order_id: str) -> Reservation | None:
     row = conn.execute("SELECT * FROM reservations WHERE order_id = ?", (order_id,)).fetchone()
     if row is None:
         return None
@@ -366,7 +367,7 @@ def _expire_due(conn: sqlite3.Connection, now: float) -> int:
         (ReservationState.HELD.value, now),
     ).fetchall()
     for row in due:
-        found = _reservation(conn, row["order_id"])
+        found = _read_reservation(conn, row["order_id"])
         assert found is not None
         _move(conn, found, "held = held - ?1, available = available + ?1")
         _set_state(conn, found.order_id, ReservationState.EXPIRED)

@@ -11,6 +11,7 @@ from services.common.validation import (
     MAX_HOLD_SECONDS,
     MIN_HOLD_SECONDS,
 )
+from services.inventory.domain import DEFAULT_HOLD_SECONDS
 
 # Envoy's per-try timeout on the OrderService route (gateway/envoy.yaml is rendered with
 # it). CreateOrder must answer before it: past it, Envoy retries a call whose order is
@@ -43,8 +44,10 @@ class OrderConfig(StoreConfig):
         "before the order is cancelled",
     )
     max_backoff_seconds: float = setting(2.0, "longest wait between two retries of a step")
+    # By default, as long as inventory holds stock for a caller that names no duration.
     hold_seconds: float = setting(
-        900.0, f"how long stock stays held for an order, {MIN_HOLD_SECONDS:g}..{MAX_HOLD_SECONDS:g}"
+        DEFAULT_HOLD_SECONDS,
+        f"how long stock stays held for an order, {MIN_HOLD_SECONDS:g}..{MAX_HOLD_SECONDS:g}",
     )
     create_wait_seconds: float = setting(
         10.0,

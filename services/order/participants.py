@@ -1,9 +1,9 @@
-"""The saga's calls to inventory and payment, one method per step.
+"""The saga's calls to inventory and payment over gRPC, one method per step.
 
 Each call has a deadline, carries the order's owner as the caller, and either returns or
-raises StepError (whatever went wrong, gRPC's answer or not), which says whether the
-failure is worth retrying. Every step is
-idempotent on the participant (keyed by the order id), so retrying is always safe.
+raises the saga's StepError (whatever went wrong, gRPC's answer or not), which says
+whether the failure is worth retrying. Every step is idempotent on the participant (keyed
+by the order id), so retrying is always safe.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from services.common.errors import ErrorKind, ServiceError
 from services.common.identity import outbound_metadata
 from services.common.status import error_details
 from services.order.domain import LineItem, Order
+from services.order.saga import StepError
 from shop.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory_service_pb2_grpc
 from shop.money.v1 import money_pb2
 from shop.payment.v1 import payment_service_pb2, payment_service_pb2_grpc
@@ -33,18 +34,8 @@ TRANSIENT_CODES = frozenset(
 )
 
 
-class StepError(Exception):
-    """A participant's answer other than success, as the error it returned."""
-
-    def __init__(self, participant: str, error: ServiceError, transient: bool) -> None:
-        super().__init__(f"{participant}: {error.reason or error.kind.name}: {error.message}")
-        self.participant = participant
-        self.error = error
-        self.transient = transient
-
-
-class Participants:
-    """gRPC clients of inventory and payment, for the saga's steps."""
+class GrpcParticipants:
+    """gRPC clients of inventory and payment, for the saga's steps (SagaParticipants)."""
 
     def __init__(
         self,

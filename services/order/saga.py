@@ -38,10 +38,11 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol, TypeVar
 
 from services.common.errors import ErrorKind, FieldViolation, ServiceError
+from services.order.config import OrderConfig
 from services.order.domain import (
     CANCELLABLE_PHASES,
     FINAL_PHASES,
@@ -56,7 +57,6 @@ from services.order.domain import (
     cancelled_by_user,
     is_free,
 )
-from services.order.participants import StepError
 from services.order.store import OrderStore
 
 log = logging.getLogger(__name__)
@@ -68,24 +68,38 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class SagaSettings:
+    """The saga's part of OrderConfig, field for field (each one's help is there): built
+    with `of`, so the defaults have one source."""
+
     step_retry_seconds: float
     max_backoff_seconds: float
     hold_seconds: float
-    max_step_failures: int = 5
-    """Final answers of one step past the pivot (or unexpected errors) before parking."""
-    park_after_seconds: float = 3600.0
-    """How long one step past the pivot retries transient failures before parking."""
-    lease_seconds: float = 10.0
-    """How long a saga's lease lasts unrenewed; after it, another instance may adopt it."""
-    max_active_sagas: int = 100
-    """Sagas one instance drives at once; the others wait for a slot."""
-    crash_at: str = ""
-    """TEST ONLY: the named step at which the process kills itself (kill -9)."""
+    max_step_failures: int
+    park_after_seconds: float
+    lease_seconds: float
+    max_active_sagas: int
+    crash_at: str
+
+    @classmethod
+    def of(cls, config: OrderConfig) -> SagaSettings:
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
+class StepError(Exception):
+    """A participant's answer other than success, as the error it returned, and whether
+    the failure is worth retrying (it says nothing about the request, only the moment)."""
+
+    def __init__(self, participant: str, error: ServiceError, transient: bool) -> None:
+        super().__init__(f"{participant}: {error.reason or error.kind.name}: {error.message}")
+        self.participant = participant
+        self.error = error
+        self.transient = transient
 
 
 class SagaParticipants(Protocol):
-    """The calls the saga makes; each raises StepError. Implemented over gRPC by
-    services.order.participants (and over HTTP by the benchmark's baseline)."""
+    """The calls the saga makes; each returns or raises StepError. Implemented over gRPC
+    by services.order.participants.GrpcParticipants (and over HTTP by the benchmark's
+    baseline)."""
 
     async def reserve(self, order: Order, hold_seconds: float) -> list[LineItem]: ...
     async def commit(self, order: Order) -> None: ...

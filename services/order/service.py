@@ -10,7 +10,7 @@ import time
 import grpc
 
 from services.order.config import OrderConfig
-from services.order.participants import Participants
+from services.order.participants import GrpcParticipants
 from services.order.saga import SagaRunner, SagaSettings
 from services.order.servicer import OrderServicer
 from services.order.store import OrderStore
@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 class OrderService:
     name = "order"
     service_names = (order_service_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name,)
+    interceptors = ()
 
     def __init__(self, config: OrderConfig) -> None:
         self._config = config
         self.store = OrderStore(config.db_path, config.db_synchronous)
-        self._participants = Participants(
+        self._participants = GrpcParticipants(
             config.inventory_target,
             config.payment_target,
             config.call_timeout_seconds,
@@ -35,16 +36,7 @@ class OrderService:
         self.saga = SagaRunner(
             self.store,
             self._participants,
-            SagaSettings(
-                step_retry_seconds=config.step_retry_seconds,
-                max_backoff_seconds=config.max_backoff_seconds,
-                max_step_failures=config.max_step_failures,
-                park_after_seconds=config.park_after_seconds,
-                lease_seconds=config.lease_seconds,
-                max_active_sagas=config.max_active_sagas,
-                hold_seconds=config.hold_seconds,
-                crash_at=config.crash_at,
-            ),
+            SagaSettings.of(config),
         )
         self._servicer = OrderServicer(self.store, self.saga, config)
         self._recovery: asyncio.Task[None] | None = None

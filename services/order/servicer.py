@@ -52,14 +52,16 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         placing.add_done_callback(self._placing.discard)
         order = await asyncio.shield(placing)
         await self._wait_for_saga(order.order_id, context)
-        return rpc.CreateOrderResponse(order=_order(self._store.answer(order.order_id)))
+        return rpc.CreateOrderResponse(order=_order_to_proto(self._store.answer(order.order_id)))
 
     async def GetOrder(
         self, request: rpc.GetOrderRequest, context: Context
     ) -> rpc.GetOrderResponse:
         who = caller(context)
         require_order_id(request.order_id)
-        return rpc.GetOrderResponse(order=_order(self._store.order(request.order_id, who.user_id)))
+        return rpc.GetOrderResponse(
+            order=_order_to_proto(self._store.order(request.order_id, who.user_id))
+        )
 
     async def ListOrders(
         self, request: rpc.ListOrdersRequest, context: Context
@@ -73,7 +75,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         more = len(page) > size
         page = page[:size]
         return rpc.ListOrdersResponse(
-            orders=[_order(o) for o in page],
+            orders=[_order_to_proto(o) for o in page],
             next_page_token=pagination.encode_token(str(page[-1].seq)) if more else "",
         )
 
@@ -92,7 +94,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
                 if phase in (domain.Phase.COMMITTING, domain.Phase.CONFIRMED):
                     raise _already_confirmed(order.order_id)
             await self._wait_for_saga(order.order_id, context)
-        return rpc.CancelOrderResponse(order=_order(self._store.order(order.order_id)))
+        return rpc.CancelOrderResponse(order=_order_to_proto(self._store.order(order.order_id)))
 
     async def ListParkedOrders(
         self, request: rpc.ListParkedOrdersRequest, context: Context
@@ -106,7 +108,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         more = len(page) > size
         page = page[:size]
         return rpc.ListParkedOrdersResponse(
-            parked_orders=[_parked(p) for p in page],
+            parked_orders=[_parked_to_proto(p) for p in page],
             next_page_token=pagination.encode_token(str(page[-1].seq)) if more else "",
         )
 
@@ -123,7 +125,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
                 order_id=order.order_id,
             )
         await self._wait_for_saga(order.order_id, context)
-        return rpc.ResumeOrderResponse(order=_order(self._store.order(order.order_id)))
+        return rpc.ResumeOrderResponse(order=_order_to_proto(self._store.order(order.order_id)))
 
     async def placed(self) -> None:
         """Waits for the orders being placed (at stop: each starts its saga before the
@@ -181,7 +183,7 @@ def _check_line_items(
     return tuple(domain.LineItem(i.sku, i.quantity) for i in items)
 
 
-def _parked(p: domain.ParkedSaga) -> rpc.ParkedOrder:
+def _parked_to_proto(p: domain.ParkedSaga) -> rpc.ParkedOrder:
     return rpc.ParkedOrder(
         order_id=p.order_id,
         user_id=p.user_id,
@@ -192,7 +194,7 @@ def _parked(p: domain.ParkedSaga) -> rpc.ParkedOrder:
     )
 
 
-def _order(o: domain.Order) -> pb.Order:
+def _order_to_proto(o: domain.Order) -> pb.Order:
     message = pb.Order(
         order_id=o.order_id,
         user_id=o.user_id,

@@ -104,7 +104,7 @@ CREATE TABLE IF NOT EXISTS saga_leases (
 """
 
 
-def _not_found(order_id: str) -> ServiceError:
+def _order_not_found(order_id: str) -> ServiceError:
     return not_found("ORDER_NOT_FOUND", f"no order {order_id!r}", order_id=order_id)
 
 
@@ -151,7 +151,7 @@ class OrderStore(db.Store):
                         request_id=request_id,
                         order_id=row["order_id"],
                     )
-                return self._order(conn, row["order_id"]), False
+                return self._read_order(conn, row["order_id"]), False
             if quota is not None:
                 _check_quota(conn, user_id, quota)
             conn.execute(
@@ -173,22 +173,22 @@ class OrderStore(db.Store):
                     " VALUES (?, ?, ?, ?)",
                     (order_id, lease.owner, lease.epoch, lease_until),
                 )
-            return self._order(conn, order_id), True
+            return self._read_order(conn, order_id), True
 
     def order(self, order_id: str, user_id: str | None = None) -> Order:
         """The order; NOT_FOUND if none, or if it is another user's."""
         with db.snapshot(self._reads) as conn:
-            found = self._order(conn, order_id)
+            found = self._read_order(conn, order_id)
         if user_id is not None and found.user_id != user_id:
-            raise _not_found(order_id)
+            raise _order_not_found(order_id)
         return found
 
     def answer(self, order_id: str) -> Order:
         """What CreateOrder answers: the order, or, if its saga cancelled it (not the user),
         the saga's failure with the order's id, so that a repeat gets the same answer."""
         with db.snapshot(self._reads) as conn:
-            order = self._order(conn, order_id)
-            failure = _saga(conn, order_id).failure
+            order = self._read_order(conn, order_id)
+            failure = _read_saga(conn, order_id).failure
         if (
             order.state is OrderState.CANCELLED
             and order.cancel_reason != CANCELLED_BY_USER
@@ -211,12 +211,12 @@ class OrderStore(db.Store):
                 " ORDER BY seq DESC LIMIT ?",
                 (user_id, before_seq if before_seq is not None else 2**62, limit),
             ).fetchall()
-            return [self._order(conn, r["order_id"]) for r in rows]
+            return [self._read_order(conn, r["order_id"]) for r in rows]
 
-    def _order(self, conn: sqlite3.Connection, order_id: str) -> Order:
+    def _read_order(self, conn: sqlite3.Connection, order_id: str) -> Order:
         row = conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
         if row is None:
-            raise _not_found(order_id)
+            raise _order_not_found(order_id)
         items = conn.execute(
             "SELECT sku, quantity, price_minor, currency FROM order_items"
             " WHERE order_id = ? ORDER BY position",
@@ -268,7 +268,7 @@ class OrderStore(db.Store):
     # The saga record.
 
     def saga(self, order_id: str) -> Saga:
-        return _saga(self._reads, order_id)
+        return _read_saga(self._reads, order_id)
 
     def open_sagas(self, now: float, limit: int = -1) -> list[str]:
         """Ids of sagas nobody drives: not final, not parked, and with no lease or an
@@ -294,7 +294,7 @@ class OrderStore(db.Store):
         lease, an expired one, or one `owner` held before); None if another instance does,
         or if the saga is final. NOT_FOUND if there is no such saga."""
         with db.transaction(self._conn) as conn:
-            if _saga(conn, order_id).phase in FINAL_PHASES:
+            if _read_saga(conn, order_id).phase in FINAL_PHASES:
                 return None  # nothing left to drive
             row = conn.execute(
                 "SELECT owner, epoch, expires_at FROM saga_leases WHERE order_id = ?",
@@ -479,7 +479,7 @@ class OrderStore(db.Store):
             conn.execute("DELETE FROM saga_leases WHERE order_id = ?", (order_id,))
             reason = ""
             if final is Phase.CANCELLED:
-                failure = _saga(conn, order_id).failure
+                failure = _read_saga(conn, order_id).failure
                 reason = failure.reason if failure is not None else ""
             conn.execute(
                 "UPDATE orders SET state = ?, cancel_reason = ?, updated_at = ? WHERE order_id = ?",
@@ -501,7 +501,7 @@ class OrderStore(db.Store):
             )
 
 
-def _saga(conn: sqlite3.Connection, order_id: str) -> Saga:
+def _read_saga(conn: sqlite3.Connection, order_id: str) -> Saga:
     # The parked flag in the same read: the saga's driver looks at both before each step.
     row = conn.execute(
         "SELECT sagas.*, parked_sagas.order_id IS NOT NULL AS parked FROM sagas"
@@ -509,7 +509,7 @@ def _saga(conn: sqlite3.Connection, order_id: str) -> Saga:
         (order_id,),
     ).fetchone()
     if row is None:
-        raise _not_found(order_id)
+        raise _order_not_found(order_id)
     return Saga(
         order_id=row["order_id"],
         phase=Phase(row["phase"]),

@@ -47,6 +47,11 @@ class PaymentConfig(StoreConfig):
         " with UNAVAILABLE before doing anything",
     )
 
+    @property
+    def any_fault(self) -> bool:
+        """Whether a TEST ONLY fault is set; only then is the fault interceptor installed."""
+        return bool(self.lose_replies or self.delay_seconds or self.flaky_calls)
+
     def problems(self) -> list[str]:
         found = super().problems()
         if (

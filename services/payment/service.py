@@ -10,7 +10,7 @@ import time
 import grpc
 
 from services.payment.config import PaymentConfig
-from services.payment.faults import Faults
+from services.payment.faults import FaultInterceptor, Faults
 from services.payment.servicer import PaymentServicer
 from services.payment.store import PaymentStore
 from shop.payment.v1 import payment_service_pb2, payment_service_pb2_grpc
@@ -24,7 +24,10 @@ class PaymentService:
 
     def __init__(self, config: PaymentConfig) -> None:
         self._config = config
-        self._faults = Faults(config.lose_replies, config.delay_seconds, config.flaky_calls)
+        self.interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+        if config.any_fault:
+            faults = Faults(config.lose_replies, config.delay_seconds, config.flaky_calls)
+            self.interceptors = (FaultInterceptor(faults),)
         self.store = PaymentStore(
             config.db_path,
             config.db_synchronous,
@@ -36,9 +39,7 @@ class PaymentService:
         self._sweeper: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
-        servicer = PaymentServicer(
-            self.store, self._faults, self._config.default_authorization_seconds
-        )
+        servicer = PaymentServicer(self.store, self._config.default_authorization_seconds)
         payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, server)
 
     async def start(self) -> None:

@@ -18,7 +18,6 @@ from services.common.validation import (
     require_order_id,
 )
 from services.payment import domain
-from services.payment.faults import Faults
 from services.payment.store import PaymentStore, account_not_found
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_service_pb2 as rpc
@@ -31,11 +30,9 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
     def __init__(
         self,
         store: PaymentStore,
-        faults: Faults | None = None,
         default_authorization_seconds: float = domain.DEFAULT_AUTHORIZATION_SECONDS,
     ) -> None:
         self._store = store
-        self._faults = faults or Faults()
         self._default_authorization_seconds = default_authorization_seconds
 
     async def GetAccount(
@@ -61,7 +58,6 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: rpc.AuthorizePaymentRequest, context: Context
     ) -> rpc.AuthorizePaymentResponse:
         who = caller(context)
-        await self._faults.before("AuthorizePayment")
         violations = Violations()
         check_id(violations, "order_id", request.order_id)
         amount = request.amount
@@ -91,28 +87,23 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
             now=time.time(),
             authorization_seconds=lasts,
         )
-        self._faults.after_commit("AuthorizePayment")
-        return rpc.AuthorizePaymentResponse(payment=_payment(payment))
+        return rpc.AuthorizePaymentResponse(payment=_payment_to_proto(payment))
 
     async def CapturePayment(
         self, request: rpc.CapturePaymentRequest, context: Context
     ) -> rpc.CapturePaymentResponse:
         who = caller(context)
-        await self._faults.before("CapturePayment")
         require_order_id(request.order_id)
         payment = await self._store.capture(request.order_id, who.user_id, time.time())
-        self._faults.after_commit("CapturePayment")
-        return rpc.CapturePaymentResponse(payment=_payment(payment))
+        return rpc.CapturePaymentResponse(payment=_payment_to_proto(payment))
 
     async def VoidPayment(
         self, request: rpc.VoidPaymentRequest, context: Context
     ) -> rpc.VoidPaymentResponse:
         who = caller(context)
-        await self._faults.before("VoidPayment")
         require_order_id(request.order_id)
         payment = await self._store.void(request.order_id, who.user_id, time.time())
-        self._faults.after_commit("VoidPayment")
-        return rpc.VoidPaymentResponse(payment=_payment(payment))
+        return rpc.VoidPaymentResponse(payment=_payment_to_proto(payment))
 
     async def GetPayment(
         self, request: rpc.GetPaymentRequest, context: Context
@@ -121,11 +112,11 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         require_order_id(request.order_id)
         owner = None if who.is_admin else who.user_id
         return rpc.GetPaymentResponse(
-            payment=_payment(self._store.payment(request.order_id, owner))
+            payment=_payment_to_proto(self._store.payment(request.order_id, owner))
         )
 
 
-def _payment(p: domain.Payment) -> pb.Payment:
+def _payment_to_proto(p: domain.Payment) -> pb.Payment:
     encoded = pb.Payment(
         order_id=p.order_id,
         user_id=p.user_id,

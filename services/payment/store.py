@@ -70,7 +70,7 @@ class PaymentStore(db.Store):
     def __init__(
         self,
         path: pathlib.Path,
-        synchronous: str = "FULL",
+        synchronous: str = db.SYNCHRONOUS,
         group_commit: bool = True,
         default_authorization_seconds: float = DEFAULT_AUTHORIZATION_SECONDS,
     ) -> None:
@@ -106,11 +106,9 @@ class PaymentStore(db.Store):
 
     def payment(self, order_id: str, user_id: str | None = None) -> Payment:
         """The order's payment; NOT_FOUND if none, or if it is another user's."""
-        found = _payment(self._reads, order_id)
+        found = _read_payment(self._reads, order_id)
         if found is None or (user_id is not None and found.user_id != user_id):
-            raise not_found(
-                "PAYMENT_NOT_FOUND", f"order {order_id!r} has no payment", order_id=order_id
-            )
+            raise _payment_not_found(order_id)
         return found
 
     @db.batched
@@ -128,7 +126,7 @@ class PaymentStore(db.Store):
         gives the first answer (and keeps the first expire time)."""
         with db.transaction(self._conn) as conn:
             _expire_due(conn, now)
-            existing = _payment(conn, order_id)
+            existing = _read_payment(conn, order_id)
             if existing is None:
                 account = conn.execute(
                     "SELECT currency FROM accounts WHERE user_id = ?", (user_id,)
@@ -200,7 +198,7 @@ class PaymentStore(db.Store):
         An expired, declined or voided payment holds nothing, and stays as it is."""
         with db.transaction(self._conn) as conn:
             _expire_due(conn, now)
-            if _payment(conn, order_id) is None:
+            if _read_payment(conn, order_id) is None:
                 # A tombstone: an AuthorizePayment for this order that arrives late finds
                 # it and holds nothing.
                 conn.execute(
@@ -249,7 +247,7 @@ class PaymentStore(db.Store):
             ).rowcount
 
 
-def _payment(conn: sqlite3.Connection, order_id: str) -> Payment | None:
+def _read_payment(conn: sqlite3.Connection, order_id: str) -> Payment | None:
     row = conn.execute(
         "SELECT p.*, e.expire_at FROM payments p LEFT JOIN authorization_expiry e"
         " USING (order_id) WHERE p.order_id = ?",
@@ -280,17 +278,20 @@ def _nothing_held(payment: Payment) -> ServiceError:
 
 
 def _payment_or_fail(conn: sqlite3.Connection, order_id: str) -> Payment:
-    found = _payment(conn, order_id)
+    found = _read_payment(conn, order_id)
     assert found is not None
     return found
 
 
+def _payment_not_found(order_id: str) -> ServiceError:
+    """For an order with no payment, or another user's: the same answer, so no probing."""
+    return not_found("PAYMENT_NOT_FOUND", f"order {order_id!r} has no payment", order_id=order_id)
+
+
 def _owned(conn: sqlite3.Connection, order_id: str, user_id: str) -> Payment:
-    found = _payment(conn, order_id)
+    found = _read_payment(conn, order_id)
     if found is None or found.user_id != user_id:
-        raise not_found(
-            "PAYMENT_NOT_FOUND", f"order {order_id!r} has no payment", order_id=order_id
-        )
+        raise _payment_not_found(order_id)
     return found
 
 
