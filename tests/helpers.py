@@ -25,6 +25,16 @@ T = TypeVar("T")
 
 WAIT_SECONDS = 30.0
 
+# The seed of the in-process services and of the process stacks: price and stock per SKU,
+# balance per user.
+PRODUCTS = {
+    "SKU-TEA": (450, 100),
+    "SKU-MUG": (1299, 25),
+    "SKU-LAST": (25000, 1),
+    "SKU-NONE": (100, 0),
+}
+ACCOUNTS = {"alice": 100_000, "bob": 2_000, "carol": 0, "rich": 10_000_000}
+
 
 def user(user_id: str) -> tuple[tuple[str, str], ...]:
     """Metadata of a call made by `user_id`, as the gateway would set it."""

@@ -3,40 +3,19 @@
 Each service runs as `python -m services.<name>` with its own database under a work
 directory, and is ready once it writes its ready file (after its health turns SERVING),
 so callers wait for readiness instead of sleeping. The process itself is
-shopmesh.processes' `ServiceProcess`, the one `shopmesh run` supervises (re-exported here
-for the tests; this harness is to move under tests/, which removes the upward import).
+shopmesh.processes' `ServiceProcess`, the one `shopmesh run` supervises.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from shopmesh.processes import (
-    READY_TIMEOUT_SECONDS,
-    ServiceProcess,
-    StartError,
-    signal_process,
-    spawn_service,
-    stop_process,
-)
-
-REPO = pathlib.Path(__file__).resolve().parent.parent
-DEMO_DATA = REPO / "services" / "demo_data.json"
-
-__all__ = [
-    "DEMO_DATA",
-    "REPO",
-    "ServiceProcess",
-    "Stack",
-    "StartError",
-    "restart",
-    "signal_process",
-    "start_service",
-    "start_stack",
-    "stop_process",
-]
+from shopmesh.processes import READY_TIMEOUT_SECONDS, ServiceProcess, spawn_service
+from shopmesh.tools import DEMO_DATA
+from tests.helpers import Client
 
 
 def start_service(
@@ -47,8 +26,10 @@ def start_service(
     settings: Mapping[str, str] | None = None,
     timeout: float = READY_TIMEOUT_SECONDS,
 ) -> ServiceProcess:
-    """Starts `services.<name>` and returns once it serves; StartError if it does not."""
-    return spawn_service(name, workdir, port=port, settings=settings).wait_ready(timeout)
+    """Starts `services.<name>` on its database `workdir/<name>.db` (so a restart keeps its
+    state) and returns once it serves; StartError if it does not."""
+    flags = {"db_path": str(workdir / f"{name}.db"), **(settings or {})}
+    return spawn_service(name, workdir, port=port, settings=flags).wait_ready(timeout)
 
 
 def restart(service: ServiceProcess, **settings: str) -> ServiceProcess:
@@ -105,3 +86,26 @@ def start_stack(
         inventory.stop()
         raise
     return Stack(inventory, payment, order)
+
+
+StackFactory = Callable[..., tuple[Stack, Client]]
+
+
+@contextlib.contextmanager
+def stack_factory(workdir: pathlib.Path, seed_file: pathlib.Path) -> Iterator[StackFactory]:
+    """Yields a factory that starts the three services as processes (order settings as
+    keyword arguments) and returns the stack with a client; stops every stack it started,
+    by PID, on exit."""
+    started: list[tuple[Stack, Client]] = []
+
+    def make(**order_settings: str) -> tuple[Stack, Client]:
+        stack = start_stack(workdir, seed_file, order_settings=order_settings)
+        started.append((stack, Client(stack)))
+        return started[-1]
+
+    try:
+        yield make
+    finally:
+        for stack, client in started:
+            client.close()
+            stack.stop()

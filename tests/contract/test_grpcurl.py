@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.stack import Stack, start_stack
 from shopmesh.seed import write_seed
+from tests.stack import Stack, start_stack
 
 GRPCURL = shutil.which("grpcurl", path=str(pathlib.Path(sys.executable).parent))
 

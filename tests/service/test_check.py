@@ -8,9 +8,8 @@ import sqlite3
 import subprocess
 import sys
 
-from services.stack import Stack, restart
-from tests.conftest import StackFactory
 from tests.helpers import Client, fails, wait_for
+from tests.stack import Stack, StackFactory, restart
 
 
 def shopmesh_check(workdir: pathlib.Path, *flags: str) -> subprocess.CompletedProcess[str]:

@@ -26,7 +26,6 @@ from hypothesis.stateful import (
 )
 
 from services.common.status import error_details
-from services.stack import Stack, restart, start_stack
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.payment.v1 import payment_pb2
@@ -40,6 +39,7 @@ from tests.helpers import (
     record_fault,
     user,
 )
+from tests.stack import Stack, restart, start_stack
 
 PRODUCTS = {
     "SKU-TEA": (450, 200),

@@ -1,5 +1,5 @@
 """The supervisor's restart policy on real child processes that misbehave at once, with a
-short policy so each test takes about a second (tests/test_run.py has the real parts)."""
+short policy so each test takes about a second (tests/system/test_run.py has the real parts)."""
 
 from __future__ import annotations
 

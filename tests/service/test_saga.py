@@ -16,12 +16,11 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from services.order.config import CRASH_POINTS
-from services.stack import Stack, restart
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.payment.v1 import payment_pb2
-from tests.conftest import StackFactory
 from tests.helpers import Client, Ledger, assert_invariants, fails, record_fault, user, wait_for
+from tests.stack import Stack, StackFactory, restart
 
 
 def test_order_confirms_and_moves_stock_and_money(

@@ -14,10 +14,10 @@ import pytest
 
 from gateway.envoy_config import UNTHROTTLED
 from services.common.registration import consul_client
-from services.stack import restart
 from shopmesh.system import Ports, Settings, System, http_get
 from shopmesh.system import start as start_system
 from tests.helpers import Ledger, assert_invariants, record_fault, wait_for
+from tests.stack import restart
 from tests.system_helpers import ACCOUNTS, PRODUCTS, Traffic, direct_client, write_system_seed
 
 

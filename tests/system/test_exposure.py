@@ -18,8 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from shopmesh.system import System
-from tests.conftest import SystemFactory
-from tests.system_helpers import rest
+from tests.system_helpers import SystemFactory, rest
 
 HOST_ADDRESS, PROBE_ADDRESS = "169.254.77.1", "169.254.77.2"
 PROBE = """

@@ -16,12 +16,10 @@ import grpc
 import pytest
 
 from gateway.envoy_config import UNTHROTTLED
-from services.stack import restart
 from shop.inventory.v1 import inventory_pb2
 from shop.inventory.v1 import inventory_service_pb2 as inv
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
 from shopmesh.system import System
-from tests.conftest import SystemFactory
 from tests.helpers import (
     Ledger,
     assert_calls_resolved,
@@ -31,7 +29,8 @@ from tests.helpers import (
     user,
     wait_for,
 )
-from tests.system_helpers import ACCOUNTS, PRODUCTS, Traffic, direct_client
+from tests.stack import restart
+from tests.system_helpers import ACCOUNTS, PRODUCTS, SystemFactory, Traffic, direct_client
 from tests.system_helpers import settle as settle_traffic
 
 FLAP_SECONDS = 40 if os.environ.get("SHOPMESH_CHAOS") == "1" else 12

@@ -23,9 +23,8 @@ from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from shopmesh.system import System
-from tests.conftest import SystemFactory
 from tests.helpers import record_fault, wait_for
-from tests.system_helpers import bearer, rest
+from tests.system_helpers import SystemFactory, bearer, rest
 
 SLOW_STREAMS = 600
 

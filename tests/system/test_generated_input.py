@@ -19,7 +19,7 @@ instance). Some answers are the client's and allowed: UNIMPLEMENTED (an unknown 
 a grpc-encoding the gateway does not accept, which gRPC's compression spec answers so),
 DEADLINE_EXCEEDED when the request itself set a short valid grpc-timeout, and INTERNAL
 for a frame flagged compressed without a grpc-encoding, which that spec requires (Envoy's
-outlier detection does not count INTERNAL: tests/test_hostile_input.py). A stream
+outlier detection does not count INTERNAL: tests/system/test_hostile_input.py). A stream
 reset by Envoy is allowed only for requests with hostile headers (HTTP/2 forbids some of
 them, such as `connection` or `te: gzip`).
 

@@ -24,9 +24,8 @@ from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from shopmesh import tokens
 from shopmesh.system import System
-from tests.conftest import SystemFactory
 from tests.helpers import record_fault
-from tests.system_helpers import bearer, rest
+from tests.system_helpers import SystemFactory, bearer, rest
 
 INTERNAL_TEXT = ("Traceback", "metadata", "x-shop-", "Error parsing", "invalid header value")
 

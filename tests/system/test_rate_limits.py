@@ -20,9 +20,8 @@ from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from shopmesh.system import System
-from tests.conftest import SystemFactory
 from tests.helpers import record_fault
-from tests.system_helpers import bearer, direct_client, rest
+from tests.system_helpers import SystemFactory, bearer, direct_client, rest
 
 # The old default of Envoy's max_dynamic_descriptors: an LRU of 20 users.
 ENVOY_DEFAULT_USERS_TRACKED = 20

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.stack import DEMO_DATA, REPO
 from shopmesh.system import Ports, Settings, System
 from shopmesh.system import start as start_system
+from shopmesh.tools import DEMO_DATA, REPO
 from tests.system_helpers import build_typescript_client
 
 START = "<!-- readme-examples"

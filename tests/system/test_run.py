@@ -23,10 +23,9 @@ from dataclasses import dataclass
 import pytest
 
 from services.common.registration import consul_client
-from services.stack import DEMO_DATA, REPO
 from shopmesh import tokens
 from shopmesh.system import Ports, Settings, consul_process
-from shopmesh.tools import free_ports
+from shopmesh.tools import DEMO_DATA, REPO, free_ports
 from tests.helpers import Client, Ledger
 from tests.system_helpers import Traffic, settle
 

@@ -19,7 +19,6 @@ import time
 
 import grpc
 
-from services.stack import restart
 from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as orders
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
@@ -27,9 +26,9 @@ from shopmesh.check import check_workdir
 from shopmesh.processes import ServiceProcess
 from shopmesh.system import System
 from shopmesh.tools import REPO
-from tests.conftest import SystemFactory
 from tests.helpers import record_fault, wait_for
-from tests.system_helpers import bearer
+from tests.stack import restart
+from tests.system_helpers import SystemFactory, bearer
 
 CHAOS = bool(os.environ.get("SHOPMESH_CHAOS"))
 LEASE_SECONDS = 3.0

@@ -13,9 +13,8 @@ from shop.order.v1 import order_service_pb2 as orders
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from shopmesh.check import check_workdir
 from shopmesh.system import System
-from tests.conftest import SystemFactory
 from tests.helpers import record_fault, wait_for
-from tests.system_helpers import bearer
+from tests.system_helpers import SystemFactory, bearer
 
 DECLINE_LIMIT = 3
 HAMMERS = 4

@@ -1,5 +1,5 @@
-"""`shopmesh run`'s flags reach the system's settings (starting it is tests/test_run.py's
-and tests/test_readme.py's part)."""
+"""`shopmesh run`'s flags reach the system's settings (starting it is tests/system/test_run.py's
+and tests/system/test_readme.py's part)."""
 
 from __future__ import annotations
 

@@ -16,9 +16,9 @@ from services.inventory.config import InventoryConfig
 from services.inventory.service import InventoryService
 from services.order.config import ANSWER_MARGIN_SECONDS, GATEWAY_TRY_TIMEOUT_SECONDS, OrderConfig
 from services.payment.config import PaymentConfig
-from services.stack import REPO
 from shop.inventory.v1 import inventory_service_pb2 as rpc
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
+from shopmesh.tools import REPO
 from tests.helpers import rejected, serving
 
 

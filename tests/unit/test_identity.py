@@ -1,5 +1,5 @@
 """The user-id alphabet, decided once (services.common.identity): the services, the token
-tool and the gateway (tests/test_hostile_input.py) refuse every other user id."""
+tool and the gateway (tests/system/test_hostile_input.py) refuse every other user id."""
 
 from __future__ import annotations
 

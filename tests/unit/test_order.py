@@ -1,6 +1,6 @@
 """OrderService against real servers in this process (order, inventory, payment; port 0).
 
-The saga under faults is in test_saga.py, against processes; here: the API's contract.
+The saga under faults is in tests/service/test_saga.py, against processes; here: the API's contract.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from shop.payment.v1 import payment_service_pb2 as payment_rpc
 from shop.payment.v1.payment_service_pb2_grpc import PaymentServiceStub
 from shopmesh.seed import write_seed
-from tests.conftest import ACCOUNTS, PRODUCTS
-from tests.helpers import Served, rejected, serving, user
+from tests.helpers import ACCOUNTS, PRODUCTS, Served, rejected, serving, user
 
 ALICE = user("alice")
 
