@@ -1,4 +1,5 @@
-"""Fixtures: in-process services for service tests, and a subprocess stack for the saga."""
+"""Fixtures: in-process services for the unit tier, a process stack for the service tier,
+the whole system for the system and contract tiers; each test's tier marks from its folder."""
 
 from __future__ import annotations
 
@@ -19,6 +20,26 @@ from shopmesh.system import System
 from tests.helpers import ACCOUNTS, FAULT_TABLE, PRODUCTS, Client, Ledger, Served, serving
 from tests.stack import Stack, StackFactory, stack_factory
 from tests.system_helpers import SystemFactory, start_test_system, system_factory
+
+TESTS = pathlib.Path(__file__).parent
+TIERS = ("unit", "service", "system", "contract")
+"""The folders under tests/, each a marker of the same name. A test outside tests/unit
+also carries `system` (it starts a process), so `-m "not system"` is the unit tier alone:
+the fast loop, which starts no process (tests/unit/conftest.py makes sure)."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not item.path.is_relative_to(TESTS):
+            continue  # not one of ours
+        folder = item.path.relative_to(TESTS).parts[0]
+        if folder not in TIERS:
+            tiers = ", ".join(f"tests/{tier}" for tier in TIERS)
+            raise pytest.UsageError(f"{item.nodeid} is in no tier: move it to one of {tiers}")
+        item.add_marker(folder)
+        if folder != "unit":
+            item.add_marker("system")
 
 
 @pytest.fixture

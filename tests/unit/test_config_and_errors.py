@@ -1,11 +1,9 @@
-"""Start-up settings and the error boundary: bad config fails clearly, no exception leaks."""
+"""Start-up settings and the error boundary: bad config fails clearly, no exception leaks
+(a service started with it: tests/service/test_start_up.py)."""
 
 from __future__ import annotations
 
 import pathlib
-import socket
-import subprocess
-import sys
 
 import grpc
 import pytest
@@ -18,7 +16,6 @@ from services.order.config import ANSWER_MARGIN_SECONDS, GATEWAY_TRY_TIMEOUT_SEC
 from services.payment.config import PaymentConfig
 from shop.inventory.v1 import inventory_service_pb2 as rpc
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
-from shopmesh.tools import REPO
 from tests.helpers import rejected, serving
 
 
@@ -58,22 +55,6 @@ def test_every_problem_is_listed_at_once() -> None:
         )
     assert len(raised.value.problems) == 4
     assert any("port must be 0..65535" in p for p in raised.value.problems)
-
-
-def test_a_service_with_bad_config_exits_2_with_a_clear_message() -> None:
-    started = subprocess.run(
-        [sys.executable, "-m", "services.payment", "--port", "-1", "--seed-file", "/no/such/file"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert started.returncode == 2
-    assert "payment: invalid configuration:" in started.stderr
-    assert "port must be 0..65535, got -1" in started.stderr
-    assert "seed_file /no/such/file does not exist" in started.stderr
-    assert "Traceback" not in started.stderr
 
 
 def test_the_order_service_refuses_what_inventory_or_envoy_would_defeat() -> None:
@@ -142,51 +123,6 @@ def test_payment_refuses_a_default_authorization_or_retention_out_of_range() -> 
     assert (config.default_authorization_seconds, config.retention_seconds) == (86400, 604800)
 
 
-def test_an_order_service_whose_wait_envoy_would_retry_exits_2_saying_so(
-    tmp_path: pathlib.Path,
-) -> None:
-    started = subprocess.run(
-        [
-            *(sys.executable, "-m", "services.order", "--db-path", str(tmp_path / "order.db")),
-            *("--create-wait-seconds", str(GATEWAY_TRY_TIMEOUT_SECONDS)),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert started.returncode == 2, started.stderr
-    assert "create_wait_seconds must be at most 11.8" in started.stderr
-
-
-def show_help(module: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def test_help_lists_every_setting_with_its_variable() -> None:
-    shown = show_help("services.order")
-    assert shown.returncode == 0
-    assert shown.stdout.startswith("usage: python -m services.order ")
-    for name in ("--inventory-target", "SHOP_PAYMENT_TARGET", "--crash-at", "--db-synchronous"):
-        assert name in shown.stdout
-
-
-def test_the_control_plane_help_names_its_own_command() -> None:
-    shown = show_help("gateway.controlplane")
-    assert shown.returncode == 0
-    assert shown.stdout.startswith("usage: python -m gateway.controlplane ")
-    for name in ("--watch-consul-http", "SHOP_CLUSTERS"):
-        assert name in shown.stdout
-
-
 def explode(sku: str) -> None:
     raise RuntimeError("secret: /var/lib/shop/inventory.db is corrupt at page 7")
 
@@ -206,32 +142,3 @@ async def test_an_unexpected_exception_becomes_a_generic_internal(
     )
     assert "secret" not in repr(error)
     assert "secret" in caplog.text  # the operator still sees it, in the log
-
-
-def test_a_busy_port_fails_the_start_with_a_clear_message(tmp_path: pathlib.Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        started = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "services.inventory",
-                "--port",
-                str(port),
-                "--db-path",
-                str(tmp_path / "inventory.db"),
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    assert started.returncode == 1
-    assert (
-        f"inventory cannot start: cannot listen on 127.0.0.1:{port} (is the port in use?)"
-        in started.stderr
-    )
-    assert "Traceback" not in started.stderr
