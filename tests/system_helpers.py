@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
-import subprocess
 import threading
 import time
 import urllib.error
@@ -26,7 +25,14 @@ from shopmesh.seed import write_seed
 from shopmesh.system import Ports, Settings, System
 from shopmesh.system import start as start_system
 from shopmesh.tools import REPO
-from tests.helpers import Client, Ledger, assert_calls_resolved, assert_invariants, record_fault
+from tests.helpers import (
+    Client,
+    Ledger,
+    assert_calls_resolved,
+    assert_invariants,
+    record_fault,
+    run_command,
+)
 from tests.stack import Stack
 
 # Products and accounts large enough for steady traffic.
@@ -248,13 +254,9 @@ TYPESCRIPT_CLIENT = REPO / "clients" / "typescript"
 def build_typescript_client() -> pathlib.Path:
     """Compiles clients/typescript (tsc, from its npm ci'd node_modules); returns its folder."""
     assert (TYPESCRIPT_CLIENT / "node_modules").is_dir(), "run `make setup` (npm ci) first"
-    built = subprocess.run(
-        [str(TYPESCRIPT_CLIENT / "node_modules" / ".bin" / "tsc"), "-p", "."],
+    run_command(
+        [TYPESCRIPT_CLIENT / "node_modules" / ".bin" / "tsc", "-p", "."],
         cwd=TYPESCRIPT_CLIENT,
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
     )
-    assert built.returncode == 0, built.stdout + built.stderr
     return TYPESCRIPT_CLIENT

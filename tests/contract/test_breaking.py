@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from shopmesh.tools import REPO
+from tests.helpers import run_command
 
 ORDER = "proto/shop/order/v1/order.proto"
 ORDER_SERVICE = "proto/shop/order/v1/order_service.proto"
@@ -22,7 +23,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A clone that has the release tag, whether or not this repository's clone has it
     (CI's clone has no tags; tools/breaking then uses the commit in api-release)."""
     clone = tmp_path_factory.mktemp("breaking") / "repo"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=60)
+    run_command(["git", "clone", "-q", REPO, clone])
     tag_release(clone)
     return clone
 
@@ -35,12 +36,7 @@ def release_field(name: str) -> str:
 
 
 def tag_release(repo: pathlib.Path) -> None:
-    subprocess.run(
-        ["git", "tag", "-f", release_field("tag"), release_field("commit")],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-    )
+    run_command(["git", "tag", "-f", release_field("tag"), release_field("commit")], cwd=repo)
 
 
 def breaking(
@@ -56,15 +52,7 @@ def breaking(
     try:
         env = {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}
         env.pop("BREAKING_AGAINST", None)
-        return subprocess.run(
-            ["tools/breaking"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-            check=False,
-        )
+        return run_command(["tools/breaking"], expect=None, timeout=120, cwd=repo, env=env)
     finally:
         for path, text in originals.items():
             path.write_text(text)
@@ -154,9 +142,7 @@ def test_compatible_edits_pass(scratch: pathlib.Path, edit: dict[str, tuple[str,
 
 
 def test_a_clone_without_the_tag_uses_the_recorded_commit(scratch: pathlib.Path) -> None:
-    subprocess.run(
-        ["git", "tag", "-d", release_field("tag")], cwd=scratch, check=True, capture_output=True
-    )
+    run_command(["git", "tag", "-d", release_field("tag")], cwd=scratch)
     try:
         checked = breaking(scratch, {})
         assert checked.returncode == 0, checked.stdout + checked.stderr

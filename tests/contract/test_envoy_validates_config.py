@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import subprocess
 
 import pytest
 
@@ -11,6 +10,7 @@ from gateway.envoy_config import UNTHROTTLED, Limits, write
 from shopmesh import tokens
 from shopmesh.system import Settings, envoy_settings
 from shopmesh.tools import tool
+from tests.helpers import run_command
 
 
 @pytest.mark.parametrize(
@@ -27,12 +27,7 @@ def test_the_rendered_gateway_config_is_valid(tmp_path: pathlib.Path, limits: Li
     keys = tokens.ensure_keys(tmp_path / "jwt")
     settings = Settings(workdir=tmp_path, envoy_limits=limits)
     config = write(envoy_settings(settings, keys), tmp_path / "envoy.yaml")
-    checked = subprocess.run(
-        [tool("envoy"), "--mode", "validate", "-c", str(config), "--disable-hot-restart"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    checked = run_command(
+        [tool("envoy"), "--mode", "validate", "-c", str(config), "--disable-hot-restart"]
     )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"configuration '{config}' OK" in checked.stdout + checked.stderr

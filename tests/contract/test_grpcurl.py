@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from shopmesh.seed import write_seed
+from tests.helpers import run_command
 from tests.stack import Stack, start_stack
 
 GRPCURL = shutil.which("grpcurl", path=str(pathlib.Path(sys.executable).parent))
@@ -32,9 +33,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     assert GRPCURL is not None, "grpcurl is not installed (make setup)"
-    return subprocess.run(
-        [GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30, check=False
-    )
+    return run_command([GRPCURL, "-plaintext", *args], expect=None, timeout=30)
 
 
 def test_list_shows_every_service_by_reflection(stack: Stack) -> None:

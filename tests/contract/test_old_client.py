@@ -6,11 +6,11 @@ protos, and run in a separate interpreter that never sees today's generated code
 from __future__ import annotations
 
 import pathlib
-import subprocess
 import sys
 
 from shopmesh.system import System
 from shopmesh.tools import REPO
+from tests.helpers import run_command
 
 OLD_CLIENT = """
 import sys
@@ -51,17 +51,11 @@ def test_a_client_from_the_released_contract_still_works(
 ) -> None:
     bin_dir = pathlib.Path(sys.executable).parent
     protos, stubs = tmp_path / "protos", tmp_path / "stubs"
-    subprocess.run(
-        [str(bin_dir / "buf"), "export", f".git#ref={released_commit()}", "-o", str(protos)],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    run_command([bin_dir / "buf", "export", f".git#ref={released_commit()}", "-o", protos])
     shop_files = sorted(str(p.relative_to(protos)) for p in protos.rglob("shop/**/*.proto"))
     assert shop_files
     stubs.mkdir()
-    subprocess.run(
+    run_command(
         [
             sys.executable,
             "-m",
@@ -70,18 +64,10 @@ def test_a_client_from_the_released_contract_still_works(
             f"--python_out={stubs}",
             f"--grpc_python_out={stubs}",
             *shop_files,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
+        ]
     )
-    ran = subprocess.run(
+    ran = run_command(
         [sys.executable, "-c", OLD_CLIENT, str(stubs), system.public_target, system.token("alice")],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
-    assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "old client OK" in ran.stdout

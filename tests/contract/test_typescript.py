@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 
 from shopmesh.system import System
+from tests.helpers import run_command
 from tests.system_helpers import build_typescript_client
 
 
@@ -18,16 +18,7 @@ def test_the_typescript_client_works_against_the_system(system: System) -> None:
         "SHOPMESH_URL": f"http://{system.public_target}",
         "SHOPMESH_TOKEN": system.token("alice"),
     }
-    ran = subprocess.run(
-        ["node", "--test", "dist/test/"],
-        cwd=client,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert ran.returncode == 0, ran.stdout[-4000:] + ran.stderr[-2000:]
+    ran = run_command(["node", "--test", "dist/test/"], cwd=client, env=env, timeout=120)
     passed = re.search(r"^# pass (\d+)$", ran.stdout, re.MULTILINE)
     assert passed is not None and int(passed.group(1)) >= 4, ran.stdout[-2000:]
     assert re.search(r"^# fail 0$", ran.stdout, re.MULTILINE)

@@ -8,17 +8,14 @@ import sqlite3
 import subprocess
 import sys
 
-from tests.helpers import Client, fails, wait_for
+from tests.helpers import Client, fails, run_command, wait_for
 from tests.stack import Stack, StackFactory, restart
 
 
 def shopmesh_check(workdir: pathlib.Path, *flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run_command(
         [sys.executable, "-m", "shopmesh.cli", "check", "--workdir", str(workdir), *flags],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        expect=None,
     )
 
 

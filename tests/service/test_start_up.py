@@ -9,19 +9,15 @@ import subprocess
 import sys
 
 from services.order.config import GATEWAY_TRY_TIMEOUT_SECONDS
-from shopmesh.tools import REPO
+from tests.helpers import run_command
 
 
 def test_a_service_with_bad_config_exits_2_with_a_clear_message() -> None:
-    started = subprocess.run(
+    started = run_command(
         [sys.executable, "-m", "services.payment", "--port", "-1", "--seed-file", "/no/such/file"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+        expect=2,
         timeout=30,
-        check=False,
     )
-    assert started.returncode == 2
     assert "payment: invalid configuration:" in started.stderr
     assert "port must be 0..65535, got -1" in started.stderr
     assert "seed_file /no/such/file does not exist" in started.stderr
@@ -31,35 +27,23 @@ def test_a_service_with_bad_config_exits_2_with_a_clear_message() -> None:
 def test_an_order_service_whose_wait_envoy_would_retry_exits_2_saying_so(
     tmp_path: pathlib.Path,
 ) -> None:
-    started = subprocess.run(
+    started = run_command(
         [
             *(sys.executable, "-m", "services.order", "--db-path", str(tmp_path / "order.db")),
             *("--create-wait-seconds", str(GATEWAY_TRY_TIMEOUT_SECONDS)),
         ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+        expect=2,
         timeout=30,
-        check=False,
     )
-    assert started.returncode == 2, started.stderr
     assert "create_wait_seconds must be at most 11.8" in started.stderr
 
 
 def show_help(module: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_command([sys.executable, "-m", module, "--help"], timeout=30)
 
 
 def test_help_lists_every_setting_with_its_variable() -> None:
     shown = show_help("services.order")
-    assert shown.returncode == 0
     assert shown.stdout.startswith("usage: python -m services.order ")
     for name in ("--inventory-target", "SHOP_PAYMENT_TARGET", "--crash-at", "--db-synchronous"):
         assert name in shown.stdout
@@ -67,7 +51,6 @@ def test_help_lists_every_setting_with_its_variable() -> None:
 
 def test_the_control_plane_help_names_its_own_command() -> None:
     shown = show_help("gateway.controlplane")
-    assert shown.returncode == 0
     assert shown.stdout.startswith("usage: python -m gateway.controlplane ")
     for name in ("--watch-consul-http", "SHOP_CLUSTERS"):
         assert name in shown.stdout
@@ -78,7 +61,7 @@ def test_a_busy_port_fails_the_start_with_a_clear_message(tmp_path: pathlib.Path
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        started = subprocess.run(
+        started = run_command(
             [
                 sys.executable,
                 "-m",
@@ -88,13 +71,9 @@ def test_a_busy_port_fails_the_start_with_a_clear_message(tmp_path: pathlib.Path
                 "--db-path",
                 str(tmp_path / "inventory.db"),
             ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
+            expect=1,
             timeout=30,
-            check=False,
         )
-    assert started.returncode == 1
     assert (
         f"inventory cannot start: cannot listen on 127.0.0.1:{port} (is the port in use?)"
         in started.stderr

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import pathlib
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
 
 from shopmesh.system import System
+from tests.helpers import run_command
 from tests.system_helpers import SystemFactory, rest
 
 HOST_ADDRESS, PROBE_ADDRESS = "169.254.77.1", "169.254.77.2"
@@ -60,17 +60,17 @@ def test_host() -> Iterator[str]:
     ]
     try:
         for step in steps:
-            subprocess.run(step, check=True, capture_output=True, timeout=10)
-    except (subprocess.CalledProcessError, FileNotFoundError) as error:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+            run_command(step, timeout=10)
+    except (AssertionError, FileNotFoundError) as error:
+        run_command(["ip", "netns", "del", name], expect=None, timeout=10)
         pytest.fail(f"cannot make a test host with ip netns (root and iproute2 needed): {error}")
     yield name
-    subprocess.run(["ip", "link", "del", host_side], capture_output=True, check=False)
-    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    run_command(["ip", "link", "del", host_side], expect=None, timeout=10)
+    run_command(["ip", "netns", "del", name], expect=None, timeout=10)
 
 
 def probe(test_host: str, *ports: int) -> dict[int, str]:
-    ran = subprocess.run(
+    ran = run_command(
         [
             "ip",
             "netns",
@@ -82,10 +82,7 @@ def probe(test_host: str, *ports: int) -> dict[int, str]:
             HOST_ADDRESS,
             *map(str, ports),
         ],
-        capture_output=True,
-        text=True,
         timeout=30,
-        check=True,
     )
     return {
         int(port): state for port, state, *_ in (line.split() for line in ran.stdout.splitlines())
@@ -144,16 +141,12 @@ def test_x_envoy_headers_from_a_link_local_client_are_not_obeyed(
     """The same header that made Envoy answer 504 while the order was charged, sent from
     another host (a link-local address, as the cluster's hosts will have)."""
     system = make_system(public_address=HOST_ADDRESS)
-    ran = subprocess.run(
+    ran = run_command(
         [
             *("ip", "netns", "exec", test_host, sys.executable, "-c", ORDER_WITH_ENVOY_HEADERS),
             f"{HOST_ADDRESS}:{system.ports.public}",
             system.token("alice"),
             "from-another-host",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+        ]
     )
     assert ran.stdout.split() == ["200", "ORDER_STATE_CONFIRMED"], ran.stdout + ran.stderr

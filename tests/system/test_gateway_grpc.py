@@ -14,6 +14,7 @@ from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from shopmesh.system import System
 from shopmesh.tools import REPO
+from tests.helpers import run_command
 
 GRPCURL = shutil.which("grpcurl", path=str(pathlib.Path(sys.executable).parent))
 PROTOSET = str(REPO / "gen" / "descriptor.binpb")
@@ -24,7 +25,7 @@ def grpcurl(
 ) -> subprocess.CompletedProcess[str]:
     assert GRPCURL is not None
     auth = ["-H", f"authorization: Bearer {token}"] if token else []
-    return subprocess.run(
+    return run_command(
         [
             GRPCURL,
             "-plaintext",
@@ -36,10 +37,8 @@ def grpcurl(
             system.public_target,
             method,
         ],
-        capture_output=True,
-        text=True,
+        expect=None,
         timeout=30,
-        check=False,
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from shopmesh import tokens
 from shopmesh.system import System
-from tests.helpers import record_fault
+from tests.helpers import record_fault, run_command
 from tests.system_helpers import SystemFactory, bearer, rest
 
 INTERNAL_TEXT = ("Traceback", "metadata", "x-shop-", "Error parsing", "invalid header value")
@@ -194,7 +193,7 @@ def grpc_answer(
 ) -> dict[str, str]:
     """The response headers and trailers of such a request, by lower-case name; fails if
     none carries a grpc-status within `max_seconds`."""
-    sent = subprocess.run(
+    sent = run_command(
         [
             *("curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-D", "-"),
             *("--max-time", str(max_seconds), "--data-binary", "@-"),
@@ -202,13 +201,12 @@ def grpc_answer(
             *("-H", f"authorization: Bearer {token}", "-H", f"{header[0]}: {header[1]}"),
             f"http://{system.public_target}/shop.order.v1.OrderService/{method}",
         ],
-        input=frame,
-        capture_output=True,
+        expect=None,
         timeout=max_seconds + 15,
-        check=False,
+        stdin=frame,
     )
     answer = {}
-    for line in sent.stdout.decode(errors="replace").splitlines():
+    for line in sent.stdout.splitlines():
         name, _, value = line.partition(":")
         answer[name.strip().lower()] = value.strip()
     assert "grpc-status" in answer, f"no grpc-status in {max_seconds} s: {sent.stdout!r}"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -22,6 +21,7 @@ import pytest
 from shopmesh.system import Ports, Settings, System
 from shopmesh.system import start as start_system
 from shopmesh.tools import DEMO_DATA, REPO
+from tests.helpers import run_command
 from tests.system_helpers import build_typescript_client
 
 START = "<!-- readme-examples"
@@ -77,15 +77,9 @@ def test_every_example_works_as_written(system: System) -> None:
     outputs = []
     for written, expected in commands:
         command = written.replace("localhost:8080", system.public_target)
-        ran = subprocess.run(
-            ["bash", "-c", "\n".join([*exports, command])],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+        ran = run_command(
+            ["bash", "-c", "\n".join([*exports, command])], expect=expected, timeout=30
         )
-        assert ran.returncode == expected, f"{command}\n{ran.stdout}\n{ran.stderr}"
         outputs.append(ran.stdout + ran.stderr)
     # What the prose around the examples promises.
     placed = json.loads(next(o for o in outputs if '"requestId":"readme-1"' in o))
@@ -109,10 +103,7 @@ def test_using_the_api_four_ways(system: System) -> None:
             command, cwd = ["node", str(snippet)], client
         else:
             command, cwd = [sys.executable, "-c", code], REPO
-        ran = subprocess.run(
-            command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
-        )
-        assert ran.returncode == 0, f"{language}:\n{code}\n{ran.stdout}\n{ran.stderr}"
+        ran = run_command(command, cwd=cwd, env=env)
         if language == "sh":
             assert "ORDER_STATE_CONFIRMED" in ran.stdout, ran.stdout
         elif language == "ts":
