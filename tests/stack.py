@@ -3,7 +3,9 @@
 Each service runs as `python -m services.<name>` with its own database under a work
 directory, and is ready once it writes its ready file (after its health turns SERVING),
 so callers wait for readiness instead of sleeping. The process itself is
-shopmesh.processes' `ServiceProcess`, the one `shopmesh run` supervises.
+shopmesh.processes' `ServiceProcess`, the one `shopmesh run` supervises. A Stack is the
+three services without Consul, Envoy or the control plane: order calls the others
+directly.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Helpers for tests against the whole system: Consul, control plane, services, Envoy."""
+"""Helpers for tests against the whole system (Consul, control plane, services, Envoy):
+starting one on free ports, calling it, traffic under faults, settling the invariants."""
 
 from __future__ import annotations
 
