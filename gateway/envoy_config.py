@@ -82,7 +82,7 @@ class Limits:
 # Rate limits far above what one machine can send, every other limit as it is: for the
 # benchmark and the tests that load the system, which measure the system, not the
 # limiter (the rate-limit filters still run, at their full cost). Each says so where it
-# builds its system; tests/test_rate_limits.py sets tight ones.
+# builds its system; tests/system/test_rate_limits.py sets tight ones.
 UNTHROTTLED = Limits(
     user_requests_per_second=1_000_000,
     user_request_burst=1_000_000,

@@ -154,9 +154,7 @@ class ServiceProcess(Process):
         self.module = module or f"services.{name}"
         self.instance = instance
         self.settings = dict(settings or {})
-        """Flags by field name (e.g. {"payment_target": "..."}), without port and ready file."""
-        if self.module.startswith("services."):
-            self.settings.setdefault("db_path", str(workdir / f"{name}.db"))
+        """Flags by field name (e.g. {"db_path": "..."}), without port and ready file."""
         self.requested_port = port
         self.port = port
         """The port it serves on once ready (0 before, if `requested_port` is 0)."""
@@ -241,11 +239,10 @@ def spawn_service(
     module: str = "",
     instance: int = 1,
 ) -> ServiceProcess:
-    """Starts `python -m <module>` (default `services.<name>`) without waiting for it.
+    """Starts `python -m <module>` (default `services.<name>`) without waiting for it;
+    its log and ready file go in `workdir`.
 
-    `settings` are extra flags by field name (e.g. {"payment_target": "..."}). A service
-    with a database keeps it in `workdir/<name>.db`, shared by all its instances, so a
-    restart with the same workdir keeps state.
+    `settings` are its flags by field name (e.g. {"payment_target": "..."}).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     service = ServiceProcess(

@@ -22,10 +22,9 @@ from gateway.controlplane.config import ADS_PORT, CONSUL_HTTP_PORT
 from gateway.envoy_config import EnvoySettings, Limits, write
 from services.common.config import setting
 from services.order.config import GATEWAY_TRY_TIMEOUT_SECONDS
-from services.stack import DEMO_DATA
 from shopmesh import tokens
 from shopmesh.processes import Process, ServiceProcess, spawn_service, stop_together
-from shopmesh.tools import REPO, WORKDIR, free_ports, tool
+from shopmesh.tools import DEMO_DATA, REPO, WORKDIR, free_ports, tool
 
 READY_TIMEOUT_SECONDS = 30.0
 
@@ -56,7 +55,7 @@ class Ports:
         """These ports with each 0 replaced by a free one (for TCP and UDP alike), picked
         now. Consul's data dir may have known other ones: it still elects itself leader
         (its raft peer keeps the old address, which a single server never dials; the
-        check is tests/test_run.py's)."""
+        check is tests/system/test_run.py's)."""
         unset = [f.name for f in fields(self) if getattr(self, f.name) == 0]
         taken = {getattr(self, f.name) for f in fields(self)}
         picked = free_ports(len(unset), udp=True, avoid=taken)
@@ -304,6 +303,8 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             if name == "order":
                 internal = f"127.0.0.1:{ports.internal}"
                 extra = {"inventory_target": internal, "payment_target": internal}
+            # One database per service, shared by all its instances, so a restart keeps state.
+            extra["db_path"] = str(workdir / f"{name}.db")
             extra.update(settings.service_settings.get(name, {}))
             groups[name] = []
             for n in range(1, settings.instances + 1):

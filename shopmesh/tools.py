@@ -1,4 +1,5 @@
-"""Where the real components live once `make setup` has run, and free ports."""
+"""Where the repository, its demo data and the real components (once `make setup` has run)
+are, and free ports."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 WORKDIR = REPO / "var"
 """Where `make run` keeps its logs, databases and dev keys; absolute, so the commands
 find it from any directory."""
+DEMO_DATA = REPO / "services" / "demo_data.json"
+"""The products and accounts `shopmesh run` seeds a new system with."""
 BIN = pathlib.Path(sys.executable).parent
 
 

@@ -1,35 +1,45 @@
-"""Fixtures: in-process services for service tests, and a subprocess stack for the saga."""
+"""Fixtures: in-process services for the unit tier, a process stack for the service tier,
+the whole system for the system and contract tiers; each test's tier marks from its folder."""
 
 from __future__ import annotations
 
 import pathlib
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
 
-from gateway.envoy_config import UNTHROTTLED
 from services.inventory.config import InventoryConfig
 from services.inventory.service import InventoryService
 from services.order.config import OrderConfig
 from services.order.service import OrderService
 from services.payment.config import PaymentConfig
 from services.payment.service import PaymentService
-from services.stack import Stack, start_stack
 from shopmesh.seed import write_seed
-from shopmesh.system import Ports, Settings, System
-from shopmesh.system import start as start_system
-from tests.helpers import FAULT_TABLE, Client, Ledger, Served, serving
-from tests.system_helpers import write_system_seed
+from shopmesh.system import System
+from tests.helpers import ACCOUNTS, FAULT_TABLE, PRODUCTS, Client, Ledger, Served, serving
+from tests.stack import Stack, StackFactory, stack_factory
+from tests.system_helpers import SystemFactory, start_test_system, system_factory
 
-PRODUCTS = {
-    "SKU-TEA": (450, 100),
-    "SKU-MUG": (1299, 25),
-    "SKU-LAST": (25000, 1),
-    "SKU-NONE": (100, 0),
-}
-ACCOUNTS = {"alice": 100_000, "bob": 2_000, "carol": 0, "rich": 10_000_000}
+TESTS = pathlib.Path(__file__).parent
+TIERS = ("unit", "service", "system", "contract")
+"""The folders under tests/, each a marker of the same name. A test outside tests/unit
+also carries `system` (it starts a process), so `-m "not system"` is the unit tier alone:
+the fast loop, which starts no process (tests/unit/conftest.py makes sure)."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not item.path.is_relative_to(TESTS):
+            continue  # not one of ours
+        folder = item.path.relative_to(TESTS).parts[0]
+        if folder not in TIERS:
+            tiers = ", ".join(f"tests/{tier}" for tier in TIERS)
+            raise pytest.UsageError(f"{item.nodeid} is in no tier: move it to one of {tiers}")
+        item.add_marker(folder)
+        if folder != "unit":
+            item.add_marker("system")
 
 
 @pytest.fixture
@@ -82,24 +92,12 @@ async def order_channel(
         yield served.channel
 
 
-StackFactory = Callable[..., tuple[Stack, Client]]
-
-
 @pytest.fixture
 def make_stack(tmp_path: pathlib.Path, seed_file: pathlib.Path) -> Iterator[StackFactory]:
     """Starts the three services as processes (order settings as keyword arguments);
     stops them, by PID, after the test."""
-    started: list[tuple[Stack, Client]] = []
-
-    def make(**order_settings: str) -> tuple[Stack, Client]:
-        stack = start_stack(tmp_path / "stack", seed_file, order_settings=order_settings)
-        started.append((stack, Client(stack)))
-        return started[-1]
-
-    yield make
-    for stack, client in started:
-        client.close()
-        stack.stop()
+    with stack_factory(tmp_path / "stack", seed_file) as make:
+        yield make
 
 
 @pytest.fixture
@@ -120,16 +118,9 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     ports, shared by the tests of one module; stopped by PID afterwards. Its gateway has
     no rate limit in the way (UNTHROTTLED): these tests send many calls per user, and are
     about something else."""
-    workdir = tmp_path_factory.mktemp("system")
-    seed = write_system_seed(workdir / "seed.json")
-    started = start_system(
-        Settings(workdir=workdir, ports=Ports.free(), seed_file=seed, envoy_limits=UNTHROTTLED)
-    )
+    started = start_test_system(tmp_path_factory.mktemp("system"))
     yield started
     started.stop()
-
-
-SystemFactory = Callable[..., System]
 
 
 @pytest.fixture
@@ -137,21 +128,8 @@ def make_system(tmp_path: pathlib.Path) -> Iterator[SystemFactory]:
     """Starts a whole system per call (Settings fields as keyword arguments; the gateway's
     limits UNTHROTTLED unless `envoy_limits` is given); stops every one, by PID, after the
     test."""
-    started: list[System] = []
-
-    def make(**settings: Any) -> System:
-        workdir = tmp_path / f"system{len(started)}"
-        workdir.mkdir()
-        seed = write_system_seed(workdir / "seed.json")
-        settings.setdefault("envoy_limits", UNTHROTTLED)
-        started.append(
-            start_system(Settings(workdir=workdir, ports=Ports.free(), seed_file=seed, **settings))
-        )
-        return started[-1]
-
-    yield make
-    for system in started:
-        system.stop()
+    with system_factory(tmp_path) as make:
+        yield make
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

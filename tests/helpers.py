@@ -1,11 +1,15 @@
-"""What the tests share: seed data, in-process servers, clients, waiting, invariants."""
+"""What the tests share: seed data, in-process servers, clients, waiting, invariants,
+running a command."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import pathlib
+import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -20,10 +24,21 @@ from shop.order.v1 import order_pb2, order_service_pb2_grpc
 from shop.order.v1 import order_service_pb2 as orders
 from shop.payment.v1 import payment_pb2, payment_service_pb2_grpc
 from shop.payment.v1 import payment_service_pb2 as pay
+from shopmesh.tools import REPO
 
 T = TypeVar("T")
 
 WAIT_SECONDS = 30.0
+
+# The seed of the in-process services and of the process stacks: price and stock per SKU,
+# balance per user.
+PRODUCTS = {
+    "SKU-TEA": (450, 100),
+    "SKU-MUG": (1299, 25),
+    "SKU-LAST": (25000, 1),
+    "SKU-NONE": (100, 0),
+}
+ACCOUNTS = {"alice": 100_000, "bob": 2_000, "carol": 0, "rich": 10_000_000}
 
 
 def user(user_id: str) -> tuple[tuple[str, str], ...]:
@@ -287,4 +302,50 @@ def record_fault(fault: str, summary: dict[str, int], invariants: str = "held") 
             summary.get("unknown", 0),
             invariants,
         )
+    )
+
+
+COMMAND_TIMEOUT_SECONDS = 60.0
+SHOWN_OUTPUT_CHARS = 4000
+
+
+def run_command(
+    command: Sequence[str | os.PathLike[str]],
+    *,
+    expect: int | None = 0,
+    timeout: float = COMMAND_TIMEOUT_SECONDS,
+    cwd: pathlib.Path = REPO,
+    env: Mapping[str, str] | None = None,
+    stdin: str | bytes | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Runs `command` from `cwd` to its end, its output captured as text (bytes that are
+    not UTF-8 replaced). Fails the test, with the command and the end of what it printed,
+    if it is not done within `timeout` or exits with another code than `expect` (None:
+    any code, for a test that reads it). `env`, if given, is the whole environment."""
+    argv = [os.fspath(part) for part in command]
+    sent = stdin.encode() if isinstance(stdin, str) else stdin
+    try:
+        ran = subprocess.run(
+            argv, cwd=cwd, env=env, input=sent, capture_output=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as late:
+        printed = _printed(_text(late.stdout), _text(late.stderr))
+        raise AssertionError(f"{argv} was not done after {timeout:g} s{printed}") from None
+    done = subprocess.CompletedProcess(argv, ran.returncode, _text(ran.stdout), _text(ran.stderr))
+    if expect is not None and done.returncode != expect:
+        printed = _printed(done.stdout, done.stderr)
+        raise AssertionError(f"{argv} exited with {done.returncode}, not {expect}{printed}")
+    return done
+
+
+def _text(output: bytes | str | None) -> str:
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
+
+
+def _printed(stdout: str, stderr: str) -> str:
+    return (
+        f"\n--- stdout (its end):\n{stdout[-SHOWN_OUTPUT_CHARS:]}"
+        f"\n--- stderr (its end):\n{stderr[-SHOWN_OUTPUT_CHARS:]}"
     )

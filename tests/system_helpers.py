@@ -1,29 +1,40 @@
-"""Helpers for tests against the whole system: Consul, control plane, services, Envoy."""
+"""Helpers for tests against the whole system (Consul, control plane, services, Envoy):
+starting one on free ports, calling it, traffic under faults, settling the invariants."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
 
-from services.stack import Stack
+from gateway.envoy_config import UNTHROTTLED
 from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as orders
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from shopmesh.check import check_workdir
 from shopmesh.seed import write_seed
-from shopmesh.system import System
+from shopmesh.system import Ports, Settings, System
+from shopmesh.system import start as start_system
 from shopmesh.tools import REPO
-from tests.helpers import Client, Ledger, assert_calls_resolved, assert_invariants, record_fault
+from tests.helpers import (
+    Client,
+    Ledger,
+    assert_calls_resolved,
+    assert_invariants,
+    record_fault,
+    run_command,
+)
+from tests.stack import Stack
 
 # Products and accounts large enough for steady traffic.
 PRODUCTS = {"SKU-TEA": (450, 100_000), "SKU-MUG": (1299, 50), "SKU-LAST": (25000, 1)}
@@ -206,19 +217,47 @@ def write_system_seed(path: pathlib.Path) -> pathlib.Path:
     return write_seed(path, PRODUCTS, ACCOUNTS)
 
 
+def start_test_system(workdir: pathlib.Path, **settings: Any) -> System:
+    """The whole system (Consul, control plane, the services, Envoy) in `workdir` on free
+    ports, seeded with PRODUCTS and ACCOUNTS (Settings fields as keyword arguments). Its
+    gateway has no rate limit in the way (UNTHROTTLED) unless `envoy_limits` is given:
+    most system tests send many calls per user, and are about something else."""
+    seed = write_system_seed(workdir / "seed.json")
+    settings.setdefault("envoy_limits", UNTHROTTLED)
+    return start_system(Settings(workdir=workdir, ports=Ports.free(), seed_file=seed, **settings))
+
+
+SystemFactory = Callable[..., System]
+
+
+@contextlib.contextmanager
+def system_factory(workdir: pathlib.Path) -> Iterator[SystemFactory]:
+    """Yields a factory that starts a whole system per call (as start_test_system, each in
+    a folder of its own under `workdir`); stops every one, by PID, on exit."""
+    started: list[System] = []
+
+    def make(**settings: Any) -> System:
+        folder = workdir / f"system{len(started)}"
+        folder.mkdir()
+        started.append(start_test_system(folder, **settings))
+        return started[-1]
+
+    try:
+        yield make
+    finally:
+        for system in started:
+            system.stop()
+
+
 TYPESCRIPT_CLIENT = REPO / "clients" / "typescript"
 
 
 def build_typescript_client() -> pathlib.Path:
     """Compiles clients/typescript (tsc, from its npm ci'd node_modules); returns its folder."""
     assert (TYPESCRIPT_CLIENT / "node_modules").is_dir(), "run `make setup` (npm ci) first"
-    built = subprocess.run(
-        [str(TYPESCRIPT_CLIENT / "node_modules" / ".bin" / "tsc"), "-p", "."],
+    run_command(
+        [TYPESCRIPT_CLIENT / "node_modules" / ".bin" / "tsc", "-p", "."],
         cwd=TYPESCRIPT_CLIENT,
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
     )
-    assert built.returncode == 0, built.stdout + built.stderr
     return TYPESCRIPT_CLIENT

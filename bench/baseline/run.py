@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from services.stack import signal_process, stop_process
+from shopmesh.processes import signal_process, stop_process
 from shopmesh.system import http_get
 from shopmesh.tools import REPO, free_ports
 

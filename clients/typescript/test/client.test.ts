@@ -1,5 +1,5 @@
 // Runs against the live system: SHOPMESH_URL (Envoy's public listener) and SHOPMESH_TOKEN
-// (a token for alice) come from tests/test_typescript.py, which starts the system.
+// (a token for alice) come from tests/contract/test_typescript.py, which starts the system.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { Code, createShop, OrderState, shopError } from "../src/index.js";

@@ -1,0 +1,81 @@
+"""A service started with bad settings, or on a port in use, exits at once with a clear
+message; `--help` lists every setting."""
+
+from __future__ import annotations
+
+import pathlib
+import socket
+import subprocess
+import sys
+
+from services.order.config import GATEWAY_TRY_TIMEOUT_SECONDS
+from tests.helpers import run_command
+
+
+def test_a_service_with_bad_config_exits_2_with_a_clear_message() -> None:
+    started = run_command(
+        [sys.executable, "-m", "services.payment", "--port", "-1", "--seed-file", "/no/such/file"],
+        expect=2,
+        timeout=30,
+    )
+    assert "payment: invalid configuration:" in started.stderr
+    assert "port must be 0..65535, got -1" in started.stderr
+    assert "seed_file /no/such/file does not exist" in started.stderr
+    assert "Traceback" not in started.stderr
+
+
+def test_an_order_service_whose_wait_envoy_would_retry_exits_2_saying_so(
+    tmp_path: pathlib.Path,
+) -> None:
+    started = run_command(
+        [
+            *(sys.executable, "-m", "services.order", "--db-path", str(tmp_path / "order.db")),
+            *("--create-wait-seconds", str(GATEWAY_TRY_TIMEOUT_SECONDS)),
+        ],
+        expect=2,
+        timeout=30,
+    )
+    assert "create_wait_seconds must be at most 11.8" in started.stderr
+
+
+def show_help(module: str) -> subprocess.CompletedProcess[str]:
+    return run_command([sys.executable, "-m", module, "--help"], timeout=30)
+
+
+def test_help_lists_every_setting_with_its_variable() -> None:
+    shown = show_help("services.order")
+    assert shown.stdout.startswith("usage: python -m services.order ")
+    for name in ("--inventory-target", "SHOP_PAYMENT_TARGET", "--crash-at", "--db-synchronous"):
+        assert name in shown.stdout
+
+
+def test_the_control_plane_help_names_its_own_command() -> None:
+    shown = show_help("gateway.controlplane")
+    assert shown.stdout.startswith("usage: python -m gateway.controlplane ")
+    for name in ("--watch-consul-http", "SHOP_CLUSTERS"):
+        assert name in shown.stdout
+
+
+def test_a_busy_port_fails_the_start_with_a_clear_message(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = run_command(
+            [
+                sys.executable,
+                "-m",
+                "services.inventory",
+                "--port",
+                str(port),
+                "--db-path",
+                str(tmp_path / "inventory.db"),
+            ],
+            expect=1,
+            timeout=30,
+        )
+    assert (
+        f"inventory cannot start: cannot listen on 127.0.0.1:{port} (is the port in use?)"
+        in started.stderr
+    )
+    assert "Traceback" not in started.stderr

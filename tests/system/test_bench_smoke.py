@@ -1,0 +1,47 @@
+"""`make bench` in miniature: both systems start, every path answers real orders (each a new
+order, CONFIRMED) with no failed request, and the results are written. Speed targets
+belong to `make bench`."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from tests.helpers import run_command
+
+
+def test_the_benchmark_runs_and_both_systems_answer(tmp_path: pathlib.Path) -> None:
+    run_command(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--rounds",
+            "1",
+            "--seconds",
+            "1",
+            "--connections",
+            "4",
+            "--out",
+            str(tmp_path / "results"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        timeout=180,
+    )
+    results = json.loads((tmp_path / "results" / "latest.json").read_text())
+    paths = [
+        "shopmesh REST+JWT via Envoy",
+        "shopmesh gRPC via Envoy",
+        "shopmesh gRPC direct to order",
+        "baseline REST (FastAPI)",
+    ]
+    for runs in (results["saturation"], results["paced"]):
+        assert [r["path"] for r in runs] == paths
+        for run in runs:
+            assert run["ok"] > 0 and run["ok"] == run["requests"] == run["new_orders"], run
+    assert results["failed"] == 0
+    table = (tmp_path / "results" / "latest.md").read_text()
+    for path in paths:
+        assert f"| {path} |" in table
