@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-MAX_RESTOCK = 1_000_000
 DEFAULT_HOLD_SECONDS = 900.0  # the limits are services.common.validation's, shared with order
 
 
