@@ -1,5 +1,5 @@
-"""What a request must look like: the contract's field rules, and the one request rule of
-the domain that a field annotation cannot say.
+"""What a request must look like: the contract's field rules, and the check beside them
+that a field annotation cannot say (each SKU once).
 
 The rules are the `(buf.validate.field)` annotations in proto/, read once at start
 (services.common.rules). A servicer calls `violations(request)`, adds the checks only it

@@ -56,7 +56,8 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         violations = validation.violations(request)
         amount = request.amount
         if request.HasField("amount"):
-            # The payment's own limit, not the type's: Money in general may be any amount.
+            # A payment's limit (the saga checks order totals against it too), not Money's:
+            # a rule on Money.amount_minor would bind every amount, balances included.
             violations.check(
                 0 < amount.amount_minor <= domain.MAX_AMOUNT_MINOR,
                 "amount.amount_minor",
