@@ -48,7 +48,7 @@ HTTP_STATUS = {
     "DATA_LOSS": 500,
     "UNAUTHENTICATED": 401,
 }
-UPPER_SNAKE = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
+UPPER_WORD = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*\b")
 
 _SCALAR_NAMES = {
     number: name.removeprefix("TYPE_").lower()
@@ -199,10 +199,11 @@ def errors(comment: str) -> list[tuple[str, list[str]]]:
     code with the UPPER_SNAKE reasons that follow it before the next code."""
     _, found, named = comment.partition("Returns ")
     listed: list[tuple[str, list[str]]] = []
-    for word in UPPER_SNAKE.findall(named if found else ""):
+    # A code may be one word (ABORTED); a reason always has an underscore.
+    for word in UPPER_WORD.findall(named if found else ""):
         if word in HTTP_STATUS:
             listed.append((word, []))
-        elif listed and word not in listed[-1][1]:
+        elif "_" in word and listed and word not in listed[-1][1]:
             listed[-1][1].append(word)
     return listed
 

@@ -22,8 +22,7 @@ from typing import Any
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from services.common import identity, pagination, validation
-from services.inventory.domain import MAX_RESTOCK
+from services.common.rules import annotation, integer_bounds
 
 FieldDescriptor = descriptor_pb2.FieldDescriptorProto
 PACKAGE_PREFIX = "shop."
@@ -71,22 +70,37 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     },
 }
 
-# What the services accept, from the same constants their validation uses, so the
-# document says what a request must look like (and fuzzers send mostly valid input).
-# Keyed by field name, or by "Message.field" where one message differs.
-_ID = {"pattern": f"^{validation.ID_PATTERN.pattern}$"}
-_QUANTITY = {"minimum": 1, "maximum": validation.MAX_QUANTITY}
-CONSTRAINTS: dict[str, dict[str, Any]] = {
-    "order_id": _ID,
-    "request_id": _ID,
-    "sku": {"pattern": f"^{validation.SKU_PATTERN.pattern}$"},
-    "quantity": _QUANTITY,
-    "RestockProductRequest.quantity": {"minimum": 1, "maximum": MAX_RESTOCK},
-    "page_size": {"minimum": 0, "maximum": pagination.MAX_PAGE_SIZE},
-    "user_id": {"minLength": 1, "maxLength": identity.MAX_USER_ID_LENGTH},
-    "CreateOrderRequest.line_items": {"minItems": 1, "maxItems": validation.MAX_ITEMS},
-    "ReserveStockRequest.items": {"minItems": 1, "maxItems": validation.MAX_ITEMS},
-}
+# 32-bit integers are JSON numbers, which `minimum` and `maximum` can bound; 64-bit ones
+# are strings.
+_JSON_NUMBERS = {"int32", "uint32"}
+
+
+def constraints(field: descriptor_pb2.FieldDescriptorProto) -> dict[str, Any]:
+    """The JSON Schema keywords of the field's `(buf.validate.field)` rules, the ones the
+    services enforce (services.common.rules), so the document says what a request must
+    look like (and fuzzers send mostly valid input). A duration's bounds and `required`
+    have no keyword here."""
+    rules = annotation(field.options)
+    if rules is None:
+        return {}
+    kind = rules.WhichOneof("type")
+    keywords: dict[str, Any] = {}
+    if kind == "string":
+        for name, keyword in (("min_len", "minLength"), ("max_len", "maxLength")):
+            if rules.string.HasField(name):
+                keywords[keyword] = getattr(rules.string, name)
+        if rules.string.HasField("pattern"):
+            keywords["pattern"] = rules.string.pattern
+    elif kind in _JSON_NUMBERS:
+        low, high = integer_bounds(rules)
+        keywords |= {"minimum": low} if low is not None else {}
+        keywords |= {"maximum": high} if high is not None else {}
+    elif kind == "repeated":
+        for name, keyword in (("min_items", "minItems"), ("max_items", "maxItems")):
+            if rules.repeated.HasField(name):
+                keywords[keyword] = getattr(rules.repeated, name)
+    return keywords
+
 
 STATUS_SCHEMA = {
     "type": "object",
@@ -151,9 +165,7 @@ class Builder:
             item = {"$ref": self.ref(field.type_name)}
         else:
             item = dict(_SCALARS[field.type])
-        rules = CONSTRAINTS.get(f"{owner.rsplit('.', 1)[-1]}.{field.name}")
-        if rules is None:
-            rules = CONSTRAINTS.get(field.name, {})
+        rules = constraints(field)
         if field.label == FieldDescriptor.LABEL_REPEATED:
             schema = {"type": "array", "items": item, **rules}
         else:

@@ -9,10 +9,11 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
 from bench.baseline.common import caller, install_error_handler, open_store, seed_file
+from services.common import validation
 from services.common.errors import Violations
-from services.common.validation import check_id, check_items, check_sku
 from services.inventory.domain import DEFAULT_HOLD_SECONDS, Item, Reservation
 from services.inventory.store import InventoryStore
+from shop.inventory.v1 import inventory_service_pb2 as rpc
 
 store = open_store(InventoryStore)
 if (seed := seed_file()) is not None:
@@ -51,7 +52,7 @@ def reservation(r: Reservation) -> dict[str, Any]:
 @app.get("/v1/products/{sku}")
 async def get_product(sku: str) -> dict[str, Any]:
     violations = Violations()
-    check_sku(violations, "sku", sku)
+    validation.check_field(violations, rpc.GetProductRequest, "sku", sku)
     violations.raise_if_any()
     p = store.product(sku)
     return {
@@ -66,9 +67,12 @@ async def get_product(sku: str) -> dict[str, Any]:
 @app.post("/v1/reservations")
 async def reserve(body: ReserveIn, request: Request) -> dict[str, Any]:
     who = caller(request)
+    # shopmesh's rules, on the body's fields (named as the contract's).
     violations = Violations()
-    check_id(violations, "order_id", body.order_id)
-    check_items(violations, "items", [(i.sku, i.quantity) for i in body.items])
+    reserve_stock = rpc.ReserveStockRequest
+    for field in ("order_id", "items"):
+        validation.check_field(violations, reserve_stock, field, getattr(body, field))
+    validation.check_each_sku_once(violations, reserve_stock, "items", body.items)
     violations.raise_if_any()
     items = [Item(i.sku, i.quantity) for i in body.items]
     return reservation(

@@ -18,15 +18,17 @@ from pydantic import BaseModel
 
 from bench.baseline.common import install_error_handler, open_store, setting
 from bench.baseline.participants import HttpParticipants
+from services.common import validation
 from services.common.errors import ErrorKind, ServiceError, Violations
-from services.common.validation import check_id, check_items
 from services.order import domain
 from services.order.config import OrderConfig
 from services.order.saga import SagaRunner, SagaSettings
 from services.order.store import OrderStore
+from shop.order.v1 import order_service_pb2
 from shopmesh import tokens
 
 ISSUER, AUDIENCE = tokens.ISSUER, tokens.AUDIENCE
+CREATE_ORDER = order_service_pb2.CreateOrderRequest
 
 # The order service's defaults: the baseline runs the same saga as shopmesh does.
 DEFAULTS = OrderConfig()
@@ -107,9 +109,11 @@ def order_json(o: domain.Order) -> dict[str, Any]:
 @app.post("/v1/orders")
 async def create_order(body: CreateOrderIn, request: Request) -> dict[str, Any]:
     who = user_of(request)
+    # shopmesh's rules, on the body's fields (named as the contract's).
     violations = Violations()
-    check_id(violations, "request_id", body.request_id)
-    check_items(violations, "line_items", [(i.sku, i.quantity) for i in body.line_items])
+    for field in ("request_id", "line_items"):
+        validation.check_field(violations, CREATE_ORDER, field, getattr(body, field))
+    validation.check_each_sku_once(violations, CREATE_ORDER, "line_items", body.line_items)
     violations.raise_if_any()
     items = tuple(domain.LineItem(i.sku, i.quantity) for i in body.line_items)
     order_id = uuid.uuid4().hex

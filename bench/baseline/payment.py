@@ -9,10 +9,11 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
 from bench.baseline.common import caller, install_error_handler, open_store, seed_file
+from services.common import validation
 from services.common.errors import Violations
-from services.common.validation import check_id
 from services.payment.domain import DEFAULT_AUTHORIZATION_SECONDS, MAX_AMOUNT_MINOR, Payment
 from services.payment.store import PaymentStore
+from shop.payment.v1 import payment_service_pb2 as rpc
 
 store = open_store(PaymentStore)
 if (seed := seed_file()) is not None:
@@ -35,7 +36,7 @@ def payment(p: Payment) -> dict[str, Any]:
 async def authorize(body: AuthorizeIn, request: Request) -> dict[str, Any]:
     who = caller(request)
     violations = Violations()
-    check_id(violations, "order_id", body.order_id)
+    validation.check_field(violations, rpc.AuthorizePaymentRequest, "order_id", body.order_id)
     violations.check(0 < body.amount_minor <= MAX_AMOUNT_MINOR, "amount_minor", "out of range")
     violations.raise_if_any()
     return payment(

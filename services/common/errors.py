@@ -8,7 +8,7 @@ requests. `services.common.status` turns it into a gRPC status with typed detail
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 
@@ -81,6 +81,13 @@ class Violations:
 
     def add(self, field: str, description: str) -> None:
         self._items.append(FieldViolation(field, description))
+
+    def __iter__(self) -> Iterator[FieldViolation]:
+        return iter(self._items)
+
+    def has(self, field: str) -> bool:
+        """Whether `field` already has a violation."""
+        return any(v.field == field for v in self._items)
 
     def check(self, ok: bool, field: str, description: str) -> bool:
         """Records a violation unless `ok`; returns `ok` so checks can be chained."""

@@ -1,55 +1,77 @@
-"""Field checks and limits the services share: ids, SKUs, item lists, hold and
-authorization durations (see errors.Violations)."""
+"""What a request must look like: the contract's field rules, and the check beside them
+that a field annotation cannot say (each SKU once).
+
+The rules are the `(buf.validate.field)` annotations in proto/, read once at start
+(services.common.rules). A servicer calls `violations(request)`, adds the checks only it
+can make (a page token it issued, each SKU once), then `raise_if_any()`; or, when it has
+none, `require_valid(request)`. The hold and authorization limits are read from the same
+annotations: the order and payment services check their settings against them.
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
+from typing import Any, Protocol
+
+from google.protobuf.message import Message
 
 from services.common.errors import Violations
+from services.common.rules import RequestRules, duration_bounds
+from shop.inventory.v1 import inventory_service_pb2
+from shop.order.v1 import order_service_pb2
+from shop.payment.v1 import payment_service_pb2
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-ID_RULE = "must be 1 to 64 letters, digits, '-' or '_'"
-SKU_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9-]{0,63}")
-SKU_RULE = "must be 1 to 64 upper-case letters, digits or '-', starting with a letter or digit"
-CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
-MAX_ITEMS = 50
-MAX_QUANTITY = 1000
+REQUEST_RULES = RequestRules(
+    (order_service_pb2.DESCRIPTOR, inventory_service_pb2.DESCRIPTOR, payment_service_pb2.DESCRIPTOR)
+)
+
 # How long a stock hold may last: inventory refuses others, so the order service, which
 # asks for its holds, refuses to start with a hold_seconds outside them.
-MIN_HOLD_SECONDS = 1.0
-MAX_HOLD_SECONDS = 3600.0
+MIN_HOLD_SECONDS, MAX_HOLD_SECONDS = duration_bounds(
+    inventory_service_pb2.ReserveStockRequest, "hold_duration"
+)
 # How long a payment authorization may hold money: payment refuses others, so the order
 # service, which asks for hold + park_after + a margin (see its config), refuses to start
 # with settings whose sum exceeds the maximum.
-MIN_AUTHORIZATION_SECONDS = 1.0
-MAX_AUTHORIZATION_SECONDS = 7 * 86_400.0
+MIN_AUTHORIZATION_SECONDS, MAX_AUTHORIZATION_SECONDS = duration_bounds(
+    payment_service_pb2.AuthorizePaymentRequest, "authorization_duration"
+)
 
 
-def check_id(violations: Violations, field: str, value: str) -> bool:
-    return violations.check(ID_PATTERN.fullmatch(value) is not None, field, ID_RULE)
+def violations(request: Message) -> Violations:
+    """The request's broken field rules, for the servicer to add its own checks to."""
+    return REQUEST_RULES.violations(request)
 
 
-def require_order_id(order_id: str) -> None:
-    """For requests whose only field is an order id: INVALID_ARGUMENT unless it is one."""
-    violations = Violations()
-    check_id(violations, "order_id", order_id)
-    violations.raise_if_any()
+def require_valid(request: Message) -> None:
+    """INVALID_ARGUMENT, with every broken field rule, unless the request keeps them all."""
+    REQUEST_RULES.violations(request).raise_if_any()
 
 
-def check_sku(violations: Violations, field: str, sku: str) -> bool:
-    return violations.check(SKU_PATTERN.fullmatch(sku) is not None, field, SKU_RULE)
+def check_field(violations: Violations, message: type[Message], field: str, value: Any) -> None:
+    """One field's rules on a value (for request bodies that are not messages)."""
+    REQUEST_RULES.check_field(violations, message, field, value)
 
 
-def check_items(violations: Violations, field: str, items: Sequence[tuple[str, int]]) -> None:
-    """An order's or a reservation's (sku, quantity) list: 1 to 50 items, each SKU once,
-    each quantity 1 to 1000. Violations name `<field>[i].sku` and `<field>[i].quantity`."""
-    violations.check(0 < len(items) <= MAX_ITEMS, field, f"must hold 1 to {MAX_ITEMS} items")
+class HasSku(Protocol):
+    @property
+    def sku(self) -> str: ...
+
+
+def check_each_sku_once(
+    violations: Violations, message: type[Message], field: str, items: Sequence[HasSku]
+) -> None:
+    """An order's or a reservation's items name each SKU at most once: the second listing
+    is a violation. (protovalidate's standard `unique` is for lists of scalars only.) A
+    SKU that already broke its own rule is skipped, and so are the items past the list's
+    max_items, which the field rules do not check either."""
+    skus = [item.sku for item in items[: REQUEST_RULES.max_items(message, field)]]
+    if len(set(skus)) == len(skus):
+        return
     seen: set[str] = set()
-    for index, (sku, quantity) in enumerate(items[:MAX_ITEMS]):
-        if check_sku(violations, f"{field}[{index}].sku", sku):
-            violations.check(sku not in seen, f"{field}[{index}].sku", "is listed twice")
-            seen.add(sku)
-        violations.check(
-            0 < quantity <= MAX_QUANTITY, f"{field}[{index}].quantity", f"must be 1..{MAX_QUANTITY}"
-        )
+    for index, sku in enumerate(skus):
+        path = f"{field}[{index}].sku"
+        if violations.has(path):
+            continue
+        violations.check(sku not in seen, path, "is listed twice")
+        seen.add(sku)

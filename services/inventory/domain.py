@@ -5,11 +5,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-MAX_RESTOCK = 1_000_000
 DEFAULT_HOLD_SECONDS = 900.0
 """How long a hold lasts when ReserveStock names no hold_duration; the order service asks
-for as long by default (OrderConfig.hold_seconds). The limits are services.common.validation's,
-shared with order."""
+for as long by default (OrderConfig.hold_seconds). The limits are the hold_duration
+annotation's (services.common.validation reads them), shared with order."""
 
 
 class ReservationState(enum.Enum):

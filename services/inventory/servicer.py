@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import TypeAlias
 
 import grpc
 
-from services.common import pagination
+from services.common import pagination, validation
 from services.common.convert import money, timestamp
-from services.common.errors import Violations
 from services.common.identity import caller, require_admin
-from services.common.validation import (
-    MAX_HOLD_SECONDS,
-    MIN_HOLD_SECONDS,
-    check_id,
-    check_items,
-    check_sku,
-    require_order_id,
-)
 from services.inventory import domain
 from services.inventory.store import InventoryStore
 from shop.inventory.v1 import inventory_pb2 as pb
@@ -36,16 +26,14 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
     async def GetProduct(
         self, request: rpc.GetProductRequest, context: Context
     ) -> rpc.GetProductResponse:
-        violations = Violations()
-        check_sku(violations, "sku", request.sku)
-        violations.raise_if_any()
+        validation.require_valid(request)
         return rpc.GetProductResponse(product=_product_to_proto(self._store.product(request.sku)))
 
     async def ListProducts(
         self, request: rpc.ListProductsRequest, context: Context
     ) -> rpc.ListProductsResponse:
-        violations = Violations()
-        size = pagination.page_size(request.page_size, violations)
+        violations = validation.violations(request)
+        size = pagination.page_size(request.page_size)
         after = pagination.decode_token(request.page_token, violations)
         violations.raise_if_any()
         page = self._store.products(after, size + 1)
@@ -60,18 +48,13 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         self, request: rpc.ReserveStockRequest, context: Context
     ) -> rpc.ReserveStockResponse:
         who = caller(context)
-        violations = Violations()
-        check_id(violations, "order_id", request.order_id)
-        items = _check_items(violations, request.items)
+        violations = validation.violations(request)
+        validation.check_each_sku_once(violations, rpc.ReserveStockRequest, "items", request.items)
+        violations.raise_if_any()
+        items = tuple(domain.Item(i.sku, i.quantity) for i in request.items)
         hold = domain.DEFAULT_HOLD_SECONDS
         if request.HasField("hold_duration"):
             hold = request.hold_duration.ToTimedelta().total_seconds()
-            violations.check(
-                MIN_HOLD_SECONDS <= hold <= MAX_HOLD_SECONDS,
-                "hold_duration",
-                "must be 1 second to 1 hour",
-            )
-        violations.raise_if_any()
         found = await self._store.reserve(request.order_id, who.user_id, items, hold, time.time())
         return rpc.ReserveStockResponse(reservation=_reservation_to_proto(found))
 
@@ -79,7 +62,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         self, request: rpc.GetReservationRequest, context: Context
     ) -> rpc.GetReservationResponse:
         who = caller(context)
-        require_order_id(request.order_id)
+        validation.require_valid(request)
         owner = None if who.is_admin else who.user_id
         return rpc.GetReservationResponse(
             reservation=_reservation_to_proto(self._store.reservation(request.order_id, owner))
@@ -89,7 +72,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         self, request: rpc.CommitReservationRequest, context: Context
     ) -> rpc.CommitReservationResponse:
         who = caller(context)
-        require_order_id(request.order_id)
+        validation.require_valid(request)
         found = await self._store.commit(request.order_id, who.user_id, time.time())
         return rpc.CommitReservationResponse(reservation=_reservation_to_proto(found))
 
@@ -97,7 +80,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         self, request: rpc.ReleaseReservationRequest, context: Context
     ) -> rpc.ReleaseReservationResponse:
         who = caller(context)
-        require_order_id(request.order_id)
+        validation.require_valid(request)
         found = await self._store.release(request.order_id, who.user_id, time.time())
         return rpc.ReleaseReservationResponse(reservation=_reservation_to_proto(found))
 
@@ -105,24 +88,9 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         self, request: rpc.RestockProductRequest, context: Context
     ) -> rpc.RestockProductResponse:
         require_admin(caller(context))
-        violations = Violations()
-        check_sku(violations, "sku", request.sku)
-        violations.check(
-            0 < request.quantity <= domain.MAX_RESTOCK,
-            "quantity",
-            f"must be 1..{domain.MAX_RESTOCK}",
-        )
-        check_id(violations, "request_id", request.request_id)
-        violations.raise_if_any()
+        validation.require_valid(request)
         product = await self._store.restock(request.sku, request.quantity, request.request_id)
         return rpc.RestockProductResponse(product=_product_to_proto(product))
-
-
-def _check_items(
-    violations: Violations, items: Sequence[pb.ReservationItem]
-) -> tuple[domain.Item, ...]:
-    check_items(violations, "items", [(i.sku, i.quantity) for i in items])
-    return tuple(domain.Item(i.sku, i.quantity) for i in items)
 
 
 def _product_to_proto(p: domain.Product) -> pb.Product:

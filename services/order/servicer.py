@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
 from typing import TypeAlias
 
 import grpc
 
-from services.common import pagination
+from services.common import pagination, validation
 from services.common.convert import money, timestamp
-from services.common.errors import ServiceError, Violations, failed_precondition
+from services.common.errors import ServiceError, failed_precondition
 from services.common.identity import caller, require_admin
-from services.common.validation import check_id, check_items, require_order_id
 from services.order import domain
 from services.order.config import ANSWER_MARGIN_SECONDS, OrderConfig
 from services.order.saga import SagaRunner
@@ -40,10 +38,8 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         self, request: rpc.CreateOrderRequest, context: Context
     ) -> rpc.CreateOrderResponse:
         who = caller(context)
-        violations = Violations()
-        check_id(violations, "request_id", request.request_id)
-        items = _check_line_items(violations, request.line_items)
-        violations.raise_if_any()
+        check_create_order(request)
+        items = tuple(domain.LineItem(i.sku, i.quantity) for i in request.line_items)
         # Shielded: a caller who leaves (cancels, or its deadline passes) while the order is
         # written must not leave it without its saga. The write commits anyway (group commit
         # keeps it), and unstarted, the saga would wait for the recovery loop.
@@ -58,7 +54,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         self, request: rpc.GetOrderRequest, context: Context
     ) -> rpc.GetOrderResponse:
         who = caller(context)
-        require_order_id(request.order_id)
+        validation.require_valid(request)
         return rpc.GetOrderResponse(
             order=_order_to_proto(self._store.order(request.order_id, who.user_id))
         )
@@ -67,8 +63,8 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         self, request: rpc.ListOrdersRequest, context: Context
     ) -> rpc.ListOrdersResponse:
         who = caller(context)
-        violations = Violations()
-        size = pagination.page_size(request.page_size, violations)
+        violations = validation.violations(request)
+        size = pagination.page_size(request.page_size)
         before = pagination.decode_number(request.page_token, violations)
         violations.raise_if_any()
         page = self._store.orders(who.user_id, before, size + 1)
@@ -83,7 +79,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         self, request: rpc.CancelOrderRequest, context: Context
     ) -> rpc.CancelOrderResponse:
         who = caller(context)
-        require_order_id(request.order_id)
+        validation.require_valid(request)
         order = self._store.order(request.order_id, who.user_id)
         if order.state is domain.OrderState.CONFIRMED:
             raise _already_confirmed(order.order_id)
@@ -100,8 +96,8 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         self, request: rpc.ListParkedOrdersRequest, context: Context
     ) -> rpc.ListParkedOrdersResponse:
         require_admin(caller(context))
-        violations = Violations()
-        size = pagination.page_size(request.page_size, violations)
+        violations = validation.violations(request)
+        size = pagination.page_size(request.page_size)
         after = pagination.decode_number(request.page_token, violations)
         violations.raise_if_any()
         page = self._store.parked(after or 0, size + 1)
@@ -116,7 +112,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         self, request: rpc.ResumeOrderRequest, context: Context
     ) -> rpc.ResumeOrderResponse:
         require_admin(caller(context))
-        require_order_id(request.order_id)
+        validation.require_valid(request)
         order = self._store.order(request.order_id)
         if not await self._store.unpark(order.order_id):
             raise failed_precondition(
@@ -176,11 +172,14 @@ def _already_confirmed(order_id: str) -> ServiceError:
     )
 
 
-def _check_line_items(
-    violations: Violations, items: Sequence[pb.LineItem]
-) -> tuple[domain.LineItem, ...]:
-    check_items(violations, "line_items", [(i.sku, i.quantity) for i in items])
-    return tuple(domain.LineItem(i.sku, i.quantity) for i in items)
+def check_create_order(request: rpc.CreateOrderRequest) -> None:
+    """Every check of CreateOrder before the order is written: INVALID_ARGUMENT, with
+    every violation, unless the request keeps them all."""
+    violations = validation.violations(request)
+    validation.check_each_sku_once(
+        violations, rpc.CreateOrderRequest, "line_items", request.line_items
+    )
+    violations.raise_if_any()
 
 
 def _parked_to_proto(p: domain.ParkedSaga) -> rpc.ParkedOrder:

@@ -7,16 +7,9 @@ from typing import TypeAlias
 
 import grpc
 
+from services.common import validation
 from services.common.convert import money, timestamp
-from services.common.errors import Violations
-from services.common.identity import USER_ID_RULE, caller, is_valid_user_id
-from services.common.validation import (
-    CURRENCY_PATTERN,
-    MAX_AUTHORIZATION_SECONDS,
-    MIN_AUTHORIZATION_SECONDS,
-    check_id,
-    require_order_id,
-)
+from services.common.identity import caller
 from services.payment import domain
 from services.payment.store import PaymentStore, account_not_found
 from shop.payment.v1 import payment_pb2 as pb
@@ -39,9 +32,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: rpc.GetAccountRequest, context: Context
     ) -> rpc.GetAccountResponse:
         who = caller(context)
-        violations = Violations()
-        violations.check(is_valid_user_id(request.user_id), "user_id", f"must be {USER_ID_RULE}")
-        violations.raise_if_any()
+        validation.require_valid(request)
         if request.user_id != who.user_id and not who.is_admin:
             # The same answer as for an account that does not exist: no probing.
             raise account_not_found(request.user_id)
@@ -58,30 +49,21 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: rpc.AuthorizePaymentRequest, context: Context
     ) -> rpc.AuthorizePaymentResponse:
         who = caller(context)
-        violations = Violations()
-        check_id(violations, "order_id", request.order_id)
+        violations = validation.violations(request)
         amount = request.amount
-        if violations.check(request.HasField("amount"), "amount", "is required"):
-            violations.check(
-                CURRENCY_PATTERN.fullmatch(amount.currency_code) is not None,
-                "amount.currency_code",
-                "must be three upper-case letters (ISO 4217)",
-            )
+        if request.HasField("amount"):
+            # A payment's limit (the saga checks order totals against it too), not Money's:
+            # a rule on Money.amount_minor would bind every amount, balances included.
             violations.check(
                 0 < amount.amount_minor <= domain.MAX_AMOUNT_MINOR,
                 "amount.amount_minor",
                 f"must be 1..{domain.MAX_AMOUNT_MINOR}",
             )
+        violations.raise_if_any()
         # Unset: a caller from before authorization_duration; it gets the default.
         lasts = self._default_authorization_seconds
         if request.HasField("authorization_duration"):
             lasts = request.authorization_duration.ToTimedelta().total_seconds()
-            violations.check(
-                MIN_AUTHORIZATION_SECONDS <= lasts <= MAX_AUTHORIZATION_SECONDS,
-                "authorization_duration",
-                "must be 1 second to 7 days",
-            )
-        violations.raise_if_any()
         payment = await self._store.authorize(
             *(request.order_id, who.user_id, amount.amount_minor, amount.currency_code),
             now=time.time(),
@@ -93,7 +75,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: rpc.CapturePaymentRequest, context: Context
     ) -> rpc.CapturePaymentResponse:
         who = caller(context)
-        require_order_id(request.order_id)
+        validation.require_valid(request)
         payment = await self._store.capture(request.order_id, who.user_id, time.time())
         return rpc.CapturePaymentResponse(payment=_payment_to_proto(payment))
 
@@ -101,7 +83,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: rpc.VoidPaymentRequest, context: Context
     ) -> rpc.VoidPaymentResponse:
         who = caller(context)
-        require_order_id(request.order_id)
+        validation.require_valid(request)
         payment = await self._store.void(request.order_id, who.user_id, time.time())
         return rpc.VoidPaymentResponse(payment=_payment_to_proto(payment))
 
@@ -109,7 +91,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: rpc.GetPaymentRequest, context: Context
     ) -> rpc.GetPaymentResponse:
         who = caller(context)
-        require_order_id(request.order_id)
+        validation.require_valid(request)
         owner = None if who.is_admin else who.user_id
         return rpc.GetPaymentResponse(
             payment=_payment_to_proto(self._store.payment(request.order_id, owner))

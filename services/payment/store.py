@@ -132,9 +132,7 @@ class PaymentStore(db.Store):
                     "SELECT currency FROM accounts WHERE user_id = ?", (user_id,)
                 ).fetchone()
                 if account is None:
-                    raise failed_precondition(
-                        "ACCOUNT_NOT_FOUND", f"user {user_id!r} has no account", user_id=user_id
-                    )
+                    raise account_not_found(user_id)
                 if account["currency"] != currency:
                     raise failed_precondition(
                         "CURRENCY_MISMATCH",

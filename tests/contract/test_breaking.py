@@ -68,7 +68,7 @@ def test_the_current_contract_is_compatible_with_the_release(scratch: pathlib.Pa
     ("edit", "complaint"),
     [
         ({INVENTORY: ("  // The product's display name.\n  string name = 2;\n", "")}, "deleted"),
-        ({ORDER: ("int32 quantity = 2;", "int32 quantity = 5;")}, "quantity"),
+        ({ORDER: ("int32 quantity = 2 [", "int32 quantity = 5 [")}, "quantity"),
         (
             {ORDER_SERVICE: ("rpc GetOrder(GetOrderRequest)", "rpc FetchOrder(GetOrderRequest)")},
             "GetOrder",

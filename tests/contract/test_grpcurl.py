@@ -56,7 +56,10 @@ def test_describe_shows_the_contract(stack: Stack) -> None:
     assert described.returncode == 0, described.stderr
     assert "rpc CreateOrder ( .shop.order.v1.CreateOrderRequest )" in described.stdout
     message = grpcurl(stack.order.target, "describe", "shop.order.v1.LineItem")
-    assert "int32 quantity = 2;" in message.stdout
+    # With its rule: reflection serves the contract's annotations too.
+    assert "int32 quantity = 2 [(.buf.validate.field) = { int32:<lte:1000 gte:1> }];" in (
+        message.stdout
+    )
 
 
 def test_describe_resolves_a_method_by_its_full_name(stack: Stack) -> None:

@@ -70,3 +70,12 @@ def test_errors_are_read_from_the_comment_after_returns() -> None:
         ("FAILED_PRECONDITION", ["ORDER_ALREADY_CONFIRMED", "ORDER_NOT_PARKED"]),
     ]
     assert errors("GetThing returns a thing.") == []
+
+
+def test_a_one_word_code_takes_its_own_reasons() -> None:
+    """ABORTED has no underscore; its reason was listed under the code before it."""
+    comment = "Returns NOT_FOUND (ACCOUNT_NOT_FOUND) or ABORTED (INVENTORY_UNAVAILABLE) via REST."
+    assert errors(comment) == [
+        ("NOT_FOUND", ["ACCOUNT_NOT_FOUND"]),
+        ("ABORTED", ["INVENTORY_UNAVAILABLE"]),
+    ]

@@ -123,6 +123,23 @@ async def test_business_failures_cancel_the_order_and_say_why(orders: OrderServi
     assert [v.field for v in unknown.violations] == ["line_items[0].sku"]
 
 
+async def test_a_caller_without_an_account_is_told_so_with_payments_code(
+    orders: OrderServiceStub,
+) -> None:
+    """ACCOUNT_NOT_FOUND is NOT_FOUND wherever it comes from (GetAccount, AuthorizePayment,
+    the order it cancels), and it counts as a decline (DECLINE_REASONS)."""
+    nobody = user("nobody")
+    error = await rejected(orders.CreateOrder(create("r1", ("SKU-TEA", 1)), metadata=nobody))
+    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND")
+    order = (
+        await orders.GetOrder(
+            rpc.GetOrderRequest(order_id=error.metadata["order_id"]), metadata=nobody
+        )
+    ).order
+    assert (order.state, order.cancel_reason) == (pb.ORDER_STATE_CANCELLED, "ACCOUNT_NOT_FOUND")
+    assert "ACCOUNT_NOT_FOUND" in domain.DECLINE_REASONS
+
+
 async def test_request_id_reused_with_other_items_is_rejected(orders: OrderServiceStub) -> None:
     first = (await orders.CreateOrder(create("r1", ("SKU-TEA", 1)), metadata=ALICE)).order
     again = (await orders.CreateOrder(create("r1", ("SKU-TEA", 1)), metadata=ALICE)).order

@@ -130,7 +130,8 @@ async def test_concurrent_authorizations_never_overdraw(payment: PaymentServiceS
 
 async def test_account_problems(payment: PaymentServiceStub) -> None:
     error = await rejected(payment.AuthorizePayment(authorize("o1", 100), metadata=user("nobody")))
-    assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ACCOUNT_NOT_FOUND")
+    # One reason, one code: the same NOT_FOUND as GetAccount's for an account that is not there.
+    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND")
     error = await rejected(payment.AuthorizePayment(authorize("o2", 100, "EUR"), metadata=ALICE))
     assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CURRENCY_MISMATCH")
     await payment.AuthorizePayment(authorize("o3", 100), metadata=ALICE)

@@ -22,23 +22,36 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from shop.money.v1 import money_pb2 as shop_dot_money_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/money/v1/money.proto\"\xdd\x01\n\x07Product\x12\x10\n\x03sku\x18\x01 \x01(\tR\x03sku\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x33\n\nunit_price\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\tunitPrice\x12-\n\x12\x61vailable_quantity\x18\x04 \x01(\x05R\x11\x61vailableQuantity\x12#\n\rheld_quantity\x18\x05 \x01(\x05R\x0cheldQuantity\x12#\n\rsold_quantity\x18\x06 \x01(\x05R\x0csoldQuantity\"t\n\x0fReservationItem\x12\x10\n\x03sku\x18\x01 \x01(\tR\x03sku\x12\x1a\n\x08quantity\x18\x02 \x01(\x05R\x08quantity\x12\x33\n\nunit_price\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\tunitPrice\"\xf3\x01\n\x0bReservation\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x38\n\x05items\x18\x02 \x03(\x0b\x32\".shop.inventory.v1.ReservationItemR\x05items\x12\x39\n\x05state\x18\x03 \x01(\x0e\x32#.shop.inventory.v1.ReservationStateR\x05state\x12;\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12\x17\n\x07user_id\x18\x05 \x01(\tR\x06userId*\xb1\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16RESERVATION_STATE_HELD\x10\x01\x12\x1f\n\x1bRESERVATION_STATE_COMMITTED\x10\x02\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x03\x12\x1d\n\x19RESERVATION_STATE_EXPIRED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/money/v1/money.proto\"\xff\x01\n\x07Product\x12\x32\n\x03sku\x18\x01 \x01(\tB \xbaH\x1dr\x1b\x32\x19^[A-Z0-9][A-Z0-9-]{0,63}$R\x03sku\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x33\n\nunit_price\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\tunitPrice\x12-\n\x12\x61vailable_quantity\x18\x04 \x01(\x05R\x11\x61vailableQuantity\x12#\n\rheld_quantity\x18\x05 \x01(\x05R\x0cheldQuantity\x12#\n\rsold_quantity\x18\x06 \x01(\x05R\x0csoldQuantity\"\xaa\x01\n\x0fReservationItem\x12\x32\n\x03sku\x18\x01 \x01(\tB \xbaH\x1dr\x1b\x32\x19^[A-Z0-9][A-Z0-9-]{0,63}$R\x03sku\x12&\n\x08quantity\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x01R\x08quantity\x12;\n\nunit_price\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyB\x06\xbaH\x03\xd8\x01\x03R\tunitPrice\"\xb2\x02\n\x0bReservation\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\x12\x38\n\x05items\x18\x02 \x03(\x0b\x32\".shop.inventory.v1.ReservationItemR\x05items\x12\x39\n\x05state\x18\x03 \x01(\x0e\x32#.shop.inventory.v1.ReservationStateR\x05state\x12;\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12\x38\n\x07user_id\x18\x05 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18\x80\x01\x32\x13^[A-Za-z0-9._@+-]*$R\x06userId*\xb1\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16RESERVATION_STATE_HELD\x10\x01\x12\x1f\n\x1bRESERVATION_STATE_COMMITTED\x10\x02\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x03\x12\x1d\n\x19RESERVATION_STATE_EXPIRED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.inventory.v1.inventory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESERVATIONSTATE']._serialized_start=705
-  _globals['_RESERVATIONSTATE']._serialized_end=882
-  _globals['_PRODUCT']._serialized_start=117
-  _globals['_PRODUCT']._serialized_end=338
-  _globals['_RESERVATIONITEM']._serialized_start=340
-  _globals['_RESERVATIONITEM']._serialized_end=456
-  _globals['_RESERVATION']._serialized_start=459
-  _globals['_RESERVATION']._serialized_end=702
+  _globals['_PRODUCT'].fields_by_name['sku']._loaded_options = None
+  _globals['_PRODUCT'].fields_by_name['sku']._serialized_options = b'\272H\035r\0332\031^[A-Z0-9][A-Z0-9-]{0,63}$'
+  _globals['_RESERVATIONITEM'].fields_by_name['sku']._loaded_options = None
+  _globals['_RESERVATIONITEM'].fields_by_name['sku']._serialized_options = b'\272H\035r\0332\031^[A-Z0-9][A-Z0-9-]{0,63}$'
+  _globals['_RESERVATIONITEM'].fields_by_name['quantity']._loaded_options = None
+  _globals['_RESERVATIONITEM'].fields_by_name['quantity']._serialized_options = b'\272H\007\032\005\030\350\007(\001'
+  _globals['_RESERVATIONITEM'].fields_by_name['unit_price']._loaded_options = None
+  _globals['_RESERVATIONITEM'].fields_by_name['unit_price']._serialized_options = b'\272H\003\330\001\003'
+  _globals['_RESERVATION'].fields_by_name['order_id']._loaded_options = None
+  _globals['_RESERVATION'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_RESERVATION'].fields_by_name['user_id']._loaded_options = None
+  _globals['_RESERVATION'].fields_by_name['user_id']._serialized_options = b'\272H\034r\032\020\001\030\200\0012\023^[A-Za-z0-9._@+-]*$'
+  _globals['_RESERVATIONSTATE']._serialized_start=886
+  _globals['_RESERVATIONSTATE']._serialized_end=1063
+  _globals['_PRODUCT']._serialized_start=146
+  _globals['_PRODUCT']._serialized_end=401
+  _globals['_RESERVATIONITEM']._serialized_start=404
+  _globals['_RESERVATIONITEM']._serialized_end=574
+  _globals['_RESERVATION']._serialized_start=577
+  _globals['_RESERVATION']._serialized_end=883
 # @@protoc_insertion_point(module_scope)

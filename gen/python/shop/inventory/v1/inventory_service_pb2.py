@@ -22,18 +22,41 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from shop.inventory.v1 import inventory_pb2 as shop_dot_inventory_dot_v1_dot_inventory__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)shop/inventory/v1/inventory_service.proto\x12\x11shop.inventory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a!shop/inventory/v1/inventory.proto\"%\n\x11GetProductRequest\x12\x10\n\x03sku\x18\x01 \x01(\tR\x03sku\"J\n\x12GetProductResponse\x12\x34\n\x07product\x18\x01 \x01(\x0b\x32\x1a.shop.inventory.v1.ProductR\x07product\"Q\n\x13ListProductsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"v\n\x14ListProductsResponse\x12\x36\n\x08products\x18\x01 \x03(\x0b\x32\x1a.shop.inventory.v1.ProductR\x08products\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xaa\x01\n\x13ReserveStockRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x38\n\x05items\x18\x02 \x03(\x0b\x32\".shop.inventory.v1.ReservationItemR\x05items\x12>\n\rhold_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0choldDuration\"X\n\x14ReserveStockResponse\x12@\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.ReservationR\x0breservation\"2\n\x15GetReservationRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\"Z\n\x16GetReservationResponse\x12@\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.ReservationR\x0breservation\"5\n\x18\x43ommitReservationRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\"]\n\x19\x43ommitReservationResponse\x12@\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.ReservationR\x0breservation\"6\n\x19ReleaseReservationRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\"^\n\x1aReleaseReservationResponse\x12@\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.ReservationR\x0breservation\"d\n\x15RestockProductRequest\x12\x10\n\x03sku\x18\x01 \x01(\tR\x03sku\x12\x1a\n\x08quantity\x18\x02 \x01(\x05R\x08quantity\x12\x1d\n\nrequest_id\x18\x03 \x01(\tR\trequestId\"N\n\x16RestockProductResponse\x12\x34\n\x07product\x18\x01 \x01(\x0b\x32\x1a.shop.inventory.v1.ProductR\x07product2\xde\x07\n\x10InventoryService\x12u\n\nGetProduct\x12$.shop.inventory.v1.GetProductRequest\x1a%.shop.inventory.v1.GetProductResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/products/{sku}\x12u\n\x0cListProducts\x12&.shop.inventory.v1.ListProductsRequest\x1a\'.shop.inventory.v1.ListProductsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/products\x12|\n\x0cReserveStock\x12&.shop.inventory.v1.ReserveStockRequest\x1a\'.shop.inventory.v1.ReserveStockResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/reservations:\x01*\x12\x8a\x01\n\x0eGetReservation\x12(.shop.inventory.v1.GetReservationRequest\x1a).shop.inventory.v1.GetReservationResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/reservations/{order_id}\x12\x9d\x01\n\x11\x43ommitReservation\x12+.shop.inventory.v1.CommitReservationRequest\x1a,.shop.inventory.v1.CommitReservationResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/v1/reservations/{order_id}:commit:\x01*\x12\xa1\x01\n\x12ReleaseReservation\x12,.shop.inventory.v1.ReleaseReservationRequest\x1a-.shop.inventory.v1.ReleaseReservationResponse\".\x82\xd3\xe4\x93\x02(\"#/v1/reservations/{order_id}:release:\x01*\x12\x8c\x01\n\x0eRestockProduct\x12(.shop.inventory.v1.RestockProductRequest\x1a).shop.inventory.v1.RestockProductResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/products/{sku}:restock:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)shop/inventory/v1/inventory_service.proto\x12\x11shop.inventory.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a!shop/inventory/v1/inventory.proto\"G\n\x11GetProductRequest\x12\x32\n\x03sku\x18\x01 \x01(\tB \xbaH\x1dr\x1b\x32\x19^[A-Z0-9][A-Z0-9-]{0,63}$R\x03sku\"J\n\x12GetProductResponse\x12\x34\n\x07product\x18\x01 \x01(\x0b\x32\x1a.shop.inventory.v1.ProductR\x07product\"\\\n\x13ListProductsRequest\x12&\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"v\n\x14ListProductsResponse\x12\x36\n\x08products\x18\x01 \x03(\x0b\x32\x1a.shop.inventory.v1.ProductR\x08products\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xe5\x01\n\x13ReserveStockRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\x12\x44\n\x05items\x18\x02 \x03(\x0b\x32\".shop.inventory.v1.ReservationItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x32R\x05items\x12O\n\rhold_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0f\xbaH\x0c\xaa\x01\t\"\x03\x08\x90\x1c\x32\x02\x08\x01R\x0choldDuration\"X\n\x14ReserveStockResponse\x12@\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.ReservationR\x0breservation\"P\n\x15GetReservationRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\"Z\n\x16GetReservationResponse\x12@\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.ReservationR\x0breservation\"S\n\x18\x43ommitReservationRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\"]\n\x19\x43ommitReservationResponse\x12@\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.ReservationR\x0breservation\"T\n\x19ReleaseReservationRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\"^\n\x1aReleaseReservationResponse\x12@\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.ReservationR\x0breservation\"\xb1\x01\n\x15RestockProductRequest\x12\x32\n\x03sku\x18\x01 \x01(\tB \xbaH\x1dr\x1b\x32\x19^[A-Z0-9][A-Z0-9-]{0,63}$R\x03sku\x12\'\n\x08quantity\x18\x02 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xc0\x84=(\x01R\x08quantity\x12;\n\nrequest_id\x18\x03 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\trequestId\"N\n\x16RestockProductResponse\x12\x34\n\x07product\x18\x01 \x01(\x0b\x32\x1a.shop.inventory.v1.ProductR\x07product2\xde\x07\n\x10InventoryService\x12u\n\nGetProduct\x12$.shop.inventory.v1.GetProductRequest\x1a%.shop.inventory.v1.GetProductResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/products/{sku}\x12u\n\x0cListProducts\x12&.shop.inventory.v1.ListProductsRequest\x1a\'.shop.inventory.v1.ListProductsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/products\x12|\n\x0cReserveStock\x12&.shop.inventory.v1.ReserveStockRequest\x1a\'.shop.inventory.v1.ReserveStockResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/reservations:\x01*\x12\x8a\x01\n\x0eGetReservation\x12(.shop.inventory.v1.GetReservationRequest\x1a).shop.inventory.v1.GetReservationResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/reservations/{order_id}\x12\x9d\x01\n\x11\x43ommitReservation\x12+.shop.inventory.v1.CommitReservationRequest\x1a,.shop.inventory.v1.CommitReservationResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/v1/reservations/{order_id}:commit:\x01*\x12\xa1\x01\n\x12ReleaseReservation\x12,.shop.inventory.v1.ReleaseReservationRequest\x1a-.shop.inventory.v1.ReleaseReservationResponse\".\x82\xd3\xe4\x93\x02(\"#/v1/reservations/{order_id}:release:\x01*\x12\x8c\x01\n\x0eRestockProduct\x12(.shop.inventory.v1.RestockProductRequest\x1a).shop.inventory.v1.RestockProductResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/products/{sku}:restock:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.inventory.v1.inventory_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GETPRODUCTREQUEST'].fields_by_name['sku']._loaded_options = None
+  _globals['_GETPRODUCTREQUEST'].fields_by_name['sku']._serialized_options = b'\272H\035r\0332\031^[A-Z0-9][A-Z0-9-]{0,63}$'
+  _globals['_LISTPRODUCTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTPRODUCTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\006\032\004\030d(\000'
+  _globals['_RESERVESTOCKREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_RESERVESTOCKREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_RESERVESTOCKREQUEST'].fields_by_name['items']._loaded_options = None
+  _globals['_RESERVESTOCKREQUEST'].fields_by_name['items']._serialized_options = b'\272H\007\222\001\004\010\001\0202'
+  _globals['_RESERVESTOCKREQUEST'].fields_by_name['hold_duration']._loaded_options = None
+  _globals['_RESERVESTOCKREQUEST'].fields_by_name['hold_duration']._serialized_options = b'\272H\014\252\001\t\"\003\010\220\0342\002\010\001'
+  _globals['_GETRESERVATIONREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_GETRESERVATIONREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_COMMITRESERVATIONREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_COMMITRESERVATIONREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_RELEASERESERVATIONREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_RELEASERESERVATIONREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_RESTOCKPRODUCTREQUEST'].fields_by_name['sku']._loaded_options = None
+  _globals['_RESTOCKPRODUCTREQUEST'].fields_by_name['sku']._serialized_options = b'\272H\035r\0332\031^[A-Z0-9][A-Z0-9-]{0,63}$'
+  _globals['_RESTOCKPRODUCTREQUEST'].fields_by_name['quantity']._loaded_options = None
+  _globals['_RESTOCKPRODUCTREQUEST'].fields_by_name['quantity']._serialized_options = b'\272H\010\032\006\030\300\204=(\001'
+  _globals['_RESTOCKPRODUCTREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_RESTOCKPRODUCTREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
   _globals['_INVENTORYSERVICE'].methods_by_name['GetProduct']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['GetProduct']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/products/{sku}'
   _globals['_INVENTORYSERVICE'].methods_by_name['ListProducts']._loaded_options = None
@@ -48,34 +71,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVENTORYSERVICE'].methods_by_name['ReleaseReservation']._serialized_options = b'\202\323\344\223\002(\"#/v1/reservations/{order_id}:release:\001*'
   _globals['_INVENTORYSERVICE'].methods_by_name['RestockProduct']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['RestockProduct']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/products/{sku}:restock:\001*'
-  _globals['_GETPRODUCTREQUEST']._serialized_start=161
-  _globals['_GETPRODUCTREQUEST']._serialized_end=198
-  _globals['_GETPRODUCTRESPONSE']._serialized_start=200
-  _globals['_GETPRODUCTRESPONSE']._serialized_end=274
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=276
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=357
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=359
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=477
-  _globals['_RESERVESTOCKREQUEST']._serialized_start=480
-  _globals['_RESERVESTOCKREQUEST']._serialized_end=650
-  _globals['_RESERVESTOCKRESPONSE']._serialized_start=652
-  _globals['_RESERVESTOCKRESPONSE']._serialized_end=740
-  _globals['_GETRESERVATIONREQUEST']._serialized_start=742
-  _globals['_GETRESERVATIONREQUEST']._serialized_end=792
-  _globals['_GETRESERVATIONRESPONSE']._serialized_start=794
-  _globals['_GETRESERVATIONRESPONSE']._serialized_end=884
-  _globals['_COMMITRESERVATIONREQUEST']._serialized_start=886
-  _globals['_COMMITRESERVATIONREQUEST']._serialized_end=939
-  _globals['_COMMITRESERVATIONRESPONSE']._serialized_start=941
-  _globals['_COMMITRESERVATIONRESPONSE']._serialized_end=1034
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1036
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1090
-  _globals['_RELEASERESERVATIONRESPONSE']._serialized_start=1092
-  _globals['_RELEASERESERVATIONRESPONSE']._serialized_end=1186
-  _globals['_RESTOCKPRODUCTREQUEST']._serialized_start=1188
-  _globals['_RESTOCKPRODUCTREQUEST']._serialized_end=1288
-  _globals['_RESTOCKPRODUCTRESPONSE']._serialized_start=1290
-  _globals['_RESTOCKPRODUCTRESPONSE']._serialized_end=1368
-  _globals['_INVENTORYSERVICE']._serialized_start=1371
-  _globals['_INVENTORYSERVICE']._serialized_end=2361
+  _globals['_GETPRODUCTREQUEST']._serialized_start=190
+  _globals['_GETPRODUCTREQUEST']._serialized_end=261
+  _globals['_GETPRODUCTRESPONSE']._serialized_start=263
+  _globals['_GETPRODUCTRESPONSE']._serialized_end=337
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=339
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=431
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=433
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=551
+  _globals['_RESERVESTOCKREQUEST']._serialized_start=554
+  _globals['_RESERVESTOCKREQUEST']._serialized_end=783
+  _globals['_RESERVESTOCKRESPONSE']._serialized_start=785
+  _globals['_RESERVESTOCKRESPONSE']._serialized_end=873
+  _globals['_GETRESERVATIONREQUEST']._serialized_start=875
+  _globals['_GETRESERVATIONREQUEST']._serialized_end=955
+  _globals['_GETRESERVATIONRESPONSE']._serialized_start=957
+  _globals['_GETRESERVATIONRESPONSE']._serialized_end=1047
+  _globals['_COMMITRESERVATIONREQUEST']._serialized_start=1049
+  _globals['_COMMITRESERVATIONREQUEST']._serialized_end=1132
+  _globals['_COMMITRESERVATIONRESPONSE']._serialized_start=1134
+  _globals['_COMMITRESERVATIONRESPONSE']._serialized_end=1227
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1229
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1313
+  _globals['_RELEASERESERVATIONRESPONSE']._serialized_start=1315
+  _globals['_RELEASERESERVATIONRESPONSE']._serialized_end=1409
+  _globals['_RESTOCKPRODUCTREQUEST']._serialized_start=1412
+  _globals['_RESTOCKPRODUCTREQUEST']._serialized_end=1589
+  _globals['_RESTOCKPRODUCTRESPONSE']._serialized_start=1591
+  _globals['_RESTOCKPRODUCTRESPONSE']._serialized_end=1669
+  _globals['_INVENTORYSERVICE']._serialized_start=1672
+  _globals['_INVENTORYSERVICE']._serialized_end=2662
 # @@protoc_insertion_point(module_scope)

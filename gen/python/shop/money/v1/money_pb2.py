@@ -22,15 +22,18 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/money/v1/money.proto\x12\rshop.money.v1\"O\n\x05Money\x12#\n\rcurrency_code\x18\x01 \x01(\tR\x0c\x63urrencyCode\x12!\n\x0c\x61mount_minor\x18\x02 \x01(\x03R\x0b\x61mountMinorb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/money/v1/money.proto\x12\rshop.money.v1\x1a\x1b\x62uf/validate/validate.proto\"b\n\x05Money\x12\x36\n\rcurrency_code\x18\x01 \x01(\tB\x11\xbaH\x0er\x0c\x32\n^[A-Z]{3}$R\x0c\x63urrencyCode\x12!\n\x0c\x61mount_minor\x18\x02 \x01(\x03R\x0b\x61mountMinorb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.money.v1.money_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MONEY']._serialized_start=44
-  _globals['_MONEY']._serialized_end=123
+  _globals['_MONEY'].fields_by_name['currency_code']._loaded_options = None
+  _globals['_MONEY'].fields_by_name['currency_code']._serialized_options = b'\272H\016r\0142\n^[A-Z]{3}$'
+  _globals['_MONEY']._serialized_start=73
+  _globals['_MONEY']._serialized_end=171
 # @@protoc_insertion_point(module_scope)

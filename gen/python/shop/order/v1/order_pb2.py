@@ -22,21 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from shop.money.v1 import money_pb2 as shop_dot_money_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/order/v1/order.proto\x12\rshop.order.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/money/v1/money.proto\"m\n\x08LineItem\x12\x10\n\x03sku\x18\x01 \x01(\tR\x03sku\x12\x1a\n\x08quantity\x18\x02 \x01(\x05R\x08quantity\x12\x33\n\nunit_price\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\tunitPrice\"\x8e\x03\n\x05Order\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x1d\n\nrequest_id\x18\x03 \x01(\tR\trequestId\x12\x36\n\nline_items\x18\x04 \x03(\x0b\x32\x17.shop.order.v1.LineItemR\tlineItems\x12*\n\x05total\x18\x05 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x05total\x12/\n\x05state\x18\x06 \x01(\x0e\x32\x19.shop.order.v1.OrderStateR\x05state\x12#\n\rcancel_reason\x18\x07 \x01(\tR\x0c\x63\x61ncelReason\x12;\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime*x\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_STATE_PENDING\x10\x01\x12\x19\n\x15ORDER_STATE_CONFIRMED\x10\x02\x12\x19\n\x15ORDER_STATE_CANCELLED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/order/v1/order.proto\x12\rshop.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/money/v1/money.proto\"\xa3\x01\n\x08LineItem\x12\x32\n\x03sku\x18\x01 \x01(\tB \xbaH\x1dr\x1b\x32\x19^[A-Z0-9][A-Z0-9-]{0,63}$R\x03sku\x12&\n\x08quantity\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x01R\x08quantity\x12;\n\nunit_price\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyB\x06\xbaH\x03\xd8\x01\x03R\tunitPrice\"\xeb\x03\n\x05Order\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\x12\x38\n\x07user_id\x18\x02 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18\x80\x01\x32\x13^[A-Za-z0-9._@+-]*$R\x06userId\x12;\n\nrequest_id\x18\x03 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\trequestId\x12\x36\n\nline_items\x18\x04 \x03(\x0b\x32\x17.shop.order.v1.LineItemR\tlineItems\x12*\n\x05total\x18\x05 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x05total\x12/\n\x05state\x18\x06 \x01(\x0e\x32\x19.shop.order.v1.OrderStateR\x05state\x12#\n\rcancel_reason\x18\x07 \x01(\tR\x0c\x63\x61ncelReason\x12;\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime*x\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_STATE_PENDING\x10\x01\x12\x19\n\x15ORDER_STATE_CONFIRMED\x10\x02\x12\x19\n\x15ORDER_STATE_CANCELLED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.order.v1.order_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDERSTATE']._serialized_start=616
-  _globals['_ORDERSTATE']._serialized_end=736
-  _globals['_LINEITEM']._serialized_start=104
-  _globals['_LINEITEM']._serialized_end=213
-  _globals['_ORDER']._serialized_start=216
-  _globals['_ORDER']._serialized_end=614
+  _globals['_LINEITEM'].fields_by_name['sku']._loaded_options = None
+  _globals['_LINEITEM'].fields_by_name['sku']._serialized_options = b'\272H\035r\0332\031^[A-Z0-9][A-Z0-9-]{0,63}$'
+  _globals['_LINEITEM'].fields_by_name['quantity']._loaded_options = None
+  _globals['_LINEITEM'].fields_by_name['quantity']._serialized_options = b'\272H\007\032\005\030\350\007(\001'
+  _globals['_LINEITEM'].fields_by_name['unit_price']._loaded_options = None
+  _globals['_LINEITEM'].fields_by_name['unit_price']._serialized_options = b'\272H\003\330\001\003'
+  _globals['_ORDER'].fields_by_name['order_id']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_ORDER'].fields_by_name['user_id']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['user_id']._serialized_options = b'\272H\034r\032\020\001\030\200\0012\023^[A-Za-z0-9._@+-]*$'
+  _globals['_ORDER'].fields_by_name['request_id']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['request_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_ORDERSTATE']._serialized_start=793
+  _globals['_ORDERSTATE']._serialized_end=913
+  _globals['_LINEITEM']._serialized_start=134
+  _globals['_LINEITEM']._serialized_end=297
+  _globals['_ORDER']._serialized_start=300
+  _globals['_ORDER']._serialized_end=791
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from buf.validate import validate_pb2 as _validate_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from shop.money.v1 import money_pb2 as _money_pb2
 from google.protobuf.internal import containers as _containers

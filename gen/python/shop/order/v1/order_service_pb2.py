@@ -22,18 +22,37 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from shop.order.v1 import order_pb2 as shop_dot_order_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/order/v1/order_service.proto\x12\rshop.order.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/order/v1/order.proto\"k\n\x12\x43reateOrderRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x36\n\nline_items\x18\x02 \x03(\x0b\x32\x17.shop.order.v1.LineItemR\tlineItems\"A\n\x13\x43reateOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order\",\n\x0fGetOrderRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\">\n\x10GetOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order\"O\n\x11ListOrdersRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"j\n\x12ListOrdersResponse\x12,\n\x06orders\x18\x01 \x03(\x0b\x32\x14.shop.order.v1.OrderR\x06orders\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"/\n\x12\x43\x61ncelOrderRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\"A\n\x13\x43\x61ncelOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order\"U\n\x17ListParkedOrdersRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"\x83\x01\n\x18ListParkedOrdersResponse\x12?\n\rparked_orders\x18\x01 \x03(\x0b\x32\x1a.shop.order.v1.ParkedOrderR\x0cparkedOrders\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xc9\x01\n\x0bParkedOrder\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x1d\n\nsaga_phase\x18\x03 \x01(\tR\tsagaPhase\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12\x16\n\x06\x64\x65tail\x18\x05 \x01(\tR\x06\x64\x65tail\x12\x37\n\tpark_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08parkTime\"/\n\x12ResumeOrderRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\"A\n\x13ResumeOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order2\xcc\x05\n\x0cOrderService\x12k\n\x0b\x43reateOrder\x12!.shop.order.v1.CreateOrderRequest\x1a\".shop.order.v1.CreateOrderResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12j\n\x08GetOrder\x12\x1e.shop.order.v1.GetOrderRequest\x1a\x1f.shop.order.v1.GetOrderResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x12\x65\n\nListOrders\x12 .shop.order.v1.ListOrdersRequest\x1a!.shop.order.v1.ListOrdersResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/orders\x12}\n\x0b\x43\x61ncelOrder\x12!.shop.order.v1.CancelOrderRequest\x1a\".shop.order.v1.CancelOrderResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/orders/{order_id}:cancel:\x01*\x12~\n\x10ListParkedOrders\x12&.shop.order.v1.ListParkedOrdersRequest\x1a\'.shop.order.v1.ListParkedOrdersResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/orders:parked\x12}\n\x0bResumeOrder\x12!.shop.order.v1.ResumeOrderRequest\x1a\".shop.order.v1.ResumeOrderResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/orders/{order_id}:resume:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/order/v1/order_service.proto\x12\rshop.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/order/v1/order.proto\"\x95\x01\n\x12\x43reateOrderRequest\x12;\n\nrequest_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\trequestId\x12\x42\n\nline_items\x18\x02 \x03(\x0b\x32\x17.shop.order.v1.LineItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x32R\tlineItems\"A\n\x13\x43reateOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order\"J\n\x0fGetOrderRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\">\n\x10GetOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order\"Z\n\x11ListOrdersRequest\x12&\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"j\n\x12ListOrdersResponse\x12,\n\x06orders\x18\x01 \x03(\x0b\x32\x14.shop.order.v1.OrderR\x06orders\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"M\n\x12\x43\x61ncelOrderRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\"A\n\x13\x43\x61ncelOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order\"`\n\x17ListParkedOrdersRequest\x12&\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"\x83\x01\n\x18ListParkedOrdersResponse\x12?\n\rparked_orders\x18\x01 \x03(\x0b\x32\x1a.shop.order.v1.ParkedOrderR\x0cparkedOrders\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x88\x02\n\x0bParkedOrder\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\x12\x38\n\x07user_id\x18\x02 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18\x80\x01\x32\x13^[A-Za-z0-9._@+-]*$R\x06userId\x12\x1d\n\nsaga_phase\x18\x03 \x01(\tR\tsagaPhase\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12\x16\n\x06\x64\x65tail\x18\x05 \x01(\tR\x06\x64\x65tail\x12\x37\n\tpark_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08parkTime\"M\n\x12ResumeOrderRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\"A\n\x13ResumeOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order2\xcc\x05\n\x0cOrderService\x12k\n\x0b\x43reateOrder\x12!.shop.order.v1.CreateOrderRequest\x1a\".shop.order.v1.CreateOrderResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12j\n\x08GetOrder\x12\x1e.shop.order.v1.GetOrderRequest\x1a\x1f.shop.order.v1.GetOrderResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x12\x65\n\nListOrders\x12 .shop.order.v1.ListOrdersRequest\x1a!.shop.order.v1.ListOrdersResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/orders\x12}\n\x0b\x43\x61ncelOrder\x12!.shop.order.v1.CancelOrderRequest\x1a\".shop.order.v1.CancelOrderResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/orders/{order_id}:cancel:\x01*\x12~\n\x10ListParkedOrders\x12&.shop.order.v1.ListParkedOrdersRequest\x1a\'.shop.order.v1.ListParkedOrdersResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/orders:parked\x12}\n\x0bResumeOrder\x12!.shop.order.v1.ResumeOrderRequest\x1a\".shop.order.v1.ResumeOrderResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/orders/{order_id}:resume:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.order.v1.order_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CREATEORDERREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CREATEORDERREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_CREATEORDERREQUEST'].fields_by_name['line_items']._loaded_options = None
+  _globals['_CREATEORDERREQUEST'].fields_by_name['line_items']._serialized_options = b'\272H\007\222\001\004\010\001\0202'
+  _globals['_GETORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_GETORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_LISTORDERSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTORDERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\006\032\004\030d(\000'
+  _globals['_CANCELORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_CANCELORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_LISTPARKEDORDERSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTPARKEDORDERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\006\032\004\030d(\000'
+  _globals['_PARKEDORDER'].fields_by_name['order_id']._loaded_options = None
+  _globals['_PARKEDORDER'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_PARKEDORDER'].fields_by_name['user_id']._loaded_options = None
+  _globals['_PARKEDORDER'].fields_by_name['user_id']._serialized_options = b'\272H\034r\032\020\001\030\200\0012\023^[A-Za-z0-9._@+-]*$'
+  _globals['_RESUMEORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_RESUMEORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
   _globals['_ORDERSERVICE'].methods_by_name['CreateOrder']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['CreateOrder']._serialized_options = b'\202\323\344\223\002\017\"\n/v1/orders:\001*'
   _globals['_ORDERSERVICE'].methods_by_name['GetOrder']._loaded_options = None
@@ -46,32 +65,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSERVICE'].methods_by_name['ListParkedOrders']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/orders:parked'
   _globals['_ORDERSERVICE'].methods_by_name['ResumeOrder']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['ResumeOrder']._serialized_options = b'\202\323\344\223\002!\"\034/v1/orders/{order_id}:resume:\001*'
-  _globals['_CREATEORDERREQUEST']._serialized_start=142
-  _globals['_CREATEORDERREQUEST']._serialized_end=249
-  _globals['_CREATEORDERRESPONSE']._serialized_start=251
-  _globals['_CREATEORDERRESPONSE']._serialized_end=316
-  _globals['_GETORDERREQUEST']._serialized_start=318
-  _globals['_GETORDERREQUEST']._serialized_end=362
-  _globals['_GETORDERRESPONSE']._serialized_start=364
-  _globals['_GETORDERRESPONSE']._serialized_end=426
-  _globals['_LISTORDERSREQUEST']._serialized_start=428
-  _globals['_LISTORDERSREQUEST']._serialized_end=507
-  _globals['_LISTORDERSRESPONSE']._serialized_start=509
-  _globals['_LISTORDERSRESPONSE']._serialized_end=615
-  _globals['_CANCELORDERREQUEST']._serialized_start=617
-  _globals['_CANCELORDERREQUEST']._serialized_end=664
-  _globals['_CANCELORDERRESPONSE']._serialized_start=666
-  _globals['_CANCELORDERRESPONSE']._serialized_end=731
-  _globals['_LISTPARKEDORDERSREQUEST']._serialized_start=733
-  _globals['_LISTPARKEDORDERSREQUEST']._serialized_end=818
-  _globals['_LISTPARKEDORDERSRESPONSE']._serialized_start=821
-  _globals['_LISTPARKEDORDERSRESPONSE']._serialized_end=952
-  _globals['_PARKEDORDER']._serialized_start=955
-  _globals['_PARKEDORDER']._serialized_end=1156
-  _globals['_RESUMEORDERREQUEST']._serialized_start=1158
-  _globals['_RESUMEORDERREQUEST']._serialized_end=1205
-  _globals['_RESUMEORDERRESPONSE']._serialized_start=1207
-  _globals['_RESUMEORDERRESPONSE']._serialized_end=1272
-  _globals['_ORDERSERVICE']._serialized_start=1275
-  _globals['_ORDERSERVICE']._serialized_end=1991
+  _globals['_CREATEORDERREQUEST']._serialized_start=172
+  _globals['_CREATEORDERREQUEST']._serialized_end=321
+  _globals['_CREATEORDERRESPONSE']._serialized_start=323
+  _globals['_CREATEORDERRESPONSE']._serialized_end=388
+  _globals['_GETORDERREQUEST']._serialized_start=390
+  _globals['_GETORDERREQUEST']._serialized_end=464
+  _globals['_GETORDERRESPONSE']._serialized_start=466
+  _globals['_GETORDERRESPONSE']._serialized_end=528
+  _globals['_LISTORDERSREQUEST']._serialized_start=530
+  _globals['_LISTORDERSREQUEST']._serialized_end=620
+  _globals['_LISTORDERSRESPONSE']._serialized_start=622
+  _globals['_LISTORDERSRESPONSE']._serialized_end=728
+  _globals['_CANCELORDERREQUEST']._serialized_start=730
+  _globals['_CANCELORDERREQUEST']._serialized_end=807
+  _globals['_CANCELORDERRESPONSE']._serialized_start=809
+  _globals['_CANCELORDERRESPONSE']._serialized_end=874
+  _globals['_LISTPARKEDORDERSREQUEST']._serialized_start=876
+  _globals['_LISTPARKEDORDERSREQUEST']._serialized_end=972
+  _globals['_LISTPARKEDORDERSRESPONSE']._serialized_start=975
+  _globals['_LISTPARKEDORDERSRESPONSE']._serialized_end=1106
+  _globals['_PARKEDORDER']._serialized_start=1109
+  _globals['_PARKEDORDER']._serialized_end=1373
+  _globals['_RESUMEORDERREQUEST']._serialized_start=1375
+  _globals['_RESUMEORDERREQUEST']._serialized_end=1452
+  _globals['_RESUMEORDERRESPONSE']._serialized_start=1454
+  _globals['_RESUMEORDERRESPONSE']._serialized_end=1519
+  _globals['_ORDERSERVICE']._serialized_start=1522
+  _globals['_ORDERSERVICE']._serialized_end=2238
 # @@protoc_insertion_point(module_scope)

@@ -22,21 +22,28 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from shop.money.v1 import money_pb2 as shop_dot_money_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/payment/v1/payment.proto\x12\x0fshop.payment.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/money/v1/money.proto\"\x9e\x01\n\x07\x41\x63\x63ount\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x41\n\x11\x61vailable_balance\x18\x02 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x10\x61vailableBalance\x12\x37\n\x0cheld_balance\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x0bheldBalance\"\xd7\x02\n\x07Payment\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12,\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x06\x61mount\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32\x1d.shop.payment.v1.PaymentStateR\x05state\x12;\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x12;\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime*\xb8\x01\n\x0cPaymentState\x12\x1d\n\x19PAYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18PAYMENT_STATE_AUTHORIZED\x10\x01\x12\x1a\n\x16PAYMENT_STATE_CAPTURED\x10\x02\x12\x18\n\x14PAYMENT_STATE_VOIDED\x10\x03\x12\x1a\n\x16PAYMENT_STATE_DECLINED\x10\x04\x12\x19\n\x15PAYMENT_STATE_EXPIRED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/payment/v1/payment.proto\x12\x0fshop.payment.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/money/v1/money.proto\"\xbf\x01\n\x07\x41\x63\x63ount\x12\x38\n\x07user_id\x18\x01 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18\x80\x01\x32\x13^[A-Za-z0-9._@+-]*$R\x06userId\x12\x41\n\x11\x61vailable_balance\x18\x02 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x10\x61vailableBalance\x12\x37\n\x0cheld_balance\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x0bheldBalance\"\x96\x03\n\x07Payment\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\x12\x38\n\x07user_id\x18\x02 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18\x80\x01\x32\x13^[A-Za-z0-9._@+-]*$R\x06userId\x12,\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x06\x61mount\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32\x1d.shop.payment.v1.PaymentStateR\x05state\x12;\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x12;\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime*\xb8\x01\n\x0cPaymentState\x12\x1d\n\x19PAYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18PAYMENT_STATE_AUTHORIZED\x10\x01\x12\x1a\n\x16PAYMENT_STATE_CAPTURED\x10\x02\x12\x18\n\x14PAYMENT_STATE_VOIDED\x10\x03\x12\x1a\n\x16PAYMENT_STATE_DECLINED\x10\x04\x12\x19\n\x15PAYMENT_STATE_EXPIRED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.payment.v1.payment_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PAYMENTSTATE']._serialized_start=618
-  _globals['_PAYMENTSTATE']._serialized_end=802
-  _globals['_ACCOUNT']._serialized_start=111
-  _globals['_ACCOUNT']._serialized_end=269
-  _globals['_PAYMENT']._serialized_start=272
-  _globals['_PAYMENT']._serialized_end=615
+  _globals['_ACCOUNT'].fields_by_name['user_id']._loaded_options = None
+  _globals['_ACCOUNT'].fields_by_name['user_id']._serialized_options = b'\272H\034r\032\020\001\030\200\0012\023^[A-Za-z0-9._@+-]*$'
+  _globals['_PAYMENT'].fields_by_name['order_id']._loaded_options = None
+  _globals['_PAYMENT'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_PAYMENT'].fields_by_name['user_id']._loaded_options = None
+  _globals['_PAYMENT'].fields_by_name['user_id']._serialized_options = b'\272H\034r\032\020\001\030\200\0012\023^[A-Za-z0-9._@+-]*$'
+  _globals['_PAYMENTSTATE']._serialized_start=743
+  _globals['_PAYMENTSTATE']._serialized_end=927
+  _globals['_ACCOUNT']._serialized_start=140
+  _globals['_ACCOUNT']._serialized_end=331
+  _globals['_PAYMENT']._serialized_start=334
+  _globals['_PAYMENT']._serialized_end=740
 # @@protoc_insertion_point(module_scope)

@@ -22,19 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from shop.money.v1 import money_pb2 as shop_dot_money_dot_v1_dot_money__pb2
 from shop.payment.v1 import payment_pb2 as shop_dot_payment_dot_v1_dot_payment__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%shop/payment/v1/payment_service.proto\x12\x0fshop.payment.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x19shop/money/v1/money.proto\x1a\x1dshop/payment/v1/payment.proto\",\n\x11GetAccountRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\"H\n\x12GetAccountResponse\x12\x32\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.AccountR\x07\x61\x63\x63ount\"\xb4\x01\n\x17\x41uthorizePaymentRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12,\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x06\x61mount\x12P\n\x16\x61uthorization_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x15\x61uthorizationDuration\"N\n\x18\x41uthorizePaymentResponse\x12\x32\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.PaymentR\x07payment\"2\n\x15\x43\x61pturePaymentRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\"L\n\x16\x43\x61pturePaymentResponse\x12\x32\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.PaymentR\x07payment\"/\n\x12VoidPaymentRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\"I\n\x13VoidPaymentResponse\x12\x32\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.PaymentR\x07payment\".\n\x11GetPaymentRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\"H\n\x12GetPaymentResponse\x12\x32\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.PaymentR\x07payment2\x96\x05\n\x0ePaymentService\x12u\n\nGetAccount\x12\".shop.payment.v1.GetAccountRequest\x1a#.shop.payment.v1.GetAccountResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/accounts/{user_id}\x12\x80\x01\n\x10\x41uthorizePayment\x12(.shop.payment.v1.AuthorizePaymentRequest\x1a).shop.payment.v1.AuthorizePaymentResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/payments:\x01*\x12\x8d\x01\n\x0e\x43\x61pturePayment\x12&.shop.payment.v1.CapturePaymentRequest\x1a\'.shop.payment.v1.CapturePaymentResponse\"*\x82\xd3\xe4\x93\x02$\"\x1f/v1/payments/{order_id}:capture:\x01*\x12\x81\x01\n\x0bVoidPayment\x12#.shop.payment.v1.VoidPaymentRequest\x1a$.shop.payment.v1.VoidPaymentResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/payments/{order_id}:void:\x01*\x12v\n\nGetPayment\x12\".shop.payment.v1.GetPaymentRequest\x1a#.shop.payment.v1.GetPaymentResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/payments/{order_id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%shop/payment/v1/payment_service.proto\x12\x0fshop.payment.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x19shop/money/v1/money.proto\x1a\x1dshop/payment/v1/payment.proto\"M\n\x11GetAccountRequest\x12\x38\n\x07user_id\x18\x01 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18\x80\x01\x32\x13^[A-Za-z0-9._@+-]*$R\x06userId\"H\n\x12GetAccountResponse\x12\x32\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.AccountR\x07\x61\x63\x63ount\"\xec\x01\n\x17\x41uthorizePaymentRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\x12\x34\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x14.shop.money.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01R\x06\x61mount\x12\x62\n\x16\x61uthorization_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x10\xbaH\r\xaa\x01\n\"\x04\x08\x80\xf5$2\x02\x08\x01R\x15\x61uthorizationDuration\"N\n\x18\x41uthorizePaymentResponse\x12\x32\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.PaymentR\x07payment\"P\n\x15\x43\x61pturePaymentRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\"L\n\x16\x43\x61pturePaymentResponse\x12\x32\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.PaymentR\x07payment\"M\n\x12VoidPaymentRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\"I\n\x13VoidPaymentResponse\x12\x32\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.PaymentR\x07payment\"L\n\x11GetPaymentRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\"H\n\x12GetPaymentResponse\x12\x32\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.PaymentR\x07payment2\x96\x05\n\x0ePaymentService\x12u\n\nGetAccount\x12\".shop.payment.v1.GetAccountRequest\x1a#.shop.payment.v1.GetAccountResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/accounts/{user_id}\x12\x80\x01\n\x10\x41uthorizePayment\x12(.shop.payment.v1.AuthorizePaymentRequest\x1a).shop.payment.v1.AuthorizePaymentResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/payments:\x01*\x12\x8d\x01\n\x0e\x43\x61pturePayment\x12&.shop.payment.v1.CapturePaymentRequest\x1a\'.shop.payment.v1.CapturePaymentResponse\"*\x82\xd3\xe4\x93\x02$\"\x1f/v1/payments/{order_id}:capture:\x01*\x12\x81\x01\n\x0bVoidPayment\x12#.shop.payment.v1.VoidPaymentRequest\x1a$.shop.payment.v1.VoidPaymentResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/payments/{order_id}:void:\x01*\x12v\n\nGetPayment\x12\".shop.payment.v1.GetPaymentRequest\x1a#.shop.payment.v1.GetPaymentResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/payments/{order_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.payment.v1.payment_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GETACCOUNTREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_GETACCOUNTREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\034r\032\020\001\030\200\0012\023^[A-Za-z0-9._@+-]*$'
+  _globals['_AUTHORIZEPAYMENTREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_AUTHORIZEPAYMENTREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_AUTHORIZEPAYMENTREQUEST'].fields_by_name['amount']._loaded_options = None
+  _globals['_AUTHORIZEPAYMENTREQUEST'].fields_by_name['amount']._serialized_options = b'\272H\003\310\001\001'
+  _globals['_AUTHORIZEPAYMENTREQUEST'].fields_by_name['authorization_duration']._loaded_options = None
+  _globals['_AUTHORIZEPAYMENTREQUEST'].fields_by_name['authorization_duration']._serialized_options = b'\272H\r\252\001\n\"\004\010\200\365$2\002\010\001'
+  _globals['_CAPTUREPAYMENTREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_CAPTUREPAYMENTREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_VOIDPAYMENTREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_VOIDPAYMENTREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_GETPAYMENTREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_GETPAYMENTREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
   _globals['_PAYMENTSERVICE'].methods_by_name['GetAccount']._loaded_options = None
   _globals['_PAYMENTSERVICE'].methods_by_name['GetAccount']._serialized_options = b'\202\323\344\223\002\030\022\026/v1/accounts/{user_id}'
   _globals['_PAYMENTSERVICE'].methods_by_name['AuthorizePayment']._loaded_options = None
@@ -45,26 +60,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYMENTSERVICE'].methods_by_name['VoidPayment']._serialized_options = b'\202\323\344\223\002!\"\034/v1/payments/{order_id}:void:\001*'
   _globals['_PAYMENTSERVICE'].methods_by_name['GetPayment']._loaded_options = None
   _globals['_PAYMENTSERVICE'].methods_by_name['GetPayment']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/payments/{order_id}'
-  _globals['_GETACCOUNTREQUEST']._serialized_start=178
-  _globals['_GETACCOUNTREQUEST']._serialized_end=222
-  _globals['_GETACCOUNTRESPONSE']._serialized_start=224
-  _globals['_GETACCOUNTRESPONSE']._serialized_end=296
-  _globals['_AUTHORIZEPAYMENTREQUEST']._serialized_start=299
-  _globals['_AUTHORIZEPAYMENTREQUEST']._serialized_end=479
-  _globals['_AUTHORIZEPAYMENTRESPONSE']._serialized_start=481
-  _globals['_AUTHORIZEPAYMENTRESPONSE']._serialized_end=559
-  _globals['_CAPTUREPAYMENTREQUEST']._serialized_start=561
-  _globals['_CAPTUREPAYMENTREQUEST']._serialized_end=611
-  _globals['_CAPTUREPAYMENTRESPONSE']._serialized_start=613
-  _globals['_CAPTUREPAYMENTRESPONSE']._serialized_end=689
-  _globals['_VOIDPAYMENTREQUEST']._serialized_start=691
-  _globals['_VOIDPAYMENTREQUEST']._serialized_end=738
-  _globals['_VOIDPAYMENTRESPONSE']._serialized_start=740
-  _globals['_VOIDPAYMENTRESPONSE']._serialized_end=813
-  _globals['_GETPAYMENTREQUEST']._serialized_start=815
-  _globals['_GETPAYMENTREQUEST']._serialized_end=861
-  _globals['_GETPAYMENTRESPONSE']._serialized_start=863
-  _globals['_GETPAYMENTRESPONSE']._serialized_end=935
-  _globals['_PAYMENTSERVICE']._serialized_start=938
-  _globals['_PAYMENTSERVICE']._serialized_end=1600
+  _globals['_GETACCOUNTREQUEST']._serialized_start=207
+  _globals['_GETACCOUNTREQUEST']._serialized_end=284
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=286
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=358
+  _globals['_AUTHORIZEPAYMENTREQUEST']._serialized_start=361
+  _globals['_AUTHORIZEPAYMENTREQUEST']._serialized_end=597
+  _globals['_AUTHORIZEPAYMENTRESPONSE']._serialized_start=599
+  _globals['_AUTHORIZEPAYMENTRESPONSE']._serialized_end=677
+  _globals['_CAPTUREPAYMENTREQUEST']._serialized_start=679
+  _globals['_CAPTUREPAYMENTREQUEST']._serialized_end=759
+  _globals['_CAPTUREPAYMENTRESPONSE']._serialized_start=761
+  _globals['_CAPTUREPAYMENTRESPONSE']._serialized_end=837
+  _globals['_VOIDPAYMENTREQUEST']._serialized_start=839
+  _globals['_VOIDPAYMENTREQUEST']._serialized_end=916
+  _globals['_VOIDPAYMENTRESPONSE']._serialized_start=918
+  _globals['_VOIDPAYMENTRESPONSE']._serialized_end=991
+  _globals['_GETPAYMENTREQUEST']._serialized_start=993
+  _globals['_GETPAYMENTREQUEST']._serialized_end=1069
+  _globals['_GETPAYMENTRESPONSE']._serialized_start=1071
+  _globals['_GETPAYMENTRESPONSE']._serialized_end=1143
+  _globals['_PAYMENTSERVICE']._serialized_start=1146
+  _globals['_PAYMENTSERVICE']._serialized_end=1808
 # @@protoc_insertion_point(module_scope)

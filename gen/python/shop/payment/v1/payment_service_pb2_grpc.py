@@ -84,9 +84,9 @@ class PaymentServiceServicer:
         and the payment is EXPIRED). Calling it again for the same order returns the existing
         payment and holds nothing more.
         Returns FAILED_PRECONDITION with INSUFFICIENT_FUNDS (the decline is recorded, and
-        repeats give the same answer), ACCOUNT_NOT_FOUND, CURRENCY_MISMATCH, PAYMENT_VOIDED or
-        PAYMENT_EXPIRED, and ALREADY_EXISTS (PAYMENT_MISMATCH) if the order already has a
-        different payment.
+        repeats give the same answer), CURRENCY_MISMATCH, PAYMENT_VOIDED or PAYMENT_EXPIRED,
+        NOT_FOUND (ACCOUNT_NOT_FOUND) if the caller has no account, and ALREADY_EXISTS
+        (PAYMENT_MISMATCH) if the order already has a different payment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -442,10 +442,10 @@ class OrderServiceStub:
         the call's deadline draws near, whichever is first: a PENDING order goes on by itself.
         The request id makes the call idempotent: a repeat returns the same outcome.
         Returns INVALID_ARGUMENT for a bad request or an unknown SKU, FAILED_PRECONDITION
-        (OUT_OF_STOCK, INSUFFICIENT_FUNDS, ACCOUNT_NOT_FOUND) or ABORTED (for example
-        INVENTORY_UNAVAILABLE) when the order was cancelled, with the order id in the error's
-        metadata, and ALREADY_EXISTS (REQUEST_ID_REUSED) for a request id already used with
-        different line items.
+        (OUT_OF_STOCK, INSUFFICIENT_FUNDS), NOT_FOUND (ACCOUNT_NOT_FOUND: the caller has no
+        payment account) or ABORTED (for example INVENTORY_UNAVAILABLE) when the order was
+        cancelled, with the order id in the error's metadata, and ALREADY_EXISTS
+        (REQUEST_ID_REUSED) for a request id already used with different line items.
         """
 
         return self._channel.unary_unary(

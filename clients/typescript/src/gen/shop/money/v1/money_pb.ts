@@ -4,13 +4,14 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "../../../buf/validate/validate_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file shop/money/v1/money.proto.
  */
 export const file_shop_money_v1_money: GenFile = /*@__PURE__*/
-  fileDesc("ChlzaG9wL21vbmV5L3YxL21vbmV5LnByb3RvEg1zaG9wLm1vbmV5LnYxIjQKBU1vbmV5EhUKDWN1cnJlbmN5X2NvZGUYASABKAkSFAoMYW1vdW50X21pbm9yGAIgASgDYgZwcm90bzM");
+  fileDesc("ChlzaG9wL21vbmV5L3YxL21vbmV5LnByb3RvEg1zaG9wLm1vbmV5LnYxIkcKBU1vbmV5EigKDWN1cnJlbmN5X2NvZGUYASABKAlCEbpIDnIMMgpeW0EtWl17M30kEhQKDGFtb3VudF9taW5vchgCIAEoA2IGcHJvdG8z", [file_buf_validate_validate]);
 
 /**
  * Money is an exact amount of one currency, counted in the currency's minor unit
