@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup wrk gen gen-check lint breaking test chaos bench bench-validation profile run clean
+.PHONY: help setup wrk gen gen-check lint breaking test chaos bench bench-validation bench-pg-drivers pg-races profile run clean
 
 help:
 	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
@@ -19,6 +19,8 @@ help:
 	@echo "make chaos      the whole suite with the long fault profiles (under 15 min), fault table at the end"
 	@echo "make bench      shopmesh against the FastAPI baseline, side by side (bench/results/, about 5 min)"
 	@echo "make bench-validation  CPU per CreateOrder of checking the request, in process (about 10 s)"
+	@echo "make bench-pg-drivers  asyncpg vs psycopg 3 on one order's transactions, real PostgreSQL (~15 min)"
+	@echo "make pg-races   the store races under READ COMMITTED, two real connections each (~30 s)"
 	@echo "make profile    where each service's time goes under the order load (py-spy)"
 	@echo "make clean      reset the demo data: delete var/ (databases, logs, dev keys) and the tools' caches"
 
@@ -94,6 +96,13 @@ bench: setup wrk
 
 bench-validation: setup
 	python -m bench.validation
+
+# Starts its own PostgreSQL 15 (Debian's binaries) in a temporary directory, stops it by PID.
+bench-pg-drivers: setup
+	python -m bench.pg_drivers
+
+pg-races: setup
+	python -m bench.pg_races
 
 # py-spy attaches to the running services: it needs ptrace (root, or ptrace_scope 0).
 profile: setup
