@@ -33,6 +33,7 @@ import asyncio
 import dataclasses
 import datetime
 import json
+import os
 import pathlib
 import random
 import resource
@@ -102,6 +103,66 @@ class Tally:
     failures: Counter[str] = field(default_factory=Counter)
 
 
+Step = Callable[..., Awaitable[Any]]
+
+
+class DirectWrites:
+    """Each write its own transaction on a pooled connection: group commit is left to
+    the server (concurrent transactions share a WAL flush)."""
+
+    def __init__(self, pool: pg_sql.Pool) -> None:
+        self.pool = pool
+
+    async def run(self, step: Step, *args: Any, **kw: Any) -> Any:
+        async with self.pool.transaction() as conn:
+            return await step(conn, *args, **kw)
+
+
+class BatchedWrites:
+    """The SQLite writer (services/common/db.py GroupCommit) ported as it is, to measure
+    whether PostgreSQL needs it: one writer per database; the writes queued meanwhile run
+    as savepoints of one transaction with one COMMIT, each caller answered after it."""
+
+    def __init__(self, pool: pg_sql.Pool) -> None:
+        self.pool = pool
+        self._queued: list[tuple[Step, tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]]
+        self._queued = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def run(self, step: Step, *args: Any, **kw: Any) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((step, args, kw, future))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            outcomes: list[tuple[Any, BaseException | None]] = []
+            try:
+                async with self.pool.transaction() as conn:
+                    for step, args, kw, _ in batch:
+                        await conn.execute("SAVEPOINT step")
+                        try:
+                            outcomes.append((await step(conn, *args, **kw), None))
+                        except Exception as refused:  # this write alone is undone
+                            await conn.execute("ROLLBACK TO SAVEPOINT step")
+                            outcomes.append((None, refused))
+                        await conn.execute("RELEASE SAVEPOINT step")
+            except Exception as failed:  # the batch did not commit: nobody's write stands
+                outcomes = [(None, failed)] * len(batch)
+            for (*_, future), (result, problem) in zip(batch, outcomes, strict=True):
+                if problem is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(problem)
+
+
+Writes = DirectWrites | BatchedWrites
+BATCHED = "+batch"
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -109,9 +170,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def one_order(
-    pools: dict[str, pg_sql.Pool], workload: str, rng: random.Random, t: Tally
-) -> None:
+async def one_order(pools: dict[str, Writes], workload: str, rng: random.Random, t: Tally) -> None:
     if workload == "hot":
         user, items = HOT_USER, [(HOT_SKU, 1)]
     else:
@@ -120,14 +179,11 @@ async def one_order(
     orders, inventory, payment = (pools[d] for d in DATABASES)
     order_id = uuid.uuid4().hex
 
-    async def write(
-        pool: pg_sql.Pool, step: Callable[..., Awaitable[Any]], *args: Any, **kw: Any
-    ) -> Any:
+    async def write(writes: Writes, step: Step, *args: Any, **kw: Any) -> Any:
         started = time.perf_counter()
         while True:
             try:
-                async with pool.transaction() as conn:
-                    result = await step(conn, *args, **kw)
+                result = await writes.run(step, *args, **kw)
                 break
             except (asyncpg.PostgresError, psycopg.Error) as error:
                 state = getattr(error, "sqlstate", None)
@@ -139,8 +195,8 @@ async def one_order(
             t.tx_ms.append((time.perf_counter() - started) * 1000)
         return result
 
-    async def read(step: Callable[..., Awaitable[Any]]) -> None:
-        async with orders.read() as conn:
+    async def read(step: Step) -> None:
+        async with orders.pool.read() as conn:
             await step(conn, order_id)
         if t.measuring:
             t.reads += 1
@@ -184,7 +240,7 @@ async def one_order(
         t.order_ms.append((time.perf_counter() - started) * 1000)
 
 
-async def worker(pools: dict[str, pg_sql.Pool], workload: str, seed: int, t: Tally) -> None:
+async def worker(pools: dict[str, Writes], workload: str, seed: int, t: Tally) -> None:
     rng = random.Random(seed)
     while not t.stopping:
         try:
@@ -272,7 +328,11 @@ def client_cpu_seconds() -> float:
 
 async def run_case(server: Server, case: Case, seconds: float, warmup: float) -> dict[str, Any]:
     await reset(server, case)
-    pools = {db: await pg_sql.open_pool(case.driver, server.dsn(db), case.pool) for db in DATABASES}
+    driver = case.driver.removesuffix(BATCHED)
+    kind = BatchedWrites if case.driver.endswith(BATCHED) else DirectWrites
+    pools: dict[str, Writes] = {
+        db: kind(await pg_sql.open_pool(driver, server.dsn(db), case.pool)) for db in DATABASES
+    }
     t = Tally()
     tasks = [
         asyncio.create_task(worker(pools, case.workload, seed, t))
@@ -291,9 +351,10 @@ async def run_case(server: Server, case: Case, seconds: float, warmup: float) ->
         after = await server_counters(server)
     finally:
         t.stopping = True
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for pool in pools.values():
-            await pool.close()
+        # Each worker finishes the order it is in; none may hang the whole run.
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 120)
+        for writes in pools.values():
+            await writes.pool.close()
     commits = after["commits"] - before["commits"]
     orders = max(t.orders, 1)
     return {
@@ -313,14 +374,18 @@ async def run_case(server: Server, case: Case, seconds: float, warmup: float) ->
         "commits": commits,
         "commit_delay_shown": after["commit_delay"],
         "deadlocks": after["deadlocks"] - before["deadlocks"],
+        "load_average_1m": os.getloadavg()[0],
         "retries": dict(t.retries),
         "failures": dict(t.failures),
     }
 
 
-def cases(quick: bool, drivers: Sequence[str], workloads: Sequence[str]) -> list[Case]:
+def cases(
+    quick: bool, drivers: Sequence[str], workloads: Sequence[str], batched: str
+) -> list[Case]:
     """The base grid (every driver at concurrency 1, 16, 64, a pool as large as the
-    concurrency), then commit_delay 10 and 100 µs at 16 and 64, then smaller pools at 64."""
+    concurrency), then commit_delay 10 and 100 µs at 16 and 64, smaller pools at 64, and
+    the SQLite writer's batching (on asyncpg without the reset query) at 16 and 64."""
     grid = [Case(w, d, c, c) for w in workloads for c in (1, 16, 64) for d in drivers]
     if quick:
         return grid
@@ -333,6 +398,7 @@ def cases(quick: bool, drivers: Sequence[str], workloads: Sequence[str]) -> list
         for d in main
     ]
     grid += [Case(w, d, 64, pool) for w in workloads for pool in (8, 16) for d in main]
+    grid += [Case(w, batched, c, c) for w in workloads for c in (16, 64)]
     return grid
 
 
@@ -367,7 +433,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     with running(SERVER_SETTINGS) as server:
         await prepare(server)
-        grid = cases(args.quick, args.drivers, args.workloads)
+        grid = cases(args.quick, args.drivers, args.workloads, args.batched + BATCHED)
         for n in range(args.passes):
             # Alternate the direction, so no case always runs first or last.
             for case in grid if n % 2 == 0 else reversed(grid):
@@ -395,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.5, help="per case, not measured")
     parser.add_argument("--quick", action="store_true", help="the base grid only")
     parser.add_argument("--drivers", nargs="+", default=list(pg_sql.DRIVERS))
+    parser.add_argument("--batched", default="asyncpg-noreset", help="the batching's driver")
     parser.add_argument("--workloads", nargs="+", default=["spread", "hot"])
     parser.add_argument("--out", type=pathlib.Path, default=REPO / "var" / "bench")
     args = parser.parse_args(argv)
