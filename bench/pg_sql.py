@@ -248,17 +248,22 @@ class PsycopgPool:
     """psycopg 3's AsyncConnectionPool, connections in autocommit with explicit
     transactions (BEGIN ... COMMIT around each store call, as asyncpg's)."""
 
-    def __init__(self, pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
-        self.name = "psycopg"
+    def __init__(self, name: str, pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+        self.name = name
         self._pool = pool
 
     @classmethod
-    async def open(cls, dsn: str, size: int) -> PsycopgPool:
+    async def open(cls, dsn: str, size: int, prepare_at_once: bool = False) -> PsycopgPool:
+        """`prepare_at_once`: prepare every statement on its first execution, as asyncpg
+        does (psycopg's default prepares a statement on the 5th)."""
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if prepare_at_once:
+            kwargs["prepare_threshold"] = 0
         pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
-            dsn, min_size=size, max_size=size, open=False, kwargs={"autocommit": True}
+            dsn, min_size=size, max_size=size, open=False, kwargs=kwargs
         )
         await pool.open(wait=True)
-        return cls(pool)
+        return cls("psycopg-prepare0" if prepare_at_once else "psycopg", pool)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
@@ -275,11 +280,13 @@ class PsycopgPool:
 
 
 DRIVERS = ("asyncpg", "asyncpg-noreset", "psycopg")
+# Only on request (--drivers): psycopg preparing every statement at once.
+OTHER_DRIVERS = ("psycopg-prepare0",)
 
 
 async def open_pool(driver: str, dsn: str, size: int) -> Pool:
-    if driver == "psycopg":
-        return await PsycopgPool.open(dsn, size)
+    if driver.startswith("psycopg"):
+        return await PsycopgPool.open(dsn, size, prepare_at_once=driver == "psycopg-prepare0")
     return await AsyncpgPool.open(dsn, size, reset=driver == "asyncpg")
 
 
