@@ -17,7 +17,16 @@ from services.payment.config import PaymentConfig
 from services.payment.service import PaymentService
 from shopmesh.seed import write_seed
 from shopmesh.system import System
-from tests.helpers import ACCOUNTS, FAULT_TABLE, PRODUCTS, Client, Ledger, Served, serving
+from tests.helpers import (
+    ACCOUNTS,
+    FAULT_TABLE,
+    PRODUCTS,
+    Client,
+    Ledger,
+    Served,
+    serving,
+    stop_on_sigterm,
+)
 from tests.stack import Stack, StackFactory, stack_factory
 from tests.system_helpers import SystemFactory, start_test_system, system_factory
 
@@ -29,6 +38,10 @@ the fast loop, which starts no process (tests/unit/conftest.py makes sure)."""
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers
+def pytest_configure(config: pytest.Config) -> None:
+    stop_on_sigterm()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not item.path.is_relative_to(TESTS):
