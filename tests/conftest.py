@@ -37,11 +37,11 @@ also carries `system` (it starts a process), so `-m "not system"` is the unit ti
 the fast loop, which starts no process (tests/unit/conftest.py makes sure)."""
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers
 def pytest_configure(config: pytest.Config) -> None:
     stop_on_sigterm()
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not item.path.is_relative_to(TESTS):
