@@ -140,7 +140,7 @@ def postgres_cluster() -> Iterator[Cluster]:
     SCRAM only, a role and a database per service, `postgres_cluster.dsn("inventory")`;
     `ensure_database(name)` adds a fresh pair); stopped by PID afterwards. One per module
     rather than per session: no two servers run at once, no module sees another's rows,
-    and a start costs about 2 s (initdb included)."""
+    and a start costs 1 to 3 s here (initdb included)."""
     with running_cluster() as cluster:
         yield cluster
 
