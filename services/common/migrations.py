@@ -110,12 +110,12 @@ def break_lock(path: pathlib.Path) -> None:
 
 class _SQLiteBackend(SQLiteBackend):
     """yoyo's SQLite backend, retrying the lock every LOCK_RETRY_SECONDS, and with every
-    transaction taking the write lock up front (BEGIN
-    IMMEDIATE), as services/common/db.py's do. yoyo's plain BEGIN defers it to the first
-    write, and a transaction that has read and then needs to write fails at once ("database
-    is locked", no busy timeout) if another process holds the write lock at that moment, or
-    has committed since the read: a migration whose first statements only find their table
-    there (CREATE ... IF NOT EXISTS) would fail so while other instances on the file write."""
+    transaction taking the write lock up front (BEGIN IMMEDIATE), as services/common/db.py's
+    do. yoyo's plain BEGIN defers it to the first write, and a transaction that has read and
+    then needs to write fails at once ("database is locked", no busy timeout) if another
+    process holds the write lock at that moment, or has committed since the read: a
+    migration whose first statements only find their table there (CREATE ... IF NOT EXISTS)
+    would fail so while other instances on the file write."""
 
     _in_transaction: bool  # yoyo's flag, which begin() keeps as its own does
 
