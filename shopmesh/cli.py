@@ -3,6 +3,7 @@
 shopmesh token --user alice [--scope shop.admin] [--ttl S]   print a dev JWT
 shopmesh keys                                               create the dev key pair
 shopmesh check [--workdir DIR]                              check every promise in the databases
+shopmesh migrate --service NAME [--db PATH] [--list]        apply a service's schema migrations
 shopmesh run [--instances N]                                run everything, restarting (make run)
 shopmesh postgres [--workdir DIR]                           run the local PostgreSQL cluster
 """
@@ -10,6 +11,7 @@ shopmesh postgres [--workdir DIR]                           run the local Postgr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import pathlib
 import signal
@@ -24,6 +26,7 @@ from typing import Any
 import psycopg
 
 from gateway.envoy_config import Limits
+from services.common import db, migrations
 from shopmesh import check, postgres, system, tokens
 from shopmesh.processes import CrashLoop, RestartPolicy, StartError, Supervisor
 from shopmesh.tools import WORKDIR, MissingTool
@@ -114,6 +117,28 @@ def _check(args: argparse.Namespace) -> int:
         print(f"PROBLEM: {line}")
     print("every promise holds" if report.ok else f"{len(report.problems)} problems")
     return 0 if report.ok else 1
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    path: pathlib.Path = args.db or WORKDIR / f"{args.service}.db"
+    if (args.list or args.break_lock) and not path.is_file():
+        print(f"shopmesh migrate: no database at {path}", file=sys.stderr)
+        return 2
+    try:
+        if args.break_lock:
+            migrations.break_lock(path)
+            print(f"{path}: migration lock removed")
+        elif args.list:
+            for migration in migrations.status(path, args.service):
+                print(f"{'applied' if migration.applied else 'pending'}  {migration.id}")
+        else:
+            with contextlib.closing(db.connect(path, db.SYNCHRONOUS)):  # creates it, in WAL
+                applied = migrations.apply(path, args.service)
+            print(f"{path}: applied {', '.join(applied)}" if applied else f"{path}: up to date")
+    except (migrations.MigrationError, sqlite3.Error) as error:
+        print(f"shopmesh migrate: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -341,6 +366,28 @@ def build_parser() -> argparse.ArgumentParser:
         f" [{check.SETTLE_SECONDS:g}]",
     )
     checking.set_defaults(handler=_check)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply a service's pending schema migrations (each service does at start)",
+        description="Applies the service's pending migrations (services/SERVICE/migrations/*.sql,"
+        " in the order of their names) to its database, as the service does whenever it"
+        " starts; with several processes at once, one applies them and the others wait.",
+    )
+    migrate.add_argument("--service", required=True, choices=migrations.services())
+    migrate.add_argument(
+        "--db", type=pathlib.Path, help=f"the service's SQLite database [{WORKDIR}/SERVICE.db]"
+    )
+    action = migrate.add_mutually_exclusive_group()
+    action.add_argument(
+        "--list", action="store_true", help="show each migration as applied or pending; apply none"
+    )
+    action.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="remove the migration lock a process killed while migrating left behind",
+    )
+    migrate.set_defaults(handler=_migrate)
 
     keys = commands.add_parser("keys", help="create the dev key pair and JWKS if missing")
     keys.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help=f"[{keys_dir}]")
