@@ -18,8 +18,8 @@ thread and commits each), hence this class.
 No write, however alone, runs on the event loop: its BEGIN IMMEDIATE may wait up to the
 busy timeout for another process's lock on the same file, and a loop stopped that long
 answers no RPC and no health check, so every instance on the file would look dead at once.
-Opening a store (its schema) and seeding it do write on the caller's thread: they run
-before the service serves anything.
+Opening a store (applying its pending migrations, services/common/migrations.py) and
+seeding it do write on the caller's thread: they run before the service serves anything.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
+from services.common import migrations
 from services.common.errors import ErrorKind, ServiceError
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,8 @@ SYNCHRONOUS = "FULL"
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 
 
-def connect(path: pathlib.Path, synchronous: str, schema: str) -> sqlite3.Connection:
-    """Opens (creating if needed) the database at `path` and applies `schema`."""
+def connect(path: pathlib.Path, synchronous: str) -> sqlite3.Connection:
+    """Opens (creating if needed) the database at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(
         path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
@@ -55,10 +56,6 @@ def connect(path: pathlib.Path, synchronous: str, schema: str) -> sqlite3.Connec
     _use_wal(conn)
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
-    if schema:
-        # In one write transaction taken up front: instances starting together on one file
-        # create it one after another, and a schema is never half applied.
-        conn.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
     return conn
 
 
@@ -235,16 +232,20 @@ class GroupCommit:
 
 class Store:
     """A service's database: writes through one connection and group commit, reads on a
-    second connection (committed data only). Each store names its `schema`."""
+    second connection (committed data only). Each store names its `service`, whose
+    migrations make its tables."""
 
-    schema: ClassVar[str] = ""
+    service: ClassVar[str] = ""
+    """Opening the store applies services/<service>/migrations; "" applies none."""
 
     def __init__(
         self, path: pathlib.Path, synchronous: str = SYNCHRONOUS, group_commit: bool = True
     ) -> None:
-        self._conn = connect(path, synchronous, self.schema)
+        self._conn = connect(path, synchronous)  # first: the file is in WAL mode from now on
+        if self.service:
+            migrations.apply(path, self.service)
         self.writes = GroupCommit(self._conn, enabled=group_commit)
-        self._reads = connect(path, synchronous, "")
+        self._reads = connect(path, synchronous)
 
     def close(self) -> None:
         self.writes.close()

@@ -28,11 +28,7 @@ class PaymentService:
         if config.any_fault:
             faults = Faults(config.lose_replies, config.delay_seconds, config.flaky_calls)
             self.interceptors = (FaultInterceptor(faults),)
-        self.store = PaymentStore(
-            config.db_path,
-            config.db_synchronous,
-            default_authorization_seconds=config.default_authorization_seconds,
-        )
+        self.store = PaymentStore(config.db_path, config.db_synchronous)
         if config.seed_file is not None:
             added = self.store.seed(config.seed_file)
             log.info("seeded %d accounts from %s", added, config.seed_file)
