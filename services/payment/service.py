@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import grpc
 
@@ -33,9 +32,6 @@ class PaymentService:
             config.db_synchronous,
             default_authorization_seconds=config.default_authorization_seconds,
         )
-        if config.seed_file is not None:
-            added = self.store.seed(config.seed_file)
-            log.info("seeded %d accounts from %s", added, config.seed_file)
         self._sweeper: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -43,6 +39,10 @@ class PaymentService:
         payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, server)
 
     async def start(self) -> None:
+        # Before the service reports SERVING, so no caller routed here finds no account.
+        if self._config.seed_file is not None:
+            added = await self.store.seed(self._config.seed_file)
+            log.info("seeded %d accounts from %s", added, self._config.seed_file)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
@@ -58,9 +58,8 @@ class PaymentService:
         while True:
             await asyncio.sleep(self._config.sweep_interval_seconds)
             try:
-                now = time.time()
-                expired = await self.store.expire_due(now)
-                pruned = await self.store.prune(now, self._config.retention_seconds)
+                expired = await self.store.expire_due()
+                pruned = await self.store.prune(self._config.retention_seconds)
             except Exception:
                 log.exception("sweeping expired authorizations failed; trying again later")
                 continue
