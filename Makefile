@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup wrk gen gen-check lint breaking test chaos bench bench-validation profile run clean
+.PHONY: help setup wrk postgresql gen gen-check lint breaking test chaos bench bench-validation profile run clean
 
 help:
 	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
@@ -15,8 +15,9 @@ help:
 	@echo "make gen        regenerate gen/, the clients, docs/openapi.json and docs/api-reference.md from proto/"
 	@echo "make gen-check  regenerate and fail if any generated file differs from what is committed"
 	@echo "make lint       buf lint + format, ruff, mypy"
+	@echo "make postgresql install PostgreSQL 15 (Debian's package; make test needs it)"
 	@echo "make breaking   check proto/ against the last released contract (buf breaking + REST routes)"
-	@echo "make chaos      the whole suite with the long fault profiles (under 15 min), fault table at the end"
+	@echo "make chaos      the whole suite with the long fault profiles (about 15 min, stopped at 30), fault table at the end"
 	@echo "make bench      shopmesh against the FastAPI baseline, side by side (bench/results/, about 5 min)"
 	@echo "make bench-validation  CPU per CreateOrder of checking the request, in process (about 10 s)"
 	@echo "make profile    where each service's time goes under the order load (py-spy)"
@@ -32,6 +33,10 @@ setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules
 # The load generator of `make bench` (and of its smoke test in `make test`).
 wrk:
 	@tools/install-wrk
+
+# PostgreSQL 15, whose server the tests start (shopmesh/postgres.py): Debian's package.
+postgresql:
+	@tools/install-postgresql
 
 # The TypeScript client's toolchain and runtime, exactly as package-lock.json pins them.
 $(TS)/node_modules/.installed: $(TS)/package-lock.json
@@ -85,7 +90,7 @@ lint: setup
 breaking: setup
 	tools/breaking
 
-test: setup wrk .tools/lib/libfaketime.so.1 gen-check lint breaking
+test: setup wrk postgresql .tools/lib/libfaketime.so.1 gen-check lint breaking
 	@echo "== pytest"
 	pytest $(PYTEST_ARGS)
 
@@ -100,8 +105,8 @@ profile: setup
 	python -m bench.profile
 
 # The same tests with the long profiles: more saga-model runs and steps, longer flapping.
-chaos: setup wrk .tools/lib/libfaketime.so.1
-	SHOPMESH_CHAOS=1 timeout 900 pytest $(PYTEST_ARGS)
+chaos: setup wrk postgresql .tools/lib/libfaketime.so.1
+	SHOPMESH_CHAOS=1 timeout 1800 pytest $(PYTEST_ARGS)
 
 # N instances of each service: make run N=2
 N ?= 1

@@ -3,12 +3,15 @@
 shopmesh token --user alice [--scope shop.admin] [--ttl S]   print a dev JWT
 shopmesh keys                                               create the dev key pair
 shopmesh check [--workdir DIR]                              check every promise in the databases
+shopmesh migrate --service NAME [--db PATH] [--list]        apply a service's schema migrations
 shopmesh run [--instances N]                                run everything, restarting (make run)
+shopmesh postgres [--workdir DIR]                           run the local PostgreSQL cluster
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import pathlib
 import signal
@@ -20,8 +23,11 @@ from collections.abc import Sequence
 from dataclasses import fields, replace
 from typing import Any
 
+import psycopg
+
 from gateway.envoy_config import Limits
-from shopmesh import check, system, tokens
+from services.common import db, migrations
+from shopmesh import check, postgres, system, tokens
 from shopmesh.processes import CrashLoop, RestartPolicy, StartError, Supervisor
 from shopmesh.tools import WORKDIR, MissingTool
 
@@ -64,6 +70,29 @@ plane and Envoy, then Consul.
 """
 
 
+POSTGRES_RUNNING = """\
+PostgreSQL is running ({how}; data and log in {root}/):
+  server      {host}:{port} (SCRAM-SHA-256 only); unix socket in {run_dir}
+  superuser   {superuser}, over the unix socket only; password in {superuser_file}
+  databases   {databases}: each owned by the role of its name, closed to the others
+  passwords   {secrets}/<role>.password (mode 0600)
+
+Connect as a service would, e.g. inventory:
+  PGPASSWORD=$(cat {example_file}) psql -h {host} -p {port} -U {example} {example}
+
+The services do not use it yet: their stores keep their state in SQLite for now.
+Press Ctrl-C to stop it.
+"""
+
+POSTGRES_DESCRIPTION = """\
+Runs a local PostgreSQL 15 cluster under WORKDIR/postgres (initdb the first time; as
+the postgres OS user when run as root), with a database and a role for each service
+({services}), until Ctrl-C or SIGTERM. Every connection authenticates with
+SCRAM-SHA-256; each role's password is in WORKDIR/postgres/secrets/<role>.password
+(mode 0600), kept across starts. The services do not connect to it yet.
+"""
+
+
 def _token(args: argparse.Namespace) -> int:
     try:
         print(tokens.issue(args.user, tuple(args.scope), args.ttl, args.keys_dir))
@@ -88,6 +117,28 @@ def _check(args: argparse.Namespace) -> int:
         print(f"PROBLEM: {line}")
     print("every promise holds" if report.ok else f"{len(report.problems)} problems")
     return 0 if report.ok else 1
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    path: pathlib.Path = args.db or WORKDIR / f"{args.service}.db"
+    if (args.list or args.break_lock) and not path.is_file():
+        print(f"shopmesh migrate: no database at {path}", file=sys.stderr)
+        return 2
+    try:
+        if args.break_lock:
+            migrations.break_lock(path)
+            print(f"{path}: migration lock removed")
+        elif args.list:
+            for migration in migrations.status(path, args.service):
+                print(f"{'applied' if migration.applied else 'pending'}  {migration.id}")
+        else:
+            with contextlib.closing(db.connect(path, db.SYNCHRONOUS)):  # creates it, in WAL
+                applied = migrations.apply(path, args.service)
+            print(f"{path}: applied {', '.join(applied)}" if applied else f"{path}: up to date")
+    except (migrations.MigrationError, sqlite3.Error) as error:
+        print(f"shopmesh migrate: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -219,6 +270,59 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
+def _postgres(args: argparse.Namespace) -> int:
+    logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("shopmesh").setLevel(logging.INFO)
+    cluster = postgres.Cluster(args.workdir, postgres.Settings(port=args.port))
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        cluster.start()
+        cluster.ensure_databases()
+    except (StartError, MissingTool, psycopg.Error) as error:
+        cluster.stop()
+        print(f"shopmesh postgres: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        cluster.stop()
+        return 130
+    signal.signal(signal.SIGINT, request_stop)
+    made = cluster.initdb_seconds
+    how = f"initdb {made:.1f} s, " if made is not None else "the existing cluster, "
+    example = postgres.SERVICES[0]
+    print(
+        POSTGRES_RUNNING.format(
+            how=f"{how}ready {cluster.ready_seconds:.1f} s after start",
+            root=cluster.root,
+            host=postgres.HOST,
+            port=cluster.port,
+            run_dir=cluster.run_dir,
+            superuser=cluster.settings.superuser,
+            superuser_file=cluster.password_file(cluster.settings.superuser),
+            databases=", ".join(postgres.SERVICES),
+            secrets=cluster.secrets,
+            example=example,
+            example_file=cluster.password_file(example),
+        ),
+        flush=True,
+    )
+    code = 0
+    try:
+        Supervisor([cluster.process]).run(lambda: stopping)
+    except CrashLoop as loop:
+        log.error("%s. Stopping.", loop)
+        code = 1
+    print("stopping...", flush=True)
+    cluster.stop()
+    print("stopped.", flush=True)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.handler(args))
@@ -263,6 +367,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     checking.set_defaults(handler=_check)
 
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply a service's pending schema migrations (each service does at start)",
+        description="Applies the service's pending migrations (services/SERVICE/migrations/*.sql,"
+        " in the order of their names) to its database, as the service does whenever it"
+        " starts; with several processes at once, one applies them and the others wait.",
+    )
+    migrate.add_argument("--service", required=True, choices=migrations.services())
+    migrate.add_argument(
+        "--db", type=pathlib.Path, help=f"the service's SQLite database [{WORKDIR}/SERVICE.db]"
+    )
+    action = migrate.add_mutually_exclusive_group()
+    action.add_argument(
+        "--list", action="store_true", help="show each migration as applied or pending; apply none"
+    )
+    action.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="remove the migration lock a process killed while migrating left behind",
+    )
+    migrate.set_defaults(handler=_migrate)
+
     keys = commands.add_parser("keys", help="create the dev key pair and JWKS if missing")
     keys.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help=f"[{keys_dir}]")
     keys.set_defaults(handler=_keys)
@@ -296,6 +422,21 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(f"{f.name} [{getattr(defaults, f.name)}]" for f in fields(Limits)),
     )
     run.set_defaults(handler=_run)
+
+    cluster = commands.add_parser(
+        "postgres",
+        help="run the local PostgreSQL cluster: a database and a role per service",
+        description=POSTGRES_DESCRIPTION.format(services=", ".join(postgres.SERVICES)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cluster.add_argument(
+        "--workdir",
+        type=pathlib.Path,
+        default=WORKDIR,
+        help=f"the system's work directory; the cluster is in WORKDIR/postgres [{WORKDIR}]",
+    )
+    add_setting_flag(cluster, postgres.Settings, "port", shown="a free port")
+    cluster.set_defaults(handler=_postgres)
     return parser
 
 

@@ -15,9 +15,20 @@ from services.order.config import OrderConfig
 from services.order.service import OrderService
 from services.payment.config import PaymentConfig
 from services.payment.service import PaymentService
+from shopmesh.postgres import Cluster
 from shopmesh.seed import write_seed
 from shopmesh.system import System
-from tests.helpers import ACCOUNTS, FAULT_TABLE, PRODUCTS, Client, Ledger, Served, serving
+from tests.helpers import (
+    ACCOUNTS,
+    FAULT_TABLE,
+    PRODUCTS,
+    Client,
+    Ledger,
+    Served,
+    serving,
+    stop_on_sigterm,
+)
+from tests.postgres_harness import running_cluster
 from tests.stack import Stack, StackFactory, stack_factory
 from tests.system_helpers import SystemFactory, start_test_system, system_factory
 
@@ -26,6 +37,10 @@ TIERS = ("unit", "service", "system", "contract")
 """The folders under tests/, each a marker of the same name. A test outside tests/unit
 also carries `system` (it starts a process), so `-m "not system"` is the unit tier alone:
 the fast loop, which starts no process (tests/unit/conftest.py makes sure)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    stop_on_sigterm()
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers
@@ -130,6 +145,17 @@ def make_system(tmp_path: pathlib.Path) -> Iterator[SystemFactory]:
     test."""
     with system_factory(tmp_path) as make:
         yield make
+
+
+@pytest.fixture(scope="module")
+def postgres_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL 15 server of its own for the tests of one module (shopmesh/postgres.py:
+    SCRAM only, a role and a database per service, `postgres_cluster.dsn("inventory")`;
+    `ensure_database(name)` adds a fresh pair); stopped by PID afterwards. One per module
+    rather than per session: no two servers run at once, no module sees another's rows,
+    and a start costs 1 to 3 s here (initdb included)."""
+    with running_cluster() as cluster:
+        yield cluster
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

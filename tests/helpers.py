@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -287,6 +288,14 @@ class FaultResult:
     failed: int
     unknown: int
     invariants: str
+
+
+def stop_on_sigterm() -> None:
+    """Makes SIGTERM stop a test run as Ctrl-C does. `timeout` (make test, make chaos) and
+    CI stop pytest with SIGTERM, which ends Python at once, so no fixture tore down and the
+    systems the tests had started (Consul, Envoy, services) ran on after the run; as a
+    KeyboardInterrupt, pytest stops and runs every finalizer."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 FAULT_TABLE: list[FaultResult] = []

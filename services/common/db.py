@@ -20,8 +20,8 @@ thread and commits each), hence this class.
 No write, however alone, runs on the event loop: its BEGIN IMMEDIATE may wait up to the
 busy timeout for another process's lock on the same file, and a loop stopped that long
 answers no RPC and no health check, so every instance on the file would look dead at once.
-Opening a store (its schema, and payment's back-fill of expire times) does write on the
-caller's thread: it runs before the service serves anything.
+Opening a store (applying its pending migrations, services/common/migrations.py) does
+write on the caller's thread: it runs before the service serves anything.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, 
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
+from services.common import migrations
 from services.common.database import Database, Row, Tx
 from services.common.errors import ErrorKind, ServiceError
 
@@ -48,8 +49,8 @@ SYNCHRONOUS = "FULL"
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 
 
-def connect(path: pathlib.Path, synchronous: str, schema: str) -> sqlite3.Connection:
-    """Opens (creating if needed) the database at `path` and applies `schema`."""
+def connect(path: pathlib.Path, synchronous: str) -> sqlite3.Connection:
+    """Opens (creating if needed) the database at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(
         path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
@@ -58,10 +59,6 @@ def connect(path: pathlib.Path, synchronous: str, schema: str) -> sqlite3.Connec
     _use_wal(conn)
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
-    if schema:
-        # In one write transaction taken up front: instances starting together on one file
-        # create it one after another, and a schema is never half applied.
-        conn.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
     return conn
 
 
@@ -324,17 +321,21 @@ def _coroutine(awaitable: Awaitable[T]) -> Coroutine[Any, Any, T]:
 
 class Store:
     """A service's database: writes through one connection and group commit, reads on a
-    second connection (committed data only). Each store names its `schema`, and writes its
-    logic once, as async code against `self.db` (a `Database`), never the connections."""
+    second connection (committed data only). Each store names its `service`, whose
+    migrations make its tables, and writes its logic once, as async code against `self.db`
+    (a `Database`), never the connections."""
 
-    schema: ClassVar[str] = ""
+    service: ClassVar[str] = ""
+    """Opening the store applies services/<service>/migrations; "" applies none."""
 
     def __init__(
         self, path: pathlib.Path, synchronous: str = SYNCHRONOUS, group_commit: bool = True
     ) -> None:
-        self._conn = connect(path, synchronous, self.schema)
+        self._conn = connect(path, synchronous)  # first: the file is in WAL mode from now on
+        if self.service:
+            migrations.apply(path, self.service)
         self.writes = GroupCommit(self._conn, enabled=group_commit)
-        self._reads = connect(path, synchronous, "")
+        self._reads = connect(path, synchronous)
         self.db: Database = SqliteDatabase(self._conn, self._reads, self.writes)
 
     def close(self) -> None:

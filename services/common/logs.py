@@ -12,3 +12,5 @@ def setup(service: str, level: str) -> None:
     )
     # grpc's own asyncio logger reports every aborted call at ERROR; we log our errors.
     logging.getLogger("grpc._cython.cygrpc").setLevel(logging.WARNING)
+    # yoyo logs each statement of a migration at INFO; migrations.apply logs what it applied.
+    logging.getLogger("yoyo").setLevel(logging.WARNING)

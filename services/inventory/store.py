@@ -29,42 +29,9 @@ from services.inventory.domain import Item, Product, Reservation, ReservationSta
 # each a short transaction.
 PRUNE_BATCH = 1000
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS products (
-    sku TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    price_minor INTEGER NOT NULL CHECK (price_minor >= 0),
-    currency TEXT NOT NULL,
-    available INTEGER NOT NULL CHECK (available >= 0),
-    held INTEGER NOT NULL DEFAULT 0 CHECK (held >= 0),
-    sold INTEGER NOT NULL DEFAULT 0 CHECK (sold >= 0)
-);
-CREATE TABLE IF NOT EXISTS reservations (
-    order_id TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    state TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    expire_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reservations_by_expiry ON reservations (state, expire_at);
-CREATE TABLE IF NOT EXISTS reservation_items (
-    order_id TEXT NOT NULL REFERENCES reservations (order_id),
-    sku TEXT NOT NULL REFERENCES products (sku),
-    quantity INTEGER NOT NULL CHECK (quantity > 0),
-    price_minor INTEGER NOT NULL,
-    currency TEXT NOT NULL,
-    PRIMARY KEY (order_id, sku)
-);
-CREATE TABLE IF NOT EXISTS restocks (
-    request_id TEXT PRIMARY KEY,
-    sku TEXT NOT NULL,
-    quantity INTEGER NOT NULL
-);
-"""
-
 
 class InventoryStore(db.Store):
-    schema = SCHEMA
+    service = "inventory"
 
     async def seed(self, seed_file: pathlib.Path) -> int:
         """Adds the seed file's products that are not there yet; returns how many."""

@@ -41,67 +41,9 @@ from services.order.domain import (
     same_request,
 )
 
-# SQL's spelling of DECLINE_REASONS, the same in the partial index and in the query that
-# must match it to use it.
+# SQL's spelling of DECLINE_REASONS, the same in the partial index orders_declined
+# (migrations/0001_initial.sql) and in the query that must match it to use it.
 _DECLINED = "cancel_reason IN ({})".format(", ".join(f"'{r}'" for r in DECLINE_REASONS))
-
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS orders (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    order_id TEXT NOT NULL UNIQUE,
-    user_id TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    state TEXT NOT NULL,
-    cancel_reason TEXT NOT NULL DEFAULT '',
-    total_minor INTEGER,
-    currency TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    UNIQUE (user_id, request_id)
-);
-CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, seq);
--- Partial indexes, small and cheap to keep: a user's open orders and recent declines, which
--- every CreateOrder counts (Quota); their WHERE must match the queries' word for word.
-CREATE INDEX IF NOT EXISTS orders_pending ON orders (user_id) WHERE state = 'PENDING';
-CREATE INDEX IF NOT EXISTS orders_declined ON orders (user_id, updated_at) WHERE {_DECLINED};
-CREATE TABLE IF NOT EXISTS order_items (
-    order_id TEXT NOT NULL REFERENCES orders (order_id),
-    position INTEGER NOT NULL,
-    sku TEXT NOT NULL,
-    quantity INTEGER NOT NULL,
-    price_minor INTEGER,
-    currency TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (order_id, position)
-);
-CREATE TABLE IF NOT EXISTS sagas (
-    order_id TEXT PRIMARY KEY REFERENCES orders (order_id),
-    phase TEXT NOT NULL,
-    compensate_from TEXT NOT NULL DEFAULT '',
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    failure TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sagas_by_phase ON sagas (phase, updated_at);
--- Sagas the orchestrator stopped driving after a bounded number of failures that will not
--- pass by themselves (a capture of a voided payment, a bug): they wait for an operator.
--- A table of its own, not a column: a database made by an earlier version gains it as is.
-CREATE TABLE IF NOT EXISTS parked_sagas (
-    order_id TEXT PRIMARY KEY REFERENCES sagas (order_id),
-    phase TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    parked_at REAL NOT NULL
-);
--- Which instance drives each open saga (see the module docstring). A table of its own, for
--- the same reason as parked_sagas; a saga without a row here (older versions) is free.
-CREATE TABLE IF NOT EXISTS saga_leases (
-    order_id TEXT PRIMARY KEY REFERENCES sagas (order_id),
-    owner TEXT NOT NULL,
-    epoch INTEGER NOT NULL,
-    expires_at REAL NOT NULL
-);
-"""
 
 
 def _order_not_found(order_id: str) -> ServiceError:
@@ -113,7 +55,7 @@ def _placeholders(values: Iterable[object]) -> str:
 
 
 class OrderStore(db.Store):
-    schema = SCHEMA
+    service = "order"
 
     # Orders.
 

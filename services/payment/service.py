@@ -27,11 +27,7 @@ class PaymentService:
         if config.any_fault:
             faults = Faults(config.lose_replies, config.delay_seconds, config.flaky_calls)
             self.interceptors = (FaultInterceptor(faults),)
-        self.store = PaymentStore(
-            config.db_path,
-            config.db_synchronous,
-            default_authorization_seconds=config.default_authorization_seconds,
-        )
+        self.store = PaymentStore(config.db_path, config.db_synchronous)
         self._sweeper: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:

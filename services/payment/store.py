@@ -20,7 +20,6 @@ from services.common import db
 from services.common.database import Tx, clock
 from services.common.errors import ServiceError, already_exists, failed_precondition, not_found
 from services.payment.domain import (
-    DEFAULT_AUTHORIZATION_SECONDS,
     PRUNABLE_STATES,
     Account,
     Payment,
@@ -31,61 +30,13 @@ from services.payment.domain import (
 # off over several sweeps, each a short transaction, instead of one that stalls writes.
 PRUNE_BATCH = 1000
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS accounts (
-    user_id TEXT PRIMARY KEY,
-    currency TEXT NOT NULL,
-    available INTEGER NOT NULL CHECK (available >= 0),
-    held INTEGER NOT NULL DEFAULT 0 CHECK (held >= 0),
-    captured INTEGER NOT NULL DEFAULT 0 CHECK (captured >= 0)
-);
-CREATE TABLE IF NOT EXISTS payments (
-    order_id TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    amount_minor INTEGER NOT NULL,
-    currency TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS payments_by_state_and_age ON payments (state, updated_at);
--- One row per AUTHORIZED payment: when it gives its money back; deleted when the payment
--- leaves AUTHORIZED. A table of its own rather than a new column of payments: there is no
--- migration tool yet, and a CREATE ... IF NOT EXISTS opens a database made before expiry
--- (see PaymentStore.__init__ for its authorizations) exactly as a new one, as the order
--- store's parked_sagas does; and the sweeper's search walks only live authorizations.
-CREATE TABLE IF NOT EXISTS authorization_expiry (
-    order_id TEXT PRIMARY KEY REFERENCES payments (order_id),
-    expire_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS authorization_expiry_by_time ON authorization_expiry (expire_at);
-"""
-
 
 def account_not_found(user_id: str) -> ServiceError:
     return not_found("ACCOUNT_NOT_FOUND", f"user {user_id!r} has no account", user_id=user_id)
 
 
 class PaymentStore(db.Store):
-    schema = SCHEMA
-
-    def __init__(
-        self,
-        path: pathlib.Path,
-        synchronous: str = db.SYNCHRONOUS,
-        group_commit: bool = True,
-        default_authorization_seconds: float = DEFAULT_AUTHORIZATION_SECONDS,
-    ) -> None:
-        super().__init__(path, synchronous, group_commit)
-        # Authorizations made before expiry existed have no expire time: they get the one
-        # their caller, who named no duration, gets today, counted from when they were
-        # made. Idempotent, so every instance opening the file may run it.
-        with db.transaction(self._conn) as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO authorization_expiry (order_id, expire_at)"
-                " SELECT order_id, updated_at + ? FROM payments WHERE state = ?",
-                (default_authorization_seconds, PaymentState.AUTHORIZED.value),
-            )
+    service = "payment"
 
     async def seed(self, seed_file: pathlib.Path) -> int:
         """Opens the seed file's accounts that do not exist yet; returns how many."""

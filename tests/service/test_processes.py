@@ -63,3 +63,45 @@ def test_a_restarted_part_that_never_gets_ready_is_killed_and_counts_as_a_crash(
     assert messages[0] == "stuck exited with signal 9; restarting in 0.05 s (restart 1)"
     assert messages[1].startswith("stuck was not ready 0.5 s after its restart;"), messages
     assert not part.running()  # the supervisor killed the last one it started
+
+
+CHILD_TEST = """
+import pathlib, subprocess, time, pytest
+from tests.helpers import stop_on_sigterm
+
+stop_on_sigterm()
+
+@pytest.fixture
+def child():
+    process = subprocess.Popen(["sleep", "600"])
+    pathlib.Path(PID_FILE).write_text(str(process.pid))
+    yield
+    process.terminate()
+    process.wait()
+
+def test_long(child):
+    time.sleep(600)  # a long test, stopped from outside
+"""
+
+
+def test_a_run_stopped_by_sigterm_stops_what_its_fixtures_started(tmp_path: pathlib.Path) -> None:
+    """timeout and CI send pytest SIGTERM: the fixture's child must not outlive the run."""
+    pid_file = tmp_path / "child.pid"
+    test_file = tmp_path / "test_child.py"
+    test_file.write_text(f"PID_FILE = {str(pid_file)!r}\n{CHILD_TEST}")
+    run = Process(
+        "pytest",
+        tmp_path / "pytest.log",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
+        ready=pid_file.exists,
+    ).start()
+    run.wait_ready()
+    child = int(pid_file.read_text())
+    run.stop(timeout=20)  # SIGTERM, as timeout sends it; SIGKILL only after 20 s
+    assert not pathlib.Path(f"/proc/{child}").exists() or _is_zombie(child), (
+        "the fixture's child outlived the run: " + run.log_path.read_text()[-1000:]
+    )
+
+
+def _is_zombie(pid: int) -> bool:
+    return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"

@@ -18,7 +18,7 @@ from services.inventory.domain import DEFAULT_HOLD_SECONDS
 from services.order.config import OrderConfig
 from services.order.saga import SagaSettings
 from services.payment.config import PaymentConfig
-from shopmesh import cli, system, tokens
+from shopmesh import cli, postgres, system, tokens
 from shopmesh.tools import REPO, WORKDIR
 
 SERVICE_CONFIGS = [OrderConfig, InventoryConfig, PaymentConfig, ControlPlaneConfig]
@@ -104,3 +104,14 @@ def test_the_commands_find_the_dev_keys_and_work_directory_from_any_directory(
     assert f"JWKS {REPO / 'var' / 'jwt' / 'jwks.json'} " in capsys.readouterr().out
     assert system.Settings().workdir == REPO / "var"
     assert list(tmp_path.iterdir()) == [], "a default path was taken relative to the cwd"
+
+
+def test_shopmesh_postgres_flags_take_default_and_help_from_its_settings() -> None:
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {action.dest: action for action in commands.choices["postgres"]._actions}
+    port = next(f for f in dataclasses.fields(postgres.Settings) if f.name == "port")
+    assert flags["port"].default == port.default == 0
+    assert flags["port"].help == f"{port.metadata['help']} [a free port]"
+    args = parser.parse_args(["postgres"])
+    assert (args.workdir, args.port) == (WORKDIR, postgres.Settings().port)

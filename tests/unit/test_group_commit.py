@@ -19,13 +19,13 @@ SCHEMA = "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL)
 
 
 class Counter(db.Store):
-    """A tiny store: one write, and the statements its write connection ran."""
-
-    schema = SCHEMA
+    """A tiny store: one write, and the statements its write connection ran. It belongs
+    to no service, so it makes its one table itself."""
 
     def __init__(self, path: pathlib.Path, group_commit: bool = True) -> None:
         super().__init__(path, group_commit=group_commit)
         self.conn = self._conn
+        self.conn.execute(SCHEMA)
         self.statements: list[str] = []
         self.conn.set_trace_callback(self.statements.append)
 

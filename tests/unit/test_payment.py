@@ -392,9 +392,8 @@ async def test_a_database_of_the_version_before_expiry_opens_and_its_holds_expir
     with sqlite3.connect(path) as conn:
         conn.executescript(OLD_SCHEMA)
     for _ in range(2):  # opening twice changes nothing more
-        store = PaymentStore(path, default_authorization_seconds=DAY)
-        store.close()
-    store = PaymentStore(path, default_authorization_seconds=DAY)
+        PaymentStore(path).close()
+    store = PaymentStore(path)
     assert await store.expire_due(1000.0 + DAY - 1) == 0
     assert await store.expire_due(1000.0 + DAY) == 1
     assert (await store.payment("old")).state is PaymentState.EXPIRED

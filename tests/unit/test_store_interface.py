@@ -21,7 +21,11 @@ SCHEMA = "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL)
 
 
 class Pairs(db.Store):
-    schema = SCHEMA
+    """A store of no service: it makes its one table itself."""
+
+    def __init__(self, path: pathlib.Path, group_commit: bool = True) -> None:
+        super().__init__(path, group_commit=group_commit)
+        self._conn.execute(SCHEMA)
 
 
 def stored(path: pathlib.Path) -> dict[str, int]:
