@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,9 +17,16 @@ from services.inventory.store import InventoryStore
 from shop.inventory.v1 import inventory_service_pb2 as rpc
 
 store = open_store(InventoryStore)
-if (seed := seed_file()) is not None:
-    store.seed(seed)
-app = FastAPI()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    if (seed := seed_file()) is not None:  # before the app answers: products to serve
+        await store.seed(seed)
+    yield
+
+
+app = FastAPI(lifespan=lifespan)
 install_error_handler(app)
 
 
@@ -54,7 +62,7 @@ async def get_product(sku: str) -> dict[str, Any]:
     violations = Violations()
     validation.check_field(violations, rpc.GetProductRequest, "sku", sku)
     violations.raise_if_any()
-    p = store.product(sku)
+    p = await store.product(sku)
     return {
         "sku": p.sku,
         "available": p.available,
@@ -75,16 +83,14 @@ async def reserve(body: ReserveIn, request: Request) -> dict[str, Any]:
     validation.check_each_sku_once(violations, reserve_stock, "items", body.items)
     violations.raise_if_any()
     items = [Item(i.sku, i.quantity) for i in body.items]
-    return reservation(
-        await store.reserve(body.order_id, who, items, body.hold_seconds, time.time())
-    )
+    return reservation(await store.reserve(body.order_id, who, items, body.hold_seconds))
 
 
 @app.post("/v1/reservations/{order_id}:commit")
 async def commit(order_id: str, request: Request) -> dict[str, Any]:
-    return reservation(await store.commit(order_id, caller(request), time.time()))
+    return reservation(await store.commit(order_id, caller(request)))
 
 
 @app.post("/v1/reservations/{order_id}:release")
 async def release(order_id: str, request: Request) -> dict[str, Any]:
-    return reservation(await store.release(order_id, caller(request), time.time()))
+    return reservation(await store.release(order_id, caller(request)))

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import json
 import pathlib
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -43,7 +42,7 @@ KEYS = {k["kid"]: jwt.PyJWK(k).key for k in _jwks}
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    saga.adopt()  # sagas a crash left unfinished, once their leases run out
+    await saga.adopt()  # sagas a crash left unfinished, once their leases run out
     yield
     await saga.stop()
     await participants.close()
@@ -123,16 +122,15 @@ async def create_order(body: CreateOrderIn, request: Request) -> dict[str, Any]:
         who,
         body.request_id,
         items,
-        time.time(),
         lease=first.lease,
-        lease_until=first.until,
+        lease_seconds=first.seconds,
     )
     if created:
         saga.ensure(order_id, first)
     await saga.wait(order.order_id, DEFAULTS.create_wait_seconds)
-    return {"order": order_json(store.answer(order.order_id))}
+    return {"order": order_json(await store.answer(order.order_id))}
 
 
 @app.get("/v1/orders/{order_id}")
 async def get_order(order_id: str, request: Request) -> dict[str, Any]:
-    return {"order": order_json(store.order(order_id, user_of(request)))}
+    return {"order": order_json(await store.order(order_id, user_of(request)))}

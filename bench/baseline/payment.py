@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,9 +17,16 @@ from services.payment.store import PaymentStore
 from shop.payment.v1 import payment_service_pb2 as rpc
 
 store = open_store(PaymentStore)
-if (seed := seed_file()) is not None:
-    store.seed(seed)
-app = FastAPI()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    if (seed := seed_file()) is not None:  # before the app answers: accounts to serve
+        await store.seed(seed)
+    yield
+
+
+app = FastAPI(lifespan=lifespan)
 install_error_handler(app)
 
 
@@ -42,7 +50,6 @@ async def authorize(body: AuthorizeIn, request: Request) -> dict[str, Any]:
     return payment(
         await store.authorize(
             *(body.order_id, who, body.amount_minor, body.currency),
-            now=time.time(),
             authorization_seconds=DEFAULT_AUTHORIZATION_SECONDS,
         )
     )
@@ -50,15 +57,15 @@ async def authorize(body: AuthorizeIn, request: Request) -> dict[str, Any]:
 
 @app.post("/v1/payments/{order_id}:capture")
 async def capture(order_id: str, request: Request) -> dict[str, Any]:
-    return payment(await store.capture(order_id, caller(request), time.time()))
+    return payment(await store.capture(order_id, caller(request)))
 
 
 @app.post("/v1/payments/{order_id}:void")
 async def void(order_id: str, request: Request) -> dict[str, Any]:
-    return payment(await store.void(order_id, caller(request), time.time()))
+    return payment(await store.void(order_id, caller(request)))
 
 
 @app.get("/v1/accounts/{user_id}")
 async def account(user_id: str) -> dict[str, Any]:
-    a = store.account(user_id)
+    a = await store.account(user_id)
     return {"user_id": a.user_id, "available": a.available, "held": a.held}

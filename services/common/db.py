@@ -1,10 +1,12 @@
 """SQLite, set up the same way for every service: WAL, a busy timeout, explicit transactions,
-and group commit.
+and group commit; and `SqliteDatabase`, the store interface (services.common.database)
+over it.
 
 Each store has two connections: reads run on the event loop's thread (each is short) and
 see only committed data; writes go through one connection, in order, and BEGIN IMMEDIATE
 takes the write lock up front so that several processes sharing a file never deadlock on
-a lock upgrade.
+a lock upgrade. A store's transactions are async functions, written once for every
+backend; on SQLite they never suspend, and `run_to_end` runs each on the thread it is on.
 
 Group commit: with synchronous=FULL every COMMIT is an fsync, and under load the fsyncs,
 not the Python, were what the services waited on (bench/profile.py: 45-65% of each
@@ -18,8 +20,8 @@ thread and commits each), hence this class.
 No write, however alone, runs on the event loop: its BEGIN IMMEDIATE may wait up to the
 busy timeout for another process's lock on the same file, and a loop stopped that long
 answers no RPC and no health check, so every instance on the file would look dead at once.
-Opening a store (applying its pending migrations, services/common/migrations.py) and
-seeding it do write on the caller's thread: they run before the service serves anything.
+Opening a store (applying its pending migrations, services/common/migrations.py) does
+write on the caller's thread: it runs before the service serves anything.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ import logging
 import pathlib
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from services.common import migrations
+from services.common.database import Database, Row, Tx
 from services.common.errors import ErrorKind, ServiceError
 
 log = logging.getLogger(__name__)
@@ -102,7 +105,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 @contextlib.contextmanager
-def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def read_snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A read transaction: every SELECT inside sees the database as of the first one.
 
     Without it each SELECT on the read connection is its own transaction, and a read made
@@ -134,7 +137,6 @@ def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 T = TypeVar("T")
-P = ParamSpec("P")
 
 
 class GroupCommit:
@@ -230,10 +232,98 @@ class GroupCommit:
         return outcomes
 
 
+class SqliteTx:
+    """A `Tx` over one SQLite connection. Its methods never suspend: each statement runs
+    to its end when called, which is what lets `run_to_end` drive a store's coroutine on
+    the writer thread."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        return self._conn.execute(sql, params).rowcount
+
+    async def executemany(self, sql: str, params: Iterable[Sequence[object]]) -> None:
+        self._conn.executemany(sql, params)
+
+    async def fetchone(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        row: Row | None = self._conn.execute(sql, params).fetchone()
+        return row
+
+    async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        return self._conn.execute(sql, params).fetchall()
+
+    async def now(self) -> float:
+        # Every instance on one SQLite file runs on one host, so the host's clock is the
+        # database's.
+        return time.time()
+
+
+def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs a coroutine that never suspends (a store function awaiting only SqliteTx
+    methods) to its end on this thread, and returns its result or raises its error.
+
+    This is what lets a store's logic be written once as async code for every backend and
+    still run inside SQLite's group commit, on the writer thread, between a savepoint and
+    the batch's COMMIT. No library does this: asyncio.run and its kin start an event loop
+    per call (and cannot run on a thread whose loop is running), and aiosqlite-style
+    wrappers hop to a thread per statement and commit each transaction alone. A coroutine
+    that does suspend (it awaited a sleep or a network call inside a transaction) would
+    need a loop to resume it: that is a bug in the store, so it is closed and raises.
+    """
+    try:
+        suspended_on = coro.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coro.close()
+    raise RuntimeError(
+        f"a store transaction awaited something that suspends ({suspended_on!r}); on SQLite"
+        " a transaction may await only its Tx's methods"
+    )
+
+
+class SqliteDatabase:
+    """The `Database` on SQLite: reads on the read connection, on the caller's thread (each
+    is short, and in WAL mode sees only committed data); writes through `writes` (group
+    commit: on the writer thread, each in its own savepoint of a shared transaction)."""
+
+    def __init__(
+        self, writer: sqlite3.Connection, reader: sqlite3.Connection, writes: GroupCommit
+    ) -> None:
+        self._writer = writer
+        self._writes = writes
+        self._write_tx = SqliteTx(writer)
+        self._reader = reader
+        self._read_tx = SqliteTx(reader)
+
+    async def read(self, fn: Callable[[Tx], Awaitable[T]], *, snapshot: bool = False) -> T:
+        if not snapshot:
+            return run_to_end(_coroutine(fn(self._read_tx)))
+        with read_snapshot(self._reader):
+            return run_to_end(_coroutine(fn(self._read_tx)))
+
+    async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        return await self._writes.run(functools.partial(self._write_now, fn))
+
+    def _write_now(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        """One write on the calling thread: a savepoint inside a group commit's batch, or
+        a transaction of its own (`transaction`)."""
+        with transaction(self._writer):
+            return run_to_end(_coroutine(fn(self._write_tx)))
+
+
+def _coroutine(awaitable: Awaitable[T]) -> Coroutine[Any, Any, T]:
+    if not isinstance(awaitable, Coroutine):
+        raise TypeError(f"a store transaction must be an async function, not {awaitable!r}")
+    return awaitable
+
+
 class Store:
     """A service's database: writes through one connection and group commit, reads on a
     second connection (committed data only). Each store names its `service`, whose
-    migrations make its tables."""
+    migrations make its tables, and writes its logic once, as async code against `self.db`
+    (a `Database`), never the connections."""
 
     service: ClassVar[str] = ""
     """Opening the store applies services/<service>/migrations; "" applies none."""
@@ -246,26 +336,12 @@ class Store:
             migrations.apply(path, self.service)
         self.writes = GroupCommit(self._conn, enabled=group_commit)
         self._reads = connect(path, synchronous)
+        self.db: Database = SqliteDatabase(self._conn, self._reads, self.writes)
 
     def close(self) -> None:
         self.writes.close()
         self._conn.close()
         self._reads.close()
-
-
-S = TypeVar("S", bound=Store)
-
-
-def batched(
-    method: Callable[Concatenate[S, P], T],
-) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
-    """Makes a store's write method a coroutine that runs through the store's `writes`."""
-
-    @functools.wraps(method)
-    async def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self.writes.run(functools.partial(method, self, *args, **kwargs))
-
-    return run
 
 
 def _storage_error(exc: sqlite3.OperationalError) -> ServiceError:

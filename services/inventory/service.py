@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import grpc
 
@@ -28,9 +27,6 @@ class InventoryService:
     def __init__(self, config: InventoryConfig) -> None:
         self._config = config
         self.store = InventoryStore(config.db_path, config.db_synchronous)
-        if config.seed_file is not None:
-            added = self.store.seed(config.seed_file)
-            log.info("seeded %d products from %s", added, config.seed_file)
         self._sweeper: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -39,6 +35,10 @@ class InventoryService:
         )
 
     async def start(self) -> None:
+        # Before the service reports SERVING, so no caller routed here finds the catalog empty.
+        if self._config.seed_file is not None:
+            added = await self.store.seed(self._config.seed_file)
+            log.info("seeded %d products from %s", added, self._config.seed_file)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
@@ -54,9 +54,8 @@ class InventoryService:
         while True:
             await asyncio.sleep(self._config.sweep_interval_seconds)
             try:
-                now = time.time()
-                expired = await self.store.expire_due(now)
-                pruned = await self.store.prune(now, self._config.retention_seconds)
+                expired = await self.store.expire_due()
+                pruned = await self.store.prune(self._config.retention_seconds)
             except Exception:
                 log.exception("sweeping expired holds failed; trying again later")
                 continue

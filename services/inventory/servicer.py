@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TypeAlias
 
 import grpc
@@ -27,7 +26,8 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         self, request: rpc.GetProductRequest, context: Context
     ) -> rpc.GetProductResponse:
         validation.require_valid(request)
-        return rpc.GetProductResponse(product=_product_to_proto(self._store.product(request.sku)))
+        product = await self._store.product(request.sku)
+        return rpc.GetProductResponse(product=_product_to_proto(product))
 
     async def ListProducts(
         self, request: rpc.ListProductsRequest, context: Context
@@ -36,7 +36,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         size = pagination.page_size(request.page_size)
         after = pagination.decode_token(request.page_token, violations)
         violations.raise_if_any()
-        page = self._store.products(after, size + 1)
+        page = await self._store.products(after, size + 1)
         more = len(page) > size
         page = page[:size]
         return rpc.ListProductsResponse(
@@ -55,7 +55,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         hold = domain.DEFAULT_HOLD_SECONDS
         if request.HasField("hold_duration"):
             hold = request.hold_duration.ToTimedelta().total_seconds()
-        found = await self._store.reserve(request.order_id, who.user_id, items, hold, time.time())
+        found = await self._store.reserve(request.order_id, who.user_id, items, hold)
         return rpc.ReserveStockResponse(reservation=_reservation_to_proto(found))
 
     async def GetReservation(
@@ -64,16 +64,15 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         who = caller(context)
         validation.require_valid(request)
         owner = None if who.is_admin else who.user_id
-        return rpc.GetReservationResponse(
-            reservation=_reservation_to_proto(self._store.reservation(request.order_id, owner))
-        )
+        found = await self._store.reservation(request.order_id, owner)
+        return rpc.GetReservationResponse(reservation=_reservation_to_proto(found))
 
     async def CommitReservation(
         self, request: rpc.CommitReservationRequest, context: Context
     ) -> rpc.CommitReservationResponse:
         who = caller(context)
         validation.require_valid(request)
-        found = await self._store.commit(request.order_id, who.user_id, time.time())
+        found = await self._store.commit(request.order_id, who.user_id)
         return rpc.CommitReservationResponse(reservation=_reservation_to_proto(found))
 
     async def ReleaseReservation(
@@ -81,7 +80,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
     ) -> rpc.ReleaseReservationResponse:
         who = caller(context)
         validation.require_valid(request)
-        found = await self._store.release(request.order_id, who.user_id, time.time())
+        found = await self._store.release(request.order_id, who.user_id)
         return rpc.ReleaseReservationResponse(reservation=_reservation_to_proto(found))
 
     async def RestockProduct(

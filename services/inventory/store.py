@@ -8,12 +8,13 @@ for the last unit cannot both win, whichever process or instance runs them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
-import sqlite3
 from collections.abc import Sequence
 
 from services.common import db
+from services.common.database import Row, Tx, clock
 from services.common.errors import (
     ErrorKind,
     FieldViolation,
@@ -32,13 +33,14 @@ PRUNE_BATCH = 1000
 class InventoryStore(db.Store):
     service = "inventory"
 
-    def seed(self, seed_file: pathlib.Path) -> int:
+    async def seed(self, seed_file: pathlib.Path) -> int:
         """Adds the seed file's products that are not there yet; returns how many."""
-        products = json.loads(seed_file.read_text()).get("products", [])
-        added = 0
-        with db.transaction(self._conn) as conn:
+        products = json.loads(await asyncio.to_thread(seed_file.read_text)).get("products", [])
+
+        async def seed(tx: Tx) -> int:
+            added = 0
             for p in products:
-                added += conn.execute(
+                added += await tx.execute(
                     "INSERT OR IGNORE INTO products (sku, name, price_minor, currency, available)"
                     " VALUES (?, ?, ?, ?, ?)",
                     (
@@ -48,42 +50,52 @@ class InventoryStore(db.Store):
                         p.get("currency", "USD"),
                         p["quantity"],
                     ),
-                ).rowcount
-        return added
+                )
+            return added
+
+        return await self.db.write(seed)
 
     # Reads.
 
-    def product(self, sku: str) -> Product:
-        return _read_product(self._reads, sku)
+    async def product(self, sku: str) -> Product:
+        return await self.db.read(lambda tx: _read_product(tx, sku))
 
-    def products(self, after_sku: str | None, limit: int) -> list[Product]:
-        rows = self._reads.execute(
-            "SELECT * FROM products WHERE sku > ? ORDER BY sku LIMIT ?", (after_sku or "", limit)
-        ).fetchall()
+    async def products(self, after_sku: str | None, limit: int) -> list[Product]:
+        rows = await self.db.read(
+            lambda tx: tx.fetchall(
+                "SELECT * FROM products WHERE sku > ? ORDER BY sku LIMIT ?",
+                (after_sku or "", limit),
+            )
+        )
         return [_product_from_row(r) for r in rows]
 
-    def reservation(self, order_id: str, user_id: str | None = None) -> Reservation:
+    async def reservation(self, order_id: str, user_id: str | None = None) -> Reservation:
         """The order's reservation; NOT_FOUND if none, or if it is another user's."""
-        with db.snapshot(self._reads) as conn:
-            found = _read_reservation(conn, order_id)
+        found = await self.db.read(lambda tx: _read_reservation(tx, order_id), snapshot=True)
         if found is None or (user_id is not None and found.user_id != user_id):
             raise _reservation_not_found(order_id)
         return found
 
     # Writes.
 
-    @db.batched
-    def reserve(
-        self, order_id: str, user_id: str, items: Sequence[Item], hold_seconds: float, now: float
+    async def reserve(
+        self,
+        order_id: str,
+        user_id: str,
+        items: Sequence[Item],
+        hold_seconds: float,
+        now: float | None = None,
     ) -> Reservation:
         """Holds every item or none; a repeat for the same order returns the first result."""
         wanted = tuple(items)
-        with db.transaction(self._conn) as conn:
-            _expire_due(conn, now)
-            existing = _read_reservation(conn, order_id)
+
+        async def reserve(tx: Tx) -> Reservation:
+            at = await clock(tx, now)
+            await _expire_due(tx, at)
+            existing = await _read_reservation(tx, order_id)
             if existing is not None:
                 return _same_reservation(existing, user_id, wanted)
-            unknown = _unknown_skus(conn, wanted)
+            unknown = await _unknown_skus(tx, wanted)
             if unknown:
                 raise ServiceError(
                     ErrorKind.INVALID_ARGUMENT,
@@ -98,22 +110,23 @@ class InventoryStore(db.Store):
             # Taking the SKUs in one order keeps lock order fixed; SQLite locks the whole
             # database anyway, but a server database would not.
             for item in sorted(wanted, key=lambda i: i.sku):
-                taken = conn.execute(
+                taken = await tx.execute(
                     "UPDATE products SET available = available - ?1, held = held + ?1"
                     " WHERE sku = ?2 AND available >= ?1",
                     (item.quantity, item.sku),
-                ).rowcount
+                )
                 if not taken:
                     raise failed_precondition(
                         "OUT_OF_STOCK", f"not enough stock of {item.sku!r}", sku=item.sku
                     )
-                price = conn.execute(
+                price = await tx.fetchone(
                     "SELECT price_minor, currency FROM products WHERE sku = ?", (item.sku,)
-                ).fetchone()
+                )
+                assert price is not None
                 priced.append(
                     Item(item.sku, item.quantity, price["price_minor"], price["currency"])
                 )
-            conn.execute(
+            await tx.execute(
                 "INSERT INTO reservations (order_id, user_id, state, fingerprint, expire_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (
@@ -121,76 +134,78 @@ class InventoryStore(db.Store):
                     user_id,
                     ReservationState.HELD.value,
                     fingerprint(wanted),
-                    now + hold_seconds,
+                    at + hold_seconds,
                 ),
             )
-            conn.executemany(
+            await tx.executemany(
                 "INSERT INTO reservation_items (order_id, sku, quantity, price_minor, currency)"
                 " VALUES (?, ?, ?, ?, ?)",
                 [(order_id, i.sku, i.quantity, i.price_minor, i.currency) for i in priced],
             )
-            reservation = _read_reservation(conn, order_id)
-        assert reservation is not None
-        return reservation
+            return await _reservation_or_fail(tx, order_id)
 
-    @db.batched
-    def commit(self, order_id: str, user_id: str, now: float) -> Reservation:
+        return await self.db.write(reserve)
+
+    async def commit(self, order_id: str, user_id: str, now: float | None = None) -> Reservation:
         """Sells a held reservation; a repeat returns the committed one."""
-        with db.transaction(self._conn) as conn:
-            _expire_due(conn, now)
-            found = _read_reservation(conn, order_id)
+
+        async def commit(tx: Tx) -> Reservation:
+            await _expire_due(tx, await clock(tx, now))
+            found = await _read_reservation(tx, order_id)
             if found is None or found.user_id != user_id:
                 raise _reservation_not_found(order_id)
             if found.state is ReservationState.HELD:
-                _move(conn, found, "held = held - ?1, sold = sold + ?1")
-                _set_state(conn, order_id, ReservationState.COMMITTED)
+                await _move(tx, found, "held = held - ?1, sold = sold + ?1")
+                await _set_state(tx, order_id, ReservationState.COMMITTED)
             elif found.state is not ReservationState.COMMITTED:
                 raise failed_precondition(
                     f"RESERVATION_{found.state.value}",
                     f"the reservation of order {order_id!r} is {found.state.value.lower()}",
                     order_id=order_id,
                 )
-            result = _read_reservation(conn, order_id)
-        assert result is not None
-        return result
+            return await _reservation_or_fail(tx, order_id)
 
-    @db.batched
-    def release(self, order_id: str, user_id: str, now: float) -> Reservation:
+        return await self.db.write(commit)
+
+    async def release(self, order_id: str, user_id: str, now: float | None = None) -> Reservation:
         """Gives a hold back; for an unknown order, records an empty released one."""
-        with db.transaction(self._conn) as conn:
-            _expire_due(conn, now)
-            found = _read_reservation(conn, order_id)
+
+        async def release(tx: Tx) -> Reservation:
+            at = await clock(tx, now)
+            await _expire_due(tx, at)
+            found = await _read_reservation(tx, order_id)
             if found is None:
                 # A tombstone: a ReserveStock for this order that arrives late finds it
                 # and holds nothing.
-                conn.execute(
+                await tx.execute(
                     "INSERT INTO reservations (order_id, user_id, state, fingerprint, expire_at)"
                     " VALUES (?, ?, ?, '', ?)",
-                    (order_id, user_id, ReservationState.RELEASED.value, now),
+                    (order_id, user_id, ReservationState.RELEASED.value, at),
                 )
             elif found.user_id != user_id:
                 raise _reservation_not_found(order_id)
             elif found.state is ReservationState.HELD:
-                _move(conn, found, "held = held - ?1, available = available + ?1")
-                _set_state(conn, order_id, ReservationState.RELEASED)
+                await _move(tx, found, "held = held - ?1, available = available + ?1")
+                await _set_state(tx, order_id, ReservationState.RELEASED)
             elif found.state is ReservationState.COMMITTED:
                 raise failed_precondition(
                     "RESERVATION_COMMITTED",
                     f"the stock of order {order_id!r} is already sold",
                     order_id=order_id,
                 )
-            result = _read_reservation(conn, order_id)
-        assert result is not None
-        return result
+            return await _reservation_or_fail(tx, order_id)
 
-    @db.batched
-    def expire_due(self, now: float) -> int:
+        return await self.db.write(release)
+
+    async def expire_due(self, now: float | None = None) -> int:
         """Gives back the stock of every hold past its expire time; returns how many."""
-        with db.transaction(self._conn) as conn:
-            return _expire_due(conn, now)
 
-    @db.batched
-    def prune(self, now: float, retention_seconds: float) -> int:
+        async def expire(tx: Tx) -> int:
+            return await _expire_due(tx, await clock(tx, now))
+
+        return await self.db.write(expire)
+
+    async def prune(self, retention_seconds: float, now: float | None = None) -> int:
         """Deletes reservations that hold nothing (RELEASED, EXPIRED, and release
         tombstones) whose expire time is more than `retention_seconds` past; never a
         COMMITTED one, the record of a sale. At most PRUNE_BATCH at a time; returns how many.
@@ -203,41 +218,44 @@ class InventoryStore(db.Store):
         would have refused) holds the stock only until that hold expires, and a pruned
         reservation held no stock, so no count changes.
         """
-        with db.transaction(self._conn) as conn:
+
+        async def prune(tx: Tx) -> int:
             due = [
                 row["order_id"]
-                for row in conn.execute(
+                for row in await tx.fetchall(
                     "SELECT order_id FROM reservations WHERE state IN (?, ?) AND expire_at < ?"
                     " LIMIT ?",
                     (
                         ReservationState.RELEASED.value,
                         ReservationState.EXPIRED.value,
-                        now - retention_seconds,
+                        await clock(tx, now) - retention_seconds,
                         PRUNE_BATCH,
                     ),
                 )
             ]
             for order_id in due:
-                conn.execute("DELETE FROM reservation_items WHERE order_id = ?", (order_id,))
-                conn.execute("DELETE FROM reservations WHERE order_id = ?", (order_id,))
+                await tx.execute("DELETE FROM reservation_items WHERE order_id = ?", (order_id,))
+                await tx.execute("DELETE FROM reservations WHERE order_id = ?", (order_id,))
             return len(due)
 
-    @db.batched
-    def restock(self, sku: str, quantity: int, request_id: str) -> Product:
+        return await self.db.write(prune)
+
+    async def restock(self, sku: str, quantity: int, request_id: str) -> Product:
         """Adds units once per request id."""
-        with db.transaction(self._conn) as conn:
-            known = conn.execute("SELECT 1 FROM products WHERE sku = ?", (sku,)).fetchone()
+
+        async def restock(tx: Tx) -> Product:
+            known = await tx.fetchone("SELECT 1 FROM products WHERE sku = ?", (sku,))
             if known is None:
                 raise _product_not_found(sku)
-            previous = conn.execute(
+            previous = await tx.fetchone(
                 "SELECT sku, quantity FROM restocks WHERE request_id = ?", (request_id,)
-            ).fetchone()
+            )
             if previous is None:
-                conn.execute(
+                await tx.execute(
                     "INSERT INTO restocks (request_id, sku, quantity) VALUES (?, ?, ?)",
                     (request_id, sku, quantity),
                 )
-                conn.execute(
+                await tx.execute(
                     "UPDATE products SET available = available + ? WHERE sku = ?", (quantity, sku)
                 )
             elif (previous["sku"], previous["quantity"]) != (sku, quantity):
@@ -246,7 +264,9 @@ class InventoryStore(db.Store):
                     "this request_id was already used for a different restock",
                     request_id=request_id,
                 )
-            return _read_product(conn, sku)
+            return await _read_product(tx, sku)
+
+        return await self.db.write(restock)
 
 
 def _product_not_found(sku: str) -> ServiceError:
@@ -260,14 +280,14 @@ def _reservation_not_found(order_id: str) -> ServiceError:
     )
 
 
-def _read_product(conn: sqlite3.Connection, sku: str) -> Product:
-    row = conn.execute("SELECT * FROM products WHERE sku = ?", (sku,)).fetchone()
+async def _read_product(tx: Tx, sku: str) -> Product:
+    row = await tx.fetchone("SELECT * FROM products WHERE sku = ?", (sku,))
     if row is None:
         raise _product_not_found(sku)
     return _product_from_row(row)
 
 
-def _product_from_row(row: sqlite3.Row) -> Product:
+def _product_from_row(row: Row) -> Product:
     return Product(
         row["sku"],
         row["name"],
@@ -279,15 +299,15 @@ def _product_from_row(row: sqlite3.Row) -> Product:
     )
 
 
-def _read_reservation(conn: sqlite3.Connection, order_id: str) -> Reservation | None:
-    row = conn.execute("SELECT * FROM reservations WHERE order_id = ?", (order_id,)).fetchone()
+async def _read_reservation(tx: Tx, order_id: str) -> Reservation | None:
+    row = await tx.fetchone("SELECT * FROM reservations WHERE order_id = ?", (order_id,))
     if row is None:
         return None
-    items = conn.execute(
+    items = await tx.fetchall(
         "SELECT sku, quantity, price_minor, currency FROM reservation_items"
         " WHERE order_id = ? ORDER BY sku",
         (order_id,),
-    ).fetchall()
+    )
     return Reservation(
         order_id,
         row["user_id"],
@@ -295,6 +315,12 @@ def _read_reservation(conn: sqlite3.Connection, order_id: str) -> Reservation | 
         ReservationState(row["state"]),
         row["expire_at"],
     )
+
+
+async def _reservation_or_fail(tx: Tx, order_id: str) -> Reservation:
+    found = await _read_reservation(tx, order_id)
+    assert found is not None
+    return found
 
 
 def _same_reservation(existing: Reservation, user_id: str, wanted: tuple[Item, ...]) -> Reservation:
@@ -311,31 +337,34 @@ def _same_reservation(existing: Reservation, user_id: str, wanted: tuple[Item, .
     return existing
 
 
-def _unknown_skus(conn: sqlite3.Connection, items: tuple[Item, ...]) -> list[int]:
+async def _unknown_skus(tx: Tx, items: tuple[Item, ...]) -> list[int]:
     unknown = []
     for index, item in enumerate(items):
-        if conn.execute("SELECT 1 FROM products WHERE sku = ?", (item.sku,)).fetchone() is None:
+        if await tx.fetchone("SELECT 1 FROM products WHERE sku = ?", (item.sku,)) is None:
             unknown.append(index)
     return unknown
 
 
-def _move(conn: sqlite3.Connection, reservation: Reservation, assignment: str) -> None:
+async def _move(tx: Tx, reservation: Reservation, assignment: str) -> None:
     for item in reservation.items:
-        conn.execute(f"UPDATE products SET {assignment} WHERE sku = ?2", (item.quantity, item.sku))
+        await tx.execute(
+            f"UPDATE products SET {assignment} WHERE sku = ?2", (item.quantity, item.sku)
+        )
 
 
-def _set_state(conn: sqlite3.Connection, order_id: str, state: ReservationState) -> None:
-    conn.execute("UPDATE reservations SET state = ? WHERE order_id = ?", (state.value, order_id))
+async def _set_state(tx: Tx, order_id: str, state: ReservationState) -> None:
+    await tx.execute(
+        "UPDATE reservations SET state = ? WHERE order_id = ?", (state.value, order_id)
+    )
 
 
-def _expire_due(conn: sqlite3.Connection, now: float) -> int:
-    due = conn.execute(
+async def _expire_due(tx: Tx, now: float) -> int:
+    due = await tx.fetchall(
         "SELECT order_id FROM reservations WHERE state = ? AND expire_at <= ?",
         (ReservationState.HELD.value, now),
-    ).fetchall()
+    )
     for row in due:
-        found = _read_reservation(conn, row["order_id"])
-        assert found is not None
-        _move(conn, found, "held = held - ?1, available = available + ?1")
-        _set_state(conn, found.order_id, ReservationState.EXPIRED)
+        found = await _reservation_or_fail(tx, row["order_id"])
+        await _move(tx, found, "held = held - ?1, available = available + ?1")
+        await _set_state(tx, found.order_id, ReservationState.EXPIRED)
     return len(due)

@@ -88,9 +88,10 @@ class Quota:
     max_open_orders: int
     """PENDING orders at once."""
     max_declines: int
-    """Orders cancelled for want of money (DECLINE_REASONS) since `declines_since`; past it
-    the user's new orders are refused before any stock is held for them."""
-    declines_since: float
+    """Orders cancelled for want of money (DECLINE_REASONS) in the last
+    `decline_window_seconds`; past it the user's new orders are refused before any stock is
+    held for them."""
+    decline_window_seconds: float
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ which every participant accepts again (idempotent by order id).
 One instance drives a saga at a time: its lease (services.order.store) is renewed in the
 background while the saga runs, is checked before every participant call, and fences
 every write. Local timers (backoff, retry and parking deadlines, lease trust) use the
-monotonic clock, so a jump of the wall clock moves none of them; only lease expiry, which
-other processes read, is wall-clock time. An instance drives at most `max_active_sagas`
-at once; the others wait for a slot, and it adopts no more than it has slots for.
+monotonic clock, so a jump of the wall clock moves none of them; lease expiry, which
+other processes read, is the database's time (the store sets and compares it). An
+instance drives at most `max_active_sagas` at once; the others wait for a slot, and it
+adopts no more than it has slots for.
 
 A free order (a total of 0) skips the payment steps: there is nothing to authorize,
 capture or void (see `is_free`).
@@ -139,8 +140,8 @@ class FirstLease:
     """The lease a new order's saga starts under, written with the order (OrderStore.create)."""
 
     lease: Lease
-    until: float
-    """Its expiry (wall clock, as stored)."""
+    seconds: float
+    """How long it lasts from when it is written (the database's clock sets its expiry)."""
     taken_at: float
     """When it was made (monotonic), for how long to trust it."""
 
@@ -166,7 +167,7 @@ class SagaRunner:
     def first_lease(self, order_id: str) -> FirstLease:
         return FirstLease(
             Lease(order_id, self.owner, 1),
-            time.time() + self._settings.lease_seconds,
+            self._settings.lease_seconds,
             time.monotonic(),
         )
 
@@ -194,19 +195,19 @@ class SagaRunner:
         await asyncio.wait({self.ensure(order_id)}, timeout=seconds)
         delay = FIRST_BACKOFF_SECONDS
         while (left := deadline - time.monotonic()) > 0:
-            saga = self._store.saga(order_id)
+            saga = await self._store.saga(order_id)
             if saga.phase in FINAL_PHASES or saga.parked:
                 return
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, 0.5)
 
-    def adopt(self) -> int:
+    async def adopt(self) -> int:
         """Drives sagas nobody drives (no lease, or an expired one), oldest first, as many
         as this instance has free slots for; returns how many it tries to take."""
         free = self._settings.max_active_sagas - len(self._tasks)
         if free <= 0:
             return 0
-        candidates = self._store.open_sagas(time.time(), free + len(self._tasks))
+        candidates = await self._store.open_sagas(free + len(self._tasks))
         ids = [i for i in candidates if i not in self._tasks][:free]
         for order_id in ids:
             self.ensure(order_id)
@@ -248,10 +249,8 @@ class SagaRunner:
             self._held.pop(order_id, None)
 
     async def _acquire(self, order_id: str) -> bool:
-        taken_at, now = time.monotonic(), time.time()
-        lease = await self._store.acquire(
-            order_id, self.owner, now, now + self._settings.lease_seconds
-        )
+        taken_at = time.monotonic()
+        lease = await self._store.acquire(order_id, self.owner, self._settings.lease_seconds)
         if lease is None:
             return False
         if lease.epoch > 1:
@@ -274,7 +273,7 @@ class SagaRunner:
         if time.monotonic() < held.trusted_until:
             return
         taken_at = time.monotonic()
-        if not await self._store.renew(held.lease, time.time() + self._settings.lease_seconds):
+        if not await self._store.renew(held.lease, self._settings.lease_seconds):
             raise LeaseLost(held.lease)
         self._trust(held.lease, taken_at)
 
@@ -289,7 +288,7 @@ class SagaRunner:
             taken_at = time.monotonic()
             try:
                 kept = await self._store.renew_all(
-                    [h.lease for h in held], time.time() + self._settings.lease_seconds
+                    [h.lease for h in held], self._settings.lease_seconds
                 )
             except Exception as error:  # storage down: each saga checks before its calls
                 log.warning("renewing %d saga leases failed: %s", len(held), error)
@@ -340,39 +339,37 @@ class SagaRunner:
 
     async def _park(self, order_id: str, parked: Parked) -> bool:
         """Parks the saga where it stands; False if it moved meanwhile (drive it on)."""
-        phase = self._store.saga(order_id).phase
+        phase = (await self._store.saga(order_id)).phase
         if phase in FINAL_PHASES:
             return True
         lease = self._lease(order_id)
-        if not await self._store.park(lease, phase, parked.reason, parked.detail, time.time()):
-            return self._store.saga(order_id).parked
+        if not await self._store.park(lease, phase, parked.reason, parked.detail):
+            return (await self._store.saga(order_id)).parked
         log.error(
             "saga %s parked in %s: %s (%s); %d sagas need attention",
             *(order_id, phase.value, parked.reason, parked.detail),
-            len(self._store.parked()),
+            len(await self._store.parked()),
         )
         return True
 
     async def _drive(self, order_id: str) -> None:
         while True:
-            saga = self._store.saga(order_id)
+            saga = await self._store.saga(order_id)
             if saga.phase in FINAL_PHASES or saga.parked:
                 return
-            order = self._store.order(order_id)
+            order = await self._store.order(order_id)
             if saga.phase is Phase.COMPENSATING:
                 await self._compensate(order, saga)
                 continue
             lease = self._lease(order_id)
             if saga.cancel_requested and saga.phase in CANCELLABLE_PHASES:
-                await self._store.begin_compensation(
-                    lease, saga.phase, cancelled_by_user(), time.time()
-                )
+                await self._store.begin_compensation(lease, saga.phase, cancelled_by_user())
                 continue
             try:
                 await self._forward(order, saga.phase)
             except StepFailed as failed:
                 log.info("order %s: %s; compensating", order_id, failed.error.reason)
-                await self._store.begin_compensation(lease, saga.phase, failed.error, time.time())
+                await self._store.begin_compensation(lease, saga.phase, failed.error)
 
     async def _forward(self, order: Order, phase: Phase) -> None:
         """Takes the one step after `phase` and records it."""
@@ -395,7 +392,7 @@ class SagaRunner:
                         violations=(FieldViolation("line_items", "the total is too large"),),
                     )
                 )
-            await self._store.record_reserved(lease, items, currency, time.time())
+            await self._store.record_reserved(lease, items, currency)
             self.crash_point("after_reserve")
         elif phase is Phase.RESERVED:
             if not is_free(order):
@@ -404,12 +401,11 @@ class SagaRunner:
                 )
             # Authorized: on to the pivot in the same write, unless a cancel was asked for
             # meanwhile; then AUTHORIZED, and the next turn compensates (voids, releases).
-            now = time.time()
-            if not await self._store.advance(lease, Phase.RESERVED, Phase.COMMITTING, now):
-                await self._store.advance(lease, Phase.RESERVED, Phase.AUTHORIZED, now)
+            if not await self._store.advance(lease, Phase.RESERVED, Phase.COMMITTING):
+                await self._store.advance(lease, Phase.RESERVED, Phase.AUTHORIZED)
             self.crash_point("after_authorize")
         elif phase is Phase.AUTHORIZED:  # only sagas an older version left in AUTHORIZED
-            await self._store.advance(lease, Phase.AUTHORIZED, Phase.COMMITTING, time.time())
+            await self._store.advance(lease, Phase.AUTHORIZED, Phase.COMMITTING)
         elif phase is Phase.COMMITTING:
             try:
                 await self._until_done(
@@ -421,7 +417,7 @@ class SagaRunner:
             self.crash_point("after_commit")
             if not is_free(order):
                 await self._until_done(order, "capture", lambda: self._participants.capture(order))
-            await self._store.finish(lease, Phase.COMMITTING, time.time())
+            await self._store.finish(lease, Phase.COMMITTING)
 
     async def _compensate(self, order: Order, saga: Saga) -> None:
         """Undoes what may have happened, newest first, then records CANCELLED."""
@@ -429,7 +425,7 @@ class SagaRunner:
             await self._until_done(order, "void", lambda: self._participants.void(order))
             self.crash_point("during_compensation")
         await self._until_done(order, "release", lambda: self._participants.release(order))
-        await self._store.finish(self._lease(order.order_id), Phase.COMPENSATING, time.time())
+        await self._store.finish(self._lease(order.order_id), Phase.COMPENSATING)
 
     async def _before_pivot(
         self, order: Order, name: str, step: Callable[[], Awaitable[T]], participant: str
@@ -458,7 +454,7 @@ class SagaRunner:
                     ) from error
                 log.warning("%s; retrying in %.2fs", error, delay)
             delay = await self._sleep(delay)
-            if self._store.saga(order.order_id).cancel_requested:
+            if (await self._store.saga(order.order_id)).cancel_requested:
                 raise StepFailed(cancelled_by_user())
 
     async def _until_done(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import grpc
 
@@ -47,7 +46,7 @@ class OrderService:
     async def start(self) -> None:
         # Sagas left unfinished by an earlier process whose leases have run out (a process
         # that stopped cleanly gave its leases up; a crashed one's expire after a lease).
-        self.saga.adopt()
+        await self.saga.adopt()
         self._recovery = asyncio.create_task(self._recover_forever())
 
     async def stop(self) -> None:
@@ -66,9 +65,9 @@ class OrderService:
         while True:
             await asyncio.sleep(interval)
             try:
-                self.saga.adopt()
+                await self.saga.adopt()
                 await self._prune()
-                parked = self.store.parked()
+                parked = await self.store.parked()
                 if parked:  # said again every interval until an operator acts
                     log.warning(
                         "%d sagas need attention (parked), oldest %s: %s",
@@ -80,9 +79,9 @@ class OrderService:
     async def _prune(self) -> None:
         """Deletes cancelled orders past the retention time, a batch per round (a read
         first, so that a round with nothing to prune takes no write lock)."""
-        before = time.time() - self._config.retention_seconds
-        if self.store.prunable(before):
-            pruned = await self.store.prune(before)
+        retention = self._config.retention_seconds
+        if await self.store.prunable(retention):
+            pruned = await self.store.prune(retention)
             log.info("pruned %d cancelled orders older than the retention time", pruned)
 
 

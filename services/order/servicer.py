@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import TypeAlias
 
@@ -48,7 +47,9 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         placing.add_done_callback(self._placing.discard)
         order = await asyncio.shield(placing)
         await self._wait_for_saga(order.order_id, context)
-        return rpc.CreateOrderResponse(order=_order_to_proto(self._store.answer(order.order_id)))
+        return rpc.CreateOrderResponse(
+            order=_order_to_proto(await self._store.answer(order.order_id))
+        )
 
     async def GetOrder(
         self, request: rpc.GetOrderRequest, context: Context
@@ -56,7 +57,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         who = caller(context)
         validation.require_valid(request)
         return rpc.GetOrderResponse(
-            order=_order_to_proto(self._store.order(request.order_id, who.user_id))
+            order=_order_to_proto(await self._store.order(request.order_id, who.user_id))
         )
 
     async def ListOrders(
@@ -67,7 +68,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         size = pagination.page_size(request.page_size)
         before = pagination.decode_number(request.page_token, violations)
         violations.raise_if_any()
-        page = self._store.orders(who.user_id, before, size + 1)
+        page = await self._store.orders(who.user_id, before, size + 1)
         more = len(page) > size
         page = page[:size]
         return rpc.ListOrdersResponse(
@@ -80,17 +81,19 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
     ) -> rpc.CancelOrderResponse:
         who = caller(context)
         validation.require_valid(request)
-        order = self._store.order(request.order_id, who.user_id)
+        order = await self._store.order(request.order_id, who.user_id)
         if order.state is domain.OrderState.CONFIRMED:
             raise _already_confirmed(order.order_id)
         if order.state is domain.OrderState.PENDING:
-            if not await self._store.request_cancel(order.order_id, time.time()):
+            if not await self._store.request_cancel(order.order_id):
                 # Too late to ask, unless the saga is already cancelling on its own.
-                phase = self._store.saga(order.order_id).phase
+                phase = (await self._store.saga(order.order_id)).phase
                 if phase in (domain.Phase.COMMITTING, domain.Phase.CONFIRMED):
                     raise _already_confirmed(order.order_id)
             await self._wait_for_saga(order.order_id, context)
-        return rpc.CancelOrderResponse(order=_order_to_proto(self._store.order(order.order_id)))
+        return rpc.CancelOrderResponse(
+            order=_order_to_proto(await self._store.order(order.order_id))
+        )
 
     async def ListParkedOrders(
         self, request: rpc.ListParkedOrdersRequest, context: Context
@@ -100,7 +103,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         size = pagination.page_size(request.page_size)
         after = pagination.decode_number(request.page_token, violations)
         violations.raise_if_any()
-        page = self._store.parked(after or 0, size + 1)
+        page = await self._store.parked(after or 0, size + 1)
         more = len(page) > size
         page = page[:size]
         return rpc.ListParkedOrdersResponse(
@@ -113,7 +116,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
     ) -> rpc.ResumeOrderResponse:
         require_admin(caller(context))
         validation.require_valid(request)
-        order = self._store.order(request.order_id)
+        order = await self._store.order(request.order_id)
         if not await self._store.unpark(order.order_id):
             raise failed_precondition(
                 "ORDER_NOT_PARKED",
@@ -121,7 +124,9 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
                 order_id=order.order_id,
             )
         await self._wait_for_saga(order.order_id, context)
-        return rpc.ResumeOrderResponse(order=_order_to_proto(self._store.order(order.order_id)))
+        return rpc.ResumeOrderResponse(
+            order=_order_to_proto(await self._store.order(order.order_id))
+        )
 
     async def placed(self) -> None:
         """Waits for the orders being placed (at stop: each starts its saga before the
@@ -134,16 +139,15 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         """Writes the order (or finds the one the request id made) and starts its saga."""
         order_id = uuid.uuid4().hex
         first = self._saga.first_lease(order_id)  # this instance drives what it creates
-        now = time.time()
         quota = domain.Quota(
             max_open_orders=self._config.max_open_orders_per_user,
             max_declines=self._config.decline_limit,
-            declines_since=now - self._config.decline_window_seconds,
+            decline_window_seconds=self._config.decline_window_seconds,
         )
         order, created = await self._store.create(
-            *(order_id, user_id, request_id, items, now),
+            *(order_id, user_id, request_id, items),
             lease=first.lease,
-            lease_until=first.until,
+            lease_seconds=first.seconds,
             quota=quota,
         )
         if created:

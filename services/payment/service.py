@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import grpc
 
@@ -29,9 +28,6 @@ class PaymentService:
             faults = Faults(config.lose_replies, config.delay_seconds, config.flaky_calls)
             self.interceptors = (FaultInterceptor(faults),)
         self.store = PaymentStore(config.db_path, config.db_synchronous)
-        if config.seed_file is not None:
-            added = self.store.seed(config.seed_file)
-            log.info("seeded %d accounts from %s", added, config.seed_file)
         self._sweeper: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -39,6 +35,10 @@ class PaymentService:
         payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, server)
 
     async def start(self) -> None:
+        # Before the service reports SERVING, so no caller routed here finds no account.
+        if self._config.seed_file is not None:
+            added = await self.store.seed(self._config.seed_file)
+            log.info("seeded %d accounts from %s", added, self._config.seed_file)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
@@ -54,9 +54,8 @@ class PaymentService:
         while True:
             await asyncio.sleep(self._config.sweep_interval_seconds)
             try:
-                now = time.time()
-                expired = await self.store.expire_due(now)
-                pruned = await self.store.prune(now, self._config.retention_seconds)
+                expired = await self.store.expire_due()
+                pruned = await self.store.prune(self._config.retention_seconds)
             except Exception:
                 log.exception("sweeping expired authorizations failed; trying again later")
                 continue

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TypeAlias
 
 import grpc
@@ -36,7 +35,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         if request.user_id != who.user_id and not who.is_admin:
             # The same answer as for an account that does not exist: no probing.
             raise account_not_found(request.user_id)
-        account = self._store.account(request.user_id)
+        account = await self._store.account(request.user_id)
         return rpc.GetAccountResponse(
             account=pb.Account(
                 user_id=account.user_id,
@@ -66,7 +65,6 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
             lasts = request.authorization_duration.ToTimedelta().total_seconds()
         payment = await self._store.authorize(
             *(request.order_id, who.user_id, amount.amount_minor, amount.currency_code),
-            now=time.time(),
             authorization_seconds=lasts,
         )
         return rpc.AuthorizePaymentResponse(payment=_payment_to_proto(payment))
@@ -76,7 +74,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
     ) -> rpc.CapturePaymentResponse:
         who = caller(context)
         validation.require_valid(request)
-        payment = await self._store.capture(request.order_id, who.user_id, time.time())
+        payment = await self._store.capture(request.order_id, who.user_id)
         return rpc.CapturePaymentResponse(payment=_payment_to_proto(payment))
 
     async def VoidPayment(
@@ -84,7 +82,7 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
     ) -> rpc.VoidPaymentResponse:
         who = caller(context)
         validation.require_valid(request)
-        payment = await self._store.void(request.order_id, who.user_id, time.time())
+        payment = await self._store.void(request.order_id, who.user_id)
         return rpc.VoidPaymentResponse(payment=_payment_to_proto(payment))
 
     async def GetPayment(
@@ -93,9 +91,8 @@ class PaymentServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         who = caller(context)
         validation.require_valid(request)
         owner = None if who.is_admin else who.user_id
-        return rpc.GetPaymentResponse(
-            payment=_payment_to_proto(self._store.payment(request.order_id, owner))
-        )
+        payment = await self._store.payment(request.order_id, owner)
+        return rpc.GetPaymentResponse(payment=_payment_to_proto(payment))
 
 
 def _payment_to_proto(p: domain.Payment) -> pb.Payment:

@@ -9,6 +9,7 @@ import pathlib
 import sqlite3
 
 from services.common import db
+from services.common.database import Tx
 from services.common.errors import ErrorKind, ServiceError
 from services.inventory.domain import Item
 from services.inventory.store import InventoryStore
@@ -18,8 +19,8 @@ SCHEMA = "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL)
 
 
 class Counter(db.Store):
-    """A tiny store: one batched write, and the statements its write connection ran. It
-    belongs to no service, so it makes its one table itself."""
+    """A tiny store: one write, and the statements its write connection ran. It belongs
+    to no service, so it makes its one table itself."""
 
     def __init__(self, path: pathlib.Path, group_commit: bool = True) -> None:
         super().__init__(path, group_commit=group_commit)
@@ -28,13 +29,14 @@ class Counter(db.Store):
         self.statements: list[str] = []
         self.conn.set_trace_callback(self.statements.append)
 
-    @db.batched
-    def put(self, key: str, value: int) -> int:
-        with db.transaction(self.conn) as conn:
-            conn.execute("INSERT INTO kv VALUES (?, ?)", (key, value))
+    async def put(self, key: str, value: int) -> int:
+        async def put(tx: Tx) -> int:
+            await tx.execute("INSERT INTO kv VALUES (?, ?)", (key, value))
             if value < 0:
                 raise ServiceError(ErrorKind.INVALID_ARGUMENT, "NEGATIVE", "no negatives")
-        return value
+            return value
+
+        return await self.db.write(put)
 
     def commits(self) -> int:
         return sum(1 for s in self.statements if s == "COMMIT")
@@ -87,7 +89,7 @@ async def test_a_storage_fault_fails_the_whole_batch(tmp_path: pathlib.Path) -> 
 
 async def test_buyers_of_the_last_unit_in_one_batch_never_oversell(tmp_path: pathlib.Path) -> None:
     store = InventoryStore(tmp_path / "inventory.db")
-    store.seed(write_seed(tmp_path / "seed.json", {"SKU-LAST": (100, 1)}, {}))
+    await store.seed(write_seed(tmp_path / "seed.json", {"SKU-LAST": (100, 1)}, {}))
     answers = await asyncio.gather(
         *(
             store.reserve(f"order-{n}", f"user-{n}", [Item("SKU-LAST", 1)], 60, 0.0)
@@ -97,7 +99,7 @@ async def test_buyers_of_the_last_unit_in_one_batch_never_oversell(tmp_path: pat
     )
     refused = [a for a in answers if isinstance(a, ServiceError)]
     assert len(refused) == 4 and {a.reason for a in refused} == {"OUT_OF_STOCK"}
-    product = store.product("SKU-LAST")
+    product = await store.product("SKU-LAST")
     assert (product.available, product.held, product.sold) == (0, 1, 0)
 
 

@@ -328,23 +328,23 @@ async def test_retention_prunes_finished_reservations_and_never_a_sale(
 ) -> None:
     path = tmp_path / "inventory.db"
     store = InventoryStore(path)
-    store.seed(seed_file)
+    await store.seed(seed_file)
     await one_of_each(store, "old-", at=1000.0)
     await one_of_each(store, "new-", at=1000.0 + 5 * DAY)
-    before = store.product("SKU-MUG")
+    before = await store.product("SKU-MUG")
     # The old ones ended 12 days before, the new ones 7 days (to the second) before.
-    assert await store.prune(1000.0 + 12 * DAY, retention_seconds=7 * DAY + 2) == 3
+    assert await store.prune(7 * DAY + 2, now=1000.0 + 12 * DAY) == 3
     everything = {"committed", "released", "tombstone", "expired", "held"}
     kept = {"old-committed", "old-held"} | {f"new-{k}" for k in everything}
     held_or_sold = kept - {"new-tombstone"}  # a tombstone has no items
     assert reservation_ids(path) == (kept, held_or_sold)
-    assert store.product("SKU-MUG") == before  # no stock moved
-    assert await store.prune(1000.0 + 100 * DAY, retention_seconds=7 * DAY) == 3
+    assert await store.product("SKU-MUG") == before  # no stock moved
+    assert await store.prune(7 * DAY, now=1000.0 + 100 * DAY) == 3
     assert reservation_ids(path)[0] == {
         f"{p}{k}" for p in ("old-", "new-") for k in ("committed", "held")
     }
-    assert store.reservation("old-committed").state is ReservationState.COMMITTED
-    assert store.product("SKU-MUG") == before
+    assert (await store.reservation("old-committed")).state is ReservationState.COMMITTED
+    assert await store.product("SKU-MUG") == before
     store.close()
 
 

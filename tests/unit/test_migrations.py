@@ -135,15 +135,15 @@ async def test_an_adopted_order_database_serves_its_orders_and_takes_new_ones(
     path = tmp_path / "order.db"
     shutil.copy(BEFORE / "order.db", path)
     store = OrderStore(path)
-    confirmed = store.order("o-confirmed", "alice")
+    confirmed = await store.order("o-confirmed", "alice")
     assert confirmed.state is OrderState.CONFIRMED
     assert [(i.sku, i.quantity, i.price_minor) for i in confirmed.items] == [
         ("SKU-TEA", 2, 450),
         ("SKU-MUG", 1, 1299),
     ]
     assert confirmed.total_minor == 2199
-    assert store.saga("o-open").cancel_requested
-    assert [p.order_id for p in store.parked()] == ["o-parked"]
+    assert (await store.saga("o-open")).cancel_requested
+    assert [p.order_id for p in await store.parked()] == ["o-parked"]
     # A repeat of an old request id answers the old order; a new one continues the sequence.
     again, created = await store.create(
         "o-again", "alice", "r-1", (LineItem("SKU-MUG", 1), LineItem("SKU-TEA", 2)), 2e9
@@ -160,14 +160,14 @@ async def test_adopted_inventory_and_payment_databases_keep_their_stock_and_mone
     for name in ("inventory", "payment"):
         shutil.copy(BEFORE / f"{name}.db", tmp_path / f"{name}.db")
     inventory = InventoryStore(tmp_path / "inventory.db")
-    tea = inventory.product("SKU-TEA")
+    tea = await inventory.product("SKU-TEA")
     assert (tea.available, tea.held, tea.sold) == (96, 2, 2)
-    assert inventory.reservation("o-held").state.value == "HELD"
+    assert (await inventory.reservation("o-held")).state.value == "HELD"
     inventory.close()
     payment = PaymentStore(tmp_path / "payment.db")
-    alice = payment.account("alice")
+    alice = await payment.account("alice")
     assert (alice.available, alice.held) == (96_902, 900)
-    assert payment.payment("o-authorized").state is PaymentState.AUTHORIZED
+    assert (await payment.payment("o-authorized")).state is PaymentState.AUTHORIZED
     # Its expire time is the one it was given (1000 days), not one the migration made up.
     assert await payment.expire_due(1_764_000_009.0 + 999 * 86_400) == 0
     payment.close()

@@ -204,7 +204,7 @@ async def test_a_caller_who_leaves_while_the_order_is_written_still_gets_its_sag
         # The write stands; its saga must run now, not when the recovery loop adopts it.
         deadline = time.monotonic() + 5
         while True:
-            placed = service.store.orders("alice", None, 10)
+            placed = await service.store.orders("alice", None, 10)
             if placed and placed[0].state is not domain.OrderState.PENDING:
                 break
             assert time.monotonic() < deadline, (

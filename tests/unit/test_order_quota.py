@@ -13,7 +13,7 @@ from services.order.domain import Lease, LineItem, Phase, Quota
 from services.order.store import OrderStore
 
 ITEMS = (LineItem("SKU-TEA", 1),)
-QUOTA = Quota(max_open_orders=3, max_declines=2, declines_since=100.0)
+QUOTA = Quota(max_open_orders=3, max_declines=2, decline_window_seconds=100.0)
 
 
 async def place(store: OrderStore, n: int, user: str = "alice", now: float = 200.0) -> bool:
@@ -24,7 +24,7 @@ async def place(store: OrderStore, n: int, user: str = "alice", now: float = 200
         ITEMS,
         now,
         lease=Lease(f"o{n}-{user}", "test", 1),
-        lease_until=now + 60,
+        lease_seconds=60,
         quota=QUOTA,
     )
     return created
@@ -50,7 +50,7 @@ async def test_a_user_may_have_only_so_many_open_orders(tmp_path: pathlib.Path) 
     assert await place(store, 1, user="bob")  # another user's quota is their own
     await cancel(store, 1, "OUT_OF_STOCK", 150.0)  # one ends: room for one more
     assert await place(store, 4)
-    assert len(store.orders("alice", None, 10)) == 4
+    assert len(await store.orders("alice", None, 10)) == 4
     store.close()
 
 
@@ -104,10 +104,11 @@ async def test_cancelled_orders_past_the_retention_time_are_pruned_and_forgotten
     await store.advance(lease, Phase.STARTED, Phase.COMMITTING, 60.0)
     await store.finish(lease, Phase.COMMITTING, 60.0)  # CONFIRMED: kept for good
 
-    assert store.prunable(before=100.0)
-    assert await store.prune(before=100.0) == 1
-    assert not store.prunable(before=100.0)
-    assert [o.order_id for o in store.orders("alice", None, 10)] == ["o3-alice", "o2-alice"]
+    # A retention of 40 s at 140: what ended before 100 goes.
+    assert await store.prunable(40.0, now=140.0)
+    assert await store.prune(40.0, now=140.0) == 1
+    assert not await store.prunable(40.0, now=140.0)
+    assert [o.order_id for o in await store.orders("alice", None, 10)] == ["o3-alice", "o2-alice"]
     with sqlite3.connect(tmp_path / "order.db") as conn:
         for table in ("orders", "order_items", "sagas", "saga_leases", "parked_sagas"):
             left = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE order_id = 'o1-alice'")

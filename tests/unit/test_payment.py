@@ -325,23 +325,23 @@ async def test_retention_prunes_finished_payments_and_never_a_capture(
     tmp_path: pathlib.Path, seed_file: pathlib.Path
 ) -> None:
     store = PaymentStore(tmp_path / "payment.db")
-    store.seed(seed_file)
+    await store.seed(seed_file)
     await one_of_each(store, "old-", at=1000.0)
     await one_of_each(store, "new-", at=1000.0 + 5 * DAY)
-    before = (store.account("alice"), store.account("bob"))
+    before = (await store.account("alice"), await store.account("bob"))
     # Seven days after the new ones: the old ones are 12 days old, the new ones 7.
-    pruned = await store.prune(1000.0 + 12 * DAY, retention_seconds=7 * DAY + 1)
+    pruned = await store.prune(7 * DAY + 1, now=1000.0 + 12 * DAY)
     assert pruned == 4
     kept = {"captured", "authorized"}
     assert payment_ids(tmp_path / "payment.db") == {f"old-{k}" for k in kept} | {
         f"new-{k}" for k in ("captured", "voided", "tombstone", "declined", "expired", "authorized")
     }
-    assert (store.account("alice"), store.account("bob")) == before  # no money moved
-    assert await store.prune(1000.0 + 100 * DAY, retention_seconds=7 * DAY) == 4
+    assert (await store.account("alice"), await store.account("bob")) == before  # no money moved
+    assert await store.prune(7 * DAY, now=1000.0 + 100 * DAY) == 4
     assert {
         i.removeprefix("old-").removeprefix("new-") for i in payment_ids(tmp_path / "payment.db")
     } == kept
-    assert store.payment("old-captured").state is PaymentState.CAPTURED
+    assert (await store.payment("old-captured")).state is PaymentState.CAPTURED
     store.close()
 
 
@@ -396,8 +396,8 @@ async def test_a_database_of_the_version_before_expiry_opens_and_its_holds_expir
     store = PaymentStore(path)
     assert await store.expire_due(1000.0 + DAY - 1) == 0
     assert await store.expire_due(1000.0 + DAY) == 1
-    assert store.payment("old").state is PaymentState.EXPIRED
-    account = store.account("alice")
+    assert (await store.payment("old")).state is PaymentState.EXPIRED
+    account = await store.account("alice")
     assert (account.available, account.held) == (1000, 0)
     store.close()
 

@@ -33,22 +33,22 @@ async def test_a_lease_is_adopted_only_once_expired_and_the_old_owner_is_fenced(
 ) -> None:
     a, b = OrderStore(tmp_path / "order.db"), OrderStore(tmp_path / "order.db")
     first = Lease("o1", "a", 1)
-    await a.create("o1", "alice", "r1", ITEMS, 0.0, lease=first, lease_until=100.0)
-    assert await b.acquire("o1", "b", 99.0, 199.0) is None  # a still holds it
-    assert b.open_sagas(now=99.0) == []  # so nobody looks for it
+    await a.create("o1", "alice", "r1", ITEMS, 0.0, lease=first, lease_seconds=100.0)
+    assert await b.acquire("o1", "b", 100.0, now=99.0) is None  # a still holds it
+    assert await b.open_sagas(now=99.0) == []  # so nobody looks for it
 
-    adopted = await b.acquire("o1", "b", 100.0, 200.0)  # expired: b takes it over
+    adopted = await b.acquire("o1", "b", 100.0, now=100.0)  # expired: b takes it over
     assert adopted == Lease("o1", "b", 2)
     with pytest.raises(LeaseLost):  # a, waking up, can no longer write...
         await a.advance(first, Phase.STARTED, Phase.RESERVED, 101.0)
-    assert not await a.renew(first, 300.0)  # ...nor extend its lease
-    assert a.saga("o1").phase is Phase.STARTED  # nothing it tried was written
+    assert not await a.renew(first, 300.0, now=0.0)  # ...nor extend its lease
+    assert (await a.saga("o1")).phase is Phase.STARTED  # nothing it tried was written
     assert await b.advance(adopted, Phase.STARTED, Phase.RESERVED, 102.0)
-    assert a.lease("o1") == adopted
+    assert await a.lease("o1") == adopted
 
     await b.release([adopted])  # b stops: the saga is free at once, for a higher epoch
-    assert b.open_sagas(now=103.0) == ["o1"]
-    assert await a.acquire("o1", "a", 103.0, 203.0) == Lease("o1", "a", 3)
+    assert await b.open_sagas(now=103.0) == ["o1"]
+    assert await a.acquire("o1", "a", 100.0, now=103.0) == Lease("o1", "a", 3)
     a.close()
     b.close()
 
@@ -90,12 +90,12 @@ async def test_a_runner_that_loses_the_lease_makes_no_more_calls_for_that_saga(
     task = runner.ensure("o1")
     await until(lambda: participants.calls.count("authorize") >= 3, "authorize retries")
 
-    assert await thief.acquire("o1", "b", 1e12, 2e12) == Lease("o1", "b", 2)
+    assert await thief.acquire("o1", "b", 1e12, now=1e12) == Lease("o1", "b", 2)
     await asyncio.wait_for(task, 5)  # the runner gave the saga up by itself
     calls = len(participants.calls)
     await asyncio.sleep(0.5)  # several of its backoffs: no call comes after
     assert len(participants.calls) == calls
-    assert store.lease("o1") == Lease("o1", "b", 2)
+    assert await store.lease("o1") == Lease("o1", "b", 2)
     await runner.stop()
     store.close()
     thief.close()
@@ -112,10 +112,10 @@ async def test_a_runner_drives_at_most_max_active_sagas_at_once(tmp_path: pathli
     runner = SagaRunner(store, participants, settings, owner="a")
     for n in range(5):
         await store.create(f"o{n}", "alice", f"r{n}", ITEMS, 0.0)
-    assert runner.adopt() == 2  # no more than it has slots for
+    assert await runner.adopt() == 2  # no more than it has slots for
     await until(lambda: participants.calls.count("authorize") >= 6, "authorize retries")
     assert participants.calls.count("reserve") == 2  # the two it drives, no others
-    assert len(store.open_sagas(now=0.0)) == 3  # left for other instances
+    assert len(await store.open_sagas(now=0.0)) == 3  # left for other instances
     await runner.stop()
-    assert len(store.open_sagas(now=0.0)) == 5  # given back at stop
+    assert len(await store.open_sagas(now=0.0)) == 5  # given back at stop
     store.close()

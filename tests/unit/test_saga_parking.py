@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import time
 
 import grpc
 import pytest
@@ -87,23 +86,23 @@ async def test_a_capture_refused_for_good_parks_the_saga_and_resume_finishes_it(
     )
     store, runner, order_id = await start(tmp_path, participants)
     assert participants.calls.count("capture") == SETTINGS.max_step_failures
-    [parked] = store.parked()
+    [parked] = await store.parked()
     assert (parked.order_id, parked.phase, parked.reason) == (
         order_id,
         Phase.COMMITTING,
         "CAPTURE_REFUSED",
     )
     assert "PAYMENT_VOIDED" in parked.detail
-    assert store.order(order_id).state is OrderState.PENDING  # callers see it unfinished
-    assert order_id not in store.open_sagas(now=1e12)  # no instance adopts it
+    assert (await store.order(order_id)).state is OrderState.PENDING  # callers see it unfinished
+    assert order_id not in await store.open_sagas(now=1e12)  # no instance adopts it
     await asyncio.wait_for(runner.ensure(order_id), BOUND_SECONDS)  # a repeat: still parked
     assert participants.calls.count("capture") == SETTINGS.max_step_failures
 
     participants.refuse.clear()  # the operator fixed the payment
     assert await store.unpark(order_id)
     await asyncio.wait_for(runner.ensure(order_id), BOUND_SECONDS)
-    assert store.order(order_id).state is OrderState.CONFIRMED
-    assert store.parked() == []
+    assert (await store.order(order_id)).state is OrderState.CONFIRMED
+    assert await store.parked() == []
 
 
 async def test_a_release_refused_for_good_parks_a_compensation(tmp_path: pathlib.Path) -> None:
@@ -114,7 +113,7 @@ async def test_a_release_refused_for_good_parks_a_compensation(tmp_path: pathlib
         }
     )
     store, _, _ = await start(tmp_path, participants)
-    [parked] = store.parked()
+    [parked] = await store.parked()
     assert (parked.phase, parked.reason) == (Phase.COMPENSATING, "RELEASE_REFUSED")
     assert participants.calls.count("release") == SETTINGS.max_step_failures
 
@@ -132,7 +131,7 @@ async def test_a_participant_gone_past_the_bound_parks_the_saga(tmp_path: pathli
     )
     runner = SagaRunner(store, Refusing({"capture": gone}), settings)
     await asyncio.wait_for(runner.ensure(order.order_id), BOUND_SECONDS)
-    [parked] = store.parked()
+    [parked] = await store.parked()
     assert (parked.phase, parked.reason) == (Phase.COMMITTING, "CAPTURE_UNAVAILABLE")
 
 
@@ -151,7 +150,7 @@ async def test_unexpected_errors_park_the_saga_after_the_bound(tmp_path: pathlib
     runner = SagaRunner(store, participants, SETTINGS)
     await asyncio.wait_for(runner.ensure(order.order_id), BOUND_SECONDS)
     assert failures == SETTINGS.max_step_failures
-    [parked] = store.parked()
+    [parked] = await store.parked()
     assert (parked.phase, parked.reason) == (Phase.STARTED, "UNEXPECTED_ERROR")
     assert "RuntimeError: a bug in recording" in parked.detail
 
@@ -195,9 +194,9 @@ async def test_an_order_whose_user_grpc_cannot_carry_ends_parked_not_pending_for
         store, _, order_id = await start(tmp_path, participants, user="zoë")
     finally:
         await participants.close()
-    saga = store.saga(order_id)
+    saga = await store.saga(order_id)
     assert saga.failure is not None and saga.failure.reason == "CALL_FAILED"
-    [parked] = store.parked()
+    [parked] = await store.parked()
     assert (parked.phase, parked.reason) == (Phase.COMPENSATING, "RELEASE_REFUSED")
 
 
@@ -217,7 +216,7 @@ async def test_operators_list_and_resume_parked_orders(
         store, orders = service.store, OrderServiceStub(served.channel)
         for n in range(3):  # placed and parked before any saga ran, as a stuck one would be
             await store.create(f"o{n}", "alice", f"r{n}", (LineItem("SKU-TEA", 1),), 0.0)
-            lease = await store.acquire(f"o{n}", "test", time.time(), time.time() + 60)
+            lease = await store.acquire(f"o{n}", "test", 60)
             assert lease is not None
             assert await store.park(lease, Phase.STARTED, "UNEXPECTED_ERROR", "a bug", 1.0)
 

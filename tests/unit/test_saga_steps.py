@@ -23,7 +23,7 @@ def record_moves(store: OrderStore) -> list[tuple[Phase, Phase]]:
     moves: list[tuple[Phase, Phase]] = []
     advance = store.advance
 
-    async def recorded(lease: Lease, before: Phase, after: Phase, now: float) -> bool:
+    async def recorded(lease: Lease, before: Phase, after: Phase, now: float | None = None) -> bool:
         moves.append((before, after))
         return await advance(lease, before, after, now)
 
@@ -72,7 +72,7 @@ async def test_an_authorized_order_goes_to_the_pivot_in_one_write(tmp_path: path
     phases: list[Phase] = []
 
     async def look(order: Order) -> None:
-        phases.append(store.saga(order.order_id).phase)
+        phases.append((await store.saga(order.order_id)).phase)
 
     participants.during_authorize = look
     moves = record_moves(store)
@@ -81,7 +81,7 @@ async def test_an_authorized_order_goes_to_the_pivot_in_one_write(tmp_path: path
     assert participants.calls == ["reserve", "authorize", "commit", "capture"]
     assert phases == [Phase.RESERVED]
     assert moves == [(Phase.RESERVED, Phase.COMMITTING)]
-    assert store.order("o1").state is OrderState.CONFIRMED
+    assert (await store.order("o1")).state is OrderState.CONFIRMED
     store.close()
 
 
@@ -101,9 +101,9 @@ async def test_a_cancel_during_authorization_voids_instead_of_committing(
     assert participants.calls == ["reserve", "authorize", "void", "release"]
     # The pivot was refused (a cancel was asked for), so AUTHORIZED was recorded instead.
     assert moves == [(Phase.RESERVED, Phase.COMMITTING), (Phase.RESERVED, Phase.AUTHORIZED)]
-    final = store.order("o1")
+    final = await store.order("o1")
     assert (final.state, final.cancel_reason) == (OrderState.CANCELLED, CANCELLED_BY_USER)
-    saga = store.saga("o1")
+    saga = await store.saga("o1")
     assert (saga.phase, saga.compensate_from) == (Phase.CANCELLED, Phase.AUTHORIZED)
     store.close()
 
@@ -119,7 +119,7 @@ async def test_a_free_order_makes_no_payment_call(tmp_path: pathlib.Path) -> Non
         order, _ = await store.create(request_id, "alice", request_id, (LineItem("SKU-X", 2),), 0)
         await SagaRunner(store, participants, SETTINGS).ensure(order.order_id)
         assert participants.calls == calls
-        final = store.order(order.order_id)
+        final = await store.order(order.order_id)
         assert (final.state, final.total_minor) == (state, 0)
     store.close()
 
@@ -128,15 +128,15 @@ async def test_open_sagas_are_found_through_the_index_oldest_first(tmp_path: pat
     store = OrderStore(tmp_path / "order.db")
     for n, at in enumerate((30.0, 10.0, 20.0, 40.0)):
         await store.create(f"o{n}", "alice", f"r{n}", (LineItem("SKU-TEA", 1),), at)
-    leases = [await store.acquire(f"o{n}", "test", 0.0, 50.0) for n in range(4)]
+    leases = [await store.acquire(f"o{n}", "test", 50.0, now=0.0) for n in range(4)]
     assert all(leases)
     await store.advance(Lease("o2", "test", 1), Phase.STARTED, Phase.RESERVED, 20.0)  # open
     await store.finish(Lease("o0", "test", 1), Phase.STARTED, 30.0)  # final: CANCELLED
-    await store.renew(Lease("o3", "test", 1), 70.0)  # driven past 60
+    await store.renew(Lease("o3", "test", 1), 70.0, now=0.0)  # driven past 60
     statements: list[str] = []
     store._reads.set_trace_callback(statements.append)
     # Open, with no live lease at 60: o1 (oldest) and o2; o0 is final, o3's lease holds.
-    assert store.open_sagas(now=60.0) == ["o1", "o2"]
+    assert await store.open_sagas(now=60.0) == ["o1", "o2"]
     # Finished sagas pile up forever, so the query must not scan them all.
     (query,) = statements
     with sqlite3.connect(tmp_path / "order.db") as conn:

@@ -34,12 +34,12 @@ async def test_get_order_sees_the_row_and_its_items_at_one_moment(tmp_path: path
     await store.create("o1", "alice", "r1", (LineItem("SKU-TEA", 2),), 0.0)
     commit_prices_during_the_items_select(store, path)
 
-    order = store.order("o1", "alice")
+    order = await store.order("o1", "alice")
 
     # Before the commit: no total and no prices. (Read as two separate SELECTs it was
     # total None with price 250: the commit split the read.)
     assert (order.total_minor, order.items[0].price_minor) == (None, None)
-    assert store.order("o1").total_minor == 500  # the commit did land
+    assert (await store.order("o1")).total_minor == 500  # the commit did land
     store.close()
 
 
@@ -51,7 +51,7 @@ async def test_list_orders_sees_the_rows_and_their_items_at_one_moment(
     await store.create("o1", "alice", "r1", (LineItem("SKU-TEA", 2),), 0.0)
     commit_prices_during_the_items_select(store, path)
 
-    [order] = store.orders("alice", None, 10)
+    [order] = await store.orders("alice", None, 10)
 
     assert (order.total_minor, order.items[0].price_minor) == (None, None)
     store.close()
