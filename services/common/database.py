@@ -28,6 +28,20 @@ class Row(Protocol):
 class Tx(Protocol):
     """One transaction (or, for a plain read, one connection's statements)."""
 
+    for_share: str
+    """Appended to a SELECT whose rows must not change until this transaction ends (a
+    fence): " FOR SHARE" on a server database, "" on SQLite (its writes take the whole
+    database's write lock)."""
+    skip_locked: str
+    """Appended to a sweeper's SELECT of rows it will change: " FOR UPDATE SKIP LOCKED" on
+    a server database (rows another transaction is busy with are left to the next sweep),
+    "" on SQLite."""
+
+    async def lock(self, key: str) -> None:
+        """Serializes this transaction with every other that locks `key`, until it ends
+        (a PostgreSQL advisory lock; nothing on SQLite, whose writes are serialized)."""
+        ...
+
     async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
         """Runs one statement; returns how many rows it changed."""
         ...
@@ -54,6 +68,10 @@ class Tx(Protocol):
 class Database(Protocol):
     """Runs a store's transactions."""
 
+    async def close(self) -> None:
+        """Lets the database go, once nothing runs on it any more."""
+        ...
+
     async def read(self, fn: Callable[[Tx], Awaitable[T]], *, snapshot: bool = False) -> T:
         """Runs `fn` on committed data and returns its result. With `snapshot`, every
         statement of `fn` sees the database at one moment (a read of several statements
@@ -65,6 +83,11 @@ class Database(Protocol):
         all of it or, if it raises, none of it. A storage fault raises UNAVAILABLE with
         the reason STORAGE_UNAVAILABLE (the caller may retry; nothing was half applied)."""
         ...
+
+
+def is_server_url(location: object) -> bool:
+    """Whether a store's location names a server database (postgresql://...), not a file."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
 
 
 async def clock(tx: Tx, now: float | None) -> float:

@@ -35,10 +35,10 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
-from services.common import migrations
-from services.common.database import Database, Row, Tx
+from services.common import migrations, postgresql
+from services.common.database import Database, Row, Tx, is_server_url
 from services.common.errors import ErrorKind, ServiceError
 
 log = logging.getLogger(__name__)
@@ -237,8 +237,14 @@ class SqliteTx:
     to its end when called, which is what lets `run_to_end` drive a store's coroutine on
     the writer thread."""
 
+    for_share = ""  # a write holds the whole database's write lock already
+    skip_locked = ""
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+
+    async def lock(self, key: str) -> None:
+        pass  # writes are serialized: one writer thread, and BEGIN IMMEDIATE across processes
 
     async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
         return self._conn.execute(sql, params).rowcount
@@ -306,6 +312,14 @@ class SqliteDatabase:
     async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         return await self._writes.run(functools.partial(self._write_now, fn))
 
+    async def close(self) -> None:
+        self.close_now()
+
+    def close_now(self) -> None:
+        self._writes.close()
+        self._writer.close()
+        self._reader.close()
+
     def _write_now(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         """One write on the calling thread: a savepoint inside a group commit's batch, or
         a transaction of its own (`transaction`)."""
@@ -320,28 +334,60 @@ def _coroutine(awaitable: Awaitable[T]) -> Coroutine[Any, Any, T]:
 
 
 class Store:
-    """A service's database: writes through one connection and group commit, reads on a
-    second connection (committed data only). Each store names its `service`, whose
+    """A service's database, on SQLite or a server. Each store names its `service`, whose
     migrations make its tables, and writes its logic once, as async code against `self.db`
-    (a `Database`), never the connections."""
+    (a `Database`), never a connection.
+
+    `Store(path)` opens a SQLite file: writes through one connection and group commit,
+    reads on a second connection (committed data only). `await Store.open(location)`
+    opens either backend: a path, or a `postgresql://` URL (services.common.postgresql).
+    """
 
     service: ClassVar[str] = ""
     """Opening the store applies services/<service>/migrations; "" applies none."""
 
     def __init__(
-        self, path: pathlib.Path, synchronous: str = SYNCHRONOUS, group_commit: bool = True
+        self,
+        path: pathlib.Path | Database,
+        synchronous: str = SYNCHRONOUS,
+        group_commit: bool = True,
     ) -> None:
+        if not isinstance(path, pathlib.Path):  # a database opened already (`open`)
+            self.db: Database = path
+            return
         self._conn = connect(path, synchronous)  # first: the file is in WAL mode from now on
         if self.service:
             migrations.apply(path, self.service)
         self.writes = GroupCommit(self._conn, enabled=group_commit)
         self._reads = connect(path, synchronous)
-        self.db: Database = SqliteDatabase(self._conn, self._reads, self.writes)
+        self.db = SqliteDatabase(self._conn, self._reads, self.writes)
+
+    @classmethod
+    async def open(
+        cls,
+        location: str | pathlib.Path,
+        *,
+        password_file: pathlib.Path | None = None,
+        synchronous: str = SYNCHRONOUS,
+    ) -> Self:
+        """Opens the store at `location`: a SQLite file's path, or a PostgreSQL URL (its
+        password, if not in the URL, read from `password_file`), applying pending
+        migrations either way."""
+        if is_server_url(location):
+            return cls(
+                await postgresql.connect(str(location), cls.service, password_file=password_file)
+            )
+        return await asyncio.to_thread(cls, pathlib.Path(location), synchronous)
 
     def close(self) -> None:
-        self.writes.close()
-        self._conn.close()
-        self._reads.close()
+        """Closes a SQLite store (`aclose` closes either)."""
+        if isinstance(self.db, SqliteDatabase):
+            self.db.close_now()
+        else:
+            raise TypeError("a server database's store closes with `await store.aclose()`")
+
+    async def aclose(self) -> None:
+        await self.db.close()
 
 
 def _storage_error(exc: sqlite3.OperationalError) -> ServiceError:

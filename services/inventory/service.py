@@ -46,7 +46,7 @@ class InventoryService:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        self.store.close()
+        await self.store.aclose()
 
     async def _sweep_forever(self) -> None:
         """Gives back holds nobody committed (an order service may have died for good), and

@@ -57,7 +57,7 @@ class OrderService:
         await self._servicer.placed()
         await self.saga.stop()
         await self._participants.close()
-        self.store.close()
+        await self.store.aclose()
 
     async def _recover_forever(self) -> None:
         """Adopts sagas whose owner's lease has run out (the owner died or is stuck)."""

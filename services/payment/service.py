@@ -46,7 +46,7 @@ class PaymentService:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        self.store.close()
+        await self.store.aclose()
 
     async def _sweep_forever(self) -> None:
         """Gives back money nobody captured (its order service may have died for good), and
