@@ -3,6 +3,7 @@ the whole system for the system and contract tiers; each test's tier marks from 
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from collections.abc import AsyncIterator, Iterator
 
@@ -39,8 +40,53 @@ also carries `system` (it starts a process), so `-m "not system"` is the unit ti
 the fast loop, which starts no process (tests/unit/conftest.py makes sure)."""
 
 
+BACKENDS = ("sqlite", "postgresql")
+SESSION_CLUSTER = pytest.StashKey[Cluster]()
+_SESSION_CLUSTER_EXIT = pytest.StashKey[contextlib.ExitStack]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        choices=BACKENDS,
+        default="sqlite",
+        help="the stores' backend for the tests that take one (`backend` fixture): sqlite"
+        " (the default, and the fast loop's) or postgresql (a server of the session's own)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     stop_on_sigterm()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With --backend postgresql, one server for the whole session, started here, before
+    any test: so the unit tier's tests, which may start no process, can use it too."""
+    if session.config.getoption("backend") != "postgresql":
+        return
+    exits = contextlib.ExitStack()
+    session.config.stash[SESSION_CLUSTER] = exits.enter_context(running_cluster())
+    session.config.stash[_SESSION_CLUSTER_EXIT] = exits
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    exits = session.config.stash.get(_SESSION_CLUSTER_EXIT, None)
+    if exits is not None:
+        exits.close()  # stops the server by PID and removes its directory
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> str:
+    """The stores' backend these tests run on (--backend): "sqlite" or "postgresql"."""
+    return str(request.config.getoption("backend"))
+
+
+@pytest.fixture(scope="session")
+def session_cluster(request: pytest.FixtureRequest, backend: str) -> Cluster:
+    """The session's PostgreSQL server (--backend postgresql only)."""
+    if backend != "postgresql":
+        raise pytest.UsageError("session_cluster needs --backend postgresql")
+    return request.config.stash[SESSION_CLUSTER]
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers
