@@ -476,7 +476,9 @@ async def test_expiry_sweeper_and_commit_move_a_hold_once(
             commit = asyncio.ensure_future(outcome(k.one.commit("order-1", "alice", now=at + 30)))
             await k.waiting(1, [commit])
             try:
-                swept = await asyncio.wait_for(k.two.expire_due(now=at + 61), 2.0)
+                swept = await asyncio.wait_for(
+                    k.two.expire_due(now=at + 61), LOCK_WAIT_TIMEOUT_SECONDS
+                )
             except TimeoutError:
                 raise AssertionError("the sweeper waited for the commit's lock") from None
             assert swept == 0, "the sweeper skips the hold the commit is busy with"
@@ -630,7 +632,9 @@ async def test_payment_sweeper_and_capture_move_money_once(
             capture = asyncio.ensure_future(outcome(k.one.capture("order-1", "alice", now=at + 30)))
             await k.waiting(1, [capture])
             try:
-                swept = await asyncio.wait_for(k.two.expire_due(now=at + 61), 2.0)
+                swept = await asyncio.wait_for(
+                    k.two.expire_due(now=at + 61), LOCK_WAIT_TIMEOUT_SECONDS
+                )
             except TimeoutError:
                 raise AssertionError("the sweeper waited for the capture's lock") from None
             assert swept == 0, "the sweeper skips the payment the capture is busy with"
