@@ -19,7 +19,7 @@ claimed by unique keys, rows locked in one order, `Tx.lock` for a user's orders.
   outcome unknown, and the caller hears STORAGE_UNAVAILABLE and retries by its own
   idempotency key, as after any storage fault.
 - Storage faults (the server gone or refusing connections, no pooled connection free
-  within ACQUIRE_TIMEOUT_SECONDS, a lock or statement past its timeout, a full disk)
+  within `PoolSettings.acquire_timeout_seconds`, a lock or statement past its timeout, a full disk)
   answer UNAVAILABLE / STORAGE_UNAVAILABLE, as SQLite's do. Anything else (a constraint
   a store did not expect, bad SQL) is a bug and is raised as it is (INTERNAL).
 - A read with `snapshot` is a REPEATABLE READ READ ONLY transaction: its statements see
@@ -41,6 +41,7 @@ import random
 import re
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
 import asyncpg
@@ -53,18 +54,28 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-POOL_SIZE = 16
-"""Connections per instance at most: where orders/s stopped growing in
-bench/pg_drivers.py (64 was slower than 16). A 3-service instance set holds 3x this."""
-ACQUIRE_TIMEOUT_SECONDS = 5.0
-"""How long a transaction waits for a free pooled connection before it is refused as a
-storage fault (the pool is exhausted): the SQLite busy timeout's value."""
-LOCK_TIMEOUT_MS = 5000
-"""How long a statement waits for a row lock (`lock_timeout`), as SQLite's busy timeout:
-a stuck transaction elsewhere costs a call STORAGE_UNAVAILABLE, not a hung RPC."""
-STATEMENT_TIMEOUT_MS = 30000
-"""The longest any one statement may run (`statement_timeout`); ours take milliseconds."""
-CONNECT_TIMEOUT_SECONDS = 5.0
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """How a service uses its PostgreSQL server; the defaults are what services run with
+    (services.common.config's db_* settings set them)."""
+
+    size: int = 16
+    """Connections per instance at most: where orders/s stopped growing in
+    bench/pg_drivers.py (64 was slower than 16). A 3-service instance set holds 3x this."""
+    acquire_timeout_seconds: float = 5.0
+    """How long a transaction waits for a free pooled connection before it is refused as
+    a storage fault (the pool is exhausted): the SQLite busy timeout's value."""
+    lock_timeout_ms: int = 5000
+    """How long a statement waits for a row lock (`lock_timeout`), as SQLite's busy
+    timeout: a stuck transaction elsewhere costs a call STORAGE_UNAVAILABLE, not a hung
+    RPC."""
+    statement_timeout_ms: int = 30000
+    """The longest any one statement may run (`statement_timeout`); ours take
+    milliseconds."""
+    connect_timeout_seconds: float = 5.0
+
+
 RETRIES = 3
 """Runs again of a write rolled back by a deadlock, a serialization failure or a
 connection lost before its COMMIT."""
@@ -116,15 +127,16 @@ class PostgresTx:
 class PostgresDatabase:
     """The `Database` on a pool of connections to one service's database."""
 
-    def __init__(self, pool: asyncpg.Pool, name: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, name: str, settings: PoolSettings) -> None:
         self._pool = pool
         self._name = name
+        self._acquire_timeout = settings.acquire_timeout_seconds
         self._expiring: asyncio.Future[None] | None = None  # held: tasks are kept weakly
 
     async def read(self, fn: Callable[[Tx], Awaitable[T]], *, snapshot: bool = False) -> T:
         for attempt in range(RETRIES + 1):
             try:
-                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS) as conn:
+                async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
                     if not snapshot:
                         return await fn(PostgresTx(conn))
                     async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -140,7 +152,7 @@ class PostgresDatabase:
         for attempt in range(RETRIES + 1):
             sent_commit = False
             try:
-                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS) as conn:
+                async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
                     transaction = conn.transaction()
                     await transaction.start()
                     try:
@@ -185,10 +197,15 @@ class PostgresDatabase:
 
 
 async def connect(
-    url: str, service: str, *, password_file: pathlib.Path | None = None
+    url: str,
+    service: str,
+    *,
+    password_file: pathlib.Path | None = None,
+    settings: PoolSettings | None = None,
 ) -> PostgresDatabase:
     """A pool on the service's database at `url` (its password in the URL, or in
     `password_file`), with the service's pending migrations applied."""
+    settings = settings or PoolSettings()
     password = read_password(password_file) if password_file is not None else None
     await asyncio.to_thread(migrations.apply, url, service, password=password)
 
@@ -200,18 +217,18 @@ async def connect(
             url,
             password=password,
             min_size=1,
-            max_size=POOL_SIZE,
+            max_size=settings.size,
             reset=no_reset,
-            timeout=CONNECT_TIMEOUT_SECONDS,
+            timeout=settings.connect_timeout_seconds,
             server_settings={
-                "lock_timeout": str(LOCK_TIMEOUT_MS),
-                "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+                "lock_timeout": str(settings.lock_timeout_ms),
+                "statement_timeout": str(settings.statement_timeout_ms),
                 "application_name": f"shopmesh-{service}",
             },
         )
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise ConnectionError(f"cannot connect to {redacted(url)}: {exc}") from exc
-    return PostgresDatabase(pool, service)
+    return PostgresDatabase(pool, service, settings)
 
 
 def read_password(path: pathlib.Path) -> str:
