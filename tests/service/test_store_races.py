@@ -26,6 +26,7 @@ from psycopg import sql
 
 from services.common.db import Store
 from services.common.errors import ErrorKind, ServiceError
+from services.common.postgresql import PoolSettings
 from services.inventory.domain import Item, ReservationState
 from services.inventory.store import InventoryStore
 from services.order.domain import Lease, LeaseLost, LineItem, Phase, Quota
@@ -36,8 +37,16 @@ from shopmesh.postgres import Cluster
 from shopmesh.seed import write_seed
 
 LOCK_WAIT_TIMEOUT_SECONDS = 4.0
-"""Below the stores' own lock_timeout (5 s), so a schedule that never forms fails here
-with what was seen, not as a storage fault in the stores."""
+"""How long a schedule may take to form: below the stores' own lock_timeout (5 s), so
+one that never forms fails here with what was seen, not as a storage fault."""
+DEADLOCKS_REACH_CALLERS: dict[str, Any] = {
+    "settings": {"deadlock_timeout": "60s"},
+    "pool": PoolSettings(lock_timeout_ms=2000),
+}
+"""For a test that must see whether a deadlock happens at all: the stores run a
+transaction aborted by one (40P01) again, hiding it from the caller, so the detector
+waits longer than the stores' lock_timeout (2 s here instead of 5, for a faster
+failure) and a deadlock reaches a caller as STORAGE_UNAVAILABLE instead."""
 S = TypeVar("S", bound=Store)
 T = TypeVar("T")
 
@@ -136,7 +145,10 @@ def reason(result: object) -> str:
 
 class OpenInstances(Protocol):
     async def __call__(
-        self, store: type[S], settings: Mapping[str, str] | None = None
+        self,
+        store: type[S],
+        settings: Mapping[str, str] | None = None,
+        pool: PoolSettings | None = None,
     ) -> Instances[S]: ...
 
 
@@ -168,18 +180,20 @@ async def instances(
     databases: Callable[[str, Mapping[str, str]], str], tmp_path: pathlib.Path
 ) -> AsyncIterator[OpenInstances]:
     """Opens two instances of a store on its database, emptied (with the server
-    `settings` given; seeded with PRODUCTS and ACCOUNTS where the store has a seed);
-    closes them afterwards."""
+    `settings` given, the stores' `pool` settings; seeded with PRODUCTS and ACCOUNTS
+    where the store has a seed); closes them afterwards."""
     seed = write_seed(tmp_path / "seed.json", PRODUCTS, ACCOUNTS)
     async with contextlib.AsyncExitStack() as stack:
 
         async def open_instances(
-            store: type[S], settings: Mapping[str, str] | None = None
+            store: type[S],
+            settings: Mapping[str, str] | None = None,
+            pool: PoolSettings | None = None,
         ) -> Instances[S]:
             dsn = databases(store.service, settings or {})
-            one = await store.open(dsn)  # the first open applies the migrations
+            one = await store.open(dsn, pool=pool)  # the first open applies the migrations
             stack.push_async_callback(one.aclose)
-            two = await store.open(dsn)
+            two = await store.open(dsn, pool=pool)
             stack.push_async_callback(two.aclose)
             holder, observer = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
             stack.push_async_callback(holder.close)
@@ -373,11 +387,9 @@ async def test_last_unit_goes_to_one_order(instances: OpenInstances) -> None:
 
 async def test_opposite_sku_orders_both_reserve(instances: OpenInstances) -> None:
     """Two orders reserve [A, B] and [B, A] at once on two instances: both hold their
-    stock, and the counts add up. No deadlock happens at all: the store's retry of a
-    40P01 would hide one from the caller, so here PostgreSQL's deadlock detector waits
-    longer than the stores' lock_timeout (5 s), and a deadlock would fail a call with
-    STORAGE_UNAVAILABLE instead of being broken and retried."""
-    k = await instances(InventoryStore, {"deadlock_timeout": "60s"})
+    stock, and the counts add up. No deadlock happens at all (DEADLOCKS_REACH_CALLERS:
+    one would fail a call instead of being broken and retried)."""
+    k = await instances(InventoryStore, **DEADLOCKS_REACH_CALLERS)
     results = await k.at_once(
         "LOCK TABLE products IN EXCLUSIVE MODE",
         k.one.reserve("order-1", "alice", [Item("SKU-A", 1), Item("SKU-B", 1)], hold_seconds=60),
@@ -514,9 +526,8 @@ async def test_commits_that_sweep_each_others_skus_do_not_deadlock(
     back (its row locked) when the second gives SKU-B's back and then wants SKU-A; the
     first then wants SKU-B. Both must be sold without a deadlock: the stores' retry of a
     40P01 would hide one from the caller (at the cost of PostgreSQL's deadlock_timeout,
-    1 s by default), so here the detector waits longer than the stores' lock_timeout and
-    a deadlock reaches a caller as STORAGE_UNAVAILABLE."""
-    k = await instances(InventoryStore, {"deadlock_timeout": "60s"})
+    1 s by default), so here it reaches a caller (DEADLOCKS_REACH_CALLERS)."""
+    k = await instances(InventoryStore, **DEADLOCKS_REACH_CALLERS)
     at = time.time()
     for order_id, sku, seconds in (("x", "SKU-A", 10), ("y", "SKU-B", 20)):
         await k.one.reserve(order_id, "bob", [Item(sku, 1)], hold_seconds=seconds, now=at)
@@ -663,9 +674,9 @@ async def test_captures_that_sweep_each_others_accounts_do_not_deadlock(
     two instances, of alice's and of bob's order, each sweeping a due authorization of
     the other user: the first has given bob's expired money back (his account row
     locked) when the second gives alice's back and then wants bob's account; the first
-    then wants alice's. Both must be captured without a deadlock (the detector again
-    waits longer than the stores' lock_timeout, so a deadlock reaches a caller)."""
-    k = await instances(PaymentStore, {"deadlock_timeout": "60s"})
+    then wants alice's. Both must be captured without a deadlock (here one reaches a
+    caller: DEADLOCKS_REACH_CALLERS)."""
+    k = await instances(PaymentStore, **DEADLOCKS_REACH_CALLERS)
     at = time.time()
     for order_id, user, seconds in (("x", "bob", 10), ("y", "alice", 20)):
         await k.one.authorize(order_id, user, 1_000, "USD", now=at, authorization_seconds=seconds)
