@@ -367,6 +367,28 @@ async def test_a_lost_lease_cannot_write_after_adoption(
         assert phase is Phase.STARTED, "a refused write changed nothing"
 
 
+async def test_no_lease_for_a_saga_finished_meanwhile(instances: OpenInstances) -> None:
+    """The owner of a saga finishes it (CONFIRMED, its lease row gone) while another
+    instance, seeing the lease expired, takes it over: the saga is final, so the other
+    instance gets no lease, and none stays behind for the final saga."""
+    k = await instances(OrderStore)
+    old = Lease("order-1", "one", 1)
+    await k.one.create("order-1", "alice", "req-1", ITEMS, lease=old, lease_seconds=0)
+    await k.one.record_reserved(old, [LineItem("SKU-A", 1, 100, "USD")], "USD")
+    await k.one.advance(old, Phase.RESERVED, Phase.AUTHORIZED)
+    await k.one.advance(old, Phase.AUTHORIZED, Phase.COMMITTING)
+    # The finish passes its fence and stops at the saga row; the takeover then starts.
+    finished, taken = await k.in_turn(
+        "SELECT 1 FROM sagas WHERE order_id = 'order-1' FOR UPDATE",
+        k.one.finish(old, Phase.COMMITTING),
+        k.two.acquire("order-1", "two", 30),
+    )
+    assert finished is True
+    assert (await k.one.saga("order-1")).phase is Phase.CONFIRMED
+    assert taken is None, f"a lease of a final saga: {taken!r}"
+    assert await k.one.lease("order-1") is None, "no lease stays behind"
+
+
 # Inventory.
 
 
