@@ -21,7 +21,7 @@ help:
 	@echo "make bench      shopmesh against the FastAPI baseline, side by side (bench/results/, about 5 min)"
 	@echo "make bench-validation  CPU per CreateOrder of checking the request, in process (about 10 s)"
 	@echo "make bench-pg-drivers  asyncpg vs psycopg 3 on one order's transactions, real PostgreSQL (about 20 min)"
-	@echo "make pg-races   the stores' races on PostgreSQL under READ COMMITTED, two connections each (tests, about 15 s)"
+	@echo "make pg-races   the stores' races on PostgreSQL under READ COMMITTED, two connections each (tests, about 25 s)"
 	@echo "make profile    where each service's time goes under the order load (py-spy)"
 	@echo "make clean      reset the demo data: delete var/ (databases, logs, dev keys) and the tools' caches"
 

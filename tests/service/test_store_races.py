@@ -37,20 +37,23 @@ from shopmesh.postgres import Cluster
 from shopmesh.seed import write_seed
 
 LOCK_WAIT_TIMEOUT_SECONDS = 4.0
-"""How long a schedule may take to form: below the stores' own lock_timeout (5 s), so
-one that never forms fails here with what was seen, not as a storage fault."""
+"""How long each step of a schedule may take to form (a call seen waiting)."""
+POOL = PoolSettings(lock_timeout_ms=20_000)
+"""The stores' pools here: a lock_timeout well above the schedules' bounds (the calls
+wait on the holder for two steps at most), so that on a loaded machine a schedule that
+forms slowly is not cut short by the stores' 5 s."""
 DEADLOCKS_REACH_CALLERS: dict[str, Any] = {
     "settings": {"deadlock_timeout": "60s"},
-    "pool": PoolSettings(lock_timeout_ms=2000),
+    "pool": PoolSettings(),
 }
 """For a test that must see whether a deadlock happens at all: the stores run a
 transaction aborted by one (40P01) again, hiding it from the caller, so the detector
-waits longer than the stores' lock_timeout (2 s here instead of 5, for a faster
-failure) and a deadlock reaches a caller as STORAGE_UNAVAILABLE instead."""
+waits longer than the stores' own lock_timeout (5 s), and a deadlock reaches a caller
+as STORAGE_UNAVAILABLE instead."""
 S = TypeVar("S", bound=Store)
 T = TypeVar("T")
 
-PRODUCTS = {"SKU-A": (100, 10), "SKU-B": (200, 10), "SKU-LAST": (500, 1)}
+PRODUCTS = {"SKU-A": (100, 10), "SKU-B": (200, 10), "SKU-C": (300, 10), "SKU-LAST": (500, 1)}
 ACCOUNTS = {"alice": 100_000, "bob": 100_000}
 ITEMS = (LineItem("SKU-A", 1),)
 
@@ -180,7 +183,7 @@ async def instances(
     databases: Callable[[str, Mapping[str, str]], str], tmp_path: pathlib.Path
 ) -> AsyncIterator[OpenInstances]:
     """Opens two instances of a store on its database, emptied (with the server
-    `settings` given, the stores' `pool` settings; seeded with PRODUCTS and ACCOUNTS
+    `settings` given, the stores' `pool` settings (POOL if none); seeded with PRODUCTS and ACCOUNTS
     where the store has a seed); closes them afterwards."""
     seed = write_seed(tmp_path / "seed.json", PRODUCTS, ACCOUNTS)
     async with contextlib.AsyncExitStack() as stack:
@@ -191,6 +194,7 @@ async def instances(
             pool: PoolSettings | None = None,
         ) -> Instances[S]:
             dsn = databases(store.service, settings or {})
+            pool = pool or POOL
             one = await store.open(dsn, pool=pool)  # the first open applies the migrations
             stack.push_async_callback(one.aclose)
             two = await store.open(dsn, pool=pool)
@@ -407,20 +411,33 @@ async def test_last_unit_goes_to_one_order(instances: OpenInstances) -> None:
     assert await k.value("SELECT count(*) FROM reservations") == 1, "the loser holds nothing"
 
 
-async def test_opposite_sku_orders_both_reserve(instances: OpenInstances) -> None:
-    """Two orders reserve [A, B] and [B, A] at once on two instances: both hold their
-    stock, and the counts add up. No deadlock happens at all (DEADLOCKS_REACH_CALLERS:
-    one would fail a call instead of being broken and retried)."""
+@pytest.mark.parametrize("schedule", ["at_once", "first_between_skus"])
+async def test_opposite_sku_orders_both_reserve(instances: OpenInstances, schedule: str) -> None:
+    """Two orders reserve [A, B] and [B, A] at once on two instances; or [A, B, C] and
+    [C, A], the first stopped between A and B (a third session holds B) when the second
+    starts, which deadlocks for certain if SKUs are locked in the order listed. Both hold
+    their stock, and the counts add up. No deadlock happens at all
+    (DEADLOCKS_REACH_CALLERS: one would fail a call instead of being broken and retried)."""
     k = await instances(InventoryStore, **DEADLOCKS_REACH_CALLERS)
-    results = await k.at_once(
-        "LOCK TABLE products IN EXCLUSIVE MODE",
-        k.one.reserve("order-1", "alice", [Item("SKU-A", 1), Item("SKU-B", 1)], hold_seconds=60),
-        k.two.reserve("order-2", "bob", [Item("SKU-B", 1), Item("SKU-A", 1)], hold_seconds=60),
-    )
+    if schedule == "at_once":
+        first, second = ["SKU-A", "SKU-B"], ["SKU-B", "SKU-A"]
+        results = await k.at_once(
+            "LOCK TABLE products IN EXCLUSIVE MODE",
+            k.one.reserve("order-1", "alice", [Item(s, 1) for s in first], hold_seconds=60),
+            k.two.reserve("order-2", "bob", [Item(s, 1) for s in second], hold_seconds=60),
+        )
+    else:
+        first, second = ["SKU-A", "SKU-B", "SKU-C"], ["SKU-C", "SKU-A"]
+        results = await k.in_turn(
+            "SELECT 1 FROM products WHERE sku = 'SKU-B' FOR UPDATE",
+            k.one.reserve("order-1", "alice", [Item(s, 1) for s in first], hold_seconds=60),
+            k.two.reserve("order-2", "bob", [Item(s, 1) for s in second], hold_seconds=60),
+        )
     assert [getattr(r, "state", r) for r in results] == [ReservationState.HELD] * 2
-    for sku in ("SKU-A", "SKU-B"):
+    for sku in sorted(set(first + second)):
+        held = (sku in first) + (sku in second)
         product = await k.one.product(sku)
-        assert (product.available, product.held) == (8, 2), sku
+        assert (product.available, product.held) == (10 - held, held), sku
 
 
 async def test_commit_and_release_of_one_hold_move_it_once(
