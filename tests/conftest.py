@@ -11,11 +11,11 @@ import grpc
 import pytest
 
 from services.inventory.config import InventoryConfig
-from services.inventory.service import InventoryService
+from services.inventory.service import create as create_inventory
 from services.order.config import OrderConfig
-from services.order.service import OrderService
+from services.order.service import create as create_order
 from services.payment.config import PaymentConfig
-from services.payment.service import PaymentService
+from services.payment.service import create as create_payment
 from shopmesh.postgres import Cluster
 from shopmesh.seed import write_seed
 from shopmesh.system import System
@@ -118,14 +118,14 @@ async def inventory_served(
     tmp_path: pathlib.Path, seed_file: pathlib.Path
 ) -> AsyncIterator[Served]:
     config = InventoryConfig(db_path=tmp_path / "inventory.db", seed_file=seed_file)
-    async with serving(InventoryService(config)) as served:
+    async with serving(await create_inventory(config)) as served:
         yield served
 
 
 @pytest.fixture
 async def payment_served(tmp_path: pathlib.Path, seed_file: pathlib.Path) -> AsyncIterator[Served]:
     config = PaymentConfig(db_path=tmp_path / "payment.db", seed_file=seed_file)
-    async with serving(PaymentService(config)) as served:
+    async with serving(await create_payment(config)) as served:
         yield served
 
 
@@ -149,7 +149,7 @@ async def order_channel(
         inventory_target=inventory_served.target,
         payment_target=payment_served.target,
     )
-    async with serving(OrderService(config)) as served:
+    async with serving(await create_order(config)) as served:
         yield served.channel
 
 

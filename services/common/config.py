@@ -12,13 +12,16 @@ import argparse
 import dataclasses
 import ipaddress
 import pathlib
+import stat
 import types
 import typing
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from services.common import db
+from services.common.database import is_server_url
 
 ENV_PREFIX = "SHOP_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -99,15 +102,32 @@ def _parser_for(kind: Any) -> Callable[[str], Any]:
 
 @dataclass(frozen=True)
 class StoreConfig(ServerConfig):
-    """Settings of a service that keeps its state in SQLite."""
+    """Settings of a service that keeps its state in a database: a SQLite file (db_path),
+    or a PostgreSQL database when db_url is set."""
 
-    db_path: pathlib.Path = setting(pathlib.Path("var/service.db"), "SQLite database file")
+    db_path: pathlib.Path = setting(
+        pathlib.Path("var/service.db"), "SQLite database file (when db_url is unset)"
+    )
+    db_url: str = setting(
+        "",
+        "PostgreSQL database, postgresql://ROLE@HOST:PORT/DB, with no password in it (it would"
+        " show in ps): the password is read from db_password_file. Set, it wins over db_path;"
+        " unset: SQLite at db_path",
+    )
+    db_password_file: pathlib.Path | None = setting(
+        None, "file holding db_url's role's password, readable by its owner alone (mode 0600)"
+    )
     db_synchronous: str = setting(
         db.SYNCHRONOUS, "SQLite synchronous mode: FULL survives power loss, NORMAL only crashes"
     )
     seed_file: pathlib.Path | None = setting(
         None, "JSON file of demo data loaded at start (existing rows are kept)"
     )
+
+    @property
+    def db_location(self) -> str | pathlib.Path:
+        """Where the store is: db_url if set, else the SQLite file db_path (`Store.open`)."""
+        return self.db_url or self.db_path
 
     def problems(self) -> list[str]:
         found = super().problems()
@@ -118,7 +138,68 @@ class StoreConfig(ServerConfig):
             )
         if self.seed_file is not None and not self.seed_file.is_file():
             found.append(f"seed_file {self.seed_file} does not exist")
+        if self.db_url:
+            found.extend(url_problems(self.db_url))
+            if self.db_password_file is None:
+                found.append("db_url needs db_password_file: the file holding its role's password")
+            else:
+                found.extend(password_file_problems(self.db_password_file))
+        elif self.db_password_file is not None:
+            found.append(
+                "db_password_file is only for db_url (a PostgreSQL database); SQLite needs none"
+            )
         return found
+
+
+def url_problems(url: str) -> list[str]:
+    """What is wrong with a PostgreSQL URL for db_url (a password in it is)."""
+    shape = "postgresql://ROLE@HOST:PORT/DB"
+    if not is_server_url(url):
+        return [
+            f"db_url must be a PostgreSQL URL, {shape}, got {url!r} (a SQLite file is db_path's)"
+        ]
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is not None or "password" in urllib.parse.parse_qs(parts.query):
+        # Shown without the URL: the point is that the password goes nowhere it can be read.
+        return [
+            "db_url must not contain a password: a command line shows in `ps` to every user"
+            " of the host, and the environment to root; put it in a file of mode 0600 and"
+            " name it with db_password_file"
+        ]
+    found = []
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+        found.append(f"db_url's port must be a number 1..65535, in {shape}")
+    if port == 0:
+        found.append(f"db_url's port must be a number 1..65535, in {shape}")
+    if not parts.username:
+        found.append(f"db_url must name the role to connect as, {shape}, got {url!r}")
+    if not parts.hostname:
+        found.append(f"db_url must name the server's host, {shape}, got {url!r}")
+    if parts.path.strip("/") == "":
+        found.append(f"db_url must name the database, {shape}, got {url!r}")
+    return found
+
+
+def password_file_problems(path: pathlib.Path) -> list[str]:
+    """What is wrong with a password file: missing, not a file, empty, or readable by others."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        return [f"db_password_file {path} cannot be read: {error.strerror}"]
+    if not stat.S_ISREG(info.st_mode):
+        return [f"db_password_file {path} is not a file"]
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        return [
+            f"db_password_file {path} is open to group or others (mode {mode:o}): only its owner"
+            f" may read a password; chmod 600 {path}"
+        ]
+    if info.st_size == 0:
+        return [f"db_password_file {path} is empty"]
+    return []
 
 
 def _is_ip(text: str) -> bool:
