@@ -4,7 +4,7 @@ shopmesh token --user alice [--scope shop.admin] [--ttl S]   print a dev JWT
 shopmesh keys                                               create the dev key pair
 shopmesh check [--workdir DIR]                              check every promise in the databases
 shopmesh migrate --service NAME [--db PATH] [--list]        apply a service's schema migrations
-shopmesh run [--instances N]                                run everything, restarting (make run)
+shopmesh run [--instances N] [--postgres]                   run everything, restarting (make run)
 shopmesh postgres [--workdir DIR]                           run the local PostgreSQL cluster
 """
 
@@ -42,6 +42,7 @@ shopmesh is running ({elapsed:.1f} s to healthy; logs and data in {workdir}/):
                      DNS :{consul_dns}, server RPC :{consul_server}, serf LAN :{consul_serf}
   control plane      127.0.0.1:{xds}
   services           {services}
+  databases          {databases}
 
 A token for alice (valid 1 h; make others with `.venv/bin/shopmesh token --user NAME`):
   export TOKEN={token}
@@ -61,12 +62,13 @@ Press Ctrl-C to stop everything.
 
 
 RUN_DESCRIPTION = """\
-Runs Consul, the control plane, the services and Envoy, and supervises them until
+Runs Consul, the control plane, the services and Envoy (with --postgres, a PostgreSQL
+cluster too, which the services keep their state in), and supervises them until
 Ctrl-C or SIGTERM. A part that exits is started again after {first:g} s; the wait doubles
 with each further crash of that part within {window:g} s, up to {most:g} s. A part that
 crashes {limit} times within {window:g} s is given up on: everything stops, exit status 1.
-Stopping goes in order: the services (they deregister from Consul), then the control
-plane and Envoy, then Consul.
+Stopping goes in order: the services (they deregister from Consul), then PostgreSQL,
+the control plane and Envoy, then Consul.
 """
 
 
@@ -80,7 +82,10 @@ PostgreSQL is running ({how}; data and log in {root}/):
 Connect as a service would, e.g. inventory:
   PGPASSWORD=$(cat {example_file}) psql -h {host} -p {port} -U {example} {example}
 
-The services do not use it yet: their stores keep their state in SQLite for now.
+A service keeps its state there with, e.g.:
+  python -m services.{example} --db-url postgresql://{example}@{host}:{port}/{example} \\
+    --db-password-file {example_file}
+(`shopmesh run --postgres` starts a cluster of its own like this one and does that.)
 Press Ctrl-C to stop it.
 """
 
@@ -89,7 +94,8 @@ Runs a local PostgreSQL 15 cluster under WORKDIR/postgres (initdb the first time
 the postgres OS user when run as root), with a database and a role for each service
 ({services}), until Ctrl-C or SIGTERM. Every connection authenticates with
 SCRAM-SHA-256; each role's password is in WORKDIR/postgres/secrets/<role>.password
-(mode 0600), kept across starts. The services do not connect to it yet.
+(mode 0600), kept across starts. A service connects with --db-url and --db-password-file;
+`shopmesh run --postgres` runs the same cluster itself.
 """
 
 
@@ -164,7 +170,7 @@ PORT_FLAGS = {f.name: f"--{f.name.replace('_', '-')}-port" for f in fields(syste
     "consul_http": "--consul-port"
 }
 # Settings that `shopmesh run` has a flag for, named after the field.
-RUN_FLAGS = ("instances", "workdir", "envoy_concurrency")
+RUN_FLAGS = ("instances", "workdir", "envoy_concurrency", "postgres")
 
 
 def add_setting_flag(
@@ -179,11 +185,21 @@ def add_setting_flag(
     code does. `shown` stands for the default in the help text."""
     field = next(f for f in fields(settings) if f.name == name)
     flag = flag or f"--{name.replace('_', '-')}"
+    kind = typing.get_type_hints(settings)[name]
+    if kind is bool:  # a switch: given, it turns the setting on
+        parser.add_argument(
+            flag,
+            dest=name,
+            action="store_true",
+            default=field.default,
+            help=f"{field.metadata['help']} [{shown or field.default}]",
+        )
+        return
     parser.add_argument(
         flag,
         dest=name,
         metavar=flag.removeprefix("--").replace("-", "_").upper(),
-        type=typing.get_type_hints(settings)[name],
+        type=kind,
         default=field.default,
         help=f"{field.metadata['help']} [{shown or field.default}]",
     )
@@ -199,6 +215,19 @@ def run_settings(args: argparse.Namespace) -> system.Settings:
         keys_dir=args.keys_dir,
         envoy_concurrency=args.envoy_concurrency,
         envoy_limits=replace(Limits(), **dict(args.gateway_limit)),
+        postgres=args.postgres,
+    )
+
+
+def databases_line(running: system.System) -> str:
+    """Where the services keep their state, for the banner."""
+    cluster = running.cluster
+    if cluster is None:
+        return f"SQLite, {', '.join(str(p) for p in running.databases.values())}"
+    return (
+        f"PostgreSQL 127.0.0.1:{cluster.port}, a database and a role per service"
+        f" ({', '.join(running.databases)}); data in {cluster.data}, log {cluster.log_path};"
+        f" passwords in {cluster.secrets}/<role>.password (mode 0600)"
     )
 
 
@@ -231,7 +260,7 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         running = system.start(settings, progress)
-    except (StartError, MissingTool) as error:
+    except (StartError, MissingTool, psycopg.Error) as error:
         print(f"shopmesh run: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -251,6 +280,7 @@ def _run(args: argparse.Namespace) -> int:
             consul_serf=ports.consul_serf,
             xds=ports.xds,
             services=", ".join(f"{s.label} :{s.port}" for s in running.instances()),
+            databases=databases_line(running),
             token=running.token("alice"),
             order_port=running.order[0].port,
         ),

@@ -77,6 +77,17 @@ class Settings:
     )
 
 
+@dataclass(frozen=True)
+class ServiceDatabase:
+    """How a service reaches its PostgreSQL database: what its `--db-url` and
+    `--db-password-file` take."""
+
+    url: str
+    """postgresql://role@host:port/db, with no password in it (a command line is public)."""
+    password_file: pathlib.Path
+    """The role's password, in a file only its owner may read."""
+
+
 class PostgresProcess(Process):
     """The postmaster, stopped with PostgreSQL's fast shutdown."""
 
@@ -232,6 +243,14 @@ class Cluster:
     def ensure_databases(self, names: tuple[str, ...] = SERVICES) -> dict[str, str]:
         """`ensure_database` for each of `names`: the DSN of each."""
         return {name: self.ensure_database(name) for name in names}
+
+    def service_database(self, name: str) -> ServiceDatabase:
+        """`ensure_database(name)`, and how a service reaches it: the URL without the
+        password, and the password's file."""
+        self.ensure_database(name)
+        return ServiceDatabase(
+            f"postgresql://{name}@{HOST}:{self.port}/{name}", self.password_file(name)
+        )
 
     def dsn(self, name: str) -> str:
         """`postgresql://role:password@127.0.0.1:port/db` of a service, password read from

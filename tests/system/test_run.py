@@ -24,6 +24,7 @@ import pytest
 
 from services.common.registration import consul_client
 from shopmesh import tokens
+from shopmesh.check import workdir_databases
 from shopmesh.system import Ports, Settings, consul_process
 from shopmesh.tools import DEMO_DATA, REPO, free_ports
 from tests.helpers import Client, Ledger
@@ -198,7 +199,7 @@ def test_a_service_killed_under_shopmesh_run_comes_back(
     assert running.process.poll() is None, running.output
     assert traffic.outcomes["ORDER_STATE_CONFIRMED"] == traffic.summary()["ok"], traffic.outcomes
     fault = f"inventory kill -9 under shopmesh run: back in {back:.1f} s"
-    settle(direct_client(running), DEMO_LEDGER, traffic, fault, running.workdir)
+    settle(direct_client(running), DEMO_LEDGER, traffic, fault, workdir_databases(running.workdir))
 
 
 def test_a_crash_loop_makes_shopmesh_run_give_up_and_say_so(
