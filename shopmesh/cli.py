@@ -3,7 +3,7 @@
 shopmesh token --user alice [--scope shop.admin] [--ttl S]   print a dev JWT
 shopmesh keys                                               create the dev key pair
 shopmesh check [--workdir DIR]                              check every promise in the databases
-shopmesh migrate --service NAME [--db PATH] [--list]        apply a service's schema migrations
+shopmesh migrate --service NAME [--db PATH|URL] [--list]    apply a service's schema migrations
 shopmesh run [--instances N] [--postgres]                   run everything, restarting (make run)
 shopmesh postgres [--workdir DIR]                           run the local PostgreSQL cluster
 """
@@ -27,6 +27,9 @@ import psycopg
 
 from gateway.envoy_config import Limits
 from services.common import db, migrations
+from services.common.config import password_file_problems, url_problems
+from services.common.database import is_server_url
+from services.common.postgresql import read_password
 from shopmesh import check, postgres, system, tokens
 from shopmesh.processes import CrashLoop, RestartPolicy, StartError, Supervisor
 from shopmesh.tools import WORKDIR, MissingTool
@@ -126,22 +129,39 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    path: pathlib.Path = args.db or WORKDIR / f"{args.service}.db"
-    if (args.list or args.break_lock) and not path.is_file():
-        print(f"shopmesh migrate: no database at {path}", file=sys.stderr)
+    location: str | pathlib.Path = args.db or WORKDIR / f"{args.service}.db"
+    on_server = is_server_url(location)
+    problems = url_problems(str(location)) if on_server else []
+    if on_server and args.db_password_file is not None:
+        problems += password_file_problems(args.db_password_file)
+    elif not on_server and args.db_password_file is not None:
+        problems.append("--db-password-file is only for a PostgreSQL --db URL")
+    if problems:
+        for problem in problems:
+            print(f"shopmesh migrate: {problem.replace('db_url', '--db')}", file=sys.stderr)
         return 2
+    if not on_server:
+        location = pathlib.Path(location)
+        if (args.list or args.break_lock) and not location.is_file():
+            print(f"shopmesh migrate: no database at {location}", file=sys.stderr)
+            return 2
+    password = read_password(args.db_password_file) if args.db_password_file is not None else None
     try:
         if args.break_lock:
-            migrations.break_lock(path)
-            print(f"{path}: migration lock removed")
+            migrations.break_lock(location, password=password)
+            print(f"{location}: migration lock removed")
         elif args.list:
-            for migration in migrations.status(path, args.service):
+            for migration in migrations.status(location, args.service, password=password):
                 print(f"{'applied' if migration.applied else 'pending'}  {migration.id}")
         else:
-            with contextlib.closing(db.connect(path, db.SYNCHRONOUS)):  # creates it, in WAL
-                applied = migrations.apply(path, args.service)
-            print(f"{path}: applied {', '.join(applied)}" if applied else f"{path}: up to date")
-    except (migrations.MigrationError, sqlite3.Error) as error:
+            if isinstance(location, pathlib.Path):
+                with contextlib.closing(db.connect(location, db.SYNCHRONOUS)):  # made, in WAL
+                    applied = migrations.apply(location, args.service)
+            else:
+                applied = migrations.apply(location, args.service, password=password)
+            done = f"applied {', '.join(applied)}" if applied else "up to date"
+            print(f"{location}: {done}")
+    except (migrations.MigrationError, sqlite3.Error, psycopg.Error) as error:
         print(f"shopmesh migrate: {error}", file=sys.stderr)
         return 1
     return 0
@@ -400,13 +420,21 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser(
         "migrate",
         help="apply a service's pending schema migrations (each service does at start)",
-        description="Applies the service's pending migrations (services/SERVICE/migrations/*.sql,"
-        " in the order of their names) to its database, as the service does whenever it"
-        " starts; with several processes at once, one applies them and the others wait.",
+        description="Applies the service's pending migrations"
+        " (services/SERVICE/migrations/{sqlite,postgresql}/*.sql, in the order of their names)"
+        " to its database, as the service does whenever it starts; with several processes at"
+        " once, one applies them and the others wait.",
     )
     migrate.add_argument("--service", required=True, choices=migrations.services())
     migrate.add_argument(
-        "--db", type=pathlib.Path, help=f"the service's SQLite database [{WORKDIR}/SERVICE.db]"
+        "--db",
+        help="the service's database: a SQLite file, or postgresql://ROLE@HOST:PORT/DB (no"
+        f" password in it: --db-password-file) [{WORKDIR}/SERVICE.db]",
+    )
+    migrate.add_argument(
+        "--db-password-file",
+        type=pathlib.Path,
+        help="the file (mode 0600) with the password of --db's role",
     )
     action = migrate.add_mutually_exclusive_group()
     action.add_argument(

@@ -22,11 +22,14 @@ from typing import Any, TypeVar
 
 from services.common import db
 from services.common.database import is_server_url
+from services.common.postgresql import PoolSettings
 
 ENV_PREFIX = "SHOP_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 T = TypeVar("T", bound="ServerConfig")
+
+POOL = PoolSettings()
 
 
 class ConfigError(Exception):
@@ -120,6 +123,20 @@ class StoreConfig(ServerConfig):
     db_synchronous: str = setting(
         db.SYNCHRONOUS, "SQLite synchronous mode: FULL survives power loss, NORMAL only crashes"
     )
+    db_pool_size: int = setting(POOL.size, "PostgreSQL: connections this instance opens at most")
+    db_acquire_timeout_seconds: float = setting(
+        POOL.acquire_timeout_seconds,
+        "PostgreSQL: how long a transaction waits for a free pooled connection before it"
+        " answers STORAGE_UNAVAILABLE",
+    )
+    db_lock_timeout_ms: int = setting(
+        POOL.lock_timeout_ms,
+        "PostgreSQL: how long a statement waits for a row lock (lock_timeout) before it"
+        " answers STORAGE_UNAVAILABLE",
+    )
+    db_statement_timeout_ms: int = setting(
+        POOL.statement_timeout_ms, "PostgreSQL: the longest one statement may run"
+    )
     seed_file: pathlib.Path | None = setting(
         None, "JSON file of demo data loaded at start (existing rows are kept)"
     )
@@ -128,6 +145,16 @@ class StoreConfig(ServerConfig):
     def db_location(self) -> str | pathlib.Path:
         """Where the store is: db_url if set, else the SQLite file db_path (`Store.open`)."""
         return self.db_url or self.db_path
+
+    @property
+    def db_pool(self) -> PoolSettings:
+        """How the store uses a PostgreSQL server (`Store.open`'s `pool`)."""
+        return PoolSettings(
+            size=self.db_pool_size,
+            acquire_timeout_seconds=self.db_acquire_timeout_seconds,
+            lock_timeout_ms=self.db_lock_timeout_ms,
+            statement_timeout_ms=self.db_statement_timeout_ms,
+        )
 
     def problems(self) -> list[str]:
         found = super().problems()
@@ -138,6 +165,14 @@ class StoreConfig(ServerConfig):
             )
         if self.seed_file is not None and not self.seed_file.is_file():
             found.append(f"seed_file {self.seed_file} does not exist")
+        for name in (
+            "db_pool_size",
+            "db_acquire_timeout_seconds",
+            "db_lock_timeout_ms",
+            "db_statement_timeout_ms",
+        ):
+            if getattr(self, name) <= 0:
+                found.append(f"{name} must be > 0, got {getattr(self, name):g}")
         if self.db_url:
             found.extend(url_problems(self.db_url))
             if self.db_password_file is None:

@@ -71,5 +71,6 @@ async def create(config: InventoryConfig) -> InventoryService:
         config.db_location,
         password_file=config.db_password_file,
         synchronous=config.db_synchronous,
+        pool=config.db_pool,
     )
     return InventoryService(config, store)

@@ -91,5 +91,6 @@ async def create(config: OrderConfig) -> OrderService:
         config.db_location,
         password_file=config.db_password_file,
         synchronous=config.db_synchronous,
+        pool=config.db_pool,
     )
     return OrderService(config, store)

@@ -10,9 +10,11 @@ import pathlib
 import pytest
 
 from services.common.config import ConfigError, load
+from services.common.postgresql import PoolSettings
 from services.inventory.config import InventoryConfig
 from services.order.config import OrderConfig
 from services.payment.config import PaymentConfig
+from shopmesh import cli
 
 URL = "postgresql://inventory@127.0.0.1:5432/inventory"
 
@@ -127,3 +129,41 @@ def test_every_database_problem_is_listed_with_the_others(tmp_path: pathlib.Path
         "70000",
     )
     assert len(found) == 4, found
+
+
+def test_the_pool_settings_reach_the_store_and_are_checked() -> None:
+    config = load(
+        OrderConfig,
+        ["--db-pool-size", "4", "--db-lock-timeout-ms", "250"],
+        {"SHOP_DB_ACQUIRE_TIMEOUT_SECONDS": "1.5", "SHOP_DB_STATEMENT_TIMEOUT_MS": "900"},
+    )
+    assert config.db_pool == PoolSettings(
+        size=4, acquire_timeout_seconds=1.5, lock_timeout_ms=250, statement_timeout_ms=900
+    )
+    assert load(OrderConfig, [], {}).db_pool == PoolSettings()  # one set of defaults
+    found = problems("--db-pool-size", "0", "--db-statement-timeout-ms", "-1")
+    assert found == (
+        "db_pool_size must be > 0, got 0",
+        "db_statement_timeout_ms must be > 0, got -1",
+    )
+
+
+def test_migrate_refuses_a_password_in_the_url_before_connecting(
+    capsys: pytest.CaptureFixture[str], password_file: pathlib.Path
+) -> None:
+    url = "postgresql://order:hunter2@127.0.0.1:1/order"
+    assert cli.main(["migrate", "--service", "order", "--db", url]) == 2
+    err = capsys.readouterr().err
+    assert "--db must not contain a password" in err and "hunter2" not in err
+    password_file.chmod(0o644)
+    assert (
+        cli.main(
+            ["migrate", "--service", "order", "--db", URL, "--db-password-file", str(password_file)]
+        )
+        == 2
+    )
+    assert "open to group or others (mode 644)" in capsys.readouterr().err
+    sqlite = ["--db", str(password_file.with_name("order.db"))]
+    flags = ["migrate", "--service", "order", *sqlite, "--db-password-file", str(password_file)]
+    assert cli.main(flags) == 2
+    assert "--db-password-file is only for a PostgreSQL --db URL" in capsys.readouterr().err
