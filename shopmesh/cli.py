@@ -243,11 +243,13 @@ def databases_line(running: system.System) -> str:
     """Where the services keep their state, for the banner."""
     cluster = running.cluster
     if cluster is None:
-        return f"SQLite, {', '.join(str(p) for p in running.databases.values())}"
+        return f"SQLite: {', '.join(str(p) for p in running.databases.values())}"
+    indent = "\n" + " " * 21
     return (
-        f"PostgreSQL 127.0.0.1:{cluster.port}, a database and a role per service"
-        f" ({', '.join(running.databases)}); data in {cluster.data}, log {cluster.log_path};"
-        f" passwords in {cluster.secrets}/<role>.password (mode 0600)"
+        f"PostgreSQL 127.0.0.1:{cluster.port}, a database and a role each for"
+        f" {', '.join(running.databases)}"
+        f"{indent}data in {cluster.data}, log {cluster.log_path}"
+        f"{indent}passwords in {cluster.secrets}/<role>.password (mode 0600)"
     )
 
 
