@@ -252,8 +252,13 @@ def pytest_terminal_summary(
     not_run = config.stash.get(NOT_ON_POSTGRESQL, [])
     if not_run:
         terminalreporter.section("not run on postgresql (sqlite_only)")
+        by_reason: dict[str, list[str]] = {}
         for nodeid, reason in not_run:
-            terminalreporter.write_line(f"{nodeid}: {reason}")
+            by_reason.setdefault(reason, []).append(nodeid)
+        for reason, nodeids in by_reason.items():
+            terminalreporter.write_line(f"{reason}:")
+            for nodeid in nodeids:
+                terminalreporter.write_line(f"  {nodeid}")
     if not FAULT_TABLE:
         return
     terminalreporter.section("faults")
