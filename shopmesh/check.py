@@ -25,8 +25,9 @@ moves before the order's does (the hold is committed and the payment captured be
 order is CONFIRMED), so a final order's holds and payments can no longer change, and
 whatever a participant holds for an order that is not final yet, or not yet in the
 order snapshot, is in flight and only counted. On one host the databases are SQLite files
-in the work directory (`var/` for `make run`), opened read-only; a PostgreSQL database is
-read as its service's role, in a REPEATABLE READ, READ ONLY transaction (one snapshot).
+in the work directory (`var/` for `make run`), opened read-only, or, while `shopmesh run
+--postgres` runs its cluster there, PostgreSQL databases, each read as its service's role
+in a REPEATABLE READ, READ ONLY transaction (one snapshot).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from shopmesh.postgres import ServiceDatabase
+from shopmesh.postgres import SERVICES, Cluster, ServiceDatabase
 
 Location = pathlib.Path | ServiceDatabase
 """Where a service's database is: a SQLite file, or a PostgreSQL database."""
@@ -80,8 +81,14 @@ def workdir_databases(workdir: pathlib.Path) -> dict[str, Location]:
 
 
 def check_workdir(workdir: pathlib.Path, settle_seconds: float = SETTLE_SECONDS) -> Report:
-    """Checks the databases a one-host system keeps in `workdir` (order.db, ...)."""
-    return check_databases(workdir_databases(workdir), settle_seconds)
+    """Checks the databases a one-host system keeps in `workdir`: the PostgreSQL ones if
+    its cluster (`shopmesh run --postgres`) runs, else the SQLite files (order.db, ...)."""
+    cluster = Cluster(workdir)
+    port = cluster.running_port()
+    if port is None:
+        return check_databases(workdir_databases(workdir), settle_seconds)
+    cluster.port = port
+    return check_databases({name: cluster.database_of(name) for name in SERVICES}, settle_seconds)
 
 
 def check_databases(

@@ -114,7 +114,7 @@ def _token(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     try:
         report = check.check_workdir(args.workdir, args.settle_seconds)
-    except (FileNotFoundError, sqlite3.Error) as error:
+    except (FileNotFoundError, sqlite3.Error, psycopg.Error) as error:
         print(
             f"shopmesh check: {error} (is --workdir the system's work directory?)", file=sys.stderr
         )

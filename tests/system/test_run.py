@@ -31,7 +31,7 @@ from shopmesh import tokens
 from shopmesh.check import workdir_databases
 from shopmesh.system import Ports, Settings, consul_process
 from shopmesh.tools import DEMO_DATA, REPO, free_ports
-from tests.helpers import Client, Ledger
+from tests.helpers import Client, Ledger, run_command
 from tests.postgres_harness import postgres_workdir
 from tests.system_helpers import Traffic, settle
 
@@ -319,8 +319,8 @@ def test_shopmesh_run_postgres_keeps_every_order_in_postgresql_and_stops_it_last
     """`shopmesh run --postgres` starts a cluster under WORKDIR/postgres, says where its
     data and passwords are, and the services keep their state there: an order placed over
     REST through Envoy is in the order, inventory and payment databases, read as each
-    service's role, and no SQLite file is made. Ctrl-C stops the server after the
-    services, which stop without a storage error."""
+    service's role, and no SQLite file is made; `shopmesh check` reads them there. Ctrl-C
+    stops the server after the services, which stop without a storage error."""
     # Not under tmp_path: as root the server runs as the postgres user, which pytest's
     # 0700 base directory would keep out (tests/postgres_harness.py).
     with postgres_workdir() as workdir:
@@ -360,6 +360,9 @@ def test_shopmesh_run_postgres_keeps_every_order_in_postgresql_and_stops_it_last
                 running, port, "payment", "SELECT order_id, amount_minor, state FROM payments"
             ) == [(order_id, 900, "CAPTURED")]
             assert list(workdir.glob("*.db*")) == []
+            checked = run_command([SHOPMESH, "check", "--workdir", str(workdir)], timeout=60)
+            assert "1 orders (1 confirmed," in checked.stdout, checked.stdout  # in PostgreSQL
+            assert checked.stdout.endswith("every promise holds\n"), checked.stdout
             postmaster = int((root / "data" / "postmaster.pid").read_text().split()[0])
             running.ctrl_c()
             assert running.exit_code() == 0, running.output
