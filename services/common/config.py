@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from services.common import db
 from services.common.database import is_server_url
-from services.common.postgresql import PoolSettings
+from services.common.postgresql import PoolSettings, redacted
 
 ENV_PREFIX = "SHOP_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -191,7 +191,8 @@ def url_problems(url: str) -> list[str]:
     shape = "postgresql://ROLE@HOST:PORT/DB"
     if not is_server_url(url):
         return [
-            f"db_url must be a PostgreSQL URL, {shape}, got {url!r} (a SQLite file is db_path's)"
+            f"db_url must be a PostgreSQL URL, {shape}, got {redacted(url)!r}"
+            " (a SQLite file is db_path's)"
         ]
     parts = urllib.parse.urlsplit(url)
     if parts.password is not None or "password" in urllib.parse.parse_qs(parts.query):

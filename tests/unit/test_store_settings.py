@@ -61,6 +61,9 @@ def test_a_password_in_the_url_is_refused_and_not_repeated(password_file: pathli
         assert len(found) == 1, found
         assert "must not contain a password" in found[0] and "`ps`" in found[0]
         assert "hunter2" not in found[0]
+    found = problems("--db-url", "mysql://inventory:hunter2@127.0.0.1/inventory")
+    assert found[0].startswith("db_url must be a PostgreSQL URL"), found
+    assert "hunter2" not in " ".join(found)
 
 
 def test_a_url_needs_a_password_file() -> None:
