@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 import pytest
@@ -31,6 +31,7 @@ from tests.helpers import (
 )
 from tests.postgres_harness import running_cluster
 from tests.stack import Stack, StackFactory, stack_factory
+from tests.stores import SessionDatabases, StoreOpener
 from tests.system_helpers import SystemFactory, start_test_system, system_factory
 
 TESTS = pathlib.Path(__file__).parent
@@ -89,8 +90,31 @@ def session_cluster(request: pytest.FixtureRequest, backend: str) -> Cluster:
     return request.config.stash[SESSION_CLUSTER]
 
 
+@pytest.fixture(scope="session")
+def store_databases(request: pytest.FixtureRequest, backend: str) -> SessionDatabases | None:
+    """The session server's database of each service, for `open_store` (None on SQLite)."""
+    if backend != "postgresql":
+        return None
+    return SessionDatabases(request.getfixturevalue("session_cluster"))
+
+
+@pytest.fixture
+async def open_store(
+    backend: str, tmp_path: pathlib.Path, store_databases: SessionDatabases | None
+) -> AsyncIterator[StoreOpener]:
+    """`await open_store(OrderStore)`: a store on the session's backend, a SQLite file in
+    tmp_path or the service's database on the session's server, emptied for this test
+    (tests/stores.py). Twice for one service: two stores (two instances) on one database.
+    Every store is closed after the test."""
+    opener = StoreOpener(backend, tmp_path, store_databases)
+    try:
+        yield opener
+    finally:
+        await opener.close()
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if not item.path.is_relative_to(TESTS):
             continue  # not one of ours
@@ -101,6 +125,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(folder)
         if folder != "unit":
             item.add_marker("system")
+        mark = item.get_closest_marker("sqlite_only")
+        if mark is not None and not (mark.args and str(mark.args[0]).strip()):
+            raise pytest.UsageError(f"{item.nodeid}: sqlite_only(reason) needs its reason")
+    if config.getoption("backend") != "sqlite":
+        _deselect(config, items, _not_on_server)
+
+
+def _not_on_server(item: pytest.Item) -> bool:
+    """A test the PostgreSQL pass leaves out: one about SQLite itself (sqlite_only), or one
+    that takes no backend (it would run exactly as it did on SQLite). A test takes the
+    backend through the `backend` fixture, directly or through another fixture."""
+    return item.get_closest_marker("sqlite_only") is not None or (
+        "backend" not in getattr(item, "fixturenames", ())
+    )
+
+
+def _deselect(
+    config: pytest.Config, items: list[pytest.Item], leave_out: Callable[[pytest.Item], bool]
+) -> None:
+    kept = [item for item in items if not leave_out(item)]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if leave_out(item)])
+        items[:] = kept
 
 
 @pytest.fixture

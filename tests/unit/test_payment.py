@@ -23,6 +23,7 @@ from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_service_pb2 as rpc
 from shop.payment.v1.payment_service_pb2_grpc import PaymentServiceStub
 from tests.helpers import ADMIN, rejected, serving, user
+from tests.stores import StoreOpener, rows
 
 ALICE = user("alice")
 DAY = 86_400.0
@@ -316,15 +317,14 @@ async def one_of_each(store: PaymentStore, prefix: str, at: float) -> None:
     )
 
 
-def payment_ids(path: pathlib.Path) -> set[str]:
-    with sqlite3.connect(path) as conn:
-        return {r[0] for r in conn.execute("SELECT order_id FROM payments")}
+async def payment_ids(store: PaymentStore) -> set[str]:
+    return {str(r[0]) for r in await rows(store, "SELECT order_id FROM payments")}
 
 
 async def test_retention_prunes_finished_payments_and_never_a_capture(
-    tmp_path: pathlib.Path, seed_file: pathlib.Path
+    open_store: StoreOpener, seed_file: pathlib.Path
 ) -> None:
-    store = PaymentStore(tmp_path / "payment.db")
+    store = await open_store(PaymentStore)
     await store.seed(seed_file)
     await one_of_each(store, "old-", at=1000.0)
     await one_of_each(store, "new-", at=1000.0 + 5 * DAY)
@@ -333,29 +333,27 @@ async def test_retention_prunes_finished_payments_and_never_a_capture(
     pruned = await store.prune(7 * DAY + 1, now=1000.0 + 12 * DAY)
     assert pruned == 4
     kept = {"captured", "authorized"}
-    assert payment_ids(tmp_path / "payment.db") == {f"old-{k}" for k in kept} | {
+    assert await payment_ids(store) == {f"old-{k}" for k in kept} | {
         f"new-{k}" for k in ("captured", "voided", "tombstone", "declined", "expired", "authorized")
     }
     assert (await store.account("alice"), await store.account("bob")) == before  # no money moved
     assert await store.prune(7 * DAY, now=1000.0 + 100 * DAY) == 4
-    assert {
-        i.removeprefix("old-").removeprefix("new-") for i in payment_ids(tmp_path / "payment.db")
-    } == kept
+    assert {i.removeprefix("old-").removeprefix("new-") for i in await payment_ids(store)} == kept
     assert (await store.payment("old-captured")).state is PaymentState.CAPTURED
-    store.close()
 
 
 async def test_the_sweeper_prunes_past_retention(
     tmp_path: pathlib.Path, seed_file: pathlib.Path
 ) -> None:
     config = PaymentConfig(db_path=tmp_path / "short.db", seed_file=seed_file, retention_seconds=1)
-    async with serving(PaymentService(config)) as served:
+    service = PaymentService(config)
+    async with serving(service) as served:
         payment = PaymentServiceStub(served.channel)
         await payment.AuthorizePayment(authorize("kept", 2500), metadata=ALICE)
         await payment.CapturePayment(rpc.CapturePaymentRequest(order_id="kept"), metadata=ALICE)
         await payment.VoidPayment(rpc.VoidPaymentRequest(order_id="gone"), metadata=ALICE)
         deadline = time.monotonic() + WAIT_SECONDS
-        while "gone" in payment_ids(config.db_path):
+        while "gone" in await payment_ids(service.store):
             assert time.monotonic() < deadline, "the tombstone was never pruned"
             await asyncio.sleep(0.05)
         error = await rejected(
@@ -383,6 +381,7 @@ INSERT INTO payments VALUES ('old', 'alice', 100, 'USD', 'AUTHORIZED', 1000.0, 1
 """
 
 
+@pytest.mark.sqlite_only("a SQLite file made by the version before expiry")
 async def test_a_database_of_the_version_before_expiry_opens_and_its_holds_expire(
     tmp_path: pathlib.Path,
 ) -> None:
