@@ -369,14 +369,16 @@ class Store:
         *,
         password_file: pathlib.Path | None = None,
         synchronous: str = SYNCHRONOUS,
+        pool: postgresql.PoolSettings | None = None,
     ) -> Self:
-        """Opens the store at `location`: a SQLite file's path, or a PostgreSQL URL (its
-        password, if not in the URL, read from `password_file`), applying pending
-        migrations either way."""
+        """Opens the store at `location`: a SQLite file's path (in `synchronous` mode), or
+        a PostgreSQL URL (its password, if not in the URL, read from `password_file`; its
+        pool as `pool` says), applying pending migrations either way."""
         if is_server_url(location):
-            return cls(
-                await postgresql.connect(str(location), cls.service, password_file=password_file)
+            database = await postgresql.connect(
+                str(location), cls.service, password_file=password_file, settings=pool
             )
+            return cls(database)
         return await asyncio.to_thread(cls, pathlib.Path(location), synchronous)
 
     def close(self) -> None:

@@ -1,8 +1,9 @@
 """Each service's schema as versioned migrations, applied by yoyo-migrations: every store
 applies the pending ones when it opens its database, and `shopmesh migrate` does it by hand.
 
-A service's migrations are the SQL files in services/<service>/migrations, applied in the
-order of their names (0001_initial.sql, 0002_...), each in a transaction of its own. yoyo
+A service's migrations are the SQL files in services/<service>/migrations/<backend>
+(sqlite/ or postgresql/: the same versions, each in its dialect), applied in the order of
+their names (0001_initial.sql, 0002_...), each in a transaction of its own. yoyo
 records them in tables of its own in the same database (_yoyo_migration, _yoyo_log,
 _yoyo_version, yoyo_lock), so a database knows which it has.
 
@@ -27,14 +28,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from yoyo import default_migration_table, read_migrations
-from yoyo.backends import SQLiteBackend
+from yoyo.backends import PostgresqlPsycopgBackend, SQLiteBackend
 from yoyo.connections import parse_uri
 from yoyo.exceptions import LockTimeout
+
+from services.common.database import is_server_url
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +65,15 @@ class Migration:
     applied: bool
 
 
-def folder(service: str) -> pathlib.Path:
-    """Where the service's migrations are."""
-    return SERVICES_FOLDER / service / "migrations"
+BACKENDS = ("sqlite", "postgresql")
+
+Location = pathlib.Path | str
+"""A SQLite file's path, or a PostgreSQL URL (postgresql://role@host:port/db)."""
+
+
+def folder(service: str, backend: str = "sqlite") -> pathlib.Path:
+    """Where the service's migrations for `backend` are."""
+    return SERVICES_FOLDER / service / "migrations" / backend
 
 
 def services() -> list[str]:
@@ -71,12 +81,13 @@ def services() -> list[str]:
     return sorted(p.parent.name for p in SERVICES_FOLDER.glob("*/migrations") if p.is_dir())
 
 
-def apply(path: pathlib.Path, service: str) -> list[str]:
-    """Applies the service's pending migrations to the database at `path` (which exists, in
-    WAL mode: see db.connect); returns the ids it applied, none if another process did."""
-    known = read_migrations(str(folder(service)))
+def apply(path: Location, service: str, *, password: str | None = None) -> list[str]:
+    """Applies the service's pending migrations to the database at `path` (a SQLite file
+    that exists, in WAL mode: see db.connect; or a PostgreSQL URL, logged in with
+    `password` if given); returns the ids it applied, none if another process did."""
+    known = read_migrations(str(folder(service, _kind(path))))
     try:
-        with _backend(path) as backend:
+        with _backend(path, password) as backend:
             # On a new database this creates yoyo's own tables, under its lock.
             if not backend.to_apply(known):
                 return []
@@ -94,17 +105,17 @@ def apply(path: pathlib.Path, service: str) -> list[str]:
     return applied
 
 
-def status(path: pathlib.Path, service: str) -> list[Migration]:
+def status(path: Location, service: str, *, password: str | None = None) -> list[Migration]:
     """Each of the service's migrations, in order, and whether the database has it."""
-    with _backend(path) as backend:
-        known = read_migrations(str(folder(service)))
+    with _backend(path, password) as backend:
+        known = read_migrations(str(folder(service, _kind(path))))
         applied = set(backend.get_applied_migration_hashes())
         return [Migration(m.id, m.hash in applied) for m in known]
 
 
-def break_lock(path: pathlib.Path) -> None:
+def break_lock(path: Location, *, password: str | None = None) -> None:
     """Removes the migration lock, e.g. one left by a process killed while migrating."""
-    with _backend(path) as backend:
+    with _backend(path, password) as backend:
         backend.break_lock()
 
 
@@ -131,10 +142,32 @@ class _SQLiteBackend(SQLiteBackend):
         super()._insert_lock_row(pid, timeout, poll_interval)
 
 
+class _PostgresqlBackend(PostgresqlPsycopgBackend):
+    """yoyo's PostgreSQL backend (on psycopg 3), retrying the lock every
+    LOCK_RETRY_SECONDS. Its transactions need nothing more: DDL is transactional on
+    PostgreSQL, and a second process's CREATE waits on the first's locks."""
+
+    def _insert_lock_row(
+        self, pid: int, timeout: float, poll_interval: float = LOCK_RETRY_SECONDS
+    ) -> None:
+        super()._insert_lock_row(pid, timeout, poll_interval)
+
+
+def _kind(path: Location) -> str:
+    return "postgresql" if is_server_url(path) else "sqlite"
+
+
 @contextlib.contextmanager
-def _backend(path: pathlib.Path) -> Iterator[Any]:
-    # What yoyo.get_backend does, with the backend above; the URL's path is absolute.
-    backend = _SQLiteBackend(parse_uri(f"sqlite:///{path.resolve()}"), default_migration_table)
+def _backend(path: Location, password: str | None = None) -> Iterator[Any]:
+    # What yoyo.get_backend does, with the backends above.
+    if is_server_url(path):
+        uri = parse_uri(re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", str(path)))
+        if password is not None:
+            uri = uri._replace(password=password)
+        backend: Any = _PostgresqlBackend(uri, default_migration_table)
+    else:  # the URL's path is absolute
+        uri = parse_uri(f"sqlite:///{pathlib.Path(path).resolve()}")
+        backend = _SQLiteBackend(uri, default_migration_table)
     try:
         backend.init_database()
         yield backend

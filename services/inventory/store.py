@@ -1,9 +1,14 @@
-"""Inventory's SQLite store. Every stock change is one transaction of conditional UPDATEs.
+"""Inventory's store. Every stock change is one transaction of conditional UPDATEs.
 
 Stock moves between three counts (available, held, sold) and never leaves them, so for
 every SKU `available + held + sold` only grows by restocks. A reservation takes stock with
 `UPDATE ... WHERE available >= ?`, never by reading and then writing, so concurrent orders
 for the last unit cannot both win, whichever process or instance runs them.
+
+Written to be right on PostgreSQL under READ COMMITTED with many instances too
+(docs/postgres-concurrency.md): an order's reservation is claimed (its row inserted)
+before any stock moves, a reservation's state changes by an UPDATE conditional on the
+state it leaves, and products are locked in SKU order everywhere.
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ class InventoryStore(db.Store):
             added = 0
             for p in products:
                 added += await tx.execute(
-                    "INSERT OR IGNORE INTO products (sku, name, price_minor, currency, available)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO products (sku, name, price_minor, currency, available)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (
                         p["sku"],
                         p["name"],
@@ -92,8 +97,22 @@ class InventoryStore(db.Store):
         async def reserve(tx: Tx) -> Reservation:
             at = await clock(tx, now)
             await _expire_due(tx, at)
-            existing = await _read_reservation(tx, order_id)
-            if existing is not None:
+            # The order's reservation is claimed first: a repeat of this call running at
+            # the same moment on another instance waits here for this one, then finds it.
+            claimed = await tx.execute(
+                "INSERT INTO reservations (order_id, user_id, state, fingerprint, expire_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    order_id,
+                    user_id,
+                    ReservationState.HELD.value,
+                    fingerprint(wanted),
+                    at + hold_seconds,
+                ),
+            )
+            if not claimed:
+                existing = await _read_reservation(tx, order_id)
+                assert existing is not None
                 return _same_reservation(existing, user_id, wanted)
             unknown = await _unknown_skus(tx, wanted)
             if unknown:
@@ -107,36 +126,21 @@ class InventoryStore(db.Store):
                     metadata={"sku": wanted[unknown[0]].sku},
                 )
             priced = []
-            # Taking the SKUs in one order keeps lock order fixed; SQLite locks the whole
-            # database anyway, but a server database would not.
+            # In SKU order: two orders for [A, B] and [B, A] would otherwise each lock one
+            # and wait for the other (a deadlock, on a server database).
             for item in sorted(wanted, key=lambda i: i.sku):
-                taken = await tx.execute(
+                price = await tx.fetchone(
                     "UPDATE products SET available = available - ?1, held = held + ?1"
-                    " WHERE sku = ?2 AND available >= ?1",
+                    " WHERE sku = ?2 AND available >= ?1 RETURNING price_minor, currency",
                     (item.quantity, item.sku),
                 )
-                if not taken:
+                if price is None:
                     raise failed_precondition(
                         "OUT_OF_STOCK", f"not enough stock of {item.sku!r}", sku=item.sku
                     )
-                price = await tx.fetchone(
-                    "SELECT price_minor, currency FROM products WHERE sku = ?", (item.sku,)
-                )
-                assert price is not None
                 priced.append(
                     Item(item.sku, item.quantity, price["price_minor"], price["currency"])
                 )
-            await tx.execute(
-                "INSERT INTO reservations (order_id, user_id, state, fingerprint, expire_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    order_id,
-                    user_id,
-                    ReservationState.HELD.value,
-                    fingerprint(wanted),
-                    at + hold_seconds,
-                ),
-            )
             await tx.executemany(
                 "INSERT INTO reservation_items (order_id, sku, quantity, price_minor, currency)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -151,19 +155,21 @@ class InventoryStore(db.Store):
 
         async def commit(tx: Tx) -> Reservation:
             await _expire_due(tx, await clock(tx, now))
+            # The state change first, conditional on HELD: a release of the same hold at
+            # the same moment (another instance compensating) moves the stock, or this
+            # does, never both.
+            if await _change_state(tx, order_id, user_id, ReservationState.COMMITTED):
+                await _move(tx, order_id, "held = held - ?1, sold = sold + ?1")
             found = await _read_reservation(tx, order_id)
             if found is None or found.user_id != user_id:
                 raise _reservation_not_found(order_id)
-            if found.state is ReservationState.HELD:
-                await _move(tx, found, "held = held - ?1, sold = sold + ?1")
-                await _set_state(tx, order_id, ReservationState.COMMITTED)
-            elif found.state is not ReservationState.COMMITTED:
+            if found.state is not ReservationState.COMMITTED:
                 raise failed_precondition(
                     f"RESERVATION_{found.state.value}",
                     f"the reservation of order {order_id!r} is {found.state.value.lower()}",
                     order_id=order_id,
                 )
-            return await _reservation_or_fail(tx, order_id)
+            return found
 
         return await self.db.write(commit)
 
@@ -173,27 +179,28 @@ class InventoryStore(db.Store):
         async def release(tx: Tx) -> Reservation:
             at = await clock(tx, now)
             await _expire_due(tx, at)
-            found = await _read_reservation(tx, order_id)
-            if found is None:
-                # A tombstone: a ReserveStock for this order that arrives late finds it
-                # and holds nothing.
-                await tx.execute(
-                    "INSERT INTO reservations (order_id, user_id, state, fingerprint, expire_at)"
-                    " VALUES (?, ?, ?, '', ?)",
-                    (order_id, user_id, ReservationState.RELEASED.value, at),
-                )
-            elif found.user_id != user_id:
+            # A tombstone if the order has no reservation: a ReserveStock for this order
+            # that arrives late (or at this very moment, on another instance) finds it and
+            # holds nothing.
+            tombstone = await tx.execute(
+                "INSERT INTO reservations (order_id, user_id, state, fingerprint, expire_at)"
+                " VALUES (?, ?, ?, '', ?) ON CONFLICT DO NOTHING",
+                (order_id, user_id, ReservationState.RELEASED.value, at),
+            )
+            if not tombstone and await _change_state(
+                tx, order_id, user_id, ReservationState.RELEASED
+            ):
+                await _move(tx, order_id, "held = held - ?1, available = available + ?1")
+            found = await _reservation_or_fail(tx, order_id)
+            if found.user_id != user_id:
                 raise _reservation_not_found(order_id)
-            elif found.state is ReservationState.HELD:
-                await _move(tx, found, "held = held - ?1, available = available + ?1")
-                await _set_state(tx, order_id, ReservationState.RELEASED)
-            elif found.state is ReservationState.COMMITTED:
+            if found.state is ReservationState.COMMITTED:
                 raise failed_precondition(
                     "RESERVATION_COMMITTED",
                     f"the stock of order {order_id!r} is already sold",
                     order_id=order_id,
                 )
-            return await _reservation_or_fail(tx, order_id)
+            return found
 
         return await self.db.write(release)
 
@@ -224,7 +231,7 @@ class InventoryStore(db.Store):
                 row["order_id"]
                 for row in await tx.fetchall(
                     "SELECT order_id FROM reservations WHERE state IN (?, ?) AND expire_at < ?"
-                    " LIMIT ?",
+                    f" LIMIT ?{tx.skip_locked}",
                     (
                         ReservationState.RELEASED.value,
                         ReservationState.EXPIRED.value,
@@ -233,9 +240,9 @@ class InventoryStore(db.Store):
                     ),
                 )
             ]
-            for order_id in due:
-                await tx.execute("DELETE FROM reservation_items WHERE order_id = ?", (order_id,))
-                await tx.execute("DELETE FROM reservations WHERE order_id = ?", (order_id,))
+            rows = [(order_id,) for order_id in due]
+            await tx.executemany("DELETE FROM reservation_items WHERE order_id = ?", rows)
+            await tx.executemany("DELETE FROM reservations WHERE order_id = ?", rows)
             return len(due)
 
         return await self.db.write(prune)
@@ -247,23 +254,28 @@ class InventoryStore(db.Store):
             known = await tx.fetchone("SELECT 1 FROM products WHERE sku = ?", (sku,))
             if known is None:
                 raise _product_not_found(sku)
-            previous = await tx.fetchone(
-                "SELECT sku, quantity FROM restocks WHERE request_id = ?", (request_id,)
+            # The request id claimed first: a repeat at the same moment waits, then adds
+            # nothing.
+            claimed = await tx.execute(
+                "INSERT INTO restocks (request_id, sku, quantity) VALUES (?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (request_id, sku, quantity),
             )
-            if previous is None:
-                await tx.execute(
-                    "INSERT INTO restocks (request_id, sku, quantity) VALUES (?, ?, ?)",
-                    (request_id, sku, quantity),
-                )
+            if claimed:
                 await tx.execute(
                     "UPDATE products SET available = available + ? WHERE sku = ?", (quantity, sku)
                 )
-            elif (previous["sku"], previous["quantity"]) != (sku, quantity):
-                raise already_exists(
-                    "REQUEST_ID_REUSED",
-                    "this request_id was already used for a different restock",
-                    request_id=request_id,
+            else:
+                previous = await tx.fetchone(
+                    "SELECT sku, quantity FROM restocks WHERE request_id = ?", (request_id,)
                 )
+                assert previous is not None
+                if (previous["sku"], previous["quantity"]) != (sku, quantity):
+                    raise already_exists(
+                        "REQUEST_ID_REUSED",
+                        "this request_id was already used for a different restock",
+                        request_id=request_id,
+                    )
             return await _read_product(tx, sku)
 
         return await self.db.write(restock)
@@ -338,33 +350,65 @@ def _same_reservation(existing: Reservation, user_id: str, wanted: tuple[Item, .
 
 
 async def _unknown_skus(tx: Tx, items: tuple[Item, ...]) -> list[int]:
-    unknown = []
-    for index, item in enumerate(items):
-        if await tx.fetchone("SELECT 1 FROM products WHERE sku = ?", (item.sku,)) is None:
-            unknown.append(index)
-    return unknown
-
-
-async def _move(tx: Tx, reservation: Reservation, assignment: str) -> None:
-    for item in reservation.items:
-        await tx.execute(
-            f"UPDATE products SET {assignment} WHERE sku = ?2", (item.quantity, item.sku)
+    skus = sorted({i.sku for i in items})
+    known = {
+        r["sku"]
+        for r in await tx.fetchall(
+            f"SELECT sku FROM products WHERE sku IN ({', '.join('?' for _ in skus)})", skus
         )
+    }
+    return [index for index, item in enumerate(items) if item.sku not in known]
 
 
-async def _set_state(tx: Tx, order_id: str, state: ReservationState) -> None:
-    await tx.execute(
-        "UPDATE reservations SET state = ? WHERE order_id = ?", (state.value, order_id)
+async def _change_state(tx: Tx, order_id: str, user_id: str, state: ReservationState) -> bool:
+    """HELD -> `state`, if the reservation is the user's and still HELD."""
+    return bool(
+        await tx.execute(
+            "UPDATE reservations SET state = ? WHERE order_id = ? AND user_id = ? AND state = ?",
+            (state.value, order_id, user_id, ReservationState.HELD.value),
+        )
     )
+
+
+async def _move(tx: Tx, order_id: str, assignment: str) -> None:
+    """Moves the reservation's quantities between a product's counts, in SKU order."""
+    items = await tx.fetchall(
+        "SELECT sku, quantity FROM reservation_items WHERE order_id = ? ORDER BY sku",
+        (order_id,),
+    )
+    await _move_quantities(tx, [(i["quantity"], i["sku"]) for i in items], assignment)
+
+
+async def _move_quantities(tx: Tx, moves: list[tuple[int, str]], assignment: str) -> None:
+    await tx.executemany(f"UPDATE products SET {assignment} WHERE sku = ?2", moves)
 
 
 async def _expire_due(tx: Tx, now: float) -> int:
-    due = await tx.fetchall(
-        "SELECT order_id FROM reservations WHERE state = ? AND expire_at <= ?",
-        (ReservationState.HELD.value, now),
+    """Gives back the stock of every hold past its expire time. Holds another transaction
+    is busy with (a commit, say) are left to the next sweep (`skip_locked`); the stock goes
+    back summed per SKU, in SKU order, as every other stock move locks products."""
+    due = [
+        r["order_id"]
+        for r in await tx.fetchall(
+            "SELECT order_id FROM reservations WHERE state = ? AND expire_at <= ?" + tx.skip_locked,
+            (ReservationState.HELD.value, now),
+        )
+    ]
+    if not due:
+        return 0
+    marks = ", ".join("?" for _ in due)
+    await tx.execute(
+        f"UPDATE reservations SET state = ? WHERE order_id IN ({marks}) AND state = ?",
+        (ReservationState.EXPIRED.value, *due, ReservationState.HELD.value),
     )
-    for row in due:
-        found = await _reservation_or_fail(tx, row["order_id"])
-        await _move(tx, found, "held = held - ?1, available = available + ?1")
-        await _set_state(tx, found.order_id, ReservationState.EXPIRED)
+    totals = await tx.fetchall(
+        f"SELECT sku, SUM(quantity) AS quantity FROM reservation_items WHERE order_id IN ({marks})"
+        " GROUP BY sku ORDER BY sku",
+        due,
+    )
+    await _move_quantities(
+        tx,
+        [(t["quantity"], t["sku"]) for t in totals],
+        "held = held - ?1, available = available + ?1",
+    )
     return len(due)

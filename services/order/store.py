@@ -1,4 +1,4 @@
-"""Order's SQLite store: orders, their line items, and the saga record beside each.
+"""Order's store: orders, their line items, and the saga record beside each.
 
 Every saga transition is a conditional UPDATE (`WHERE phase = <expected>`), made under
 the saga's lease (`saga_leases`: owner, epoch, expiry): one instance drives a saga at a
@@ -11,6 +11,11 @@ Every time the store writes or compares (lease expiry, an order's times, the quo
 window, retention) is the database's (`Tx.now`: on SQLite every instance shares one host
 and its clock; a server database compares with its own), never the calling instance's;
 the `now` arguments exist so that tests can set the time.
+
+On PostgreSQL several instances run these transactions at once under READ COMMITTED;
+docs/postgres-concurrency.md says why each statement is written as it is (a user's orders
+are created under a lock of that user's, the lease is taken by one conditional upsert,
+the fence locks the lease row until the write commits).
 """
 
 from __future__ import annotations
@@ -54,6 +59,19 @@ def _placeholders(values: Iterable[object]) -> str:
     return ", ".join("?" for _ in values)
 
 
+ALL = -1
+"""A `limit` of no limit."""
+
+
+def _limit(limit: int) -> int:
+    # LIMIT -1 is SQLite's "no limit", an error on PostgreSQL; LIMIT NULL the reverse.
+    return 2**62 if limit == ALL else limit
+
+
+_OPEN_PHASES = tuple(p.value for p in Phase if p not in FINAL_PHASES)
+_OPEN_PHASES_FROM_5 = ", ".join(f"?{5 + n}" for n in range(len(_OPEN_PHASES)))
+
+
 class OrderStore(db.Store):
     service = "order"
 
@@ -81,6 +99,10 @@ class OrderStore(db.Store):
         wanted = fingerprint(items)
 
         async def create(tx: Tx) -> tuple[Order, bool]:
+            # One user's creates one at a time, on every instance: a repeat of the request
+            # id then finds the first's order, the quota counts orders nobody else is
+            # adding, and a user's seqs follow commit order (ListOrders' keyset).
+            await tx.lock(f"user:{user_id}")
             row = await tx.fetchone(
                 "SELECT order_id, fingerprint FROM orders WHERE user_id = ? AND request_id = ?",
                 (user_id, request_id),
@@ -192,7 +214,7 @@ class OrderStore(db.Store):
                 (r["order_id"],)
                 for r in await tx.fetchall(
                     "SELECT order_id FROM sagas WHERE phase = ? AND updated_at < ?"
-                    " ORDER BY updated_at LIMIT ?",
+                    f" ORDER BY updated_at LIMIT ?{tx.skip_locked}",
                     (Phase.CANCELLED.value, before, limit),
                 )
             ]
@@ -207,21 +229,20 @@ class OrderStore(db.Store):
     async def saga(self, order_id: str) -> Saga:
         return await self.db.read(lambda tx: _read_saga(tx, order_id))
 
-    async def open_sagas(self, limit: int = -1, now: float | None = None) -> list[str]:
+    async def open_sagas(self, limit: int = ALL, now: float | None = None) -> list[str]:
         """Ids of sagas nobody drives: not final, not parked, and with no lease or an
-        expired one; oldest first, at most `limit` (-1: all)."""
+        expired one; oldest first, at most `limit` (ALL: all)."""
+
         # `phase IN (open phases)`, not `NOT IN (finals)`: IN walks the (phase, updated_at)
         # index; NOT IN scanned every saga ever made (4 ms at 50k orders, every interval).
-        open_phases = [p.value for p in Phase if p not in FINAL_PHASES]
-
         async def read(tx: Tx) -> list[str]:
             rows = await tx.fetchall(
                 "SELECT sagas.order_id FROM sagas LEFT JOIN saga_leases USING (order_id)"
-                f" WHERE phase IN ({_placeholders(open_phases)})"
+                f" WHERE phase IN ({_placeholders(_OPEN_PHASES)})"
                 " AND (saga_leases.expires_at IS NULL OR saga_leases.expires_at <= ?)"
                 " AND sagas.order_id NOT IN (SELECT order_id FROM parked_sagas)"
                 " ORDER BY sagas.updated_at LIMIT ?",
-                (*open_phases, await clock(tx, now), limit),
+                (*_OPEN_PHASES, await clock(tx, now), _limit(limit)),
             )
             return [r["order_id"] for r in rows]
 
@@ -237,28 +258,24 @@ class OrderStore(db.Store):
         or if the saga is final. NOT_FOUND if there is no such saga."""
 
         async def acquire(tx: Tx) -> Lease | None:
-            if (await _read_saga(tx, order_id)).phase in FINAL_PHASES:
-                return None  # nothing left to drive
+            # One statement, its condition on the lease row itself: two instances taking
+            # an expired lease at once cannot both win (the second waits for the first's
+            # row, then finds it held). Only an open saga gets a lease.
             at = await clock(tx, now)
             row = await tx.fetchone(
-                "SELECT owner, epoch, expires_at FROM saga_leases WHERE order_id = ?",
-                (order_id,),
+                "INSERT INTO saga_leases (order_id, owner, epoch, expires_at)"
+                " SELECT order_id, ?1, 1, ?2 FROM sagas"
+                f" WHERE order_id = ?3 AND phase IN ({_OPEN_PHASES_FROM_5})"
+                " ON CONFLICT (order_id) DO UPDATE SET owner = excluded.owner,"
+                " epoch = saga_leases.epoch + 1, expires_at = excluded.expires_at"
+                " WHERE saga_leases.owner = excluded.owner OR saga_leases.expires_at <= ?4"
+                " RETURNING epoch",
+                (owner, at + seconds, order_id, at, *_OPEN_PHASES),
             )
-            if row is None:
-                await tx.execute(
-                    "INSERT INTO saga_leases (order_id, owner, epoch, expires_at)"
-                    " VALUES (?, ?, 1, ?)",
-                    (order_id, owner, at + seconds),
-                )
-                return Lease(order_id, owner, 1)
-            if row["owner"] != owner and row["expires_at"] > at:
-                return None
-            await tx.execute(
-                "UPDATE saga_leases SET owner = ?, epoch = epoch + 1, expires_at = ?"
-                " WHERE order_id = ?",
-                (owner, at + seconds, order_id),
-            )
-            return Lease(order_id, owner, row["epoch"] + 1)
+            if row is not None:
+                return Lease(order_id, owner, row["epoch"])
+            await _read_saga(tx, order_id)  # NOT_FOUND if there is no such saga
+            return None
 
         return await self.db.write(acquire)
 
@@ -313,11 +330,15 @@ class OrderStore(db.Store):
         lease is given up, so any instance may drive it once an operator resumes it."""
 
         async def park(tx: Tx) -> bool:
+            # Parks one at a time, so that their rowids follow commit order: a page of
+            # ListParkedOrders never skips one committed late under a lower rowid.
+            await tx.lock("parked_sagas")
             await _fence(tx, lease)
             parked = await tx.execute(
-                "INSERT OR IGNORE INTO parked_sagas (order_id, phase, reason, detail,"
-                " parked_at) SELECT order_id, phase, ?, ?, ? FROM sagas"
-                " WHERE order_id = ? AND phase = ?",
+                "INSERT INTO parked_sagas (order_id, phase, reason, detail, parked_at)"
+                " SELECT order_id, phase, CAST(? AS TEXT), CAST(? AS TEXT),"
+                " CAST(? AS DOUBLE PRECISION) FROM sagas WHERE order_id = ? AND phase = ?"
+                " ON CONFLICT DO NOTHING",
                 (reason, detail, await clock(tx, now), lease.order_id, phase.value),
             )
             if parked:
@@ -336,15 +357,15 @@ class OrderStore(db.Store):
 
         return await self.db.write(unpark)
 
-    async def parked(self, after_seq: int = 0, limit: int = -1) -> list[ParkedSaga]:
+    async def parked(self, after_seq: int = 0, limit: int = ALL) -> list[ParkedSaga]:
         """Parked sagas, oldest first, after `after_seq` (a ParkedSaga's seq); at most
-        `limit` of them (-1: all)."""
+        `limit` of them (ALL: all)."""
         rows = await self.db.read(
             lambda tx: tx.fetchall(
                 "SELECT parked_sagas.rowid AS seq, parked_sagas.*, orders.user_id"
                 " FROM parked_sagas JOIN orders USING (order_id)"
                 " WHERE parked_sagas.rowid > ? ORDER BY parked_sagas.rowid LIMIT ?",
-                (after_seq, limit),
+                (after_seq, _limit(limit)),
             )
         )
         return [
@@ -557,8 +578,11 @@ async def _check_quota(tx: Tx, user_id: str, quota: Quota, now: float) -> None:
 
 async def _fence(tx: Tx, lease: Lease) -> None:
     """Raises LeaseLost unless `lease` is the saga's lease now (owner and epoch)."""
+    # FOR SHARE on a server database: an instance adopting the saga (acquire updates
+    # this row) waits until this write has committed, so no write of an old epoch lands
+    # after the new one began.
     held = await tx.fetchone(
-        "SELECT 1 FROM saga_leases WHERE order_id = ? AND owner = ? AND epoch = ?",
+        "SELECT 1 FROM saga_leases WHERE order_id = ? AND owner = ? AND epoch = ?" + tx.for_share,
         (lease.order_id, lease.owner, lease.epoch),
     )
     if held is None:

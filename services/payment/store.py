@@ -1,4 +1,4 @@
-"""Payment's SQLite store: money moves between available, held and captured atomically.
+"""Payment's store: money moves between available, held and captured atomically.
 
 For every account, `available + held + captured` equals what was deposited, and one
 payment per order (the primary key) means at most one capture per order.
@@ -8,6 +8,11 @@ the payment is EXPIRED. Each write expires what is due first (as inventory's hol
 no call ever sees an authorization past its time, and the service's sweeper does the same
 for authorizations nobody calls about (`expire_due`). Expiry is the database's time
 (`Tx.now`); the `now` arguments let tests set it.
+
+Written to be right on PostgreSQL under READ COMMITTED with many instances too
+(docs/postgres-concurrency.md): an order's payment row is claimed before money moves, a
+payment's state changes by an UPDATE conditional on AUTHORIZED, and rows are locked in
+one order: payments, then accounts, then expiry rows.
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ class PaymentStore(db.Store):
             added = 0
             for a in accounts:
                 added += await tx.execute(
-                    "INSERT OR IGNORE INTO accounts (user_id, currency, available)"
-                    " VALUES (?, ?, ?)",
+                    "INSERT INTO accounts (user_id, currency, available)"
+                    " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                     (a["user_id"], a.get("currency", "USD"), a["balance_minor"]),
                 )
             return added
@@ -85,8 +90,14 @@ class PaymentStore(db.Store):
         async def authorize(tx: Tx) -> Payment:
             at = await clock(tx, now)
             await _expire_due(tx, at)
-            existing = await _read_payment(tx, order_id)
-            if existing is None:
+            # The order's payment is claimed first: a repeat of this call at the same
+            # moment on another instance waits here for this one, then finds it.
+            claimed = await tx.execute(
+                "INSERT INTO payments (order_id, user_id, amount_minor, currency, state,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (order_id, user_id, amount_minor, currency, PaymentState.AUTHORIZED.value, at, at),
+            )
+            if claimed:
                 account = await tx.fetchone(
                     "SELECT currency FROM accounts WHERE user_id = ?", (user_id,)
                 )
@@ -103,17 +114,18 @@ class PaymentStore(db.Store):
                     " WHERE user_id = ?2 AND available >= ?1",
                     (amount_minor, user_id),
                 )
-                state = PaymentState.AUTHORIZED if held else PaymentState.DECLINED
-                await tx.execute(
-                    "INSERT INTO payments VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (order_id, user_id, amount_minor, currency, state.value, at, at),
-                )
                 if held:
                     await tx.execute(
                         "INSERT INTO authorization_expiry (order_id, expire_at) VALUES (?, ?)",
                         (order_id, at + authorization_seconds),
                     )
+                else:
+                    await tx.execute(
+                        "UPDATE payments SET state = ? WHERE order_id = ?",
+                        (PaymentState.DECLINED.value, order_id),
+                    )
                 return await _payment_or_fail(tx, order_id)
+            existing = await _payment_or_fail(tx, order_id)
             if existing.state is PaymentState.VOIDED and existing.amount_minor == 0:
                 pass  # a tombstone from VoidPayment: checked below, holds nothing
             elif (existing.user_id, existing.amount_minor, existing.currency) != (
@@ -144,11 +156,12 @@ class PaymentStore(db.Store):
         async def capture(tx: Tx) -> Payment:
             at = await clock(tx, now)
             await _expire_due(tx, at)
-            found = await _owned(tx, order_id, user_id)
-            if found.state is PaymentState.AUTHORIZED:
-                await _move(tx, found, "held = held - ?1, captured = captured + ?1")
-                await _set_state(tx, order_id, PaymentState.CAPTURED, at)
-            return await _payment_or_fail(tx, order_id)
+            # The state change first, conditional on AUTHORIZED: a void of the same payment
+            # at the same moment moves the money, or this does, never both.
+            moved = await _change_state(tx, order_id, user_id, PaymentState.CAPTURED, at)
+            if moved is not None:
+                await _move(tx, moved, "held = held - ?1, captured = captured + ?1")
+            return await _owned(tx, order_id, user_id)
 
         found = await self.db.write(capture)
         if found.state is not PaymentState.CAPTURED:
@@ -162,19 +175,19 @@ class PaymentStore(db.Store):
         async def void(tx: Tx) -> Payment:
             at = await clock(tx, now)
             await _expire_due(tx, at)
-            if await _read_payment(tx, order_id) is None:
-                # A tombstone: an AuthorizePayment for this order that arrives late finds
-                # it and holds nothing.
-                await tx.execute(
-                    "INSERT INTO payments VALUES (?, ?, 0, '', ?, ?, ?)",
-                    (order_id, user_id, PaymentState.VOIDED.value, at, at),
-                )
-                return await _payment_or_fail(tx, order_id)
-            found = await _owned(tx, order_id, user_id)
-            if found.state is PaymentState.AUTHORIZED:
-                await _move(tx, found, "held = held - ?1, available = available + ?1")
-                await _set_state(tx, order_id, PaymentState.VOIDED, at)
-            return await _payment_or_fail(tx, order_id)
+            # A tombstone if the order has no payment: an AuthorizePayment for this order
+            # that arrives late (or at this very moment, on another instance) finds it and
+            # holds nothing.
+            tombstone = await tx.execute(
+                "INSERT INTO payments (order_id, user_id, amount_minor, currency, state,"
+                " created_at, updated_at) VALUES (?, ?, 0, '', ?, ?, ?) ON CONFLICT DO NOTHING",
+                (order_id, user_id, PaymentState.VOIDED.value, at, at),
+            )
+            if not tombstone:
+                moved = await _change_state(tx, order_id, user_id, PaymentState.VOIDED, at)
+                if moved is not None:
+                    await _move(tx, moved, "held = held - ?1, available = available + ?1")
+            return await _owned(tx, order_id, user_id)
 
         found = await self.db.write(void)
         if found.state is PaymentState.CAPTURED:
@@ -210,7 +223,7 @@ class PaymentStore(db.Store):
         async def prune(tx: Tx) -> int:
             return await tx.execute(
                 "DELETE FROM payments WHERE order_id IN (SELECT order_id FROM payments"
-                " WHERE state IN (?, ?, ?) AND updated_at < ? LIMIT ?)",
+                f" WHERE state IN (?, ?, ?) AND updated_at < ? LIMIT ?{tx.skip_locked})",
                 (
                     *(s.value for s in PRUNABLE_STATES),
                     await clock(tx, now) - retention_seconds,
@@ -269,28 +282,49 @@ async def _owned(tx: Tx, order_id: str, user_id: str) -> Payment:
     return found
 
 
-async def _move(tx: Tx, payment: Payment, assignment: str) -> None:
-    await tx.execute(
-        f"UPDATE accounts SET {assignment} WHERE user_id = ?2",
-        (payment.amount_minor, payment.user_id),
+async def _change_state(
+    tx: Tx, order_id: str, user_id: str, state: PaymentState, now: float
+) -> tuple[int, str] | None:
+    """AUTHORIZED -> `state`, if the payment is the user's and still AUTHORIZED; its
+    expiry goes. Returns what to move (amount, user), or None if nothing changed."""
+    row = await tx.fetchone(
+        "UPDATE payments SET state = ?, updated_at = ?"
+        " WHERE order_id = ? AND user_id = ? AND state = ? RETURNING amount_minor, user_id",
+        (state.value, now, order_id, user_id, PaymentState.AUTHORIZED.value),
     )
-
-
-async def _set_state(tx: Tx, order_id: str, state: PaymentState, now: float) -> None:
-    """Moves an AUTHORIZED payment on (every move leaves AUTHORIZED): its expiry goes."""
-    await tx.execute(
-        "UPDATE payments SET state = ?, updated_at = ? WHERE order_id = ?",
-        (state.value, now, order_id),
-    )
+    if row is None:
+        return None
     await tx.execute("DELETE FROM authorization_expiry WHERE order_id = ?", (order_id,))
+    return row["amount_minor"], row["user_id"]
+
+
+async def _move(tx: Tx, moved: tuple[int, str], assignment: str) -> None:
+    await tx.execute(f"UPDATE accounts SET {assignment} WHERE user_id = ?2", moved)
 
 
 async def _expire_due(tx: Tx, now: float) -> int:
+    """Gives back the money of every authorization past its expire time. Locks as
+    authorize and capture do: the payments first (those another transaction is busy with
+    are left to the next sweep), then the accounts in user order, then the expiry rows."""
     due = await tx.fetchall(
-        "SELECT order_id FROM authorization_expiry WHERE expire_at <= ?", (now,)
+        "SELECT p.order_id, p.user_id, p.amount_minor FROM payments p"
+        " JOIN authorization_expiry e USING (order_id)"
+        " WHERE e.expire_at <= ? AND p.state = ? ORDER BY p.user_id"
+        + tx.skip_locked.replace("UPDATE", "UPDATE OF p"),
+        (now, PaymentState.AUTHORIZED.value),
     )
     for row in due:
-        found = await _payment_or_fail(tx, row["order_id"])
-        await _move(tx, found, "held = held - ?1, available = available + ?1")
-        await _set_state(tx, found.order_id, PaymentState.EXPIRED, now)
+        await tx.execute(
+            "UPDATE payments SET state = ?, updated_at = ? WHERE order_id = ?",
+            (PaymentState.EXPIRED.value, now, row["order_id"]),
+        )
+    for row in due:
+        await _move(
+            tx,
+            (row["amount_minor"], row["user_id"]),
+            "held = held - ?1, available = available + ?1",
+        )
+    await tx.executemany(
+        "DELETE FROM authorization_expiry WHERE order_id = ?", [(r["order_id"],) for r in due]
+    )
     return len(due)

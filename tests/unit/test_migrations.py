@@ -85,7 +85,7 @@ def test_the_first_migration_makes_exactly_the_tables_the_code_made_before(
     only_the_first = tmp_path / "migrations"
     only_the_first.mkdir()
     shutil.copy(migrations.folder(service) / "0001_initial.sql", only_the_first)
-    monkeypatch.setattr(migrations, "folder", lambda _: only_the_first)
+    monkeypatch.setattr(migrations, "folder", lambda *_: only_the_first)
     STORES[service](tmp_path / "new.db").close()
     assert applies(tmp_path / "new.db") == ["0001_initial"]
     assert schema(tmp_path / "new.db") == schema(

@@ -1,7 +1,7 @@
 -- The order service's tables as the code made them before migrations existed, statement for
 -- statement. IF NOT EXISTS throughout: a database made by that code (or an older one, which
 -- lacks some of these tables and indexes) is adopted as it is, keeping every row.
--- This is SQLite's spelling; what PostgreSQL needs instead is in docs/architecture.md.
+-- This is SQLite's spelling; ../postgresql/0001_initial.sql is PostgreSQL's.
 CREATE TABLE IF NOT EXISTS orders (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     order_id TEXT NOT NULL UNIQUE,

@@ -1,7 +1,7 @@
 -- The payment service's tables as the code made them before migrations existed, statement for
 -- statement. IF NOT EXISTS throughout: a database made by that code (or an older one, made
 -- before authorizations expired) is adopted as it is, keeping every row.
--- This is SQLite's spelling; what PostgreSQL needs instead is in docs/architecture.md.
+-- This is SQLite's spelling; ../postgresql/0001_initial.sql is PostgreSQL's.
 CREATE TABLE IF NOT EXISTS accounts (
     user_id TEXT PRIMARY KEY,
     currency TEXT NOT NULL,
