@@ -139,16 +139,17 @@ async def query_plan(store: db.Store, backend: str, sql: str, params: Sequence[o
     """The plan of a query, as one string. On SQLite the plan the planner picks. On
     PostgreSQL with sequential scans priced out: its planner scans a table of a few rows
     whatever indexes it has, so what a test can see there is which index the query can
-    use (none shows as a Seq Scan all the same)."""
+    use (none shows as a Seq Scan all the same). Not itself recorded or observed."""
+    database = store.db._inner if isinstance(store.db, _Observed) else store.db
     if backend == "sqlite":
-        found = await store.db.read(lambda tx: tx.fetchall(f"EXPLAIN QUERY PLAN {sql}", params))
+        found = await database.read(lambda tx: tx.fetchall(f"EXPLAIN QUERY PLAN {sql}", params))
         return " | ".join(str(row[-1]) for row in found)
 
     async def explain(tx: Tx) -> list[object]:
         await tx.execute("SET LOCAL enable_seqscan = off")  # this transaction only
         return [row[0] for row in await tx.fetchall(f"EXPLAIN {sql}", params)]
 
-    return " | ".join(str(line) for line in await store.db.write(explain))
+    return " | ".join(str(line) for line in await database.write(explain))
 
 
 class _Observed:
