@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -31,7 +31,6 @@ from tests.helpers import (
 )
 from tests.postgres_harness import running_cluster
 from tests.stack import Stack, StackFactory, stack_factory
-from tests.stores import SessionDatabases, StoreOpener
 from tests.system_helpers import SystemFactory, start_test_system, system_factory
 
 TESTS = pathlib.Path(__file__).parent
@@ -90,27 +89,44 @@ def session_cluster(request: pytest.FixtureRequest, backend: str) -> Cluster:
     return request.config.stash[SESSION_CLUSTER]
 
 
-@pytest.fixture(scope="session")
-def store_databases(request: pytest.FixtureRequest, backend: str) -> SessionDatabases | None:
-    """The session server's database of each service, for `open_store` (None on SQLite)."""
-    if backend != "postgresql":
-        return None
-    return SessionDatabases(request.getfixturevalue("session_cluster"))
+NOT_ON_POSTGRESQL = pytest.StashKey[list[tuple[str, str]]]()
 
 
-@pytest.fixture
-async def open_store(
-    backend: str, tmp_path: pathlib.Path, store_databases: SessionDatabases | None
-) -> AsyncIterator[StoreOpener]:
-    """`await open_store(OrderStore)`: a store on the session's backend, a SQLite file in
-    tmp_path or the service's database on the session's server, emptied for this test
-    (tests/stores.py). Twice for one service: two stores (two instances) on one database.
-    Every store is closed after the test."""
-    opener = StoreOpener(backend, tmp_path, store_databases)
-    try:
-        yield opener
-    finally:
-        await opener.close()
+def deselect_sqlite_only(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --backend postgresql, the tests marked `sqlite_only` are deselected and named,
+    with their reason, at the end of the run: never a silent skip."""
+    if config.getoption("backend") != "postgresql":
+        return
+    kept, dropped = [], []
+    for item in items:
+        mark = item.get_closest_marker("sqlite_only")
+        if mark is None:
+            kept.append(item)
+            continue
+        if not mark.args or not isinstance(mark.args[0], str):
+            raise pytest.UsageError(f"{item.nodeid}: sqlite_only needs a reason")
+        dropped.append(item)
+        config.stash.setdefault(NOT_ON_POSTGRESQL, []).append((item.nodeid, mark.args[0]))
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def deselect_backend_free(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --backend postgresql, the tests that take no backend (no `backend` fixture,
+    directly or through another: `open_store`, the stacks' and systems' databases) are
+    deselected too: they would only run again as they ran on SQLite. pytest counts them
+    among the deselected."""
+    if config.getoption("backend") != "postgresql":
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        takes_backend = "backend" in getattr(item, "fixturenames", ())
+        (kept if takes_backend else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers
@@ -125,29 +141,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(folder)
         if folder != "unit":
             item.add_marker("system")
-        mark = item.get_closest_marker("sqlite_only")
-        if mark is not None and not (mark.args and str(mark.args[0]).strip()):
-            raise pytest.UsageError(f"{item.nodeid}: sqlite_only(reason) needs its reason")
-    if config.getoption("backend") != "sqlite":
-        _deselect(config, items, _not_on_server)
-
-
-def _not_on_server(item: pytest.Item) -> bool:
-    """A test the PostgreSQL pass leaves out: one about SQLite itself (sqlite_only), or one
-    that takes no backend (it would run exactly as it did on SQLite). A test takes the
-    backend through the `backend` fixture, directly or through another fixture."""
-    return item.get_closest_marker("sqlite_only") is not None or (
-        "backend" not in getattr(item, "fixturenames", ())
-    )
-
-
-def _deselect(
-    config: pytest.Config, items: list[pytest.Item], leave_out: Callable[[pytest.Item], bool]
-) -> None:
-    kept = [item for item in items if not leave_out(item)]
-    if len(kept) < len(items):
-        config.hook.pytest_deselected(items=[item for item in items if leave_out(item)])
-        items[:] = kept
+    deselect_sqlite_only(config, items)
+    deselect_backend_free(config, items)
 
 
 @pytest.fixture
@@ -251,8 +246,16 @@ def postgres_cluster() -> Iterator[Cluster]:
         yield cluster
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The fault tests' results as one table: what was broken, what callers saw."""
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """The tests not run on PostgreSQL and why; the fault tests' results as one table:
+    what was broken, what callers saw."""
+    not_run = config.stash.get(NOT_ON_POSTGRESQL, [])
+    if not_run:
+        terminalreporter.section("not run on postgresql (sqlite_only)")
+        for nodeid, reason in not_run:
+            terminalreporter.write_line(f"{nodeid}: {reason}")
     if not FAULT_TABLE:
         return
     terminalreporter.section("faults")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import sqlite3
 import time
 
 import grpc
@@ -314,8 +315,17 @@ async def one_of_each(store: InventoryStore, prefix: str, at: float) -> None:
     await store.reserve(f"{prefix}held", "alice", mug, 1000 * DAY, at + 1)
 
 
-async def reservation_ids(store: InventoryStore) -> tuple[set[object], set[object]]:
+def reservation_ids(path: pathlib.Path) -> tuple[set[str], set[str]]:
     """The order ids in reservations, and in reservation_items."""
+    with sqlite3.connect(path) as conn:
+        return (
+            {r[0] for r in conn.execute("SELECT order_id FROM reservations")},
+            {r[0] for r in conn.execute("SELECT order_id FROM reservation_items")},
+        )
+
+
+async def stored_reservation_ids(store: InventoryStore) -> tuple[set[object], set[object]]:
+    """The order ids in reservations, and in reservation_items, read through the store."""
     return (
         {r[0] for r in await rows(store, "SELECT order_id FROM reservations")},
         {r[0] for r in await rows(store, "SELECT order_id FROM reservation_items")},
@@ -335,10 +345,10 @@ async def test_retention_prunes_finished_reservations_and_never_a_sale(
     everything = {"committed", "released", "tombstone", "expired", "held"}
     kept = {"old-committed", "old-held"} | {f"new-{k}" for k in everything}
     held_or_sold = kept - {"new-tombstone"}  # a tombstone has no items
-    assert await reservation_ids(store) == (kept, held_or_sold)
+    assert await stored_reservation_ids(store) == (kept, held_or_sold)
     assert await store.product("SKU-MUG") == before  # no stock moved
     assert await store.prune(7 * DAY, now=1000.0 + 100 * DAY) == 3
-    assert (await reservation_ids(store))[0] == {
+    assert (await stored_reservation_ids(store))[0] == {
         f"{p}{k}" for p in ("old-", "new-") for k in ("committed", "held")
     }
     assert (await store.reservation("old-committed")).state is ReservationState.COMMITTED
@@ -351,8 +361,7 @@ async def test_the_sweeper_prunes_past_retention(
     config = InventoryConfig(
         db_path=tmp_path / "short.db", seed_file=seed_file, retention_seconds=1
     )
-    service = InventoryService(config)
-    async with serving(service) as served:
+    async with serving(InventoryService(config)) as served:
         inventory = InventoryServiceStub(served.channel)
         await inventory.ReserveStock(reserve("kept", ("SKU-MUG", 2)), metadata=ALICE)
         await inventory.CommitReservation(
@@ -362,7 +371,7 @@ async def test_the_sweeper_prunes_past_retention(
             rpc.ReleaseReservationRequest(order_id="gone"), metadata=ALICE
         )
         deadline = time.monotonic() + 10  # the sweeper runs every second
-        while "gone" in (await reservation_ids(service.store))[0]:
+        while "gone" in reservation_ids(config.db_path)[0]:
             assert time.monotonic() < deadline, "the tombstone was never pruned"
             await asyncio.sleep(0.05)
         error = await rejected(

@@ -317,7 +317,12 @@ async def one_of_each(store: PaymentStore, prefix: str, at: float) -> None:
     )
 
 
-async def payment_ids(store: PaymentStore) -> set[str]:
+def payment_ids(path: pathlib.Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("SELECT order_id FROM payments")}
+
+
+async def stored_payment_ids(store: PaymentStore) -> set[str]:
     return {str(r[0]) for r in await rows(store, "SELECT order_id FROM payments")}
 
 
@@ -333,12 +338,14 @@ async def test_retention_prunes_finished_payments_and_never_a_capture(
     pruned = await store.prune(7 * DAY + 1, now=1000.0 + 12 * DAY)
     assert pruned == 4
     kept = {"captured", "authorized"}
-    assert await payment_ids(store) == {f"old-{k}" for k in kept} | {
+    assert await stored_payment_ids(store) == {f"old-{k}" for k in kept} | {
         f"new-{k}" for k in ("captured", "voided", "tombstone", "declined", "expired", "authorized")
     }
     assert (await store.account("alice"), await store.account("bob")) == before  # no money moved
     assert await store.prune(7 * DAY, now=1000.0 + 100 * DAY) == 4
-    assert {i.removeprefix("old-").removeprefix("new-") for i in await payment_ids(store)} == kept
+    assert {
+        i.removeprefix("old-").removeprefix("new-") for i in await stored_payment_ids(store)
+    } == kept
     assert (await store.payment("old-captured")).state is PaymentState.CAPTURED
 
 
@@ -346,14 +353,13 @@ async def test_the_sweeper_prunes_past_retention(
     tmp_path: pathlib.Path, seed_file: pathlib.Path
 ) -> None:
     config = PaymentConfig(db_path=tmp_path / "short.db", seed_file=seed_file, retention_seconds=1)
-    service = PaymentService(config)
-    async with serving(service) as served:
+    async with serving(PaymentService(config)) as served:
         payment = PaymentServiceStub(served.channel)
         await payment.AuthorizePayment(authorize("kept", 2500), metadata=ALICE)
         await payment.CapturePayment(rpc.CapturePaymentRequest(order_id="kept"), metadata=ALICE)
         await payment.VoidPayment(rpc.VoidPaymentRequest(order_id="gone"), metadata=ALICE)
         deadline = time.monotonic() + WAIT_SECONDS
-        while "gone" in await payment_ids(service.store):
+        while "gone" in payment_ids(config.db_path):
             assert time.monotonic() < deadline, "the tombstone was never pruned"
             await asyncio.sleep(0.05)
         error = await rejected(
