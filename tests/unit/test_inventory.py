@@ -18,6 +18,7 @@ from services.inventory.store import InventoryStore
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_service_pb2 as rpc
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
+from shopmesh.seed import write_seed
 from tests.helpers import ADMIN, rejected, serving, user
 from tests.stores import StoreOpener, rows
 
@@ -383,3 +384,24 @@ async def test_the_sweeper_prunes_past_retention(
         )
         assert kept.reservation.state == pb.RESERVATION_STATE_COMMITTED
         assert await stock(inventory, "SKU-MUG") == (23, 0, 2)
+
+
+async def test_buyers_of_the_last_unit_on_two_instances_never_oversell(
+    open_store: StoreOpener, tmp_path: pathlib.Path
+) -> None:
+    """Ten reservations of the last unit at once, half through each of two instances: on
+    SQLite one write lock takes them in turn, on PostgreSQL they race on two pools."""
+    first, second = await open_store(InventoryStore), await open_store(InventoryStore)
+    await first.seed(write_seed(tmp_path / "last.json", {"SKU-LAST": (100, 1)}, {}))
+    answers = await asyncio.gather(
+        *(
+            (first, second)[n % 2].reserve(f"o{n}", f"user-{n}", [Item("SKU-LAST", 1)], 60, 0.0)
+            for n in range(10)
+        ),
+        return_exceptions=True,
+    )
+    refused = [a for a in answers if isinstance(a, Exception)]
+    assert len(refused) == 9, answers
+    assert {getattr(a, "reason", repr(a)) for a in refused} == {"OUT_OF_STOCK"}
+    product = await second.product("SKU-LAST")
+    assert (product.available, product.held, product.sold) == (0, 1, 0)

@@ -460,3 +460,25 @@ async def test_a_flaky_instance_fails_every_second_mutating_call_before_doing_an
         # Past the first 2N calls, none fails.
         void = rpc.VoidPaymentRequest(order_id="o2")
         assert (await payment.VoidPayment(void, metadata=ALICE)).payment.order_id == "o2"
+
+
+async def test_authorizations_on_two_instances_at_once_never_overdraw(
+    open_store: StoreOpener, seed_file: pathlib.Path
+) -> None:
+    """Bob's 20.00 asked for ten times 5.00 at once, half through each of two instances."""
+    first, second = await open_store(PaymentStore), await open_store(PaymentStore)
+    await first.seed(seed_file)
+    answers = await asyncio.gather(
+        *(
+            (first, second)[n % 2].authorize(
+                f"o{n}", "bob", 500, "USD", now=0.0, authorization_seconds=60
+            )
+            for n in range(10)
+        ),
+        return_exceptions=True,
+    )
+    declined = [a for a in answers if isinstance(a, Exception)]
+    assert len(declined) == 6, answers
+    assert {getattr(a, "reason", repr(a)) for a in declined} == {"INSUFFICIENT_FUNDS"}
+    account = await second.account("bob")
+    assert (account.available, account.held) == (0, 2000)

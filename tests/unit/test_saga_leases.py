@@ -114,3 +114,19 @@ async def test_a_runner_drives_at_most_max_active_sagas_at_once(open_store: Stor
     assert len(await store.open_sagas(now=0.0)) == 3  # left for other instances
     await runner.stop()
     assert len(await store.open_sagas(now=0.0)) == 5  # given back at stop
+
+
+async def test_four_instances_adopting_one_expired_saga_at_once_take_it_once(
+    open_store: StoreOpener,
+) -> None:
+    stores = [await open_store(OrderStore) for _ in range(4)]
+    await stores[0].create("o1", "alice", "r1", ITEMS, 0.0, lease=Lease("o1", "x", 1))
+    for attempt in range(5):  # five rounds of four adopters: one lease a round
+        now = 100.0 * (attempt + 1)
+        leases = await asyncio.gather(
+            *(s.acquire("o1", f"i{n}", 50.0, now=now) for n, s in enumerate(stores))
+        )
+        won = [lease for lease in leases if lease is not None]
+        assert len(won) == 1, leases
+        assert won[0].epoch == attempt + 2
+        assert await stores[1].lease("o1") == won[0]
