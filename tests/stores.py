@@ -13,6 +13,7 @@ own per test (CREATE DATABASE, its role, the migrations) 130-146 ms.
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar, cast
@@ -24,6 +25,8 @@ from shopmesh.postgres import Cluster
 S = TypeVar("S", bound=db.Store)
 T = TypeVar("T")
 
+CLOSE_TIMEOUT_SECONDS = 10.0
+"""How long closing a test's store may take: closing a pool waits for its connections."""
 DATABASE_PREFIX = "tests_"
 """The session server's databases for the stores of tests: named apart from the services'
 own (`order`, ...), which the process stacks of the same session may use."""
@@ -98,8 +101,21 @@ class StoreOpener:
         return store
 
     async def close(self) -> None:
+        """Closes every store; one that cannot close in time (a pool waits for each of its
+        connections to come back: a task the test left running still holds one) fails the
+        test, after the others are closed."""
+        stuck = []
         while self._opened:
-            await self._opened.pop().aclose()
+            store = self._opened.pop()
+            try:
+                await asyncio.wait_for(store.aclose(), CLOSE_TIMEOUT_SECONDS)
+            except TimeoutError:
+                stuck.append(type(store).__name__)
+        if stuck:
+            raise AssertionError(
+                f"{', '.join(stuck)} did not close within {CLOSE_TIMEOUT_SECONDS:g} s:"
+                " a transaction of the test's was still running (a task left behind?)"
+            )
 
 
 async def rows(
