@@ -124,6 +124,23 @@ def deselect_sqlite_only(config: pytest.Config, items: list[pytest.Item]) -> Non
         items[:] = kept
 
 
+def deselect_backend_free(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --backend postgresql, the tests that take no backend (no `backend` fixture,
+    directly or through another: `open_store`, the stacks' and systems' databases) are
+    deselected too: they would only run again as they ran on SQLite. pytest counts them
+    among the deselected."""
+    if config.getoption("backend") != "postgresql":
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        takes_backend = "backend" in getattr(item, "fixturenames", ())
+        (kept if takes_backend else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
@@ -137,6 +154,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if folder != "unit":
             item.add_marker("system")
     deselect_sqlite_only(config, items)
+    deselect_backend_free(config, items)
 
 
 @pytest.fixture

@@ -6,11 +6,14 @@ from __future__ import annotations
 import _posixsubprocess
 import contextlib
 import os
+import pathlib
 import subprocess
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 import pytest
+
+from tests.stores import SessionDatabases, StoreOpener
 
 # Every way a Python program starts a process ends in one of these: subprocess (also under
 # asyncio's create_subprocess_*, os.popen), fork (multiprocessing, os.spawn*, pty), spawn.
@@ -65,3 +68,26 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
     with no_processes(item):
         return (yield)
+
+
+@pytest.fixture(scope="session")
+def store_databases(request: pytest.FixtureRequest, backend: str) -> SessionDatabases | None:
+    """The session server's database of each service, for `open_store` (None on SQLite)."""
+    if backend != "postgresql":
+        return None
+    return SessionDatabases(request.getfixturevalue("session_cluster"))
+
+
+@pytest.fixture
+async def open_store(
+    backend: str, tmp_path: pathlib.Path, store_databases: SessionDatabases | None
+) -> AsyncIterator[StoreOpener]:
+    """`await open_store(OrderStore)`: a store on the session's backend, a SQLite file in
+    tmp_path or the service's database on the session's server, emptied for this test
+    (tests/stores.py). Twice for one service: two stores (two instances) on one database.
+    Every store is closed after the test."""
+    opener = StoreOpener(backend, tmp_path, store_databases)
+    try:
+        yield opener
+    finally:
+        await opener.close()

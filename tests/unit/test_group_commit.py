@@ -8,6 +8,8 @@ import asyncio
 import pathlib
 import sqlite3
 
+import pytest
+
 from services.common import db
 from services.common.database import Tx
 from services.common.errors import ErrorKind, ServiceError
@@ -16,6 +18,10 @@ from services.inventory.store import InventoryStore
 from shopmesh.seed import write_seed
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
+
+pytestmark = pytest.mark.sqlite_only(
+    "group commit is SQLite's: one writer thread, savepoints under one COMMIT, its trace of COMMITs"
+)
 
 
 class Counter(db.Store):

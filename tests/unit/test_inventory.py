@@ -18,7 +18,9 @@ from services.inventory.store import InventoryStore
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_service_pb2 as rpc
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
+from shopmesh.seed import write_seed
 from tests.helpers import ADMIN, rejected, serving, user
+from tests.stores import StoreOpener, rows
 
 ALICE = user("alice")
 
@@ -323,11 +325,18 @@ def reservation_ids(path: pathlib.Path) -> tuple[set[str], set[str]]:
         )
 
 
+async def stored_reservation_ids(store: InventoryStore) -> tuple[set[object], set[object]]:
+    """The order ids in reservations, and in reservation_items, read through the store."""
+    return (
+        {r[0] for r in await rows(store, "SELECT order_id FROM reservations")},
+        {r[0] for r in await rows(store, "SELECT order_id FROM reservation_items")},
+    )
+
+
 async def test_retention_prunes_finished_reservations_and_never_a_sale(
-    tmp_path: pathlib.Path, seed_file: pathlib.Path
+    open_store: StoreOpener, seed_file: pathlib.Path
 ) -> None:
-    path = tmp_path / "inventory.db"
-    store = InventoryStore(path)
+    store = await open_store(InventoryStore)
     await store.seed(seed_file)
     await one_of_each(store, "old-", at=1000.0)
     await one_of_each(store, "new-", at=1000.0 + 5 * DAY)
@@ -337,15 +346,14 @@ async def test_retention_prunes_finished_reservations_and_never_a_sale(
     everything = {"committed", "released", "tombstone", "expired", "held"}
     kept = {"old-committed", "old-held"} | {f"new-{k}" for k in everything}
     held_or_sold = kept - {"new-tombstone"}  # a tombstone has no items
-    assert reservation_ids(path) == (kept, held_or_sold)
+    assert await stored_reservation_ids(store) == (kept, held_or_sold)
     assert await store.product("SKU-MUG") == before  # no stock moved
     assert await store.prune(7 * DAY, now=1000.0 + 100 * DAY) == 3
-    assert reservation_ids(path)[0] == {
+    assert (await stored_reservation_ids(store))[0] == {
         f"{p}{k}" for p in ("old-", "new-") for k in ("committed", "held")
     }
     assert (await store.reservation("old-committed")).state is ReservationState.COMMITTED
     assert await store.product("SKU-MUG") == before
-    store.close()
 
 
 async def test_the_sweeper_prunes_past_retention(
@@ -376,3 +384,24 @@ async def test_the_sweeper_prunes_past_retention(
         )
         assert kept.reservation.state == pb.RESERVATION_STATE_COMMITTED
         assert await stock(inventory, "SKU-MUG") == (23, 0, 2)
+
+
+async def test_buyers_of_the_last_unit_on_two_instances_never_oversell(
+    open_store: StoreOpener, tmp_path: pathlib.Path
+) -> None:
+    """Ten reservations of the last unit at once, half through each of two instances: on
+    SQLite one write lock takes them in turn, on PostgreSQL they race on two pools."""
+    first, second = await open_store(InventoryStore), await open_store(InventoryStore)
+    await first.seed(write_seed(tmp_path / "last.json", {"SKU-LAST": (100, 1)}, {}))
+    answers = await asyncio.gather(
+        *(
+            (first, second)[n % 2].reserve(f"o{n}", f"user-{n}", [Item("SKU-LAST", 1)], 60, 0.0)
+            for n in range(10)
+        ),
+        return_exceptions=True,
+    )
+    refused = [a for a in answers if isinstance(a, Exception)]
+    assert len(refused) == 9, answers
+    assert {getattr(a, "reason", repr(a)) for a in refused} == {"OUT_OF_STOCK"}
+    product = await second.product("SKU-LAST")
+    assert (product.available, product.held, product.sold) == (0, 1, 0)

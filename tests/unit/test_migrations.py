@@ -28,6 +28,10 @@ STORES: dict[str, type[db.Store]] = {
 }
 SERVICES = sorted(STORES)
 
+pytestmark = pytest.mark.sqlite_only(
+    "SQLite's migrations: files made by the code before migrations, yoyo's lock in a SQLite file"
+)
+
 
 def schema(path: pathlib.Path) -> list[tuple[str, str, str, str | None]]:
     """Every table and index of the database but yoyo's, as SQLite keeps them."""

@@ -175,6 +175,7 @@ class CallerContext:
         return None
 
 
+@pytest.mark.sqlite_only("another connection holds SQLite's write lock, so the order's write waits")
 async def test_a_caller_who_leaves_while_the_order_is_written_still_gets_its_saga(
     tmp_path: pathlib.Path, inventory_served: Served, payment_served: Served
 ) -> None:

@@ -1,16 +1,14 @@
 """A user's quota (open orders, recent declines) and the retention of cancelled orders, in
-the order store on a real SQLite file."""
+the order store, on the session's backend."""
 
 from __future__ import annotations
-
-import pathlib
-import sqlite3
 
 import pytest
 
 from services.common.errors import ErrorKind, ServiceError
 from services.order.domain import Lease, LineItem, Phase, Quota
 from services.order.store import OrderStore
+from tests.stores import StoreOpener, query_plan, record_statements, rows
 
 ITEMS = (LineItem("SKU-TEA", 1),)
 QUOTA = Quota(max_open_orders=3, max_declines=2, decline_window_seconds=100.0)
@@ -37,8 +35,8 @@ async def cancel(store: OrderStore, n: int, reason: str, now: float, user: str =
     assert await store.finish(lease, Phase.COMPENSATING, now)
 
 
-async def test_a_user_may_have_only_so_many_open_orders(tmp_path: pathlib.Path) -> None:
-    store = OrderStore(tmp_path / "order.db")
+async def test_a_user_may_have_only_so_many_open_orders(open_store: StoreOpener) -> None:
+    store = await open_store(OrderStore)
     assert await place(store, 1) and await place(store, 2) and await place(store, 3)
     with pytest.raises(ServiceError) as refused:
         await place(store, 4)
@@ -51,13 +49,12 @@ async def test_a_user_may_have_only_so_many_open_orders(tmp_path: pathlib.Path) 
     await cancel(store, 1, "OUT_OF_STOCK", 150.0)  # one ends: room for one more
     assert await place(store, 4)
     assert len(await store.orders("alice", None, 10)) == 4
-    store.close()
 
 
 async def test_a_user_whose_orders_keep_being_declined_is_refused_for_a_while(
-    tmp_path: pathlib.Path,
+    open_store: StoreOpener,
 ) -> None:
-    store = OrderStore(tmp_path / "order.db")
+    store = await open_store(OrderStore)
     for n in (1, 2, 3):
         assert await place(store, n)
     await cancel(store, 1, "INSUFFICIENT_FUNDS", 90.0)  # before the window: not counted
@@ -71,31 +68,23 @@ async def test_a_user_whose_orders_keep_being_declined_is_refused_for_a_while(
     # Refused until the oldest decline counted (at 120) leaves the window (since 100).
     assert refused.value.metadata["retry_after_seconds"] == "20"
     assert await place(store, 5, user="bob")
-    store.close()
 
 
-async def test_the_quota_is_counted_through_small_indexes(tmp_path: pathlib.Path) -> None:
+async def test_the_quota_is_counted_through_small_indexes(open_store: StoreOpener) -> None:
     """Every CreateOrder counts them: walking the user's whole history would not do."""
-    store = OrderStore(tmp_path / "order.db")
-    statements: list[str] = []
-    store._conn.set_trace_callback(statements.append)
+    store = await open_store(OrderStore)
+    statements = record_statements(store)
     await place(store, 1)
-    store._conn.set_trace_callback(None)
-    counts = [s for s in statements if "COUNT(*)" in s]
+    counts = [(sql, params) for sql, params in statements if "COUNT(*)" in sql]
     assert len(counts) == 2, statements
-    with sqlite3.connect(tmp_path / "order.db") as conn:
-        plans = [
-            " ".join(str(row) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
-            for query in counts
-        ]
+    plans = [await query_plan(store, open_store.backend, *count) for count in counts]
     assert "orders_pending" in plans[0] and "orders_declined" in plans[1], plans
-    store.close()
 
 
 async def test_cancelled_orders_past_the_retention_time_are_pruned_and_forgotten(
-    tmp_path: pathlib.Path,
+    open_store: StoreOpener,
 ) -> None:
-    store = OrderStore(tmp_path / "order.db")
+    store = await open_store(OrderStore)
     for n in (1, 2, 3):
         assert await place(store, n, now=50.0)
     await cancel(store, 1, "OUT_OF_STOCK", 60.0)
@@ -109,10 +98,8 @@ async def test_cancelled_orders_past_the_retention_time_are_pruned_and_forgotten
     assert await store.prune(40.0, now=140.0) == 1
     assert not await store.prunable(40.0, now=140.0)
     assert [o.order_id for o in await store.orders("alice", None, 10)] == ["o3-alice", "o2-alice"]
-    with sqlite3.connect(tmp_path / "order.db") as conn:
-        for table in ("orders", "order_items", "sagas", "saga_leases", "parked_sagas"):
-            left = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE order_id = 'o1-alice'")
-            assert left.fetchone() == (0,), table
+    for table in ("orders", "order_items", "sagas", "saga_leases", "parked_sagas"):
+        left = await rows(store, f"SELECT COUNT(*) FROM {table} WHERE order_id = 'o1-alice'")
+        assert left == [(0,)], table
     # Its request id is forgotten: the same one places a new order now.
     assert await place(store, 1, now=300.0)
-    store.close()

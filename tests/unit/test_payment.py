@@ -23,6 +23,7 @@ from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_service_pb2 as rpc
 from shop.payment.v1.payment_service_pb2_grpc import PaymentServiceStub
 from tests.helpers import ADMIN, rejected, serving, user
+from tests.stores import StoreOpener, rows
 
 ALICE = user("alice")
 DAY = 86_400.0
@@ -321,10 +322,14 @@ def payment_ids(path: pathlib.Path) -> set[str]:
         return {r[0] for r in conn.execute("SELECT order_id FROM payments")}
 
 
+async def stored_payment_ids(store: PaymentStore) -> set[str]:
+    return {str(r[0]) for r in await rows(store, "SELECT order_id FROM payments")}
+
+
 async def test_retention_prunes_finished_payments_and_never_a_capture(
-    tmp_path: pathlib.Path, seed_file: pathlib.Path
+    open_store: StoreOpener, seed_file: pathlib.Path
 ) -> None:
-    store = PaymentStore(tmp_path / "payment.db")
+    store = await open_store(PaymentStore)
     await store.seed(seed_file)
     await one_of_each(store, "old-", at=1000.0)
     await one_of_each(store, "new-", at=1000.0 + 5 * DAY)
@@ -333,16 +338,15 @@ async def test_retention_prunes_finished_payments_and_never_a_capture(
     pruned = await store.prune(7 * DAY + 1, now=1000.0 + 12 * DAY)
     assert pruned == 4
     kept = {"captured", "authorized"}
-    assert payment_ids(tmp_path / "payment.db") == {f"old-{k}" for k in kept} | {
+    assert await stored_payment_ids(store) == {f"old-{k}" for k in kept} | {
         f"new-{k}" for k in ("captured", "voided", "tombstone", "declined", "expired", "authorized")
     }
     assert (await store.account("alice"), await store.account("bob")) == before  # no money moved
     assert await store.prune(7 * DAY, now=1000.0 + 100 * DAY) == 4
     assert {
-        i.removeprefix("old-").removeprefix("new-") for i in payment_ids(tmp_path / "payment.db")
+        i.removeprefix("old-").removeprefix("new-") for i in await stored_payment_ids(store)
     } == kept
     assert (await store.payment("old-captured")).state is PaymentState.CAPTURED
-    store.close()
 
 
 async def test_the_sweeper_prunes_past_retention(
@@ -383,6 +387,7 @@ INSERT INTO payments VALUES ('old', 'alice', 100, 'USD', 'AUTHORIZED', 1000.0, 1
 """
 
 
+@pytest.mark.sqlite_only("a SQLite file made by the version before expiry")
 async def test_a_database_of_the_version_before_expiry_opens_and_its_holds_expire(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -455,3 +460,25 @@ async def test_a_flaky_instance_fails_every_second_mutating_call_before_doing_an
         # Past the first 2N calls, none fails.
         void = rpc.VoidPaymentRequest(order_id="o2")
         assert (await payment.VoidPayment(void, metadata=ALICE)).payment.order_id == "o2"
+
+
+async def test_authorizations_on_two_instances_at_once_never_overdraw(
+    open_store: StoreOpener, seed_file: pathlib.Path
+) -> None:
+    """Bob's 20.00 asked for ten times 5.00 at once, half through each of two instances."""
+    first, second = await open_store(PaymentStore), await open_store(PaymentStore)
+    await first.seed(seed_file)
+    answers = await asyncio.gather(
+        *(
+            (first, second)[n % 2].authorize(
+                f"o{n}", "bob", 500, "USD", now=0.0, authorization_seconds=60
+            )
+            for n in range(10)
+        ),
+        return_exceptions=True,
+    )
+    declined = [a for a in answers if isinstance(a, Exception)]
+    assert len(declined) == 6, answers
+    assert {getattr(a, "reason", repr(a)) for a in declined} == {"INSUFFICIENT_FUNDS"}
+    account = await second.account("bob")
+    assert (account.available, account.held) == (0, 2000)

@@ -1,11 +1,10 @@
-"""Saga ownership by lease, on one database file with two stores (as two order instances
+"""Saga ownership by lease, on one database with two stores (as two order instances
 have): one owner at a time, adoption only of an expired lease, fencing of a stale owner's
 writes, and a runner that stops driving a saga whose lease it lost."""
 
 from __future__ import annotations
 
 import asyncio
-import pathlib
 from collections.abc import Callable
 
 import pytest
@@ -15,6 +14,7 @@ from services.order.config import OrderConfig
 from services.order.domain import Lease, LeaseLost, LineItem, Order, Phase
 from services.order.saga import SagaRunner, SagaSettings, StepError
 from services.order.store import OrderStore
+from tests.stores import StoreOpener
 
 ITEMS = (LineItem("SKU-TEA", 1),)
 
@@ -29,9 +29,9 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 
 
 async def test_a_lease_is_adopted_only_once_expired_and_the_old_owner_is_fenced(
-    tmp_path: pathlib.Path,
+    open_store: StoreOpener,
 ) -> None:
-    a, b = OrderStore(tmp_path / "order.db"), OrderStore(tmp_path / "order.db")
+    a, b = await open_store(OrderStore), await open_store(OrderStore)
     first = Lease("o1", "a", 1)
     await a.create("o1", "alice", "r1", ITEMS, 0.0, lease=first, lease_seconds=100.0)
     assert await b.acquire("o1", "b", 100.0, now=99.0) is None  # a still holds it
@@ -49,8 +49,6 @@ async def test_a_lease_is_adopted_only_once_expired_and_the_old_owner_is_fenced(
     await b.release([adopted])  # b stops: the saga is free at once, for a higher epoch
     assert await b.open_sagas(now=103.0) == ["o1"]
     assert await a.acquire("o1", "a", 100.0, now=103.0) == Lease("o1", "a", 3)
-    a.close()
-    b.close()
 
 
 class PaymentDown:
@@ -74,11 +72,11 @@ class PaymentDown:
 
 
 async def test_a_runner_that_loses_the_lease_makes_no_more_calls_for_that_saga(
-    tmp_path: pathlib.Path,
+    open_store: StoreOpener,
 ) -> None:
     """Runner A drives a saga while payment is down; the lease is taken from it (as an
     instance whose clock ran ahead would): its renewal finds out, and it stops calling."""
-    store, thief = OrderStore(tmp_path / "order.db"), OrderStore(tmp_path / "order.db")
+    store, thief = await open_store(OrderStore), await open_store(OrderStore)
     settings = SagaSettings.of(
         OrderConfig(
             step_retry_seconds=60, max_backoff_seconds=0.05, hold_seconds=60, lease_seconds=0.6
@@ -97,12 +95,10 @@ async def test_a_runner_that_loses_the_lease_makes_no_more_calls_for_that_saga(
     assert len(participants.calls) == calls
     assert await store.lease("o1") == Lease("o1", "b", 2)
     await runner.stop()
-    store.close()
-    thief.close()
 
 
-async def test_a_runner_drives_at_most_max_active_sagas_at_once(tmp_path: pathlib.Path) -> None:
-    store = OrderStore(tmp_path / "order.db")
+async def test_a_runner_drives_at_most_max_active_sagas_at_once(open_store: StoreOpener) -> None:
+    store = await open_store(OrderStore)
     settings = SagaSettings.of(
         OrderConfig(
             step_retry_seconds=60, max_backoff_seconds=0.05, hold_seconds=60, max_active_sagas=2
@@ -118,4 +114,19 @@ async def test_a_runner_drives_at_most_max_active_sagas_at_once(tmp_path: pathli
     assert len(await store.open_sagas(now=0.0)) == 3  # left for other instances
     await runner.stop()
     assert len(await store.open_sagas(now=0.0)) == 5  # given back at stop
-    store.close()
+
+
+async def test_four_instances_adopting_one_expired_saga_at_once_take_it_once(
+    open_store: StoreOpener,
+) -> None:
+    stores = [await open_store(OrderStore) for _ in range(4)]
+    await stores[0].create("o1", "alice", "r1", ITEMS, 0.0, lease=Lease("o1", "x", 1))
+    for attempt in range(5):  # five rounds of four adopters: one lease a round
+        now = 100.0 * (attempt + 1)
+        leases = await asyncio.gather(
+            *(s.acquire("o1", f"i{n}", 50.0, now=now) for n, s in enumerate(stores))
+        )
+        won = [lease for lease in leases if lease is not None]
+        assert len(won) == 1, leases
+        assert won[0].epoch == attempt + 2
+        assert await stores[1].lease("o1") == won[0]

@@ -22,6 +22,7 @@ from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
 from tests.helpers import ADMIN, Served, rejected, serving, user
+from tests.stores import StoreOpener
 
 SETTINGS = SagaSettings.of(
     OrderConfig(
@@ -69,9 +70,9 @@ def refusal(participant: str, kind: ErrorKind, reason: str) -> StepError:
 
 
 async def start(
-    tmp_path: pathlib.Path, participants: SagaParticipants, user: str = "alice"
+    open_store: StoreOpener, participants: SagaParticipants, user: str = "alice"
 ) -> tuple[OrderStore, SagaRunner, str]:
-    store = OrderStore(tmp_path / "order.db")
+    store = await open_store(OrderStore)
     order, _ = await store.create("o1", user, "r1", (LineItem("SKU-TEA", 1),), 0.0)
     runner = SagaRunner(store, participants, SETTINGS)
     await asyncio.wait_for(runner.ensure(order.order_id), BOUND_SECONDS)
@@ -79,12 +80,12 @@ async def start(
 
 
 async def test_a_capture_refused_for_good_parks_the_saga_and_resume_finishes_it(
-    tmp_path: pathlib.Path,
+    open_store: StoreOpener,
 ) -> None:
     participants = Refusing(
         {"capture": refusal("payment", ErrorKind.FAILED_PRECONDITION, "PAYMENT_VOIDED")}
     )
-    store, runner, order_id = await start(tmp_path, participants)
+    store, runner, order_id = await start(open_store, participants)
     assert participants.calls.count("capture") == SETTINGS.max_step_failures
     [parked] = await store.parked()
     assert (parked.order_id, parked.phase, parked.reason) == (
@@ -105,24 +106,24 @@ async def test_a_capture_refused_for_good_parks_the_saga_and_resume_finishes_it(
     assert await store.parked() == []
 
 
-async def test_a_release_refused_for_good_parks_a_compensation(tmp_path: pathlib.Path) -> None:
+async def test_a_release_refused_for_good_parks_a_compensation(open_store: StoreOpener) -> None:
     participants = Refusing(
         {
             "authorize": refusal("payment", ErrorKind.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS"),
             "release": refusal("inventory", ErrorKind.FAILED_PRECONDITION, "RESERVATION_COMMITTED"),
         }
     )
-    store, _, _ = await start(tmp_path, participants)
+    store, _, _ = await start(open_store, participants)
     [parked] = await store.parked()
     assert (parked.phase, parked.reason) == (Phase.COMPENSATING, "RELEASE_REFUSED")
     assert participants.calls.count("release") == SETTINGS.max_step_failures
 
 
-async def test_a_participant_gone_past_the_bound_parks_the_saga(tmp_path: pathlib.Path) -> None:
+async def test_a_participant_gone_past_the_bound_parks_the_saga(open_store: StoreOpener) -> None:
     gone = StepError(
         "payment", ServiceError(ErrorKind.UNAVAILABLE, "", "no healthy upstream"), transient=True
     )
-    store = OrderStore(tmp_path / "order.db")
+    store = await open_store(OrderStore)
     order, _ = await store.create("o1", "alice", "r1", (LineItem("SKU-TEA", 1),), 0.0)
     settings = SagaSettings.of(
         OrderConfig(
@@ -135,9 +136,9 @@ async def test_a_participant_gone_past_the_bound_parks_the_saga(tmp_path: pathli
     assert (parked.phase, parked.reason) == (Phase.COMMITTING, "CAPTURE_UNAVAILABLE")
 
 
-async def test_unexpected_errors_park_the_saga_after_the_bound(tmp_path: pathlib.Path) -> None:
+async def test_unexpected_errors_park_the_saga_after_the_bound(open_store: StoreOpener) -> None:
     participants = Refusing({})
-    store = OrderStore(tmp_path / "order.db")
+    store = await open_store(OrderStore)
     order, _ = await store.create("o1", "alice", "r1", (LineItem("SKU-TEA", 1),), 0.0)
     failures = 0
 
@@ -187,11 +188,11 @@ async def test_a_call_grpc_cannot_make_is_a_final_step_failure(
 
 
 async def test_an_order_whose_user_grpc_cannot_carry_ends_parked_not_pending_for_ever(
-    tmp_path: pathlib.Path, inventory_served: Served, payment_served: Served
+    open_store: StoreOpener, inventory_served: Served, payment_served: Served
 ) -> None:
     participants = GrpcParticipants(inventory_served.target, payment_served.target, 2.0)
     try:
-        store, _, order_id = await start(tmp_path, participants, user="zoë")
+        store, _, order_id = await start(open_store, participants, user="zoë")
     finally:
         await participants.close()
     saga = await store.saga(order_id)

@@ -3,8 +3,6 @@ calls it makes, for the cases a live stack cannot time precisely."""
 
 from __future__ import annotations
 
-import pathlib
-import sqlite3
 from collections.abc import Awaitable, Callable
 
 from services.common.errors import ErrorKind, ServiceError
@@ -12,6 +10,7 @@ from services.order.config import OrderConfig
 from services.order.domain import CANCELLED_BY_USER, Lease, LineItem, Order, OrderState, Phase
 from services.order.saga import SagaRunner, SagaSettings, StepError
 from services.order.store import OrderStore
+from tests.stores import StoreOpener, query_plan, record_statements
 
 SETTINGS = SagaSettings.of(
     OrderConfig(step_retry_seconds=1, max_backoff_seconds=0.1, hold_seconds=60)
@@ -66,8 +65,8 @@ class Scripted:
         self.calls.append("release")
 
 
-async def test_an_authorized_order_goes_to_the_pivot_in_one_write(tmp_path: pathlib.Path) -> None:
-    store = OrderStore(tmp_path / "order.db")
+async def test_an_authorized_order_goes_to_the_pivot_in_one_write(open_store: StoreOpener) -> None:
+    store = await open_store(OrderStore)
     participants = Scripted()
     phases: list[Phase] = []
 
@@ -82,13 +81,12 @@ async def test_an_authorized_order_goes_to_the_pivot_in_one_write(tmp_path: path
     assert phases == [Phase.RESERVED]
     assert moves == [(Phase.RESERVED, Phase.COMMITTING)]
     assert (await store.order("o1")).state is OrderState.CONFIRMED
-    store.close()
 
 
 async def test_a_cancel_during_authorization_voids_instead_of_committing(
-    tmp_path: pathlib.Path,
+    open_store: StoreOpener,
 ) -> None:
-    store = OrderStore(tmp_path / "order.db")
+    store = await open_store(OrderStore)
     participants = Scripted()
 
     async def user_cancels(order: Order) -> None:
@@ -105,11 +103,10 @@ async def test_a_cancel_during_authorization_voids_instead_of_committing(
     assert (final.state, final.cancel_reason) == (OrderState.CANCELLED, CANCELLED_BY_USER)
     saga = await store.saga("o1")
     assert (saga.phase, saga.compensate_from) == (Phase.CANCELLED, Phase.AUTHORIZED)
-    store.close()
 
 
-async def test_a_free_order_makes_no_payment_call(tmp_path: pathlib.Path) -> None:
-    store = OrderStore(tmp_path / "order.db")
+async def test_a_free_order_makes_no_payment_call(open_store: StoreOpener) -> None:
+    store = await open_store(OrderStore)
     for request_id, hold_expires, calls, state in (
         ("r1", False, ["reserve", "commit"], OrderState.CONFIRMED),
         # Cancelled from the pivot: the stock goes back, and there is nothing to void.
@@ -121,11 +118,10 @@ async def test_a_free_order_makes_no_payment_call(tmp_path: pathlib.Path) -> Non
         assert participants.calls == calls
         final = await store.order(order.order_id)
         assert (final.state, final.total_minor) == (state, 0)
-    store.close()
 
 
-async def test_open_sagas_are_found_through_the_index_oldest_first(tmp_path: pathlib.Path) -> None:
-    store = OrderStore(tmp_path / "order.db")
+async def test_open_sagas_are_found_through_the_index_oldest_first(open_store: StoreOpener) -> None:
+    store = await open_store(OrderStore)
     for n, at in enumerate((30.0, 10.0, 20.0, 40.0)):
         await store.create(f"o{n}", "alice", f"r{n}", (LineItem("SKU-TEA", 1),), at)
     leases = [await store.acquire(f"o{n}", "test", 50.0, now=0.0) for n in range(4)]
@@ -133,13 +129,11 @@ async def test_open_sagas_are_found_through_the_index_oldest_first(tmp_path: pat
     await store.advance(Lease("o2", "test", 1), Phase.STARTED, Phase.RESERVED, 20.0)  # open
     await store.finish(Lease("o0", "test", 1), Phase.STARTED, 30.0)  # final: CANCELLED
     await store.renew(Lease("o3", "test", 1), 70.0, now=0.0)  # driven past 60
-    statements: list[str] = []
-    store._reads.set_trace_callback(statements.append)
+    statements = record_statements(store)
     # Open, with no live lease at 60: o1 (oldest) and o2; o0 is final, o3's lease holds.
     assert await store.open_sagas(now=60.0) == ["o1", "o2"]
     # Finished sagas pile up forever, so the query must not scan them all.
     (query,) = statements
-    with sqlite3.connect(tmp_path / "order.db") as conn:
-        plan = " ".join(str(row) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
-    assert "SCAN sagas" not in plan and "sagas_by_phase" in plan, plan
-    store.close()
+    plan = await query_plan(store, open_store.backend, *query)
+    scans = ("SCAN sagas", "Seq Scan on sagas")  # SQLite's words, PostgreSQL's
+    assert not any(scan in plan for scan in scans) and "sagas_by_phase" in plan, plan

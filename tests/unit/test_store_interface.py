@@ -19,6 +19,10 @@ from services.order.store import OrderStore
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
 
+pytestmark = pytest.mark.sqlite_only(
+    "SqliteDatabase itself: coroutines run to their end on the writer thread, and SqliteTx's clock"
+)
+
 
 class Pairs(db.Store):
     """A store of no service: it makes its one table itself."""
