@@ -18,7 +18,7 @@ help:
 	@echo "make postgresql install PostgreSQL 15 (Debian's package; make test needs it)"
 	@echo "make breaking   check proto/ against the last released contract (buf breaking + REST routes)"
 	@echo "make chaos      the whole suite with the long fault profiles (about 15 min, stopped at 30), fault table at the end"
-	@echo "make bench      shopmesh against the FastAPI baseline, side by side (bench/results/, about 5 min)"
+	@echo "make bench      shopmesh on SQLite and on PostgreSQL against the FastAPI baseline, side by side (bench/results/, about 6 min)"
 	@echo "make bench-validation  CPU per CreateOrder of checking the request, in process (about 10 s)"
 	@echo "make bench-pg-drivers  asyncpg vs psycopg 3 on one order's transactions, real PostgreSQL (about 20 min)"
 	@echo "make pg-races   the stores' races on PostgreSQL under READ COMMITTED, two connections each (about 5 s)"
@@ -96,7 +96,8 @@ test: setup wrk postgresql .tools/lib/libfaketime.so.1 gen-check lint breaking
 	@echo "== pytest"
 	pytest $(PYTEST_ARGS)
 
-bench: setup wrk
+# Starts its own PostgreSQL 15 for the PostgreSQL path (under var/bench), stops it by PID.
+bench: setup wrk postgresql
 	python -m bench.run
 
 bench-validation: setup
