@@ -76,10 +76,12 @@ class LoadPath:
     transport: str
     target: str
     who: tuple[str, str]  # ("--token", jwt) or ("--user", name)
+    short: str = ""
+    """A shorter name for the request ids, if the name is too long for them (64 chars)."""
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+        return re.sub(r"[^a-z0-9]+", "-", (self.short or self.name).lower()).strip("-")
 
 
 @dataclass

@@ -87,7 +87,14 @@ def load_paths(shop: System, shop_pg: System, base: Baseline, token: str) -> lis
             f"127.0.0.1:{shop.order[0].port}",
             ("--user", "bench"),
         ),
-        LoadPath(SHOP_PG, SHOP_PG_SYSTEM, "rest", f"http://{shop_pg.public_target}", via_envoy),
+        LoadPath(
+            SHOP_PG,
+            SHOP_PG_SYSTEM,
+            "rest",
+            f"http://{shop_pg.public_target}",
+            via_envoy,
+            short="shopmesh pg rest",
+        ),
         LoadPath(BASELINE, "baseline", "rest", base.url("order"), via_envoy),
     ]
 
