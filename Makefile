@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup wrk postgresql gen gen-check lint breaking test chaos bench bench-validation bench-pg-drivers pg-races profile run clean
+.PHONY: help setup wrk postgresql gen gen-check lint breaking test chaos bench bench-validation bench-pg-drivers pg-races profile profile-pg run clean
 
 help:
 	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench-pg-drivers  asyncpg vs psycopg 3 on one order's transactions, real PostgreSQL (about 20 min)"
 	@echo "make pg-races   the stores' races on PostgreSQL under READ COMMITTED, two connections each (about 5 s)"
 	@echo "make profile    where each service's time goes under the order load (py-spy)"
+	@echo "make profile-pg on PostgreSQL: statements per order per service, CPU of the server vs the services"
 	@echo "make clean      reset the demo data: delete var/ (databases, logs, dev keys) and the tools' caches"
 
 TS := clients/typescript
@@ -113,6 +114,10 @@ pg-races: setup postgresql
 # py-spy attaches to the running services: it needs ptrace (root, or ptrace_scope 0).
 profile: setup
 	python -m bench.profile
+
+# shopmesh on its own PostgreSQL 15 (under var/pg-profile), stopped by PID at the end.
+profile-pg: setup postgresql
+	python -m bench.pg_profile
 
 # The same tests with the long profiles: more saga-model runs and steps, longer flapping.
 chaos: setup wrk postgresql .tools/lib/libfaketime.so.1
