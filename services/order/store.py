@@ -144,7 +144,7 @@ class OrderStore(db.Store):
 
     async def order(self, order_id: str, user_id: str | None = None) -> Order:
         """The order; NOT_FOUND if none, or if it is another user's."""
-        found = await self.db.read(lambda tx: _read_order(tx, order_id), snapshot=True)
+        found = await self.db.read(lambda tx: _read_order(tx, order_id))
         if user_id is not None and found.user_id != user_id:
             raise _order_not_found(order_id)
         return found
@@ -153,11 +153,9 @@ class OrderStore(db.Store):
         """What CreateOrder answers: the order, or, if its saga cancelled it (not the user),
         the saga's failure with the order's id, so that a repeat gets the same answer."""
 
-        async def read(tx: Tx) -> tuple[Order, Saga]:
-            return await _read_order(tx, order_id), await _read_saga(tx, order_id)
-
-        order, saga = await self.db.read(read, snapshot=True)
-        failure = saga.failure
+        rows = await self.db.read(lambda tx: tx.fetchall(_ORDER_AND_FAILURE, (order_id,)))
+        order = _order_from_rows(rows, order_id)
+        failure = decode_failure(rows[0]["saga_failure"] or "")
         if (
             order.state is OrderState.CANCELLED
             and order.cancel_reason != CANCELLED_BY_USER
@@ -494,21 +492,42 @@ class OrderStore(db.Store):
         return await self.db.write(request)
 
 
-async def _read_order(tx: Tx, order_id: str) -> Order:
-    row = await tx.fetchone("SELECT * FROM orders WHERE order_id = ?", (order_id,))
-    if row is None:
-        raise _order_not_found(order_id)
-    items = await tx.fetchall(
-        "SELECT sku, quantity, price_minor, currency FROM order_items"
-        " WHERE order_id = ? ORDER BY position",
-        (order_id,),
+def _order_query(extra: str = "", join: str = "") -> str:
+    """The SELECT of one order and its items in one statement (a row per item), so it
+    sees one moment on either backend with no snapshot transaction around it: on a server
+    database each statement is a round trip, and as two SELECTs in a snapshot a read took
+    four (BEGIN, the two, COMMIT). `extra` columns come from the tables `join` adds."""
+    return (
+        "SELECT orders.*, order_items.sku AS item_sku, order_items.quantity AS item_quantity,"
+        " order_items.price_minor AS item_price_minor, order_items.currency AS item_currency"
+        f"{extra} FROM orders LEFT JOIN order_items ON order_items.order_id = orders.order_id"
+        f"{join} WHERE orders.order_id = ? ORDER BY order_items.position"
     )
+
+
+_ORDER = _order_query()
+# CreateOrder's answer also needs the saga's failure: the same one statement.
+_ORDER_AND_FAILURE = _order_query(
+    ", sagas.failure AS saga_failure", " LEFT JOIN sagas ON sagas.order_id = orders.order_id"
+)
+
+
+async def _read_order(tx: Tx, order_id: str) -> Order:
+    return _order_from_rows(await tx.fetchall(_ORDER, (order_id,)), order_id)
+
+
+def _order_from_rows(rows: Sequence[Row], order_id: str) -> Order:
+    if not rows:
+        raise _order_not_found(order_id)
+    row = rows[0]
     return Order(
         order_id=row["order_id"],
         user_id=row["user_id"],
         request_id=row["request_id"],
         items=tuple(
-            LineItem(i["sku"], i["quantity"], i["price_minor"], i["currency"]) for i in items
+            LineItem(i["item_sku"], i["item_quantity"], i["item_price_minor"], i["item_currency"])
+            for i in rows
+            if i["item_sku"] is not None
         ),
         state=OrderState(row["state"]),
         cancel_reason=row["cancel_reason"],
