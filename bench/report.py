@@ -262,7 +262,8 @@ def pg_lines(per_order: dict[str, float]) -> list[str]:
         parts.append(
             f"{db} {per_order[f'{db}.xact_commit']:.1f} commits"
             f" ({per_order[f'{db}.xact_rollback']:.2f} rolled back),"
-            f" {written:.1f} rows written, {per_order[f'{db}.tup_fetched']:.1f} fetched"
+            f" {written:.1f} rows written, {per_order[f'{db}.tup_fetched']:.1f} fetched by index"
+            f" ({per_order[f'{db}.tup_returned']:.0f} rows and index entries read)"
         )
     return [
         f"PostgreSQL per order (over {per_order['orders']:.0f} orders): " + "; ".join(parts) + ";"
