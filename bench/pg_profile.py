@@ -58,11 +58,19 @@ LINE = re.compile(rf"^{PREFIX} (\w*)\|.*?LOG:  (?:statement|execute [^:]*): (.*)
 
 
 def count_statements(log: str) -> dict[str, collections.Counter[str]]:
-    """Per database, how often each statement's text ran (parameters are $n already)."""
+    """Per database, how often each statement's text ran (parameters are $n already). A
+    statement of several lines continues on lines that begin with a tab."""
     counted: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    for line in log.splitlines():
+    current: tuple[str, list[str]] | None = None
+    for line in [*log.splitlines(), ""]:
+        if current is not None and line.startswith("\t"):
+            current[1].append(line)
+            continue
+        if current is not None:
+            counted[current[0]][" ".join(" ".join(current[1]).split())] += 1
+            current = None
         if match := LINE.match(line):
-            counted[match.group(1)][" ".join(match.group(2).split())] += 1
+            current = (match.group(1), [match.group(2)])
     return counted
 
 
