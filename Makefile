@@ -22,7 +22,7 @@ help:
 	@echo "make bench-validation  CPU per CreateOrder of checking the request, in process (about 10 s)"
 	@echo "make bench-pg-drivers  asyncpg vs psycopg 3 on one order's transactions, real PostgreSQL (about 20 min)"
 	@echo "make pg-races   the stores' races on PostgreSQL under READ COMMITTED, two connections each (about 5 s)"
-	@echo "make profile    where each service's time goes under the order load (py-spy)"
+	@echo "make profile    where each service's time goes under the order load (py-spy; POSTGRES=1: on PostgreSQL)"
 	@echo "make profile-pg on PostgreSQL: statements per order per service, CPU of the server vs the services"
 	@echo "make clean      reset the demo data: delete var/ (databases, logs, dev keys) and the tools' caches"
 
@@ -112,8 +112,8 @@ pg-races: setup postgresql
 	python -m bench.pg_races
 
 # py-spy attaches to the running services: it needs ptrace (root, or ptrace_scope 0).
-profile: setup
-	python -m bench.profile
+profile: setup $(if $(POSTGRES),postgresql)
+	python -m bench.profile $(if $(POSTGRES),--postgres)
 
 # shopmesh on its own PostgreSQL 15 (under var/pg-profile), stopped by PID at the end.
 profile-pg: setup postgresql
