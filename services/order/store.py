@@ -227,6 +227,13 @@ class OrderStore(db.Store):
     async def saga(self, order_id: str) -> Saga:
         return await self.db.read(lambda tx: _read_saga(tx, order_id))
 
+    async def saga_and_order(self, order_id: str) -> tuple[Saga, Order]:
+        """The saga and its order at one moment, in one statement: what the saga's driver
+        reads before each step (on a server database one round trip, not two)."""
+        rows = await self.db.read(lambda tx: tx.fetchall(_ORDER_AND_SAGA, (order_id,)))
+        order = _order_from_rows(rows, order_id)
+        return _saga_from_row(rows[0], prefix="saga_"), order
+
     async def open_sagas(self, limit: int = ALL, now: float | None = None) -> list[str]:
         """Ids of sagas nobody drives: not final, not parked, and with no lease or an
         expired one; oldest first, at most `limit` (ALL: all)."""
@@ -506,6 +513,14 @@ def _order_query(extra: str = "", join: str = "") -> str:
 
 
 _ORDER = _order_query()
+_ORDER_AND_SAGA = _order_query(
+    ", sagas.order_id AS saga_order_id, sagas.phase AS saga_phase,"
+    " sagas.compensate_from AS saga_compensate_from,"
+    " sagas.cancel_requested AS saga_cancel_requested, sagas.failure AS saga_failure,"
+    " parked_sagas.order_id IS NOT NULL AS saga_parked",
+    " JOIN sagas ON sagas.order_id = orders.order_id"
+    " LEFT JOIN parked_sagas ON parked_sagas.order_id = orders.order_id",
+)
 # CreateOrder's answer also needs the saga's failure: the same one statement.
 _ORDER_AND_FAILURE = _order_query(
     ", sagas.failure AS saga_failure", " LEFT JOIN sagas ON sagas.order_id = orders.order_id"
@@ -551,14 +566,16 @@ async def _read_saga(tx: Tx, order_id: str) -> Saga:
     return _saga_from_row(row)
 
 
-def _saga_from_row(row: Row) -> Saga:
+def _saga_from_row(row: Row, prefix: str = "") -> Saga:
+    """The saga of a row whose saga columns are named `prefix` + the sagas column."""
+    compensate_from = row[f"{prefix}compensate_from"]
     return Saga(
-        order_id=row["order_id"],
-        phase=Phase(row["phase"]),
-        compensate_from=Phase(row["compensate_from"]) if row["compensate_from"] else None,
-        cancel_requested=bool(row["cancel_requested"]),
-        failure=decode_failure(row["failure"]),
-        parked=bool(row["parked"]),
+        order_id=row[f"{prefix}order_id"],
+        phase=Phase(row[f"{prefix}phase"]),
+        compensate_from=Phase(compensate_from) if compensate_from else None,
+        cancel_requested=bool(row[f"{prefix}cancel_requested"]),
+        failure=decode_failure(row[f"{prefix}failure"]),
+        parked=bool(row[f"{prefix}parked"]),
     )
 
 

@@ -114,6 +114,27 @@ async def test_an_order_is_read_whole_in_one_statement(store: OrderStore) -> Non
         assert (got.total_minor, got.currency, got.user_id) == (1300, "EUR", "alice")
 
 
+async def test_the_saga_and_its_order_are_read_in_one_statement(store: OrderStore) -> None:
+    lease = Lease("o1", "me", 1)
+    await store.create("o1", "alice", "r1", ITEMS, 1.0, lease=lease, lease_seconds=60)
+    assert await store.advance(lease, Phase.STARTED, Phase.RESERVED, 2.0)
+    assert await store.request_cancel("o1", 3.0)
+    assert await store.park(lease, Phase.RESERVED, "UNEXPECTED_ERROR", "stuck")
+    counted = CountingDatabase(store.db)
+    store.db = counted
+
+    saga, order = await store.saga_and_order("o1")
+
+    assert counted.reads == [(False, 1)]  # the saga's driver read them in two
+    assert saga == await store.saga("o1")
+    assert (saga.phase, saga.cancel_requested, saga.parked) == (Phase.RESERVED, True, True)
+    assert order == await store.order("o1")
+    assert order.items == ITEMS
+    with pytest.raises(ServiceError) as missing:
+        await store.saga_and_order("o2")
+    assert missing.value.reason == "ORDER_NOT_FOUND"
+
+
 async def test_the_answer_of_an_order_the_saga_cancelled_is_its_failure(store: OrderStore) -> None:
     lease = Lease("o1", "me", 1)
     await store.create("o1", "alice", "r1", ITEMS[:1], 1.0, lease=lease, lease_seconds=60)
