@@ -344,6 +344,8 @@ def _rounds(
     return runs
 
 
+SERVICE_DATABASES = ("order", "inventory", "payment")
+"""The PostgreSQL system's databases, one per service (shopmesh/postgres.py)."""
 PG_COUNTERS = (
     "xact_commit",
     "xact_rollback",
@@ -378,9 +380,6 @@ def pg_counters(admin: Callable[[], psycopg.Connection[Any]]) -> dict[str, float
     }
     counters.update({f"wal.{n}": float(v) for n, v in zip(WAL_COUNTERS, wal or (), strict=True)})
     return counters
-
-
-SERVICE_DATABASES = ("order", "inventory", "payment")
 
 
 def benchmark(
