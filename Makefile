@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup wrk postgresql gen gen-check lint breaking test chaos bench bench-validation bench-pg-drivers pg-races profile run clean
+.PHONY: help setup wrk postgresql gen gen-check lint breaking test chaos bench bench-validation bench-pg-drivers pg-races profile profile-pg run clean
 
 help:
 	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
@@ -18,11 +18,12 @@ help:
 	@echo "make postgresql install PostgreSQL 15 (Debian's package; make test needs it)"
 	@echo "make breaking   check proto/ against the last released contract (buf breaking + REST routes)"
 	@echo "make chaos      the whole suite with the long fault profiles (about 15 min, stopped at 30), fault table at the end; then its PostgreSQL pass (about 8 min, stopped at 20)"
-	@echo "make bench      shopmesh against the FastAPI baseline, side by side (bench/results/, about 5 min)"
+	@echo "make bench      shopmesh on SQLite and on PostgreSQL against the FastAPI baseline, side by side (bench/results/, about 6 min)"
 	@echo "make bench-validation  CPU per CreateOrder of checking the request, in process (about 10 s)"
 	@echo "make bench-pg-drivers  asyncpg vs psycopg 3 on one order's transactions, real PostgreSQL (about 20 min)"
 	@echo "make pg-races   the stores' races on PostgreSQL under READ COMMITTED, two connections each (tests, about 25 s)"
-	@echo "make profile    where each service's time goes under the order load (py-spy)"
+	@echo "make profile    where each service's time goes under the order load (py-spy; POSTGRES=1: on PostgreSQL)"
+	@echo "make profile-pg on PostgreSQL: statements per order per service, CPU of the server vs the services"
 	@echo "make clean      reset the demo data: delete var/ (databases, logs, dev keys) and the tools' caches"
 
 TS := clients/typescript
@@ -113,7 +114,8 @@ test: setup wrk postgresql .tools/lib/libfaketime.so.1 gen-check lint breaking
 	@echo "== pytest --backend postgresql (the stores, the saga, the faults, the model)"
 	$(POSTGRES_PASS) $(NONE_IS_FINE)
 
-bench: setup wrk
+# Starts its own PostgreSQL 15 for the PostgreSQL path (under var/bench), stops it by PID.
+bench: setup wrk postgresql
 	python -m bench.run
 
 bench-validation: setup
@@ -129,8 +131,12 @@ pg-races: setup postgresql
 	pytest tests/service/test_pg_races.py tests/service/test_store_races.py -v $(PYTEST_ARGS)
 
 # py-spy attaches to the running services: it needs ptrace (root, or ptrace_scope 0).
-profile: setup
-	python -m bench.profile
+profile: setup $(if $(POSTGRES),postgresql)
+	python -m bench.profile $(if $(POSTGRES),--postgres)
+
+# shopmesh on its own PostgreSQL 15 (under var/pg-profile), stopped by PID at the end.
+profile-pg: setup postgresql
+	python -m bench.pg_profile
 
 # The same tests with the long profiles: more saga-model runs and steps, longer flapping.
 chaos: setup wrk postgresql .tools/lib/libfaketime.so.1

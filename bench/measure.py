@@ -18,8 +18,11 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import psycopg
 
 from gateway.envoy_config import UNTHROTTLED
 from shopmesh.system import Ports, Settings
@@ -34,18 +37,33 @@ SEED_ACCOUNTS = {"bench": 10**15}
 BENCH_ORDER_SETTINGS = {"max_open_orders_per_user": "1000000"}
 BASELINE = "baseline REST (FastAPI)"
 SHOP_REST = "shopmesh REST+JWT via Envoy"
+SHOP_PG = "shopmesh REST+JWT via Envoy, on PostgreSQL"
+SHOP_PG_SYSTEM = "shopmesh on PostgreSQL"
+POSTGRES = "postgres"
+"""The part of the PostgreSQL system that is the server: the postmaster and every process
+it forked (backends, checkpointer, WAL writer, autovacuum), exited ones included."""
 
 
-def shop_settings(workdir: pathlib.Path, seed: pathlib.Path) -> Settings:
+def shop_settings(
+    workdir: pathlib.Path,
+    seed: pathlib.Path,
+    *,
+    postgres: bool = False,
+    keys_dir: pathlib.Path | None = None,
+) -> Settings:
     """shopmesh as the benchmark runs it. One user ("bench") sends every order, so the
     gateway's rate limits are lifted out of the way (their filters still run), or the
-    benchmark would measure the limiter; likewise the order service's per-user quota."""
+    benchmark would measure the limiter; likewise the order service's per-user quota.
+    With `postgres`, every store is in a PostgreSQL cluster of its own under `workdir`;
+    `keys_dir` (else `<workdir>/jwt`) holds the JWT keys, so two systems can share them."""
     return Settings(
         workdir=workdir,
         ports=Ports.free(),
         seed_file=seed,
         envoy_limits=UNTHROTTLED,
         service_settings={"order": BENCH_ORDER_SETTINGS},
+        postgres=postgres,
+        keys_dir=keys_dir,
     )
 
 
@@ -58,10 +76,12 @@ class LoadPath:
     transport: str
     target: str
     who: tuple[str, str]  # ("--token", jwt) or ("--user", name)
+    short: str = ""
+    """A shorter name for the request ids, if the name is too long for them (64 chars)."""
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+        return re.sub(r"[^a-z0-9]+", "-", (self.short or self.name).lower()).strip("-")
 
 
 @dataclass
@@ -96,17 +116,26 @@ class Run:
 
 @dataclass
 class MeasuredSystem:
-    """A running system as the benchmark sees it: its processes and its order database."""
+    """A running system as the benchmark sees it: its processes and its order database (a
+    SQLite file, or a PostgreSQL DSN)."""
 
     name: str
     cold_start_s: float
     processes: dict[str, list[int]]  # part (envoy, order, ...) -> PIDs
-    order_db: pathlib.Path
+    order_db: pathlib.Path | str
     peak_rss_mb: float = 0.0
+    trees: frozenset[str] = frozenset()
+    """Parts whose CPU is their processes' with every descendant's (PostgreSQL's server)."""
+    durability: dict[str, str] = field(default_factory=dict)
+    """How its commits are made durable, as read from the running system."""
 
     def orders(self) -> int:
         """Orders in the order database (read-only): each confirmed order of a run must be
         a new one, not an idempotent replay of an earlier request id."""
+        if isinstance(self.order_db, str):
+            with psycopg.connect(self.order_db, connect_timeout=5) as pg:
+                row = pg.execute("SELECT count(*) FROM orders").fetchone()
+            return int(row[0]) if row else 0
         uri = f"file:{self.order_db}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
             count: int = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
@@ -114,6 +143,12 @@ class MeasuredSystem:
 
     def pids(self) -> list[int]:
         return [pid for pids in self.processes.values() for pid in pids]
+
+    def cpu_by_part(self) -> dict[str, float]:
+        return {
+            part: cpu_seconds(pids, tree=part in self.trees)
+            for part, pids in self.processes.items()
+        }
 
 
 @dataclass
@@ -125,21 +160,46 @@ class Results:
     rate: int  # the fixed rate of the paced runs, orders/s
     wrk: dict[str, dict[str, float]]  # path name -> per_second, failed
     envoy_get: dict[str, float]  # requests, failed, cpu_us_per_request
+    pg_per_order: dict[str, float] = field(default_factory=dict)
+    """The PostgreSQL server's counters (`pg_counters`) per order on it, over every
+    measured run; "orders" is how many orders that was."""
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (field 3, the state, first)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living process below `pid`, from each process's parent in /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def cpu_seconds(pids: list[int], *, tree: bool = False) -> float:
+    """The CPU (user + system) the processes used so far; with `tree`, with every
+    descendant's: the living ones' own, and the exited ones' as their parents' reaped
+    children's time (cutime + cstime; PostgreSQL's postmaster reaps each backend)."""
     total = 0
     for pid in pids:
-        try:
-            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        for each in [pid, *descendants(pid)] if tree else [pid]:
+            if (fields := _stat(each)) is None:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+            if tree:
+                total += int(fields[13]) + int(fields[14])  # cutime, cstime
     return total / TICKS
-
-
-def cpu_by_part(processes: dict[str, list[int]]) -> dict[str, float]:
-    return {part: cpu_seconds(pids) for part, pids in processes.items()}
 
 
 def peak_rss_mb(pids: list[int]) -> float:
@@ -149,6 +209,27 @@ def peak_rss_mb(pids: list[int]) -> float:
         match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
         total += int(match.group(1)) if match else 0
     return total / 1024
+
+
+def tree_pss_mb(pid: int) -> float:
+    """The proportional set size of `pid` and its descendants now: each shared page
+    counted once over them all. Their peak RSS summed would count PostgreSQL's shared
+    buffers once per backend that touched them."""
+    total = 0
+    for each in [pid, *descendants(pid)]:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            rollup = pathlib.Path(f"/proc/{each}/smaps_rollup").read_text()
+            match = re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE)
+            total += int(match.group(1)) if match else 0
+    return total / 1024
+
+
+def memory_mb(system: MeasuredSystem) -> float:
+    """The system's memory: the sum of its processes' peak RSS, and of a server's
+    (`MeasuredSystem.trees`) processes the PSS at the end."""
+    flat = [p for part, pids in system.processes.items() if part not in system.trees for p in pids]
+    trees = [p for part in system.trees for p in system.processes[part]]
+    return peak_rss_mb(flat) + sum(tree_pss_mb(pid) for pid in trees)
 
 
 def drive(
@@ -194,9 +275,9 @@ def measure(
     rate: float | None = None,
 ) -> Run:
     orders = system.orders()
-    before = cpu_by_part(system.processes)
+    before = system.cpu_by_part()
     out = drive(path, f"{prefix}-{path.slug}", seconds, connections, rate)
-    after = cpu_by_part(system.processes)
+    after = system.cpu_by_part()
     return Run(
         path=path.name,
         requests=out["requests"],
@@ -263,6 +344,44 @@ def _rounds(
     return runs
 
 
+SERVICE_DATABASES = ("order", "inventory", "payment")
+"""The PostgreSQL system's databases, one per service (shopmesh/postgres.py)."""
+PG_COUNTERS = (
+    "xact_commit",
+    "xact_rollback",
+    "tup_returned",
+    "tup_fetched",
+    "tup_inserted",
+    "tup_updated",
+    "tup_deleted",
+)
+"""pg_stat_database's counters per service database that show what an order costs the
+server: its transactions and the rows its statements read and wrote."""
+WAL_COUNTERS = ("wal_records", "wal_write", "wal_sync")
+"""pg_stat_wal's: WAL records, and the writes and fsyncs of the WAL (group commit shows as
+fewer fsyncs than commits)."""
+
+
+def pg_counters(admin: Callable[[], psycopg.Connection[Any]]) -> dict[str, float]:
+    """The server's counters now, "<database>.<counter>" and "wal.<counter>". A backend
+    hands its counts to the shared statistics at most once a second, and an idle one only
+    after 10 s (PostgreSQL 15): read over a window that long, the counts are whole."""
+    columns = ", ".join(PG_COUNTERS)
+    with admin() as conn:
+        rows = conn.execute(
+            f"SELECT datname, {columns} FROM pg_stat_database WHERE datname = ANY(%s)",
+            [list(SERVICE_DATABASES)],
+        ).fetchall()
+        wal = conn.execute(f"SELECT {', '.join(WAL_COUNTERS)} FROM pg_stat_wal").fetchone()
+    counters = {
+        f"{row[0]}.{name}": float(value)
+        for row in rows
+        for name, value in zip(PG_COUNTERS, row[1:], strict=True)
+    }
+    counters.update({f"wal.{n}": float(v) for n, v in zip(WAL_COUNTERS, wal or (), strict=True)})
+    return counters
+
+
 def benchmark(
     paths: list[LoadPath],
     systems: dict[str, MeasuredSystem],
@@ -272,10 +391,13 @@ def benchmark(
     rounds: int,
     seconds: int,
     connections: int,
+    pg_admin: Callable[[], psycopg.Connection[Any]] | None = None,
 ) -> Results:
     """The whole sequence: negative controls, warm-up, saturation rounds, fixed-rate rounds
     at half the baseline's saturation rate, the wrk cross-check, and Envoy's CPU per GET.
-    `paths[0]` is shopmesh's REST path and `paths[3]` the baseline's."""
+    With `pg_admin` (the PostgreSQL system's server), its counters per order over every
+    measured run on it (`Results.pg_per_order`)."""
+    by_name = {path.name: path for path in paths}
     stamp = time.time_ns()
     # The check that every order succeeded must be able to fail.
     for path in paths:  # straight to the order service, a token is no identity either
@@ -286,6 +408,9 @@ def benchmark(
         print(f"warming up {path.name}...", flush=True)
         drive(path, f"warm-{stamp}-{path.slug}", min(seconds, 3), connections)
 
+    pg_system = systems.get(SHOP_PG_SYSTEM)
+    pg_before = pg_counters(pg_admin) if pg_admin is not None else {}
+    pg_orders = pg_system.orders() if pg_system is not None else 0
     saturation = _rounds(
         paths,
         systems,
@@ -308,7 +433,7 @@ def benchmark(
 
     print("cross-check with wrk (REST, orders)...", flush=True)
     cross = {}
-    for path in (paths[0], paths[3]):
+    for path in (by_name[SHOP_REST], by_name[BASELINE]):
         requests, failed = wrk(
             path.target, token, seconds, connections, f"wrk-{stamp}-{path.system}"
         )
@@ -319,10 +444,18 @@ def benchmark(
     before = cpu_seconds(envoy)
     requests, failed = wrk(f"{public}/v1/products/{SKU}", token, seconds, connections)
     envoy_us = (cpu_seconds(envoy) - before) / max(requests, 1) * 1e6
+    # The last run on PostgreSQL ended two wrk runs (more than 10 s) ago: its counts are in.
+    pg_per_order: dict[str, float] = {}
+    if pg_admin is not None and pg_system is not None:
+        orders = max(pg_system.orders() - pg_orders, 1)
+        after = pg_counters(pg_admin)
+        pg_per_order = {k: (after[k] - pg_before.get(k, 0.0)) / orders for k in after}
+        pg_per_order["orders"] = orders
     return Results(
         saturation=saturation,
         paced=paced,
         rate=rate,
         wrk=cross,
         envoy_get={"requests": requests, "failed": failed, "cpu_us_per_request": envoy_us},
+        pg_per_order=pg_per_order,
     )

@@ -5,7 +5,8 @@ every service process with py-spy meanwhile. py-spy leaves out threads waiting i
 event loop's poll, but counts a thread blocked in a syscall such as fsync as busy, so
 COMMIT shows up with the time the disk takes. Prints, per service, the functions with the
 most samples including what they call, and with the most samples of their own; the
-collapsed stacks (flamegraph input) stay in bench/results/profile/<service>.txt.
+collapsed stacks (flamegraph input) stay in bench/results/profile/<service>.txt. With
+`--postgres` (`make profile POSTGRES=1`), every store on a PostgreSQL cluster of its own.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--postgres", action="store_true", help="the stores on PostgreSQL")
     parser.add_argument("--out", type=pathlib.Path, default=REPO / "bench" / "results" / "profile")
     parser.add_argument("--workdir", type=pathlib.Path, default=REPO / "var" / "profile")
     args = parser.parse_args(argv)
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = write_seed(args.workdir / "seed.json", SEED_PRODUCTS, SEED_ACCOUNTS)
     print("starting shopmesh...", flush=True)
     # As `make bench` runs it: one user sends every order, its limits lifted.
-    shop = start(shop_settings(args.workdir / "shopmesh", seed))
+    shop = start(shop_settings(args.workdir / "shopmesh", seed, postgres=args.postgres))
     try:
         token = tokens.issue("bench", directory=shop.keys.private_pem.parent)
         rest = LoadPath(

@@ -15,8 +15,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.durability import shown as shown_durability
 from bench.load import percentile
-from bench.measure import BASELINE, SHOP_REST, MeasuredSystem, Results, Run
+from bench.measure import (
+    BASELINE,
+    SERVICE_DATABASES,
+    SHOP_PG,
+    SHOP_PG_SYSTEM,
+    SHOP_REST,
+    MeasuredSystem,
+    Results,
+    Run,
+)
+from services.common.postgresql import redacted
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,7 @@ class Figures:
 
     rest: dict[str, float]  # the summary of shopmesh's REST+JWT path
     baseline: dict[str, float]  # the summary of the baseline's path
+    postgres: dict[str, float]  # the summary of shopmesh's REST+JWT path on PostgreSQL
     shop: MeasuredSystem
     envoy_us: float
     rate: int
@@ -68,6 +80,20 @@ TARGETS = (
     Target(
         "REST+JWT orders/s >= {limit}x baseline",
         lambda f: f.rest["ratio"],
+        lambda f: 1.5,
+        operator.ge,
+        "{value:.2f}x",
+    ),
+    Target(
+        "on PostgreSQL, REST+JWT orders/s >= {limit}x shopmesh on SQLite's",
+        lambda f: f.postgres["vs_sqlite"],
+        lambda f: 0.7,
+        operator.ge,
+        "{value:.2f}x",
+    ),
+    Target(
+        "on PostgreSQL, REST+JWT orders/s >= {limit}x baseline",
+        lambda f: f.postgres["ratio"],
         lambda f: 1.5,
         operator.ge,
         "{value:.2f}x",
@@ -132,6 +158,14 @@ def summarize(saturation: list[Run], paced: list[Run]) -> dict[str, dict[str, fl
             "cpu_us_per_order": cpu,
             "cpu_ratio": cpu / base_cpu,
         }
+    # PostgreSQL against SQLite, the same path of each shopmesh: per round, as against
+    # the baseline.
+    pg_runs = [r for r in saturation if r.path == SHOP_PG]
+    sqlite_runs = [r for r in saturation if r.path == SHOP_REST]
+    if pg_runs:
+        summary[SHOP_PG]["vs_sqlite"] = statistics.median(
+            r.per_second / s.per_second for r, s in zip(pg_runs, sqlite_runs, strict=True)
+        )
     return summary
 
 
@@ -143,9 +177,9 @@ def failed_requests(results: Results) -> int:
     )
 
 
-def cpu_by_process(results: Results, shop: MeasuredSystem) -> dict[str, float]:
-    """shopmesh's CPU µs per REST order by process, the median over the rounds."""
-    rest_runs = [r for r in results.saturation if r.path == SHOP_REST]
+def cpu_by_process(results: Results, shop: MeasuredSystem, path: str) -> dict[str, float]:
+    """A system's CPU µs per order on `path` by process, the median over the rounds."""
+    rest_runs = [r for r in results.saturation if r.path == path]
     return {
         part: statistics.median(r.cpu_seconds[part] / max(r.ok, 1) * 1e6 for r in rest_runs)
         for part in shop.processes
@@ -160,10 +194,10 @@ def render(
     results: Results,
     summary: dict[str, dict[str, float]],
     systems: dict[str, MeasuredSystem],
-    split: dict[str, float],
+    splits: dict[str, dict[str, float]],
     failed: int,
 ) -> str:
-    shop, base = systems["shopmesh"], systems["baseline"]
+    shop = systems["shopmesh"]
     headings = " | ".join(c.heading.format(rate=results.rate) for c in PATH_COLUMNS)
     rows = [
         f"| {name} | " + " | ".join(c.shown.format(s[c.key]) for c in PATH_COLUMNS) + " |"
@@ -174,6 +208,7 @@ def render(
     figures = Figures(
         summary[SHOP_REST],
         summary[BASELINE],
+        summary[SHOP_PG],
         shop,
         results.envoy_get["cpu_us_per_request"],
         results.rate,
@@ -189,13 +224,22 @@ def render(
         "|---" * (len(PATH_COLUMNS) + 1) + "|",
         *rows,
         "",
-        "| system | peak RSS MB (all processes) | cold start to healthy s |",
-        "|---|---|---|",
-        *(f"| {s.name} | {s.peak_rss_mb:.0f} | {s.cold_start_s:.1f} |" for s in (shop, base)),
+        "| system | peak RSS MB (all processes; a server's PSS) | cold start to healthy s"
+        " | durability |",
+        "|---|---|---|---|",
+        *(
+            f"| {s.name} | {s.peak_rss_mb:.0f} | {s.cold_start_s:.1f}"
+            f" | {shown_durability(s.durability)} |"
+            for s in systems.values()
+        ),
         "",
-        "shopmesh REST CPU per order by process (µs): "
-        + ", ".join(f"{part} {us:.0f}" for part, us in split.items())
-        + ".",
+        *(
+            f"{system} CPU per REST order by process (µs): "
+            + ", ".join(f"{part} {us:.0f}" for part, us in split.items())
+            + "."
+            for system, split in splits.items()
+        ),
+        *pg_lines(results.pg_per_order),
         f"Envoy CPU per REST GET with JWT + transcoder: {figures.envoy_us:.0f} µs.",
         f"wrk cross-check (REST orders/s): shopmesh {wrk_shop:.0f},"
         f" baseline {wrk_base:.0f} ({wrk_shop / wrk_base:.2f}x).",
@@ -207,6 +251,28 @@ def render(
     return "\n".join(lines)
 
 
+def pg_lines(per_order: dict[str, float]) -> list[str]:
+    """What an order cost the PostgreSQL server, per service database, if measured."""
+    if not per_order:
+        return []
+    parts = []
+    for db in SERVICE_DATABASES:
+        if f"{db}.xact_commit" not in per_order:
+            continue
+        written = sum(per_order[f"{db}.tup_{kind}"] for kind in ("inserted", "updated", "deleted"))
+        parts.append(
+            f"{db} {per_order[f'{db}.xact_commit']:.1f} commits"
+            f" ({per_order[f'{db}.xact_rollback']:.2f} rolled back),"
+            f" {written:.1f} rows written, {per_order[f'{db}.tup_fetched']:.1f} fetched by index"
+            f" ({per_order[f'{db}.tup_returned']:.0f} rows and index entries read)"
+        )
+    return [
+        f"PostgreSQL per order (over {per_order['orders']:.0f} orders): " + "; ".join(parts) + ";"
+        f" WAL {per_order['wal.wal_records']:.1f} records, {per_order['wal.wal_write']:.2f}"
+        f" writes, {per_order['wal.wal_sync']:.2f} fsyncs.",
+    ]
+
+
 def _without_latencies(run: Run) -> dict[str, Any]:
     return {k: v for k, v in asdict(run).items() if k != "latencies_ms"}
 
@@ -215,22 +281,28 @@ def write(results: Results, systems: dict[str, MeasuredSystem], out: pathlib.Pat
     """Writes latest.md and latest.json to `out`, prints the markdown; 1 if any measured
     request failed."""
     summary = summarize(results.saturation, results.paced)
-    split = cpu_by_process(results, systems["shopmesh"])
+    splits = {
+        "shopmesh": cpu_by_process(results, systems["shopmesh"], SHOP_REST),
+        SHOP_PG_SYSTEM: cpu_by_process(results, systems[SHOP_PG_SYSTEM], SHOP_PG),
+    }
     failed = failed_requests(results)
-    table = render(results, summary, systems, split, failed)
+    table = render(results, summary, systems, splits, failed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.md").write_text(table + "\n")
     data = {
         "summary": summary,
         "systems": {
-            name: {**asdict(s), "order_db": str(s.order_db)} for name, s in systems.items()
+            # A DSN's password stays out of the results.
+            name: {**asdict(s), "order_db": redacted(str(s.order_db)), "trees": sorted(s.trees)}
+            for name, s in systems.items()
         },
         "rate": results.rate,
         "saturation": [_without_latencies(r) for r in results.saturation],
         "paced": [_without_latencies(r) for r in results.paced],
         "wrk": results.wrk,
         "envoy_get": results.envoy_get,
-        "cpu_us_per_order_by_process": split,
+        "cpu_us_per_order_by_process": splits,
+        "pg_per_order": results.pg_per_order,
         "failed": failed,
     }
     (out / "latest.json").write_text(json.dumps(data, indent=2) + "\n")

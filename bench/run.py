@@ -1,9 +1,12 @@
 """`make bench`: shopmesh against the classic FastAPI design (bench/baseline), side by side.
 
-Four paths get the same load from the same driver (bench/load.py; every request a new
+Five paths get the same load from the same driver (bench/load.py; every request a new
 request id, so each runs a real order saga): shopmesh REST+JWT via Envoy, shopmesh gRPC
-via Envoy (JWT), shopmesh gRPC straight to the order service, and the baseline's REST.
-Rounds interleave (A B C D A B C D ...) so machine noise hits every path alike.
+via Envoy (JWT), shopmesh gRPC straight to the order service, shopmesh REST+JWT via Envoy
+with every store on PostgreSQL (a second shopmesh, its own cluster, a role and database
+per service), and the baseline's REST. Rounds interleave (A B C D E A B C D E ...) so
+machine noise hits every path alike; only one path has load at a time, the other systems
+idle meanwhile.
 
 Measured (bench/measure.py):
 - orders per second at saturation (closed loop), and the median of the per-round ratios
@@ -11,7 +14,10 @@ Measured (bench/measure.py):
 - p50 / p99 latency at a fixed offered rate (open loop at half the baseline's saturation
   rate, latency from each request's scheduled time);
 - CPU time per order summed over every process of the system, from /proc, and split by
-  process;
+  process (PostgreSQL's: the postmaster and every process it forked, exited ones too);
+- on PostgreSQL, its transactions, rows and WAL fsyncs per order (pg_stat_database,
+  pg_stat_wal);
+- each system's durability, read from it (bench/durability.py);
 - Envoy's own CPU per request (REST GET with JWT + transcoder, driven by wrk);
 - the sum of the processes' peak RSS, and cold start to healthy;
 - wrk (bench/orders.lua) as a cross-check of the REST saturation figures.
@@ -28,18 +34,21 @@ import shutil
 import sys
 import time
 
-from bench import report
+from bench import durability, report
 from bench.baseline.run import Baseline
 from bench.baseline.run import start as start_baseline
 from bench.measure import (
     BASELINE,
+    POSTGRES,
     SEED_ACCOUNTS,
     SEED_PRODUCTS,
+    SHOP_PG,
+    SHOP_PG_SYSTEM,
     SHOP_REST,
     LoadPath,
     MeasuredSystem,
     benchmark,
-    peak_rss_mb,
+    memory_mb,
     shop_settings,
 )
 from shopmesh import tokens
@@ -64,9 +73,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_paths(shop: System, base: Baseline, token: str) -> list[LoadPath]:
-    """The four paths, shopmesh's REST first and the baseline's last (bench/measure.py's
-    benchmark reads them in this order)."""
+def load_paths(shop: System, shop_pg: System, base: Baseline, token: str) -> list[LoadPath]:
+    """The five paths, shopmesh's on SQLite first and the baseline's last (the tables show
+    them in this order)."""
     via_envoy = ("--token", token)
     return [
         LoadPath(SHOP_REST, "shopmesh", "rest", f"http://{shop.public_target}", via_envoy),
@@ -78,8 +87,40 @@ def load_paths(shop: System, base: Baseline, token: str) -> list[LoadPath]:
             f"127.0.0.1:{shop.order[0].port}",
             ("--user", "bench"),
         ),
+        LoadPath(
+            SHOP_PG,
+            SHOP_PG_SYSTEM,
+            "rest",
+            f"http://{shop_pg.public_target}",
+            via_envoy,
+            short="shopmesh pg rest",
+        ),
         LoadPath(BASELINE, "baseline", "rest", base.url("order"), via_envoy),
     ]
+
+
+def measured(name: str, shop: System, cold_start_s: float) -> MeasuredSystem:
+    """A shopmesh system as the benchmark measures it; on PostgreSQL, its server a part."""
+    processes = {
+        "envoy": [shop.envoy.pid],
+        "order": [s.pid for s in shop.order],
+        "inventory": [s.pid for s in shop.inventory],
+        "payment": [s.pid for s in shop.payment],
+        "consul+controlplane": [shop.consul.pid, shop.controlplane.pid],
+    }
+    if shop.cluster is None:
+        order_db = shop.order[0].workdir / "order.db"
+        return MeasuredSystem(
+            name, cold_start_s, processes, order_db, durability=durability.sqlite(order_db)
+        )
+    return MeasuredSystem(
+        name,
+        cold_start_s,
+        {**processes, POSTGRES: [shop.cluster.process.pid]},
+        shop.cluster.dsn("order"),
+        trees=frozenset({POSTGRES}),
+        durability=durability.postgres(shop.cluster.admin),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,45 +132,56 @@ def main(argv: list[str] | None = None) -> int:
 
     print("starting shopmesh (Consul, control plane, services, Envoy)...", flush=True)
     started = time.monotonic()
-    shop = start_system(shop_settings(args.workdir / "shopmesh", seed))
+    keys = args.workdir / "jwt"
+    shop = start_system(shop_settings(args.workdir / "shopmesh", seed, keys_dir=keys))
     try:
-        shop_system = MeasuredSystem(
-            "shopmesh",
-            time.monotonic() - started,
-            {
-                "envoy": [shop.envoy.pid],
-                "order": [s.pid for s in shop.order],
-                "inventory": [s.pid for s in shop.inventory],
-                "payment": [s.pid for s in shop.payment],
-                "consul+controlplane": [shop.consul.pid, shop.controlplane.pid],
-            },
-            shop.order[0].workdir / "order.db",
-        )
-        print("starting the baseline (FastAPI + httpx)...", flush=True)
+        shop_system = measured("shopmesh", shop, time.monotonic() - started)
+        print("starting shopmesh on PostgreSQL (its cluster first)...", flush=True)
         started = time.monotonic()
-        base = start_baseline(args.workdir / "baseline", seed, shop.keys.jwks)
+        pg_settings = shop_settings(
+            args.workdir / "shopmesh-pg", seed, postgres=True, keys_dir=keys
+        )
+        shop_pg = start_system(pg_settings)
         try:
-            base_system = MeasuredSystem(
-                "baseline",
-                time.monotonic() - started,
-                {name: [p.pid] for name, p in base.processes.items()},
-                args.workdir / "baseline" / "baseline-order.db",
-            )
-            token = tokens.issue("bench", directory=shop.keys.private_pem.parent)
-            systems = {"shopmesh": shop_system, "baseline": base_system}
-            results = benchmark(
-                load_paths(shop, base, token),
-                systems,
-                token,
-                f"http://{shop.public_target}",
-                rounds=args.rounds,
-                seconds=args.seconds,
-                connections=args.connections,
-            )
-            for system in systems.values():
-                system.peak_rss_mb = peak_rss_mb(system.pids())
+            pg_system = measured(SHOP_PG_SYSTEM, shop_pg, time.monotonic() - started)
+            assert shop_pg.cluster is not None
+            print(f"PostgreSQL: {durability.shown(pg_system.durability)}", flush=True)
+            print("starting the baseline (FastAPI + httpx)...", flush=True)
+            started = time.monotonic()
+            base = start_baseline(args.workdir / "baseline", seed, shop.keys.jwks)
+            try:
+                base_db = args.workdir / "baseline" / "baseline-order.db"
+                base_system = MeasuredSystem(
+                    "baseline",
+                    time.monotonic() - started,
+                    {name: [p.pid] for name, p in base.processes.items()},
+                    base_db,
+                    durability=durability.sqlite(base_db),
+                )
+                # One key pair for both shopmesh systems' gateways and the baseline: the
+                # same token is good on every path.
+                token = tokens.issue("bench", directory=shop.keys.private_pem.parent)
+                systems = {
+                    "shopmesh": shop_system,
+                    SHOP_PG_SYSTEM: pg_system,
+                    "baseline": base_system,
+                }
+                results = benchmark(
+                    load_paths(shop, shop_pg, base, token),
+                    systems,
+                    token,
+                    f"http://{shop.public_target}",
+                    rounds=args.rounds,
+                    seconds=args.seconds,
+                    connections=args.connections,
+                    pg_admin=shop_pg.cluster.admin,
+                )
+                for system in systems.values():
+                    system.peak_rss_mb = memory_mb(system)
+            finally:
+                base.stop()
         finally:
-            base.stop()
+            shop_pg.stop()
     finally:
         shop.stop()
     return report.write(results, systems, args.out)

@@ -354,10 +354,9 @@ class SagaRunner:
 
     async def _drive(self, order_id: str) -> None:
         while True:
-            saga = await self._store.saga(order_id)
+            saga, order = await self._store.saga_and_order(order_id)
             if saga.phase in FINAL_PHASES or saga.parked:
                 return
-            order = await self._store.order(order_id)
             if saga.phase is Phase.COMPENSATING:
                 await self._compensate(order, saga)
                 continue
