@@ -96,7 +96,7 @@ class InventoryStore(db.Store):
 
         async def reserve(tx: Tx) -> Reservation:
             at = await clock(tx, now)
-            await _expire_due(tx, at)
+            _, returns = await _expire_due(tx, at)
             # The order's reservation is claimed first: a repeat of this call running at
             # the same moment on another instance waits here for this one, then finds it.
             claimed = await tx.execute(
@@ -126,9 +126,16 @@ class InventoryStore(db.Store):
                     metadata={"sku": wanted[unknown[0]].sku},
                 )
             priced = []
-            # In SKU order: two orders for [A, B] and [B, A] would otherwise each lock one
-            # and wait for the other (a deadlock, on a server database).
-            for item in sorted(wanted, key=lambda i: i.sku):
+            # In SKU order, the expired holds' stock given back in the same pass (before a
+            # SKU's take, which it may make possible): two orders for [A, B] and [B, A]
+            # would otherwise each lock one and wait for the other (a deadlock, on a
+            # server database).
+            by_sku = {item.sku: item for item in wanted}
+            for sku in sorted(by_sku.keys() | {sku for sku, _, _ in returns}):
+                await _move_all(tx, [m for m in returns if m[0] == sku])
+                if sku not in by_sku:
+                    continue
+                item = by_sku[sku]
                 price = await tx.fetchone(
                     "UPDATE products SET available = available - ?1, held = held + ?1"
                     " WHERE sku = ?2 AND available >= ?1 RETURNING price_minor, currency",
@@ -154,12 +161,13 @@ class InventoryStore(db.Store):
         """Sells a held reservation; a repeat returns the committed one."""
 
         async def commit(tx: Tx) -> Reservation:
-            await _expire_due(tx, await clock(tx, now))
+            _, moves = await _expire_due(tx, await clock(tx, now))
             # The state change first, conditional on HELD: a release of the same hold at
             # the same moment (another instance compensating) moves the stock, or this
             # does, never both.
             if await _change_state(tx, order_id, user_id, ReservationState.COMMITTED):
-                await _move(tx, order_id, "held = held - ?1, sold = sold + ?1")
+                moves += await _moves_of(tx, order_id, SELL)
+            await _move_all(tx, moves)
             found = await _read_reservation(tx, order_id)
             if found is None or found.user_id != user_id:
                 raise _reservation_not_found(order_id)
@@ -178,7 +186,7 @@ class InventoryStore(db.Store):
 
         async def release(tx: Tx) -> Reservation:
             at = await clock(tx, now)
-            await _expire_due(tx, at)
+            _, moves = await _expire_due(tx, at)
             # A tombstone if the order has no reservation: a ReserveStock for this order
             # that arrives late (or at this very moment, on another instance) finds it and
             # holds nothing.
@@ -190,7 +198,8 @@ class InventoryStore(db.Store):
             if not tombstone and await _change_state(
                 tx, order_id, user_id, ReservationState.RELEASED
             ):
-                await _move(tx, order_id, "held = held - ?1, available = available + ?1")
+                moves += await _moves_of(tx, order_id, GIVE_BACK)
+            await _move_all(tx, moves)
             found = await _reservation_or_fail(tx, order_id)
             if found.user_id != user_id:
                 raise _reservation_not_found(order_id)
@@ -208,7 +217,9 @@ class InventoryStore(db.Store):
         """Gives back the stock of every hold past its expire time; returns how many."""
 
         async def expire(tx: Tx) -> int:
-            return await _expire_due(tx, await clock(tx, now))
+            expired, moves = await _expire_due(tx, await clock(tx, now))
+            await _move_all(tx, moves)
+            return expired
 
         return await self.db.write(expire)
 
@@ -370,23 +381,44 @@ async def _change_state(tx: Tx, order_id: str, user_id: str, state: ReservationS
     )
 
 
-async def _move(tx: Tx, order_id: str, assignment: str) -> None:
-    """Moves the reservation's quantities between a product's counts, in SKU order."""
+GIVE_BACK = "held = held - ?1, available = available + ?1"
+SELL = "held = held - ?1, sold = sold + ?1"
+
+Move = tuple[str, int, str]
+"""A stock move: (SKU, quantity, the assignment that moves it between a product's counts)."""
+
+
+async def _moves_of(tx: Tx, order_id: str, assignment: str) -> list[Move]:
+    """The moves of the reservation's items by `assignment`."""
     items = await tx.fetchall(
-        "SELECT sku, quantity FROM reservation_items WHERE order_id = ? ORDER BY sku",
-        (order_id,),
+        "SELECT sku, quantity FROM reservation_items WHERE order_id = ?", (order_id,)
     )
-    await _move_quantities(tx, [(i["quantity"], i["sku"]) for i in items], assignment)
+    return [(i["sku"], i["quantity"], assignment) for i in items]
 
 
-async def _move_quantities(tx: Tx, moves: list[tuple[int, str]], assignment: str) -> None:
-    await tx.executemany(f"UPDATE products SET {assignment} WHERE sku = ?2", moves)
+async def _move_all(tx: Tx, moves: list[Move]) -> None:
+    """Makes the moves in one pass in SKU order (those of a SKU in the order given). One
+    pass: a write that gave back expired holds' stock in SKU order and then moved its own
+    in SKU order would lock B before A against another doing the reverse, a deadlock on a
+    server database. Consecutive moves of one kind go as one executemany."""
+    ordered = sorted(moves, key=lambda m: m[0])  # stable
+    start = 0
+    while start < len(ordered):
+        end = start
+        while end < len(ordered) and ordered[end][2] == ordered[start][2]:
+            end += 1
+        await tx.executemany(
+            f"UPDATE products SET {ordered[start][2]} WHERE sku = ?2",
+            [(quantity, sku) for sku, quantity, _ in ordered[start:end]],
+        )
+        start = end
 
 
-async def _expire_due(tx: Tx, now: float) -> int:
-    """Gives back the stock of every hold past its expire time. Holds another transaction
-    is busy with (a commit, say) are left to the next sweep (`skip_locked`); the stock goes
-    back summed per SKU, in SKU order, as every other stock move locks products."""
+async def _expire_due(tx: Tx, now: float) -> tuple[int, list[Move]]:
+    """Marks every hold past its expire time EXPIRED; returns how many, and the moves that
+    give their stock back (summed per SKU), for the caller to make with its own
+    (`_move_all`). Holds another transaction is busy with (a commit, say) are left to the
+    next sweep (`skip_locked`)."""
     due = [
         r["order_id"]
         for r in await tx.fetchall(
@@ -395,7 +427,7 @@ async def _expire_due(tx: Tx, now: float) -> int:
         )
     ]
     if not due:
-        return 0
+        return 0, []
     marks = ", ".join("?" for _ in due)
     await tx.execute(
         f"UPDATE reservations SET state = ? WHERE order_id IN ({marks}) AND state = ?",
@@ -403,12 +435,7 @@ async def _expire_due(tx: Tx, now: float) -> int:
     )
     totals = await tx.fetchall(
         f"SELECT sku, SUM(quantity) AS quantity FROM reservation_items WHERE order_id IN ({marks})"
-        " GROUP BY sku ORDER BY sku",
+        " GROUP BY sku",
         due,
     )
-    await _move_quantities(
-        tx,
-        [(t["quantity"], t["sku"]) for t in totals],
-        "held = held - ?1, available = available + ?1",
-    )
-    return len(due)
+    return len(due), [(t["sku"], t["quantity"], GIVE_BACK) for t in totals]

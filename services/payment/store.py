@@ -89,7 +89,7 @@ class PaymentStore(db.Store):
 
         async def authorize(tx: Tx) -> Payment:
             at = await clock(tx, now)
-            await _expire_due(tx, at)
+            _, returns = await _expire_due(tx, at)
             # The order's payment is claimed first: a repeat of this call at the same
             # moment on another instance waits here for this one, then finds it.
             claimed = await tx.execute(
@@ -109,11 +109,17 @@ class PaymentStore(db.Store):
                         f"the account is in {account['currency']}, not {currency}",
                         currency=account["currency"],
                     )
-                held = await tx.execute(
-                    "UPDATE accounts SET available = available - ?1, held = held + ?1"
-                    " WHERE user_id = ?2 AND available >= ?1",
-                    (amount_minor, user_id),
-                )
+                held = 0
+                # The accounts in one pass in user order, this one's hold among the
+                # expired authorizations' money given back (see `_move_all`).
+                for user in sorted({u for u, _, _ in returns} | {user_id}):
+                    await _move_all(tx, [m for m in returns if m[0] == user])
+                    if user == user_id:
+                        held = await tx.execute(
+                            "UPDATE accounts SET available = available - ?1, held = held + ?1"
+                            " WHERE user_id = ?2 AND available >= ?1",
+                            (amount_minor, user_id),
+                        )
                 if held:
                     await tx.execute(
                         "INSERT INTO authorization_expiry (order_id, expire_at) VALUES (?, ?)",
@@ -125,6 +131,7 @@ class PaymentStore(db.Store):
                         (PaymentState.DECLINED.value, order_id),
                     )
                 return await _payment_or_fail(tx, order_id)
+            await _move_all(tx, returns)
             existing = await _payment_or_fail(tx, order_id)
             if existing.state is PaymentState.VOIDED and existing.amount_minor == 0:
                 pass  # a tombstone from VoidPayment: checked below, holds nothing
@@ -155,12 +162,13 @@ class PaymentStore(db.Store):
 
         async def capture(tx: Tx) -> Payment:
             at = await clock(tx, now)
-            await _expire_due(tx, at)
+            _, moves = await _expire_due(tx, at)
             # The state change first, conditional on AUTHORIZED: a void of the same payment
             # at the same moment moves the money, or this does, never both.
-            moved = await _change_state(tx, order_id, user_id, PaymentState.CAPTURED, at)
-            if moved is not None:
-                await _move(tx, moved, "held = held - ?1, captured = captured + ?1")
+            amount = await _change_state(tx, order_id, user_id, PaymentState.CAPTURED, at)
+            if amount is not None:
+                moves.append((user_id, amount, CAPTURE))
+            await _move_all(tx, moves)
             return await _owned(tx, order_id, user_id)
 
         found = await self.db.write(capture)
@@ -174,7 +182,7 @@ class PaymentStore(db.Store):
 
         async def void(tx: Tx) -> Payment:
             at = await clock(tx, now)
-            await _expire_due(tx, at)
+            _, moves = await _expire_due(tx, at)
             # A tombstone if the order has no payment: an AuthorizePayment for this order
             # that arrives late (or at this very moment, on another instance) finds it and
             # holds nothing.
@@ -184,9 +192,10 @@ class PaymentStore(db.Store):
                 (order_id, user_id, PaymentState.VOIDED.value, at, at),
             )
             if not tombstone:
-                moved = await _change_state(tx, order_id, user_id, PaymentState.VOIDED, at)
-                if moved is not None:
-                    await _move(tx, moved, "held = held - ?1, available = available + ?1")
+                amount = await _change_state(tx, order_id, user_id, PaymentState.VOIDED, at)
+                if amount is not None:
+                    moves.append((user_id, amount, GIVE_BACK))
+            await _move_all(tx, moves)
             return await _owned(tx, order_id, user_id)
 
         found = await self.db.write(void)
@@ -202,7 +211,9 @@ class PaymentStore(db.Store):
         """Gives back the money of every authorization past its expire time; how many."""
 
         async def expire(tx: Tx) -> int:
-            return await _expire_due(tx, await clock(tx, now))
+            expired, moves = await _expire_due(tx, await clock(tx, now))
+            await _move_all(tx, moves)
+            return expired
 
         return await self.db.write(expire)
 
@@ -282,49 +293,65 @@ async def _owned(tx: Tx, order_id: str, user_id: str) -> Payment:
     return found
 
 
+GIVE_BACK = "held = held - ?1, available = available + ?1"
+CAPTURE = "held = held - ?1, captured = captured + ?1"
+
+Move = tuple[str, int, str]
+"""A money move: (user, amount, the assignment that moves it between an account's sums)."""
+
+
 async def _change_state(
     tx: Tx, order_id: str, user_id: str, state: PaymentState, now: float
-) -> tuple[int, str] | None:
+) -> int | None:
     """AUTHORIZED -> `state`, if the payment is the user's and still AUTHORIZED; its
-    expiry goes. Returns what to move (amount, user), or None if nothing changed."""
+    expiry goes. Returns the amount to move, or None if nothing changed."""
     row = await tx.fetchone(
         "UPDATE payments SET state = ?, updated_at = ?"
-        " WHERE order_id = ? AND user_id = ? AND state = ? RETURNING amount_minor, user_id",
+        " WHERE order_id = ? AND user_id = ? AND state = ? RETURNING amount_minor",
         (state.value, now, order_id, user_id, PaymentState.AUTHORIZED.value),
     )
     if row is None:
         return None
     await tx.execute("DELETE FROM authorization_expiry WHERE order_id = ?", (order_id,))
-    return row["amount_minor"], row["user_id"]
+    amount: int = row["amount_minor"]
+    return amount
 
 
-async def _move(tx: Tx, moved: tuple[int, str], assignment: str) -> None:
-    await tx.execute(f"UPDATE accounts SET {assignment} WHERE user_id = ?2", moved)
+async def _move_all(tx: Tx, moves: list[Move]) -> None:
+    """Makes the moves in one pass in user order (those of a user in the order given). One
+    pass: a write that gave back other users' expired authorizations and then moved its
+    own user's money would lock B before A against another doing the reverse, a deadlock on
+    a server database. Consecutive moves of one kind go as one executemany."""
+    ordered = sorted(moves, key=lambda m: m[0])  # stable
+    start = 0
+    while start < len(ordered):
+        end = start
+        while end < len(ordered) and ordered[end][2] == ordered[start][2]:
+            end += 1
+        await tx.executemany(
+            f"UPDATE accounts SET {ordered[start][2]} WHERE user_id = ?2",
+            [(amount, user) for user, amount, _ in ordered[start:end]],
+        )
+        start = end
 
 
-async def _expire_due(tx: Tx, now: float) -> int:
-    """Gives back the money of every authorization past its expire time. Locks as
-    authorize and capture do: the payments first (those another transaction is busy with
-    are left to the next sweep), then the accounts in user order, then the expiry rows."""
+async def _expire_due(tx: Tx, now: float) -> tuple[int, list[Move]]:
+    """Marks every authorization past its expire time EXPIRED; returns how many, and the
+    moves that give their money back, for the caller to make with its own (`_move_all`).
+    The payments are locked first, as authorize and capture lock them (those another
+    transaction is busy with are left to the next sweep); an expiry row is only ever
+    touched by whoever holds its payment."""
     due = await tx.fetchall(
         "SELECT p.order_id, p.user_id, p.amount_minor FROM payments p"
         " JOIN authorization_expiry e USING (order_id)"
-        " WHERE e.expire_at <= ? AND p.state = ? ORDER BY p.user_id"
-        + tx.skip_locked.replace("UPDATE", "UPDATE OF p"),
+        " WHERE e.expire_at <= ? AND p.state = ?" + tx.skip_locked.replace("UPDATE", "UPDATE OF p"),
         (now, PaymentState.AUTHORIZED.value),
     )
-    for row in due:
-        await tx.execute(
-            "UPDATE payments SET state = ?, updated_at = ? WHERE order_id = ?",
-            (PaymentState.EXPIRED.value, now, row["order_id"]),
-        )
-    for row in due:
-        await _move(
-            tx,
-            (row["amount_minor"], row["user_id"]),
-            "held = held - ?1, available = available + ?1",
-        )
+    await tx.executemany(
+        "UPDATE payments SET state = ?, updated_at = ? WHERE order_id = ?",
+        [(PaymentState.EXPIRED.value, now, r["order_id"]) for r in due],
+    )
     await tx.executemany(
         "DELETE FROM authorization_expiry WHERE order_id = ?", [(r["order_id"],) for r in due]
     )
-    return len(due)
+    return len(due), [(r["user_id"], r["amount_minor"], GIVE_BACK) for r in due]
