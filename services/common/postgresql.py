@@ -97,6 +97,11 @@ class NoConnection(Exception):
     """No pooled connection could be had (its cause says why): a storage fault."""
 
 
+class ConnectionLost(Exception):
+    """The pooled connection broke under a call, and the driver said so with an error of
+    its own (its cause) rather than a connection error: as a lost connection."""
+
+
 class PostgresTx:
     """A `Tx` over one asyncpg connection."""
 
@@ -165,7 +170,7 @@ class PostgresDatabase:
                     try:
                         result = await fn(PostgresTx(conn))
                     except BaseException:
-                        if not conn.is_closed():
+                        if not _broken(conn):  # else the server rolls it back itself
                             await transaction.rollback()
                         raise
                     sent_commit = True
@@ -191,6 +196,16 @@ class PostgresDatabase:
             raise NoConnection(f"no connection: {type(exc).__name__}: {exc}") from exc
         try:
             yield conn
+        except Exception as exc:
+            if isinstance(exc, asyncpg.InternalClientError) and not _broken(conn):
+                # The driver lost its place in the protocol (a server dying mid-message
+                # leaves it waiting for a reply that never comes): never to be used again.
+                conn.terminate()
+            if _broken(conn) and not _connection_lost(exc) and not isinstance(exc, ServiceError):
+                # The driver's own error on a connection that broke under it: a lost
+                # connection, retried or reported as one, never an INTERNAL.
+                raise ConnectionLost(f"connection lost: {type(exc).__name__}: {exc}") from exc
+            raise
         finally:
             await self._pool.release(conn)
 
@@ -309,11 +324,22 @@ def _connection_lost(exc: BaseException) -> bool:
     return isinstance(
         exc,
         OSError
+        | ConnectionLost
         | asyncpg.ConnectionDoesNotExistError
         | asyncpg.PostgresConnectionError
         | asyncpg.CannotConnectNowError
         | asyncpg.AdminShutdownError,
     ) or _sqlstate(exc).startswith("08")
+
+
+def _broken(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
+    """Whether a connection handed out by the pool broke: closed, or already taken back
+    by the pool, which it does the moment it sees one close (the proxy then raises
+    InterfaceError at any use; nothing else releases it before the call is done)."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
 
 
 def _is_storage_fault(exc: BaseException) -> bool:
