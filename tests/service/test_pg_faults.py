@@ -10,6 +10,8 @@ without restarting anything. Small timeouts (PoolSettings) keep each test to sec
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import itertools
 import pathlib
 import time
@@ -24,8 +26,10 @@ from services.common.errors import ErrorKind, ServiceError
 from services.common.postgresql import PoolSettings
 from services.inventory.domain import Item, Reservation, ReservationState
 from services.inventory.store import InventoryStore
+from services.payment.domain import PaymentState
+from services.payment.store import PaymentStore
 from shopmesh.postgres import Cluster
-from tests.helpers import PRODUCTS, record_fault
+from tests.helpers import ACCOUNTS, PRODUCTS, record_fault
 
 T = TypeVar("T")
 
@@ -270,3 +274,146 @@ async def test_a_server_refusing_connections_is_a_storage_fault_until_it_accepts
     product = await store.product("SKU-MUG")
     assert (product.available, product.held) == (PRODUCTS["SKU-MUG"][1] - 2, 2)  # none doubled
     record_fault(f"PostgreSQL: new connections refused ({how})", {"ok": 4, "failed": len(refused)})
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` now (the postmaster's backends and workers)."""
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, ended but not reaped, does not)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def kill_server(cluster: Cluster) -> None:
+    """kill -9 of the postmaster, by its PID, as a crash; returns once its backends,
+    which notice their parent gone and exit, are gone too (until then the data directory
+    is in use and a new server refuses it)."""
+    orphans = children(cluster.process.pid)
+    cluster.process.kill()
+    await eventually(lambda: not any(alive(pid) for pid in orphans), "the backends to exit")
+
+
+async def restart_server(cluster: Cluster) -> None:
+    """The server started again on the same data directory and port (crash recovery
+    first), so the pools' URLs reach it again; returns once it accepts logins."""
+    cluster.settings = dataclasses.replace(cluster.settings, port=cluster.port)
+    await asyncio.to_thread(cluster.start)
+
+
+class OrderLoad:
+    """Orders through the real stores as the saga makes them: hold the stock, authorize
+    the payment, commit the stock, capture the payment; a step that hears
+    STORAGE_UNAVAILABLE is retried with the same ids (the saga does, up to its budget),
+    so every order started ends captured. Anything else a store raises is kept: a caller
+    would have heard INTERNAL."""
+
+    def __init__(self, inventory: InventoryStore, payment: PaymentStore, workers: int) -> None:
+        self.inventory = inventory
+        self.payment = payment
+        self.calls = {"ok": 0, "failed": 0}
+        self.unexpected: list[BaseException] = []
+        self.done: list[str] = []
+        self._stopping = False
+        self._tasks = [asyncio.create_task(self._work(w)) for w in range(workers)]
+
+    async def stop(self) -> None:
+        """Lets each worker finish the order it is in, then stops it."""
+        self._stopping = True
+        await asyncio.wait_for(asyncio.gather(*self._tasks), WAIT_SECONDS * 2)
+
+    async def _work(self, worker: int) -> None:
+        for n in itertools.count():
+            if self._stopping:
+                return
+            await self._order(f"load-{worker}-{n}")
+
+    async def _order(self, order_id: str) -> None:
+        price = PRODUCTS["SKU-TEA"][0]
+        for step in (
+            functools.partial(
+                self.inventory.reserve, order_id, "rich", [Item("SKU-TEA", 1)], 900.0
+            ),
+            functools.partial(
+                self.payment.authorize, order_id, "rich", price, "USD", authorization_seconds=900.0
+            ),
+            functools.partial(self.inventory.commit, order_id, "rich"),
+            functools.partial(self.payment.capture, order_id, "rich"),
+        ):
+            await self._until_done(step)
+        self.done.append(order_id)
+
+    async def _until_done(self, step: Callable[[], Awaitable[object]]) -> None:
+        deadline = time.monotonic() + WAIT_SECONDS * 3
+        while True:
+            try:
+                await step()
+                self.calls["ok"] += 1
+                return
+            except ServiceError as error:
+                if (error.kind, error.reason) != (ErrorKind.UNAVAILABLE, "STORAGE_UNAVAILABLE"):
+                    raise
+                self.calls["failed"] += 1
+            except Exception as error:  # what a caller would hear as INTERNAL
+                self.unexpected.append(error)
+            if time.monotonic() > deadline:
+                raise AssertionError("a step never succeeded again after the restart")
+            await asyncio.sleep(0.05)
+
+
+async def test_the_server_killed_and_restarted_under_load_loses_and_doubles_nothing(
+    postgres_cluster: Cluster, seed_file: pathlib.Path
+) -> None:
+    """Orders run on eight workers; the server is killed with SIGKILL mid-load and
+    started again on the same data directory. Calls during the outage hear only
+    STORAGE_UNAVAILABLE; the same pools reconnect by themselves; every order ends
+    captured, and stock and money add up exactly: none lost, none applied twice."""
+    pool = PoolSettings(size=4, acquire_timeout_seconds=1.0, connect_timeout_seconds=1.0)
+    inventory = await InventoryStore.open(fresh_database(postgres_cluster, "inventory"), pool=pool)
+    payment = await PaymentStore.open(fresh_database(postgres_cluster, "payment"), pool=pool)
+    try:
+        await inventory.seed(seed_file)
+        await payment.seed(seed_file)
+        load = OrderLoad(inventory, payment, workers=8)
+        await eventually(lambda: len(load.done) >= 20, "orders before the kill")
+        await kill_server(postgres_cluster)
+        await eventually(lambda: load.calls["failed"] > 0, "callers to see the server gone")
+        await restart_server(postgres_cluster)
+        after = len(load.done)
+        await eventually(lambda: len(load.done) >= after + 20, "orders after the restart")
+        await load.stop()
+        assert not load.unexpected, load.unexpected[:5]
+
+        orders = len(load.done)
+        tea = await inventory.product("SKU-TEA")
+        assert (tea.available, tea.held, tea.sold) == (
+            PRODUCTS["SKU-TEA"][1] - orders,
+            0,
+            orders,
+        )
+        states = [(await payment.payment(order_id)).state for order_id in load.done]
+        assert set(states) == {PaymentState.CAPTURED}
+        account = await payment.account("rich")
+        captured = orders * PRODUCTS["SKU-TEA"][0]
+        assert (account.available, account.held) == (ACCOUNTS["rich"] - captured, 0)
+    finally:
+        await inventory.aclose()
+        await payment.aclose()
+    record_fault(
+        f"PostgreSQL server kill -9 and restart under load ({orders} orders, stores)",
+        load.calls,
+    )
