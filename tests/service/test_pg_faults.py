@@ -10,12 +10,13 @@ without restarting anything. Small timeouts (PoolSettings) keep each test to sec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import itertools
 import pathlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import psycopg
@@ -29,7 +30,7 @@ from services.inventory.store import InventoryStore
 from services.payment.domain import PaymentState
 from services.payment.store import PaymentStore
 from shopmesh.postgres import Cluster
-from tests.helpers import ACCOUNTS, PRODUCTS, record_fault
+from tests.helpers import ACCOUNTS, PRODUCTS, record_fault, wait_for
 
 T = TypeVar("T")
 
@@ -69,9 +70,9 @@ async def refusal(call: Awaitable[object]) -> tuple[ServiceError, float]:
 
 
 def fresh_database(cluster: Cluster, service: str) -> str:
-    """A new role and database of `service`'s (e.g. inventory_3): no test sees another's
-    rows or settings."""
-    name = f"{service}_{next(_databases)}"
+    """A new role and database of `service`'s (e.g. inventory_fault3): no test sees
+    another's rows or settings."""
+    name = f"{service}_fault{next(_databases)}"
     return cluster.ensure_database(name)
 
 
@@ -224,19 +225,71 @@ async def reserve_many(store: InventoryStore) -> list[Reservation]:
     )
 
 
-def _refuse_by_database_limit(conn: psycopg.Connection[tuple[object, ...]], name: str) -> str:
-    conn.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 0").format(sql.Identifier(name)))
-    return "ALTER DATABASE {} CONNECTION LIMIT -1"
+def terminate_backends(admin: psycopg.Connection[tuple[object, ...]], dbname: str) -> None:
+    """Ends the service's connections; each backend is gone before this returns (up to
+    5 s each), so no call finds one. The event loop does not run meanwhile (this blocks
+    it), so the pool cannot reconnect before the refusal is in place."""
+    admin.execute(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = %s",
+        [dbname],
+    )
 
 
-def _refuse_by_nologin(conn: psycopg.Connection[tuple[object, ...]], name: str) -> str:
-    conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(name)))
-    return "ALTER ROLE {} LOGIN"
+@contextlib.contextmanager
+def database_connection_limit(cluster: Cluster, dbname: str) -> Iterator[None]:
+    """The database takes no connection (53300 too many connections for database)."""
+    name = sql.Identifier(dbname)
+    with cluster.admin() as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 0").format(name))
+        try:
+            terminate_backends(admin, dbname)
+            yield
+        finally:
+            admin.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT -1").format(name))
+
+
+@contextlib.contextmanager
+def role_nologin(cluster: Cluster, dbname: str) -> Iterator[None]:
+    """The service's role may not log in (28000 invalid_authorization_specification)."""
+    role = sql.Identifier(dbname)  # the role is named as its database
+    with cluster.admin() as admin:
+        admin.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
+        try:
+            terminate_backends(admin, dbname)
+            yield
+        finally:
+            admin.execute(sql.SQL("ALTER ROLE {} LOGIN").format(role))
+
+
+@contextlib.contextmanager
+def server_full(cluster: Cluster, dbname: str) -> Iterator[None]:
+    """Every connection slot of the server taken (53300 too many clients already, for
+    max_connections), by another role's idle connections; the superuser's reserved
+    slots stay free for the admin connection."""
+    dsn = cluster.ensure_database("filler")
+    fillers: list[psycopg.Connection[tuple[object, ...]]] = []
+    try:
+        with cluster.admin() as admin:
+            terminate_backends(admin, dbname)
+            (max_connections,) = admin.execute("SHOW max_connections").fetchone() or ("0",)
+            for _ in range(int(str(max_connections))):
+                try:
+                    fillers.append(psycopg.connect(dsn, connect_timeout=5))
+                except psycopg.OperationalError as full:
+                    assert "too many clients" in str(full) or "reserved" in str(full), full
+                    break
+            else:
+                raise AssertionError("the server took max_connections logins and more")
+            yield  # the admin connection held meanwhile: closed, it would free a slot
+    finally:
+        for conn in fillers:
+            conn.close()
 
 
 REFUSALS = {
-    "db CONNECTION LIMIT 0": _refuse_by_database_limit,
-    "role NOLOGIN": _refuse_by_nologin,
+    "db CONNECTION LIMIT 0": database_connection_limit,
+    "role NOLOGIN": role_nologin,
+    "max_connections reached": server_full,
 }
 
 
@@ -252,21 +305,12 @@ async def test_a_server_refusing_connections_is_a_storage_fault_until_it_accepts
     pool = PoolSettings(size=2, acquire_timeout_seconds=2.0, connect_timeout_seconds=2.0)
     store, dbname = await open_inventory(pool)
     await store.reserve("before", "alice", mug(), HOLD_SECONDS)  # the pool is connected
-    with postgres_cluster.admin() as admin:
-        undo = REFUSALS[how](admin, dbname)
-        # Each backend gone before this returns (up to 5 s each), so no call finds one.
-        admin.execute(
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = %s",
-            [dbname],
-        )
-        try:
-            refused = [
-                await refusal(store.reserve("during", "alice", mug(), HOLD_SECONDS)),
-                await refusal(store.product("SKU-MUG")),
-                await refusal(store.reserve("before", "alice", mug(), HOLD_SECONDS)),
-            ]
-        finally:
-            admin.execute(sql.SQL(undo).format(sql.Identifier(dbname)))
+    with REFUSALS[how](postgres_cluster, dbname):
+        refused = [
+            await refusal(store.reserve("during", "alice", mug(), HOLD_SECONDS)),
+            await refusal(store.product("SKU-MUG")),
+            await refusal(store.reserve("before", "alice", mug(), HOLD_SECONDS)),
+        ]
     assert max(elapsed for _, elapsed in refused) < pool.acquire_timeout_seconds, refused
     during = await store.reserve("during", "alice", mug(), HOLD_SECONDS)
     assert during.state is ReservationState.HELD
@@ -300,20 +344,20 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-async def kill_server(cluster: Cluster) -> None:
+def kill_server(cluster: Cluster) -> None:
     """kill -9 of the postmaster, by its PID, as a crash; returns once its backends,
     which notice their parent gone and exit, are gone too (until then the data directory
     is in use and a new server refuses it)."""
     orphans = children(cluster.process.pid)
     cluster.process.kill()
-    await eventually(lambda: not any(alive(pid) for pid in orphans), "the backends to exit")
+    wait_for(lambda: not any(alive(pid) for pid in orphans), "the backends to exit")
 
 
-async def restart_server(cluster: Cluster) -> None:
+def restart_server(cluster: Cluster) -> None:
     """The server started again on the same data directory and port (crash recovery
     first), so the pools' URLs reach it again; returns once it accepts logins."""
     cluster.settings = dataclasses.replace(cluster.settings, port=cluster.port)
-    await asyncio.to_thread(cluster.start)
+    cluster.start()
 
 
 class OrderLoad:
@@ -391,9 +435,9 @@ async def test_the_server_killed_and_restarted_under_load_loses_and_doubles_noth
         await payment.seed(seed_file)
         load = OrderLoad(inventory, payment, workers=8)
         await eventually(lambda: len(load.done) >= 20, "orders before the kill")
-        await kill_server(postgres_cluster)
+        await asyncio.to_thread(kill_server, postgres_cluster)  # the load goes on meanwhile
         await eventually(lambda: load.calls["failed"] > 0, "callers to see the server gone")
-        await restart_server(postgres_cluster)
+        await asyncio.to_thread(restart_server, postgres_cluster)
         after = len(load.done)
         await eventually(lambda: len(load.done) >= after + 20, "orders after the restart")
         await load.stop()
