@@ -21,7 +21,7 @@ help:
 	@echo "make bench      shopmesh against the FastAPI baseline, side by side (bench/results/, about 5 min)"
 	@echo "make bench-validation  CPU per CreateOrder of checking the request, in process (about 10 s)"
 	@echo "make bench-pg-drivers  asyncpg vs psycopg 3 on one order's transactions, real PostgreSQL (about 20 min)"
-	@echo "make pg-races   the stores' races on PostgreSQL under READ COMMITTED, two connections each (about 5 s)"
+	@echo "make pg-races   the stores' races on PostgreSQL under READ COMMITTED, two connections each (tests, about 25 s)"
 	@echo "make profile    where each service's time goes under the order load (py-spy)"
 	@echo "make clean      reset the demo data: delete var/ (databases, logs, dev keys) and the tools' caches"
 
@@ -106,8 +106,10 @@ bench-validation: setup
 bench-pg-drivers: setup postgresql
 	python -m bench.pg_drivers
 
+# The race tests alone (also part of make test): statement by statement on bench/pg_sql.py's
+# port, then on the stores themselves.
 pg-races: setup postgresql
-	python -m bench.pg_races
+	pytest tests/service/test_pg_races.py tests/service/test_store_races.py -v $(PYTEST_ARGS)
 
 # py-spy attaches to the running services: it needs ptrace (root, or ptrace_scope 0).
 profile: setup

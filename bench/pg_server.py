@@ -1,5 +1,5 @@
-"""A throwaway PostgreSQL 15 for bench/pg_drivers.py and bench/pg_races.py: a cluster in a
-temporary directory, SCRAM passwords, loopback only, a free port, stopped by its PID.
+"""A throwaway PostgreSQL 15 for bench/pg_drivers.py: a cluster in a temporary directory,
+SCRAM passwords, loopback only, a free port, stopped by its PID.
 
 Deliberately small and apart from the services' own server code: these measurements
 must not depend on how the system runs its server, only on Debian's binaries. Durability

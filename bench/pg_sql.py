@@ -1,5 +1,5 @@
 """Our stores' transactions in PostgreSQL's dialect, on two drivers behind one small
-interface: what bench/pg_drivers.py times and bench/pg_races.py races.
+interface: what bench/pg_drivers.py times and tests/service/test_pg_races.py races.
 
 The statements are a port of services/{order,inventory,payment}/store.py, as the
 PostgreSQL backend would run them under READ COMMITTED (docs/postgres-concurrency.md says

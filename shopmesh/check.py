@@ -25,7 +25,9 @@ moves before the order's does (the hold is committed and the payment captured be
 order is CONFIRMED), so a final order's holds and payments can no longer change, and
 whatever a participant holds for an order that is not final yet, or not yet in the
 order snapshot, is in flight and only counted. On one host the databases are SQLite files
-in the work directory (`var/` for `make run`); they are opened read-only.
+in the work directory (`var/` for `make run`), opened read-only, or, while `shopmesh run
+--postgres` runs its cluster there, PostgreSQL databases, each read as its service's role
+in a REPEATABLE READ, READ ONLY transaction (one snapshot).
 """
 
 from __future__ import annotations
@@ -34,8 +36,18 @@ import pathlib
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from shopmesh.postgres import SERVICES, Cluster, ServiceDatabase
+
+Location = pathlib.Path | ServiceDatabase
+"""Where a service's database is: a SQLite file, or a PostgreSQL database."""
+Row = Mapping[str, Any]
 
 SETTLE_SECONDS = 60.0
 """How long a PENDING order may stand still, not parked, before it counts as a problem."""
@@ -63,20 +75,33 @@ class Report:
         )
 
 
+def workdir_databases(workdir: pathlib.Path) -> dict[str, Location]:
+    """The SQLite databases a one-host system keeps in `workdir` (order.db, ...)."""
+    return {name: workdir / f"{name}.db" for name in ("order", "inventory", "payment")}
+
+
 def check_workdir(workdir: pathlib.Path, settle_seconds: float = SETTLE_SECONDS) -> Report:
-    """Checks the databases a one-host system keeps in `workdir` (order.db, ...)."""
-    return check(
-        workdir / "order.db",
-        workdir / "inventory.db",
-        workdir / "payment.db",
-        settle_seconds,
-    )
+    """Checks the databases a one-host system keeps in `workdir`: the PostgreSQL ones if
+    its cluster (`shopmesh run --postgres`) runs, else the SQLite files (order.db, ...)."""
+    cluster = Cluster(workdir)
+    port = cluster.running_port()
+    if port is None:
+        return check_databases(workdir_databases(workdir), settle_seconds)
+    cluster.port = port
+    return check_databases({name: cluster.database_of(name) for name in SERVICES}, settle_seconds)
+
+
+def check_databases(
+    databases: Mapping[str, Location], settle_seconds: float = SETTLE_SECONDS
+) -> Report:
+    """Checks the services' databases, named by service: SQLite files or PostgreSQL."""
+    return check(databases["order"], databases["inventory"], databases["payment"], settle_seconds)
 
 
 def check(
-    order_db: pathlib.Path,
-    inventory_db: pathlib.Path,
-    payment_db: pathlib.Path,
+    order_db: Location,
+    inventory_db: Location,
+    payment_db: Location,
     settle_seconds: float = SETTLE_SECONDS,
     now: float | None = None,
 ) -> Report:
@@ -106,8 +131,11 @@ def check(
     return report
 
 
-def _read(path: pathlib.Path, **queries: str) -> dict[str, list[sqlite3.Row]]:
-    """Runs `queries` in one read transaction on the database at `path`, read-only."""
+def _read(location: Location, **queries: str) -> dict[str, list[Row]]:
+    """Runs `queries` in one read-only transaction on the database at `location`."""
+    if isinstance(location, ServiceDatabase):
+        return _read_server(location, queries)
+    path = location
     if not path.exists():
         raise FileNotFoundError(f"no database at {path}")
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=5)
@@ -121,11 +149,25 @@ def _read(path: pathlib.Path, **queries: str) -> dict[str, list[sqlite3.Row]]:
         conn.close()
 
 
+def _read_server(database: ServiceDatabase, queries: Mapping[str, str]) -> dict[str, list[Row]]:
+    password = database.password_file.read_text().strip()
+    with psycopg.connect(
+        database.url, password=password, connect_timeout=5, row_factory=dict_row
+    ) as conn:
+        conn.read_only = True
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        found: dict[str, list[Row]] = {}
+        with conn.transaction():
+            for name, sql in queries.items():
+                found[name] = [*conn.execute(sql).fetchall()]
+        return found
+
+
 def _check_orders(
     report: Report,
-    orders: list[sqlite3.Row],
-    stock: dict[str, list[sqlite3.Row]],
-    money: dict[str, list[sqlite3.Row]],
+    orders: list[Row],
+    stock: dict[str, list[Row]],
+    money: dict[str, list[Row]],
     *,
     now: float,
     settle_seconds: float,
@@ -188,7 +230,7 @@ def _check_orders(
             report.problems.append(f"cancelled order {order_id} was charged")
 
 
-def _check_stock(report: Report, stock: dict[str, list[sqlite3.Row]]) -> None:
+def _check_stock(report: Report, stock: dict[str, list[Row]]) -> None:
     held: Counter[str] = Counter()
     sold: Counter[str] = Counter()
     for item in stock["items"]:
@@ -211,7 +253,7 @@ def _check_stock(report: Report, stock: dict[str, list[sqlite3.Row]]) -> None:
             report.problems.append(f"{sku}: {product['available']} available")
 
 
-def _check_money(report: Report, money: dict[str, list[sqlite3.Row]]) -> None:
+def _check_money(report: Report, money: dict[str, list[Row]]) -> None:
     held: Counter[str] = Counter()
     captured: Counter[str] = Counter()
     for payment in money["payments"]:

@@ -3,8 +3,8 @@
 shopmesh token --user alice [--scope shop.admin] [--ttl S]   print a dev JWT
 shopmesh keys                                               create the dev key pair
 shopmesh check [--workdir DIR]                              check every promise in the databases
-shopmesh migrate --service NAME [--db PATH] [--list]        apply a service's schema migrations
-shopmesh run [--instances N]                                run everything, restarting (make run)
+shopmesh migrate --service NAME [--db PATH|URL] [--list]    apply a service's schema migrations
+shopmesh run [--instances N] [--postgres]                   run everything, restarting (make run)
 shopmesh postgres [--workdir DIR]                           run the local PostgreSQL cluster
 """
 
@@ -27,6 +27,9 @@ import psycopg
 
 from gateway.envoy_config import Limits
 from services.common import db, migrations
+from services.common.config import password_file_problems, url_problems
+from services.common.database import is_server_url
+from services.common.postgresql import read_password
 from shopmesh import check, postgres, system, tokens
 from shopmesh.processes import CrashLoop, RestartPolicy, StartError, Supervisor
 from shopmesh.tools import WORKDIR, MissingTool
@@ -42,6 +45,7 @@ shopmesh is running ({elapsed:.1f} s to healthy; logs and data in {workdir}/):
                      DNS :{consul_dns}, server RPC :{consul_server}, serf LAN :{consul_serf}
   control plane      127.0.0.1:{xds}
   services           {services}
+  databases          {databases}
 
 A token for alice (valid 1 h; make others with `.venv/bin/shopmesh token --user NAME`):
   export TOKEN={token}
@@ -61,12 +65,13 @@ Press Ctrl-C to stop everything.
 
 
 RUN_DESCRIPTION = """\
-Runs Consul, the control plane, the services and Envoy, and supervises them until
+Runs Consul, the control plane, the services and Envoy (with --postgres, a PostgreSQL
+cluster too, which the services keep their state in), and supervises them until
 Ctrl-C or SIGTERM. A part that exits is started again after {first:g} s; the wait doubles
 with each further crash of that part within {window:g} s, up to {most:g} s. A part that
 crashes {limit} times within {window:g} s is given up on: everything stops, exit status 1.
-Stopping goes in order: the services (they deregister from Consul), then the control
-plane and Envoy, then Consul.
+Stopping goes in order: the services (they deregister from Consul), then PostgreSQL,
+the control plane and Envoy, then Consul.
 """
 
 
@@ -80,7 +85,10 @@ PostgreSQL is running ({how}; data and log in {root}/):
 Connect as a service would, e.g. inventory:
   PGPASSWORD=$(cat {example_file}) psql -h {host} -p {port} -U {example} {example}
 
-The services do not use it yet: their stores keep their state in SQLite for now.
+A service keeps its state there with, e.g.:
+  python -m services.{example} --db-url postgresql://{example}@{host}:{port}/{example} \\
+    --db-password-file {example_file}
+(`shopmesh run --postgres` starts a cluster of its own like this one and does that.)
 Press Ctrl-C to stop it.
 """
 
@@ -89,7 +97,8 @@ Runs a local PostgreSQL 15 cluster under WORKDIR/postgres (initdb the first time
 the postgres OS user when run as root), with a database and a role for each service
 ({services}), until Ctrl-C or SIGTERM. Every connection authenticates with
 SCRAM-SHA-256; each role's password is in WORKDIR/postgres/secrets/<role>.password
-(mode 0600), kept across starts. The services do not connect to it yet.
+(mode 0600), kept across starts. A service connects with --db-url and --db-password-file;
+`shopmesh run --postgres` runs the same cluster itself.
 """
 
 
@@ -105,7 +114,7 @@ def _token(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     try:
         report = check.check_workdir(args.workdir, args.settle_seconds)
-    except (FileNotFoundError, sqlite3.Error) as error:
+    except (FileNotFoundError, sqlite3.Error, psycopg.Error) as error:
         print(
             f"shopmesh check: {error} (is --workdir the system's work directory?)", file=sys.stderr
         )
@@ -120,22 +129,39 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    path: pathlib.Path = args.db or WORKDIR / f"{args.service}.db"
-    if (args.list or args.break_lock) and not path.is_file():
-        print(f"shopmesh migrate: no database at {path}", file=sys.stderr)
+    location: str | pathlib.Path = args.db or WORKDIR / f"{args.service}.db"
+    on_server = is_server_url(location)
+    problems = url_problems(str(location)) if on_server else []
+    if on_server and args.db_password_file is not None:
+        problems += password_file_problems(args.db_password_file)
+    elif not on_server and args.db_password_file is not None:
+        problems.append("--db-password-file is only for a PostgreSQL --db URL")
+    if problems:
+        for problem in problems:
+            print(f"shopmesh migrate: {problem.replace('db_url', '--db')}", file=sys.stderr)
         return 2
+    if not on_server:
+        location = pathlib.Path(location)
+        if (args.list or args.break_lock) and not location.is_file():
+            print(f"shopmesh migrate: no database at {location}", file=sys.stderr)
+            return 2
+    password = read_password(args.db_password_file) if args.db_password_file is not None else None
     try:
         if args.break_lock:
-            migrations.break_lock(path)
-            print(f"{path}: migration lock removed")
+            migrations.break_lock(location, password=password)
+            print(f"{location}: migration lock removed")
         elif args.list:
-            for migration in migrations.status(path, args.service):
+            for migration in migrations.status(location, args.service, password=password):
                 print(f"{'applied' if migration.applied else 'pending'}  {migration.id}")
         else:
-            with contextlib.closing(db.connect(path, db.SYNCHRONOUS)):  # creates it, in WAL
-                applied = migrations.apply(path, args.service)
-            print(f"{path}: applied {', '.join(applied)}" if applied else f"{path}: up to date")
-    except (migrations.MigrationError, sqlite3.Error) as error:
+            if isinstance(location, pathlib.Path):
+                with contextlib.closing(db.connect(location, db.SYNCHRONOUS)):  # made, in WAL
+                    applied = migrations.apply(location, args.service)
+            else:
+                applied = migrations.apply(location, args.service, password=password)
+            done = f"applied {', '.join(applied)}" if applied else "up to date"
+            print(f"{location}: {done}")
+    except (migrations.MigrationError, sqlite3.Error, psycopg.Error) as error:
         print(f"shopmesh migrate: {error}", file=sys.stderr)
         return 1
     return 0
@@ -164,7 +190,7 @@ PORT_FLAGS = {f.name: f"--{f.name.replace('_', '-')}-port" for f in fields(syste
     "consul_http": "--consul-port"
 }
 # Settings that `shopmesh run` has a flag for, named after the field.
-RUN_FLAGS = ("instances", "workdir", "envoy_concurrency")
+RUN_FLAGS = ("instances", "workdir", "envoy_concurrency", "postgres")
 
 
 def add_setting_flag(
@@ -179,11 +205,21 @@ def add_setting_flag(
     code does. `shown` stands for the default in the help text."""
     field = next(f for f in fields(settings) if f.name == name)
     flag = flag or f"--{name.replace('_', '-')}"
+    kind = typing.get_type_hints(settings)[name]
+    if kind is bool:  # a switch: given, it turns the setting on
+        parser.add_argument(
+            flag,
+            dest=name,
+            action="store_true",
+            default=field.default,
+            help=f"{field.metadata['help']} [{shown or field.default}]",
+        )
+        return
     parser.add_argument(
         flag,
         dest=name,
         metavar=flag.removeprefix("--").replace("-", "_").upper(),
-        type=typing.get_type_hints(settings)[name],
+        type=kind,
         default=field.default,
         help=f"{field.metadata['help']} [{shown or field.default}]",
     )
@@ -199,6 +235,21 @@ def run_settings(args: argparse.Namespace) -> system.Settings:
         keys_dir=args.keys_dir,
         envoy_concurrency=args.envoy_concurrency,
         envoy_limits=replace(Limits(), **dict(args.gateway_limit)),
+        postgres=args.postgres,
+    )
+
+
+def databases_line(running: system.System) -> str:
+    """Where the services keep their state, for the banner."""
+    cluster = running.cluster
+    if cluster is None:
+        return f"SQLite: {', '.join(str(p) for p in running.databases.values())}"
+    indent = "\n" + " " * 21
+    return (
+        f"PostgreSQL 127.0.0.1:{cluster.port}, a database and a role each for"
+        f" {', '.join(running.databases)}"
+        f"{indent}data in {cluster.data}, log {cluster.log_path}"
+        f"{indent}passwords in {cluster.secrets}/<role>.password (mode 0600)"
     )
 
 
@@ -231,7 +282,7 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         running = system.start(settings, progress)
-    except (StartError, MissingTool) as error:
+    except (StartError, MissingTool, psycopg.Error) as error:
         print(f"shopmesh run: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -251,6 +302,7 @@ def _run(args: argparse.Namespace) -> int:
             consul_serf=ports.consul_serf,
             xds=ports.xds,
             services=", ".join(f"{s.label} :{s.port}" for s in running.instances()),
+            databases=databases_line(running),
             token=running.token("alice"),
             order_port=running.order[0].port,
         ),
@@ -370,13 +422,21 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser(
         "migrate",
         help="apply a service's pending schema migrations (each service does at start)",
-        description="Applies the service's pending migrations (services/SERVICE/migrations/*.sql,"
-        " in the order of their names) to its database, as the service does whenever it"
-        " starts; with several processes at once, one applies them and the others wait.",
+        description="Applies the service's pending migrations"
+        " (services/SERVICE/migrations/{sqlite,postgresql}/*.sql, in the order of their names)"
+        " to its database, as the service does whenever it starts; with several processes at"
+        " once, one applies them and the others wait.",
     )
     migrate.add_argument("--service", required=True, choices=migrations.services())
     migrate.add_argument(
-        "--db", type=pathlib.Path, help=f"the service's SQLite database [{WORKDIR}/SERVICE.db]"
+        "--db",
+        help="the service's database: a SQLite file, or postgresql://ROLE@HOST:PORT/DB (no"
+        f" password in it: --db-password-file) [{WORKDIR}/SERVICE.db]",
+    )
+    migrate.add_argument(
+        "--db-password-file",
+        type=pathlib.Path,
+        help="the file (mode 0600) with the password of --db's role",
     )
     action = migrate.add_mutually_exclusive_group()
     action.add_argument(

@@ -77,6 +77,17 @@ class Settings:
     )
 
 
+@dataclass(frozen=True)
+class ServiceDatabase:
+    """How a service reaches its PostgreSQL database: what its `--db-url` and
+    `--db-password-file` take."""
+
+    url: str
+    """postgresql://role@host:port/db, with no password in it (a command line is public)."""
+    password_file: pathlib.Path
+    """The role's password, in a file only its owner may read."""
+
+
 class PostgresProcess(Process):
     """The postmaster, stopped with PostgreSQL's fast shutdown."""
 
@@ -232,6 +243,28 @@ class Cluster:
     def ensure_databases(self, names: tuple[str, ...] = SERVICES) -> dict[str, str]:
         """`ensure_database` for each of `names`: the DSN of each."""
         return {name: self.ensure_database(name) for name in names}
+
+    def service_database(self, name: str) -> ServiceDatabase:
+        """`ensure_database(name)`, and how a service reaches it (`database_of`)."""
+        self.ensure_database(name)
+        return self.database_of(name)
+
+    def database_of(self, name: str) -> ServiceDatabase:
+        """How a service reaches its database on the server: the URL without the
+        password, and the password's file."""
+        return ServiceDatabase(
+            f"postgresql://{name}@{HOST}:{self.port}/{name}", self.password_file(name)
+        )
+
+    def running_port(self) -> int | None:
+        """The port of a server running on this cluster now (started by another process,
+        e.g. `shopmesh run --postgres`), from its postmaster.pid; None if none runs."""
+        try:
+            lines = (self.data / "postmaster.pid").read_text().splitlines()
+            os.kill(int(lines[0]), 0)
+            return int(lines[3])  # the file's 4th line is the port
+        except (OSError, ValueError, IndexError):
+            return None
 
     def dsn(self, name: str) -> str:
         """`postgresql://role:password@127.0.0.1:port/db` of a service, password read from

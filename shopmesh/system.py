@@ -1,12 +1,14 @@
 """The whole local system under one parent: Consul, the control plane, the services, Envoy.
 
-`start` brings the parts up in order (Consul first, since everything registers with it;
-then the control plane, every service instance and Envoy at once) and returns when each
+`start` brings the parts up in order (with `postgres`, the PostgreSQL cluster first, which
+the services keep their state in; then Consul, since everything registers with it; then
+the control plane, every service instance and Envoy at once) and returns when each
 is healthy: Consul has a leader, each service serves, and Envoy reports a healthy
 endpoint for every instance. Readiness is polled, never assumed after a sleep. The
 parent must stay alive: Envoy asks the kernel to stop it when its parent exits
 (PR_SET_PDEATHSIG, measured with Envoy 1.40); `shopmesh run` stays, supervising `parts()`
-(shopmesh.processes). `stop` stops them in order, services before Consul.
+(shopmesh.processes). `stop` stops them in order: the services, then the PostgreSQL server,
+Consul last.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from gateway.controlplane.config import ADS_PORT, CONSUL_HTTP_PORT
 from gateway.envoy_config import EnvoySettings, Limits, write
 from services.common.config import setting
 from services.order.config import GATEWAY_TRY_TIMEOUT_SECONDS
-from shopmesh import tokens
+from shopmesh import postgres, tokens
+from shopmesh.check import Location
+from shopmesh.postgres import ServiceDatabase
 from shopmesh.processes import Process, ServiceProcess, spawn_service, stop_together
 from shopmesh.tools import DEMO_DATA, REPO, WORKDIR, free_ports, tool
 
@@ -86,6 +90,22 @@ class Settings:
     """Where the dev JWT keys live; unset: `<workdir>/jwt`."""
     envoy_concurrency: int = setting(ENVOY_CONCURRENCY, "Envoy worker threads")
     """See ENVOY_CONCURRENCY."""
+    postgres: bool = setting(
+        False,
+        "keep the services' state in a PostgreSQL cluster under WORKDIR/postgres, started"
+        " and stopped with the rest (a database and a role per service), not in SQLite files",
+    )
+    databases: Mapping[str, ServiceDatabase] = field(default_factory=dict)
+    """A PostgreSQL database, on a server run elsewhere, for each service named here (the
+    tests' session server); each other service's is in the cluster of `postgres`, or a
+    SQLite file `<workdir>/<service>.db`."""
+
+
+def store_flags(location: Location) -> dict[str, str]:
+    """The flags that point a service at its database."""
+    if isinstance(location, ServiceDatabase):
+        return {"db_url": location.url, "db_password_file": str(location.password_file)}
+    return {"db_path": str(location)}
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -109,6 +129,10 @@ class System:
     order: list[ServiceProcess]
     envoy: Process
     keys: tokens.Keys
+    databases: dict[str, Location]
+    """Each service's database (shopmesh.check reads them)."""
+    cluster: postgres.Cluster | None = None
+    """The PostgreSQL cluster this system started (`Settings.postgres`), if any."""
 
     @property
     def ports(self) -> Ports:
@@ -127,7 +151,8 @@ class System:
 
     def parts(self) -> list[Process]:
         """Every process of the system, in the order they start."""
-        return [self.consul, self.controlplane, *self.instances(), self.envoy]
+        server = [self.cluster.process] if self.cluster is not None else []
+        return [*server, self.consul, self.controlplane, *self.instances(), self.envoy]
 
     def token(self, user: str, *scopes: str, ttl: int = tokens.DEFAULT_TTL_SECONDS) -> str:
         return tokens.issue(user, scopes, ttl, self.keys.private_pem.parent)
@@ -169,11 +194,13 @@ class System:
     def stop(self) -> None:
         """Stops everything by PID, in order: the order service (it calls the others,
         through Envoy, while it drains), then inventory and payment; each deregisters
-        from Consul as it stops, so Consul must still be up. Then the control plane and
-        Envoy, and Consul last."""
+        from Consul as it stops, so Consul must still be up. Then the PostgreSQL server,
+        which nothing uses any more, then the control plane and Envoy, and Consul last."""
+        server = [self.cluster.process] if self.cluster is not None else []
         for tier in (
             self.order,
             [*self.inventory, *self.payment],
+            server,
             [self.controlplane, self.envoy],
             [self.consul],
         ):
@@ -282,6 +309,17 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
     consul_http = f"127.0.0.1:{ports.consul_http}"
     started: list[Process] = []
     try:
+        cluster = None
+        databases: dict[str, Location] = {
+            name: workdir / f"{name}.db" for name in ("inventory", "payment", "order")
+        }
+        if settings.postgres:
+            progress("starting postgresql")
+            cluster = postgres.Cluster(workdir)
+            started.append(cluster.start().process)
+            databases.update({name: cluster.service_database(name) for name in databases})
+        databases.update(settings.databases)
+
         progress("starting consul")
         consul = consul_process(settings).start()
         started.append(consul)
@@ -304,7 +342,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
                 internal = f"127.0.0.1:{ports.internal}"
                 extra = {"inventory_target": internal, "payment_target": internal}
             # One database per service, shared by all its instances, so a restart keeps state.
-            extra["db_path"] = str(workdir / f"{name}.db")
+            extra.update(store_flags(databases[name]))
             extra.update(settings.service_settings.get(name, {}))
             groups[name] = []
             for n in range(1, settings.instances + 1):
@@ -327,6 +365,8 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             groups["order"],
             envoy,
             keys,
+            databases,
+            cluster,
         )
         progress("waiting until envoy sees every instance healthy")
         envoy.wait_until(

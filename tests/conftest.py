@@ -11,11 +11,12 @@ import grpc
 import pytest
 
 from services.inventory.config import InventoryConfig
-from services.inventory.service import InventoryService
+from services.inventory.service import create as create_inventory
 from services.order.config import OrderConfig
-from services.order.service import OrderService
+from services.order.service import create as create_order
 from services.payment.config import PaymentConfig
-from services.payment.service import PaymentService
+from services.payment.service import create as create_payment
+from shopmesh.check import workdir_databases
 from shopmesh.postgres import Cluster
 from shopmesh.seed import write_seed
 from shopmesh.system import System
@@ -30,7 +31,7 @@ from tests.helpers import (
     stop_on_sigterm,
 )
 from tests.postgres_harness import running_cluster
-from tests.stack import Stack, StackFactory, stack_factory
+from tests.stack import DatabaseFactory, Stack, StackFactory, server_databases, stack_factory
 from tests.system_helpers import SystemFactory, start_test_system, system_factory
 
 TESTS = pathlib.Path(__file__).parent
@@ -89,8 +90,42 @@ def session_cluster(request: pytest.FixtureRequest, backend: str) -> Cluster:
     return request.config.stash[SESSION_CLUSTER]
 
 
+@pytest.fixture(scope="session")
+def new_databases(request: pytest.FixtureRequest, backend: str) -> DatabaseFactory:
+    """A database per service for one stack or system, given its folder: on sqlite the
+    files `<folder>/<service>.db`; on postgresql a new role and database per service on
+    the session's server, so that no two stacks share a row."""
+    if backend == "postgresql":
+        cluster: Cluster = request.getfixturevalue("session_cluster")
+        return server_databases(cluster)
+    return workdir_databases
+
+
+NOT_ON_POSTGRESQL = pytest.StashKey[list[tuple[str, str]]]()
+
+
+def deselect_sqlite_only(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --backend postgresql, the tests marked `sqlite_only` are deselected and named,
+    with their reason, at the end of the run: never a silent skip."""
+    if config.getoption("backend") != "postgresql":
+        return
+    kept, dropped = [], []
+    for item in items:
+        mark = item.get_closest_marker("sqlite_only")
+        if mark is None:
+            kept.append(item)
+            continue
+        if not mark.args or not isinstance(mark.args[0], str):
+            raise pytest.UsageError(f"{item.nodeid}: sqlite_only needs a reason")
+        dropped.append(item)
+        config.stash.setdefault(NOT_ON_POSTGRESQL, []).append((item.nodeid, mark.args[0]))
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if not item.path.is_relative_to(TESTS):
             continue  # not one of ours
@@ -101,6 +136,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(folder)
         if folder != "unit":
             item.add_marker("system")
+    deselect_sqlite_only(config, items)
 
 
 @pytest.fixture
@@ -118,14 +154,14 @@ async def inventory_served(
     tmp_path: pathlib.Path, seed_file: pathlib.Path
 ) -> AsyncIterator[Served]:
     config = InventoryConfig(db_path=tmp_path / "inventory.db", seed_file=seed_file)
-    async with serving(InventoryService(config)) as served:
+    async with serving(await create_inventory(config)) as served:
         yield served
 
 
 @pytest.fixture
 async def payment_served(tmp_path: pathlib.Path, seed_file: pathlib.Path) -> AsyncIterator[Served]:
     config = PaymentConfig(db_path=tmp_path / "payment.db", seed_file=seed_file)
-    async with serving(PaymentService(config)) as served:
+    async with serving(await create_payment(config)) as served:
         yield served
 
 
@@ -149,15 +185,17 @@ async def order_channel(
         inventory_target=inventory_served.target,
         payment_target=payment_served.target,
     )
-    async with serving(OrderService(config)) as served:
+    async with serving(await create_order(config)) as served:
         yield served.channel
 
 
 @pytest.fixture
-def make_stack(tmp_path: pathlib.Path, seed_file: pathlib.Path) -> Iterator[StackFactory]:
-    """Starts the three services as processes (order settings as keyword arguments);
-    stops them, by PID, after the test."""
-    with stack_factory(tmp_path / "stack", seed_file) as make:
+def make_stack(
+    tmp_path: pathlib.Path, seed_file: pathlib.Path, new_databases: DatabaseFactory
+) -> Iterator[StackFactory]:
+    """Starts the three services as processes (order settings as keyword arguments), on
+    the session's backend; stops them, by PID, after the test."""
+    with stack_factory(tmp_path / "stack", seed_file, new_databases) as make:
         yield make
 
 
@@ -174,22 +212,24 @@ def stack(make_stack: StackFactory) -> tuple[Stack, Client]:
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+def system(
+    tmp_path_factory: pytest.TempPathFactory, new_databases: DatabaseFactory
+) -> Iterator[System]:
     """The whole system (Consul, control plane, one instance of each service, Envoy) on free
-    ports, shared by the tests of one module; stopped by PID afterwards. Its gateway has
-    no rate limit in the way (UNTHROTTLED): these tests send many calls per user, and are
-    about something else."""
-    started = start_test_system(tmp_path_factory.mktemp("system"))
+    ports and the session's backend, shared by the tests of one module; stopped by PID
+    afterwards. Its gateway has no rate limit in the way (UNTHROTTLED): these tests send
+    many calls per user, and are about something else."""
+    started = start_test_system(tmp_path_factory.mktemp("system"), new_databases)
     yield started
     started.stop()
 
 
 @pytest.fixture
-def make_system(tmp_path: pathlib.Path) -> Iterator[SystemFactory]:
-    """Starts a whole system per call (Settings fields as keyword arguments; the gateway's
-    limits UNTHROTTLED unless `envoy_limits` is given); stops every one, by PID, after the
-    test."""
-    with system_factory(tmp_path) as make:
+def make_system(tmp_path: pathlib.Path, new_databases: DatabaseFactory) -> Iterator[SystemFactory]:
+    """Starts a whole system per call on the session's backend (Settings fields as keyword
+    arguments; the gateway's limits UNTHROTTLED unless `envoy_limits` is given); stops
+    every one, by PID, after the test."""
+    with system_factory(tmp_path, new_databases) as make:
         yield make
 
 
@@ -204,8 +244,21 @@ def postgres_cluster() -> Iterator[Cluster]:
         yield cluster
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The fault tests' results as one table: what was broken, what callers saw."""
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """The tests not run on PostgreSQL and why; the fault tests' results as one table:
+    what was broken, what callers saw."""
+    not_run = config.stash.get(NOT_ON_POSTGRESQL, [])
+    if not_run:
+        terminalreporter.section("not run on postgresql (sqlite_only)")
+        by_reason: dict[str, list[str]] = {}
+        for nodeid, reason in not_run:
+            by_reason.setdefault(reason, []).append(nodeid)
+        for reason, nodeids in by_reason.items():
+            terminalreporter.write_line(f"{reason}:")
+            for nodeid in nodeids:
+                terminalreporter.write_line(f"  {nodeid}")
     if not FAULT_TABLE:
         return
     terminalreporter.section("faults")

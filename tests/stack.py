@@ -1,23 +1,68 @@
 """Starts service processes on one machine, for the tests.
 
-Each service runs as `python -m services.<name>` with its own database under a work
-directory, and is ready once it writes its ready file (after its health turns SERVING),
-so callers wait for readiness instead of sleeping. The process itself is
-shopmesh.processes' `ServiceProcess`, the one `shopmesh run` supervises. A Stack is the
-three services without Consul, Envoy or the control plane: order calls the others
-directly.
+Each service runs as `python -m services.<name>` with its own database: a SQLite file
+under a work directory, or (`databases`) a PostgreSQL database of its own. It is ready
+once it writes its ready file (after its health turns SERVING), so callers wait for
+readiness instead of sleeping. The process itself is shopmesh.processes' `ServiceProcess`,
+the one `shopmesh run` supervises. A Stack is the three services without Consul, Envoy or
+the control plane: order calls the others directly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import pathlib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
+from services.common import db
+from services.common.database import Row, Tx
+from shopmesh.check import Location, workdir_databases
+from shopmesh.postgres import Cluster, ServiceDatabase
 from shopmesh.processes import READY_TIMEOUT_SECONDS, ServiceProcess, spawn_service
+from shopmesh.system import store_flags
 from shopmesh.tools import DEMO_DATA
 from tests.helpers import Client
+
+SERVICES = ("inventory", "payment", "order")
+
+DatabaseFactory = Callable[[pathlib.Path], dict[str, Location]]
+"""Gives a stack or system (its folder named) a database per service."""
+
+
+def server_databases(cluster: Cluster) -> DatabaseFactory:
+    """A new role and database per service at each call (order_1, inventory_1, ...; then
+    _2): no two stacks on one server share a row."""
+    numbers = itertools.count(1)
+
+    def make(folder: pathlib.Path) -> dict[str, Location]:
+        n = next(numbers)
+        return {name: cluster.service_database(f"{name}_{n}") for name in SERVICES}
+
+    return make
+
+
+def read_rows(location: Location, sql: str, params: Sequence[object] = ()) -> list[Row]:
+    """The rows of one query (SQLite's `?` placeholders) on a service's database, read
+    through the store interface as the service reads, on either backend; for a test that
+    looks while the service is down."""
+
+    async def read() -> list[Row]:
+        password_file = location.password_file if isinstance(location, ServiceDatabase) else None
+        place = location.url if isinstance(location, ServiceDatabase) else location
+        store = await db.Store.open(place, password_file=password_file)  # no migrations
+        try:
+
+            async def query(tx: Tx) -> list[Row]:
+                return await tx.fetchall(sql, params)
+
+            return await store.db.read(query)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(read())
 
 
 def start_service(
@@ -27,10 +72,12 @@ def start_service(
     port: int = 0,
     settings: Mapping[str, str] | None = None,
     timeout: float = READY_TIMEOUT_SECONDS,
+    database: Location | None = None,
 ) -> ServiceProcess:
-    """Starts `services.<name>` on its database `workdir/<name>.db` (so a restart keeps its
-    state) and returns once it serves; StartError if it does not."""
-    flags = {"db_path": str(workdir / f"{name}.db"), **(settings or {})}
+    """Starts `services.<name>` on its database, by default `workdir/<name>.db` (a restart
+    keeps its state, as it keeps its flags), and returns once it serves; StartError if it
+    does not."""
+    flags = {**store_flags(database or workdir / f"{name}.db"), **(settings or {})}
     return spawn_service(name, workdir, port=port, settings=flags).wait_ready(timeout)
 
 
@@ -53,6 +100,8 @@ class Stack:
     inventory: ServiceProcess
     payment: ServiceProcess
     order: ServiceProcess
+    databases: dict[str, Location] = field(default_factory=dict)
+    """Each service's database (shopmesh.check.check_databases reads them)."""
 
     def stop(self) -> None:
         for service in (self.order, self.payment, self.inventory):
@@ -64,17 +113,25 @@ def start_stack(
     seed_file: pathlib.Path = DEMO_DATA,
     ports: tuple[int, int, int] = (0, 0, 0),
     order_settings: Mapping[str, str] | None = None,
+    databases: Mapping[str, Location] | None = None,
 ) -> Stack:
-    """Inventory and payment (seeded), then order pointed at them."""
+    """Inventory and payment (seeded), then order pointed at them; each on its database
+    in `databases`, by default `workdir/<name>.db`."""
+    at = {**workdir_databases(workdir), **(databases or {})}
     seed = {"seed_file": str(seed_file)}
-    inventory = start_service("inventory", workdir, port=ports[0], settings=seed)
+    inventory = start_service(
+        "inventory", workdir, port=ports[0], settings=seed, database=at["inventory"]
+    )
     try:
-        payment = start_service("payment", workdir, port=ports[1], settings=seed)
+        payment = start_service(
+            "payment", workdir, port=ports[1], settings=seed, database=at["payment"]
+        )
         try:
             order = start_service(
                 "order",
                 workdir,
                 port=ports[2],
+                database=at["order"],
                 settings={
                     "inventory_target": inventory.target,
                     "payment_target": payment.target,
@@ -87,21 +144,27 @@ def start_stack(
     except BaseException:
         inventory.stop()
         raise
-    return Stack(inventory, payment, order)
+    return Stack(inventory, payment, order, at)
 
 
 StackFactory = Callable[..., tuple[Stack, Client]]
 
 
 @contextlib.contextmanager
-def stack_factory(workdir: pathlib.Path, seed_file: pathlib.Path) -> Iterator[StackFactory]:
+def stack_factory(
+    workdir: pathlib.Path,
+    seed_file: pathlib.Path,
+    databases: DatabaseFactory = workdir_databases,
+) -> Iterator[StackFactory]:
     """Yields a factory that starts the three services as processes (order settings as
-    keyword arguments) and returns the stack with a client; stops every stack it started,
-    by PID, on exit."""
+    keyword arguments), each stack on databases from `databases`, and returns the stack
+    with a client; stops every stack it started, by PID, on exit."""
     started: list[tuple[Stack, Client]] = []
 
     def make(**order_settings: str) -> tuple[Stack, Client]:
-        stack = start_stack(workdir, seed_file, order_settings=order_settings)
+        stack = start_stack(
+            workdir, seed_file, order_settings=order_settings, databases=databases(workdir)
+        )
         started.append((stack, Client(stack)))
         return started[-1]
 

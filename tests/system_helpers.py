@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,7 +21,8 @@ from gateway.envoy_config import UNTHROTTLED
 from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as orders
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
-from shopmesh.check import check_workdir
+from shopmesh.check import Location, check_databases
+from shopmesh.postgres import ServiceDatabase
 from shopmesh.seed import write_seed
 from shopmesh.system import Ports, Settings, System
 from shopmesh.system import start as start_system
@@ -34,7 +35,7 @@ from tests.helpers import (
     record_fault,
     run_command,
 )
-from tests.stack import Stack
+from tests.stack import DatabaseFactory, Stack
 
 # Products and accounts large enough for steady traffic.
 PRODUCTS = {"SKU-TEA": (450, 100_000), "SKU-MUG": (1299, 50), "SKU-LAST": (25000, 1)}
@@ -92,7 +93,7 @@ def rest(
 def direct_client(system: System) -> Client:
     """Stubs straight to the first instance of each service (they share their databases),
     for reading state and invariants without the gateway."""
-    return Client(Stack(system.inventory[0], system.payment[0], system.order[0]))
+    return Client(Stack(system.inventory[0], system.payment[0], system.order[0], system.databases))
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -193,16 +194,20 @@ class Traffic:
 
 
 def settle(
-    client: Client, ledger: Ledger, traffic: Traffic, fault: str, workdir: pathlib.Path
+    client: Client,
+    ledger: Ledger,
+    traffic: Traffic,
+    fault: str,
+    databases: Mapping[str, Location],
 ) -> None:
     """Once quiet: every call of `traffic` resolved, the invariants hold against `ledger`
-    through the APIs and in the databases of `workdir` (`shopmesh check`), and no saga
+    through the APIs and in the services' `databases` (`shopmesh check`), and no saga
     was parked (none of these faults makes success impossible); the outcome goes in the
     fault table. Closes `client`."""
     try:
         assert_calls_resolved(client, traffic.user, traffic.calls)
         assert_invariants(client, ledger)
-        report = check_workdir(workdir)
+        report = check_databases(databases)
         assert report.ok, report.problems
         assert not report.parked, report.parked
     except AssertionError:
@@ -217,13 +222,21 @@ def write_system_seed(path: pathlib.Path) -> pathlib.Path:
     return write_seed(path, PRODUCTS, ACCOUNTS)
 
 
-def start_test_system(workdir: pathlib.Path, **settings: Any) -> System:
+def start_test_system(
+    workdir: pathlib.Path, databases: DatabaseFactory | None = None, **settings: Any
+) -> System:
     """The whole system (Consul, control plane, the services, Envoy) in `workdir` on free
-    ports, seeded with PRODUCTS and ACCOUNTS (Settings fields as keyword arguments). Its
-    gateway has no rate limit in the way (UNTHROTTLED) unless `envoy_limits` is given:
-    most system tests send many calls per user, and are about something else."""
+    ports, seeded with PRODUCTS and ACCOUNTS (Settings fields as keyword arguments), on
+    databases from `databases` (by default SQLite files in `workdir`). Its gateway has no
+    rate limit in the way (UNTHROTTLED) unless `envoy_limits` is given: most system tests
+    send many calls per user, and are about something else."""
     seed = write_system_seed(workdir / "seed.json")
     settings.setdefault("envoy_limits", UNTHROTTLED)
+    if databases is not None:
+        on_server = {
+            name: at for name, at in databases(workdir).items() if isinstance(at, ServiceDatabase)
+        }
+        settings["databases"] = {**on_server, **settings.get("databases", {})}
     return start_system(Settings(workdir=workdir, ports=Ports.free(), seed_file=seed, **settings))
 
 
@@ -231,15 +244,18 @@ SystemFactory = Callable[..., System]
 
 
 @contextlib.contextmanager
-def system_factory(workdir: pathlib.Path) -> Iterator[SystemFactory]:
+def system_factory(
+    workdir: pathlib.Path, databases: DatabaseFactory | None = None
+) -> Iterator[SystemFactory]:
     """Yields a factory that starts a whole system per call (as start_test_system, each in
-    a folder of its own under `workdir`); stops every one, by PID, on exit."""
+    a folder of its own under `workdir`, on databases from `databases`); stops every one,
+    by PID, on exit."""
     started: list[System] = []
 
     def make(**settings: Any) -> System:
         folder = workdir / f"system{len(started)}"
         folder.mkdir()
-        started.append(start_test_system(folder, **settings))
+        started.append(start_test_system(folder, databases, **settings))
         return started[-1]
 
     try:

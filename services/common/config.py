@@ -12,18 +12,24 @@ import argparse
 import dataclasses
 import ipaddress
 import pathlib
+import stat
 import types
 import typing
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from services.common import db
+from services.common.database import is_server_url
+from services.common.postgresql import PoolSettings, redacted
 
 ENV_PREFIX = "SHOP_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 T = TypeVar("T", bound="ServerConfig")
+
+POOL = PoolSettings()
 
 
 class ConfigError(Exception):
@@ -99,15 +105,56 @@ def _parser_for(kind: Any) -> Callable[[str], Any]:
 
 @dataclass(frozen=True)
 class StoreConfig(ServerConfig):
-    """Settings of a service that keeps its state in SQLite."""
+    """Settings of a service that keeps its state in a database: a SQLite file (db_path),
+    or a PostgreSQL database when db_url is set."""
 
-    db_path: pathlib.Path = setting(pathlib.Path("var/service.db"), "SQLite database file")
+    db_path: pathlib.Path = setting(
+        pathlib.Path("var/service.db"), "SQLite database file (when db_url is unset)"
+    )
+    db_url: str = setting(
+        "",
+        "PostgreSQL database, postgresql://ROLE@HOST:PORT/DB, with no password in it (it would"
+        " show in ps): the password is read from db_password_file. Set, it wins over db_path;"
+        " unset: SQLite at db_path",
+    )
+    db_password_file: pathlib.Path | None = setting(
+        None, "file holding db_url's role's password, readable by its owner alone (mode 0600)"
+    )
     db_synchronous: str = setting(
         db.SYNCHRONOUS, "SQLite synchronous mode: FULL survives power loss, NORMAL only crashes"
+    )
+    db_pool_size: int = setting(POOL.size, "PostgreSQL: connections this instance opens at most")
+    db_acquire_timeout_seconds: float = setting(
+        POOL.acquire_timeout_seconds,
+        "PostgreSQL: how long a transaction waits for a free pooled connection before it"
+        " answers STORAGE_UNAVAILABLE",
+    )
+    db_lock_timeout_ms: int = setting(
+        POOL.lock_timeout_ms,
+        "PostgreSQL: how long a statement waits for a row lock (lock_timeout) before it"
+        " answers STORAGE_UNAVAILABLE",
+    )
+    db_statement_timeout_ms: int = setting(
+        POOL.statement_timeout_ms, "PostgreSQL: the longest one statement may run"
     )
     seed_file: pathlib.Path | None = setting(
         None, "JSON file of demo data loaded at start (existing rows are kept)"
     )
+
+    @property
+    def db_location(self) -> str | pathlib.Path:
+        """Where the store is: db_url if set, else the SQLite file db_path (`Store.open`)."""
+        return self.db_url or self.db_path
+
+    @property
+    def db_pool(self) -> PoolSettings:
+        """How the store uses a PostgreSQL server (`Store.open`'s `pool`)."""
+        return PoolSettings(
+            size=self.db_pool_size,
+            acquire_timeout_seconds=self.db_acquire_timeout_seconds,
+            lock_timeout_ms=self.db_lock_timeout_ms,
+            statement_timeout_ms=self.db_statement_timeout_ms,
+        )
 
     def problems(self) -> list[str]:
         found = super().problems()
@@ -118,7 +165,77 @@ class StoreConfig(ServerConfig):
             )
         if self.seed_file is not None and not self.seed_file.is_file():
             found.append(f"seed_file {self.seed_file} does not exist")
+        for name in (
+            "db_pool_size",
+            "db_acquire_timeout_seconds",
+            "db_lock_timeout_ms",
+            "db_statement_timeout_ms",
+        ):
+            if getattr(self, name) <= 0:
+                found.append(f"{name} must be > 0, got {getattr(self, name):g}")
+        if self.db_url:
+            found.extend(url_problems(self.db_url))
+            if self.db_password_file is None:
+                found.append("db_url needs db_password_file: the file holding its role's password")
+            else:
+                found.extend(password_file_problems(self.db_password_file))
+        elif self.db_password_file is not None:
+            found.append(
+                "db_password_file is only for db_url (a PostgreSQL database); SQLite needs none"
+            )
         return found
+
+
+def url_problems(url: str) -> list[str]:
+    """What is wrong with a PostgreSQL URL for db_url (a password in it is)."""
+    shape = "postgresql://ROLE@HOST:PORT/DB"
+    if not is_server_url(url):
+        return [
+            f"db_url must be a PostgreSQL URL, {shape}, got {redacted(url)!r}"
+            " (a SQLite file is db_path's)"
+        ]
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is not None or "password" in urllib.parse.parse_qs(parts.query):
+        # Shown without the URL: the point is that the password goes nowhere it can be read.
+        return [
+            "db_url must not contain a password: a command line shows in `ps` to every user"
+            " of the host, and the environment to root; put it in a file of mode 0600 and"
+            " name it with db_password_file"
+        ]
+    found = []
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+        found.append(f"db_url's port must be a number 1..65535, in {shape}")
+    if port == 0:
+        found.append(f"db_url's port must be a number 1..65535, in {shape}")
+    if not parts.username:
+        found.append(f"db_url must name the role to connect as, {shape}, got {url!r}")
+    if not parts.hostname:
+        found.append(f"db_url must name the server's host, {shape}, got {url!r}")
+    if parts.path.strip("/") == "":
+        found.append(f"db_url must name the database, {shape}, got {url!r}")
+    return found
+
+
+def password_file_problems(path: pathlib.Path) -> list[str]:
+    """What is wrong with a password file: missing, not a file, empty, or readable by others."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        return [f"db_password_file {path} cannot be read: {error.strerror}"]
+    if not stat.S_ISREG(info.st_mode):
+        return [f"db_password_file {path} is not a file"]
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        return [
+            f"db_password_file {path} is open to group or others (mode {mode:o}): only its owner"
+            f" may read a password; chmod 600 {path}"
+        ]
+    if info.st_size == 0:
+        return [f"db_password_file {path} is empty"]
+    return []
 
 
 def _is_ip(text: str) -> bool:

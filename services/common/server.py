@@ -19,10 +19,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import grpc
+import psycopg
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import logs, reflection
+from services.common import logs, migrations, reflection
 from services.common.config import ConfigError, ServerConfig, load
 from services.common.interceptor import ErrorInterceptor
 from services.common.registration import Instance, Registration
@@ -156,7 +157,9 @@ def main(
 
     try:
         uvloop.run(run())
-    except (OSError, sqlite3.Error) as error:
+    # Its database unreachable, refusing the login or unmigratable (the migrations run on
+    # psycopg, the pool on asyncpg, whose errors are raised as ConnectionError, an OSError).
+    except (OSError, sqlite3.Error, psycopg.Error, migrations.MigrationError) as error:
         log.error("%s cannot start: %s", name, error)
         return 1
     return 0

@@ -12,7 +12,9 @@ from services.common.config import StoreConfig, setting
 class InventoryConfig(StoreConfig):
     """Settings of the inventory service."""
 
-    db_path: pathlib.Path = setting(pathlib.Path("var/inventory.db"), "SQLite database file")
+    db_path: pathlib.Path = setting(
+        pathlib.Path("var/inventory.db"), "SQLite database file (when db_url is unset)"
+    )
     sweep_interval_seconds: float = setting(
         1.0,
         "how often holds past their expire time give their stock back, and reservations"

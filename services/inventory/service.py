@@ -24,9 +24,9 @@ class InventoryService:
     )
     interceptors = ()
 
-    def __init__(self, config: InventoryConfig) -> None:
+    def __init__(self, config: InventoryConfig, store: InventoryStore) -> None:
         self._config = config
-        self.store = InventoryStore(config.db_path, config.db_synchronous)
+        self.store = store
         self._sweeper: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -66,4 +66,11 @@ class InventoryService:
 
 
 async def create(config: InventoryConfig) -> InventoryService:
-    return InventoryService(config)
+    """The service on its store, opened (and migrated) without blocking the event loop."""
+    store = await InventoryStore.open(
+        config.db_location,
+        password_file=config.db_password_file,
+        synchronous=config.db_synchronous,
+        pool=config.db_pool,
+    )
+    return InventoryService(config, store)

@@ -34,7 +34,9 @@ CRASH_POINTS = (
 class OrderConfig(StoreConfig):
     """Settings of the order service."""
 
-    db_path: pathlib.Path = setting(pathlib.Path("var/order.db"), "SQLite database file")
+    db_path: pathlib.Path = setting(
+        pathlib.Path("var/order.db"), "SQLite database file (when db_url is unset)"
+    )
     inventory_target: str = setting("127.0.0.1:50051", "gRPC address of the inventory service")
     payment_target: str = setting("127.0.0.1:50052", "gRPC address of the payment service")
     call_timeout_seconds: float = setting(2.0, "deadline of each call to inventory or payment")

@@ -23,9 +23,9 @@ class OrderService:
     service_names = (order_service_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name,)
     interceptors = ()
 
-    def __init__(self, config: OrderConfig) -> None:
+    def __init__(self, config: OrderConfig, store: OrderStore) -> None:
         self._config = config
-        self.store = OrderStore(config.db_path, config.db_synchronous)
+        self.store = store
         self._participants = GrpcParticipants(
             config.inventory_target,
             config.payment_target,
@@ -86,4 +86,11 @@ class OrderService:
 
 
 async def create(config: OrderConfig) -> OrderService:
-    return OrderService(config)
+    """The service on its store, opened (and migrated) without blocking the event loop."""
+    store = await OrderStore.open(
+        config.db_location,
+        password_file=config.db_password_file,
+        synchronous=config.db_synchronous,
+        pool=config.db_pool,
+    )
+    return OrderService(config, store)

@@ -272,10 +272,17 @@ class OrderStore(db.Store):
                 " RETURNING epoch",
                 (owner, at + seconds, order_id, at, *_OPEN_PHASES),
             )
-            if row is not None:
-                return Lease(order_id, owner, row["epoch"])
-            await _read_saga(tx, order_id)  # NOT_FOUND if there is no such saga
-            return None
+            if row is None:
+                await _read_saga(tx, order_id)  # NOT_FOUND if there is no such saga
+                return None
+            # The upsert chose the saga by its statement's snapshot: a finish that committed
+            # while it waited for the lease row (and deleted that row) is seen only by the
+            # next statement, and the upsert then inserted a lease, at epoch 1, for a final
+            # saga. A final saga needs none: give it back.
+            if (await _read_saga(tx, order_id)).phase in FINAL_PHASES:
+                await tx.execute("DELETE FROM saga_leases WHERE order_id = ?", (order_id,))
+                return None
+            return Lease(order_id, owner, row["epoch"])
 
         return await self.db.write(acquire)
 

@@ -17,7 +17,9 @@ WEEK_SECONDS = 7 * 86_400.0
 class PaymentConfig(StoreConfig):
     """Settings of the payment service."""
 
-    db_path: pathlib.Path = setting(pathlib.Path("var/payment.db"), "SQLite database file")
+    db_path: pathlib.Path = setting(
+        pathlib.Path("var/payment.db"), "SQLite database file (when db_url is unset)"
+    )
     default_authorization_seconds: float = setting(
         DEFAULT_AUTHORIZATION_SECONDS,
         "how long an authorization holds money when the caller names no"

@@ -21,13 +21,13 @@ class PaymentService:
     name = "payment"
     service_names = (payment_service_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name,)
 
-    def __init__(self, config: PaymentConfig) -> None:
+    def __init__(self, config: PaymentConfig, store: PaymentStore) -> None:
         self._config = config
         self.interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
         if config.any_fault:
             faults = Faults(config.lose_replies, config.delay_seconds, config.flaky_calls)
             self.interceptors = (FaultInterceptor(faults),)
-        self.store = PaymentStore(config.db_path, config.db_synchronous)
+        self.store = store
         self._sweeper: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -66,4 +66,11 @@ class PaymentService:
 
 
 async def create(config: PaymentConfig) -> PaymentService:
-    return PaymentService(config)
+    """The service on its store, opened (and migrated) without blocking the event loop."""
+    store = await PaymentStore.open(
+        config.db_location,
+        password_file=config.db_password_file,
+        synchronous=config.db_synchronous,
+        pool=config.db_pool,
+    )
+    return PaymentService(config, store)

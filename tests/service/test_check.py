@@ -8,8 +8,16 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import Client, fails, run_command, wait_for
 from tests.stack import Stack, StackFactory, restart
+
+pytestmark = pytest.mark.sqlite_only(
+    "`shopmesh check --workdir` reads the SQLite files of a work directory, and these"
+    " tests break promises by writing to them; on PostgreSQL the model and fault tests run"
+    " the same checks (shopmesh.check.check_databases) on the servers' databases"
+)
 
 
 def shopmesh_check(workdir: pathlib.Path, *flags: str) -> subprocess.CompletedProcess[str]:

@@ -29,7 +29,7 @@ from services.common.status import error_details
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.payment.v1 import payment_pb2
-from shopmesh.check import check_workdir
+from shopmesh.check import check_databases
 from shopmesh.seed import write_seed
 from tests.helpers import (
     Client,
@@ -39,7 +39,7 @@ from tests.helpers import (
     record_fault,
     user,
 )
-from tests.stack import Stack, restart, start_stack
+from tests.stack import DatabaseFactory, Stack, restart, start_stack
 
 PRODUCTS = {
     "SKU-TEA": (450, 200),
@@ -60,12 +60,15 @@ PROFILE = settings(
 
 
 @pytest.fixture(scope="module")
-def model_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Client]]:
+def model_stack(
+    tmp_path_factory: pytest.TempPathFactory, new_databases: DatabaseFactory
+) -> Iterator[tuple[Stack, Client]]:
     workdir = tmp_path_factory.mktemp("model")
     seed = write_seed(workdir / "seed.json", PRODUCTS, ACCOUNTS)
     stack = start_stack(
         workdir / "stack",
         seed,
+        databases=new_databases(workdir / "stack"),
         order_settings={
             "call_timeout_seconds": "0.5",
             "step_retry_seconds": "1",
@@ -225,7 +228,7 @@ def test_the_saga_model(model_stack: tuple[Stack, Client]) -> None:
         if calls:
             assert_calls_resolved(client, who, calls)
     assert_invariants(client, Ledger({s: q for s, (_, q) in PRODUCTS.items()}, dict(ACCOUNTS)))
-    report = check_workdir(stack.order.workdir)  # `shopmesh check`, on the databases
+    report = check_databases(stack.databases)  # `shopmesh check`, on the databases
     assert report.ok and not report.parked, (report.problems, report.parked)
     summary: dict[str, int] = {}
     for calls in SagaModel.calls.values():

@@ -131,7 +131,7 @@ def test_shopmesh_postgres_runs_the_cluster_until_ctrl_c() -> None:
             secrets = workdir / "postgres" / "secrets"
             assert f"password in {secrets}/postgres.password" in printed
             assert f"passwords   {secrets}/<role>.password (mode 0600)" in printed
-            assert "The services do not use it yet" in printed
+            assert "--db-url postgresql://inventory@127.0.0.1:" in printed
             found = re.search(r"server      127\.0\.0\.1:(\d+)", printed)
             assert found is not None, printed
             cluster = Cluster(workdir)

@@ -7,7 +7,6 @@ Every test ends by checking the saga's invariants through the services' APIs
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +20,7 @@ from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.payment.v1 import payment_pb2
 from tests.helpers import Client, Ledger, assert_invariants, fails, record_fault, user, wait_for
-from tests.stack import Stack, StackFactory, restart
+from tests.stack import Stack, StackFactory, read_rows, restart
 
 
 def test_order_confirms_and_moves_stock_and_money(
@@ -260,8 +259,9 @@ def test_an_authorization_that_expired_during_a_crash_cancels_the_order(
     )
     fails(lambda: client.create_order("alice", "r1", [("SKU-MUG", 2)]))
     assert services.order.process.wait(10) == -signal.SIGKILL
-    with sqlite3.connect(f"file:{services.order.workdir / 'order.db'}?mode=ro", uri=True) as db:
-        (order_id,) = db.execute("SELECT order_id FROM orders").fetchone()  # the service is down
+    # The service is down: read its database.
+    [row] = read_rows(services.databases["order"], "SELECT order_id FROM orders")
+    order_id = row["order_id"]
     authorized = client.payment_of(order_id)
     assert authorized is not None and authorized.state == payment_pb2.PAYMENT_STATE_AUTHORIZED
     lifetime = authorized.expire_time.ToMilliseconds() - authorized.create_time.ToMilliseconds()

@@ -13,20 +13,26 @@ import pathlib
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 import pytest
 
 from services.common.registration import consul_client
 from shopmesh import tokens
+from shopmesh.check import workdir_databases
 from shopmesh.system import Ports, Settings, consul_process
 from shopmesh.tools import DEMO_DATA, REPO, free_ports
-from tests.helpers import Client, Ledger
+from tests.helpers import Client, Ledger, run_command
+from tests.postgres_harness import postgres_workdir
 from tests.system_helpers import Traffic, settle
 
 SHOPMESH = str(pathlib.Path(sys.executable).parent / "shopmesh")
@@ -198,7 +204,7 @@ def test_a_service_killed_under_shopmesh_run_comes_back(
     assert running.process.poll() is None, running.output
     assert traffic.outcomes["ORDER_STATE_CONFIRMED"] == traffic.summary()["ok"], traffic.outcomes
     fault = f"inventory kill -9 under shopmesh run: back in {back:.1f} s"
-    settle(direct_client(running), DEMO_LEDGER, traffic, fault, running.workdir)
+    settle(direct_client(running), DEMO_LEDGER, traffic, fault, workdir_databases(running.workdir))
 
 
 def test_a_crash_loop_makes_shopmesh_run_give_up_and_say_so(
@@ -297,3 +303,75 @@ def test_consul_elects_itself_again_on_other_ports(tmp_path: pathlib.Path) -> No
         consul.stop()
     moved = Ports(*free_ports(8, avoid=dataclasses.astuple(settings.ports)))
     assert consul_services(tmp_path, moved) == ["consul", "kept"]
+
+
+def service_rows(running: ShopmeshRun, port: int, service: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of `sql` in a service's PostgreSQL database, read as the service's own role
+    with the password `shopmesh run --postgres` generated for it."""
+    secret = running.workdir / "postgres" / "secrets" / f"{service}.password"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    url = f"postgresql://{service}@127.0.0.1:{port}/{service}"
+    with psycopg.connect(url, password=secret.read_text().strip(), connect_timeout=5) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_shopmesh_run_postgres_keeps_every_order_in_postgresql_and_stops_it_last() -> None:
+    """`shopmesh run --postgres` starts a cluster under WORKDIR/postgres, says where its
+    data and passwords are, and the services keep their state there: an order placed over
+    REST through Envoy is in the order, inventory and payment databases, read as each
+    service's role, and no SQLite file is made; `shopmesh check` reads them there. Ctrl-C
+    stops the server after the services, which stop without a storage error."""
+    # Not under tmp_path: as root the server runs as the postgres user, which pytest's
+    # 0700 base directory would keep out (tests/postgres_harness.py).
+    with postgres_workdir() as workdir:
+        running = ShopmeshRun(workdir, "--postgres")
+        try:
+            running.wait_running()
+            found = running.wait_for_line(
+                r"^  databases +PostgreSQL 127\.0\.0\.1:(\d+), a database and a role each for"
+                r" inventory, payment, order$"
+            )
+            port = int(found[1])
+            root = workdir.resolve() / "postgres"
+            at = re.escape(str(root))
+            running.wait_for_line(f"^ +data in {at}/data, log {at}/postgres\\.log$")
+            running.wait_for_line(rf"^ +passwords in {at}/secrets/<role>\.password \(mode 0600\)$")
+            request = urllib.request.Request(
+                f"http://{running.public_target}/v1/orders",
+                data=json.dumps(
+                    {"request_id": "pg-1", "line_items": [{"sku": "SKU-TEA-001", "quantity": 2}]}
+                ).encode(),
+                headers={
+                    "Authorization": f"Bearer {running.token('alice')}",
+                    "Content-Type": "application/json",
+                },
+            )
+            with urllib.request.urlopen(request, timeout=20) as answer:
+                order = json.loads(answer.read())["order"]
+            assert order["state"] == "ORDER_STATE_CONFIRMED", order
+            order_id = order["orderId"]
+            assert service_rows(
+                running, port, "order", "SELECT order_id, user_id, request_id, state FROM orders"
+            ) == [(order_id, "alice", "pg-1", "CONFIRMED")]
+            assert service_rows(
+                running, port, "inventory", "SELECT order_id, state FROM reservations"
+            ) == [(order_id, "COMMITTED")]
+            assert service_rows(
+                running, port, "payment", "SELECT order_id, amount_minor, state FROM payments"
+            ) == [(order_id, 900, "CAPTURED")]
+            assert list(workdir.glob("*.db*")) == []
+            checked = run_command([SHOPMESH, "check", "--workdir", str(workdir)], timeout=60)
+            assert "1 orders (1 confirmed," in checked.stdout, checked.stdout  # in PostgreSQL
+            assert checked.stdout.endswith("every promise holds\n"), checked.stdout
+            postmaster = int((root / "data" / "postmaster.pid").read_text().split()[0])
+            running.ctrl_c()
+            assert running.exit_code() == 0, running.output
+        finally:
+            running.close()
+        with pytest.raises(ProcessLookupError):
+            os.kill(postmaster, 0)  # the server is gone
+        assert "database system is shut down" in (root / "postgres.log").read_text()
+        for name in ("order", "inventory", "payment"):
+            log = (workdir / f"{name}.log").read_text()
+            assert f"{name} stopped" in log, log
+            assert " ERROR " not in log, log  # its database was there until it stopped

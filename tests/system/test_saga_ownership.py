@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import pathlib
 import re
 import signal
 import sqlite3
@@ -18,16 +17,19 @@ import threading
 import time
 
 import grpc
+import psycopg
+import pytest
 
 from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as orders
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
-from shopmesh.check import check_workdir
+from shopmesh.check import Location, check_databases
+from shopmesh.postgres import ServiceDatabase
 from shopmesh.processes import ServiceProcess
 from shopmesh.system import System
 from shopmesh.tools import REPO
 from tests.helpers import record_fault, wait_for
-from tests.stack import restart
+from tests.stack import read_rows, restart
 from tests.system_helpers import SystemFactory, bearer
 
 CHAOS = bool(os.environ.get("SHOPMESH_CHAOS"))
@@ -125,11 +127,12 @@ def all_confirmed(system: System, user: str, ids: list[str]) -> bool:
 
 
 def lease_of(system: System, order_id: str) -> tuple[str, int] | None:
-    with sqlite3.connect(f"file:{system.settings.workdir / 'order.db'}?mode=ro", uri=True) as db:
-        row = db.execute(
-            "SELECT owner, epoch FROM saga_leases WHERE order_id = ?", (order_id,)
-        ).fetchone()
-    return (row[0], row[1]) if row else None
+    rows = read_rows(
+        system.databases["order"],
+        "SELECT owner, epoch FROM saga_leases WHERE order_id = ?",
+        (order_id,),
+    )
+    return (rows[0][0], rows[0][1]) if rows else None
 
 
 def instance_of(system: System, owner: str) -> int:
@@ -138,19 +141,36 @@ def instance_of(system: System, owner: str) -> int:
     return next(n for n, p in enumerate(system.order) if p.pid == pid)
 
 
-def pause_outside_a_write(process: ServiceProcess, database: pathlib.Path) -> None:
-    """SIGSTOPs `process` at a moment it holds no write lock on `database`. On SQLite a
-    process stopped inside a write transaction stalls every writer on the file until it
-    runs again (docs/saga.md): a fault of its own, not the one tested here."""
-    for _ in range(20):
+def in_a_write(database: Location) -> bool:
+    """Whether a transaction is open on `database`: on SQLite, someone holds its write
+    lock; on PostgreSQL, a session of its role other than this one is inside one."""
+    if isinstance(database, ServiceDatabase):
+        password = database.password_file.read_text().strip()
+        with psycopg.connect(database.url, password=password, connect_timeout=5) as probe:
+            row = probe.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = current_user"
+                " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+            ).fetchone()
+        return row is not None and row[0] > 0
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=0.2)) as probe:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+    except sqlite3.OperationalError:
+        return True
+    return False
+
+
+def pause_outside_a_write(process: ServiceProcess, database: Location) -> None:
+    """SIGSTOPs `process` at a moment it is inside no transaction on `database`. A process
+    stopped inside a write stalls the others until it runs again (on SQLite every writer
+    on the file, docs/saga.md; on PostgreSQL every writer of the rows it has locked): a
+    fault of its own, not the one tested here."""
+    for _ in range(50):
         process.signal(signal.SIGSTOP)
-        try:
-            with contextlib.closing(sqlite3.connect(database, timeout=0.2)) as probe:
-                probe.execute("BEGIN IMMEDIATE")
-                probe.execute("ROLLBACK")
+        if not in_a_write(database):
             return
-        except sqlite3.OperationalError:  # stopped mid-write: let it finish, try again
-            process.signal(signal.SIGCONT)
+        process.signal(signal.SIGCONT)  # stopped mid-write: let it finish, try again
     raise AssertionError("could not pause the process outside a write")
 
 
@@ -186,7 +206,7 @@ def test_three_instances_drive_each_saga_one_at_a_time_through_a_long_outage(
     assert set(waiting) <= set(runs), "every waiting saga called payment"
     interleaved = {i: r for i, r in runs.items() if len(r) != len(set(r))}
     assert not interleaved, f"sagas driven by two instances at once: {interleaved}"
-    report = check_workdir(system.settings.workdir)
+    report = check_databases(system.databases)
     assert report.ok and not report.parked, (report.problems, report.parked)
     handovers = sum(len(r) - 1 for r in runs.values())
     record_fault(
@@ -211,7 +231,7 @@ def test_an_owner_paused_past_its_lease_neither_calls_nor_writes_for_the_lost_sa
         lambda: sum(1 for _, i, _ in calls(paused) if i == order_id) >= 2 or None,
         "the owner to call payment",
     )
-    pause_outside_a_write(paused, system.settings.workdir / "order.db")
+    pause_outside_a_write(paused, system.databases["order"])
 
     def taken_over() -> tuple[str, int] | None:
         lease = lease_of(system, order_id)
@@ -236,7 +256,7 @@ def test_an_owner_paused_past_its_lease_neither_calls_nor_writes_for_the_lost_sa
 
     start_payment(system)
     wait_for(lambda: all_confirmed(system, "rich", [order_id]), "the order", timeout=60)
-    report = check_workdir(system.settings.workdir)
+    report = check_databases(system.databases)
     assert report.ok and not report.parked, (report.problems, report.parked)
     record_fault(
         "order owner SIGSTOPped past its lease, saga adopted", {"ok": 1, "failed": 0, "unknown": 0}
@@ -247,6 +267,10 @@ FAKETIME = REPO / ".tools" / "lib" / "libfaketime.so.1"
 JUMP_SECONDS = 30.0
 
 
+@pytest.mark.sqlite_only(
+    "on PostgreSQL leases expire by the server's clock, not an instance's: a jumped"
+    " instance sees no lease expire early, and there is no handover to observe"
+)
 def test_a_clock_jump_on_one_instance_hands_each_saga_over_once_and_no_storm_follows(
     make_system: SystemFactory,
 ) -> None:
@@ -305,7 +329,7 @@ def test_a_clock_jump_on_one_instance_hands_each_saga_over_once_and_no_storm_fol
 
     start_payment(system)
     wait_for(lambda: all_confirmed(system, "rich", waiting), "the waiting orders", timeout=90)
-    report = check_workdir(system.settings.workdir)
+    report = check_databases(system.databases)
     assert report.ok and not report.parked, (report.problems, report.parked)
     record_fault(
         f"order instance's clock jumped {JUMP_SECONDS:g} s ahead, 20 open sagas",

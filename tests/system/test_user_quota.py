@@ -11,7 +11,7 @@ from services.common.status import error_details
 from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as orders
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
-from shopmesh.check import check_workdir
+from shopmesh.check import check_databases
 from shopmesh.system import System
 from tests.helpers import record_fault, wait_for
 from tests.system_helpers import SystemFactory, bearer
@@ -79,7 +79,7 @@ def test_a_buyer_with_money_gets_the_last_unit_while_a_penniless_user_hammers(
     # What carol's hammering cost: a few declined orders, the ones in flight when the
     # limit was reached; none since.
     assert seen["INSUFFICIENT_FUNDS"] <= DECLINE_LIMIT + HAMMERS, seen
-    report = check_workdir(system.settings.workdir)
+    report = check_databases(system.databases)
     assert report.ok and not report.parked, (report.problems, report.parked)
     record_fault(
         f"penniless user hammering the last unit from {HAMMERS} threads:"

@@ -11,7 +11,7 @@ import pytest
 from services.common.config import ConfigError, load
 from services.common.validation import MAX_AUTHORIZATION_SECONDS, MAX_HOLD_SECONDS
 from services.inventory.config import InventoryConfig
-from services.inventory.service import InventoryService
+from services.inventory.service import create as create_inventory
 from services.order.config import ANSWER_MARGIN_SECONDS, GATEWAY_TRY_TIMEOUT_SECONDS, OrderConfig
 from services.payment.config import PaymentConfig
 from shop.inventory.v1 import inventory_service_pb2 as rpc
@@ -130,7 +130,7 @@ def explode(sku: str) -> None:
 async def test_an_unexpected_exception_becomes_a_generic_internal(
     tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = InventoryService(InventoryConfig(db_path=tmp_path / "inventory.db"))
+    service = await create_inventory(InventoryConfig(db_path=tmp_path / "inventory.db"))
     monkeypatch.setattr(service.store, "product", explode)  # the servicer's store
     async with serving(service) as served:
         stub = InventoryServiceStub(served.channel)

@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2
 
 from services.inventory.config import InventoryConfig
 from services.inventory.domain import Item, ReservationState
-from services.inventory.service import InventoryService
+from services.inventory.service import create as create_inventory
 from services.inventory.store import InventoryStore
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_service_pb2 as rpc
@@ -354,7 +354,7 @@ async def test_the_sweeper_prunes_past_retention(
     config = InventoryConfig(
         db_path=tmp_path / "short.db", seed_file=seed_file, retention_seconds=1
     )
-    async with serving(InventoryService(config)) as served:
+    async with serving(await create_inventory(config)) as served:
         inventory = InventoryServiceStub(served.channel)
         await inventory.ReserveStock(reserve("kept", ("SKU-MUG", 2)), metadata=ALICE)
         await inventory.CommitReservation(

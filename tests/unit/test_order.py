@@ -18,7 +18,7 @@ import pytest
 from services.order import domain
 from services.order.config import OrderConfig
 from services.order.participants import GrpcParticipants
-from services.order.service import OrderService
+from services.order.service import create as create_order
 from services.order.servicer import OrderServicer
 from shop.inventory.v1 import inventory_service_pb2 as inventory_rpc
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
@@ -185,7 +185,7 @@ async def test_a_caller_who_leaves_while_the_order_is_written_still_gets_its_sag
         inventory_target=inventory_served.target,
         payment_target=payment_served.target,
     )
-    service = OrderService(config)
+    service = await create_order(config)
     async with serving(service):
         servicer = OrderServicer(service.store, service.saga, config)
         context = cast(grpc.aio.ServicerContext, CallerContext())

@@ -16,7 +16,7 @@ from services.common.validation import MAX_AUTHORIZATION_SECONDS
 from services.payment.config import PaymentConfig
 from services.payment.domain import PaymentState
 from services.payment.faults import FaultInterceptor
-from services.payment.service import PaymentService
+from services.payment.service import create as create_payment
 from services.payment.store import PaymentStore
 from shop.money.v1.money_pb2 import Money
 from shop.payment.v1 import payment_pb2 as pb
@@ -251,7 +251,7 @@ async def unswept(tmp_path: pathlib.Path, seed_file: pathlib.Path) -> PaymentSer
     config = PaymentConfig(
         db_path=tmp_path / "unswept.db", seed_file=seed_file, sweep_interval_seconds=3600
     )
-    async with serving(PaymentService(config)) as served:
+    async with serving(await create_payment(config)) as served:
         yield PaymentServiceStub(served.channel)
 
 
@@ -349,7 +349,7 @@ async def test_the_sweeper_prunes_past_retention(
     tmp_path: pathlib.Path, seed_file: pathlib.Path
 ) -> None:
     config = PaymentConfig(db_path=tmp_path / "short.db", seed_file=seed_file, retention_seconds=1)
-    async with serving(PaymentService(config)) as served:
+    async with serving(await create_payment(config)) as served:
         payment = PaymentServiceStub(served.channel)
         await payment.AuthorizePayment(authorize("kept", 2500), metadata=ALICE)
         await payment.CapturePayment(rpc.CapturePaymentRequest(order_id="kept"), metadata=ALICE)
@@ -402,10 +402,10 @@ async def test_a_database_of_the_version_before_expiry_opens_and_its_holds_expir
     store.close()
 
 
-def test_test_faults_are_an_interceptor_installed_only_when_one_is_set(
+async def test_test_faults_are_an_interceptor_installed_only_when_one_is_set(
     tmp_path: pathlib.Path,
 ) -> None:
-    plain = PaymentService(PaymentConfig(db_path=tmp_path / "plain.db"))
+    plain = await create_payment(PaymentConfig(db_path=tmp_path / "plain.db"))
     assert plain.interceptors == ()
     plain.store.close()
     base = PaymentConfig(db_path=tmp_path / "faulty.db")
@@ -414,7 +414,7 @@ def test_test_faults_are_an_interceptor_installed_only_when_one_is_set(
         dataclasses.replace(base, delay_seconds=0.1),
         dataclasses.replace(base, flaky_calls=1),
     ):
-        faulty = PaymentService(config)
+        faulty = await create_payment(config)
         assert [type(i) for i in faulty.interceptors] == [FaultInterceptor], config
         faulty.store.close()
 
@@ -425,7 +425,7 @@ async def test_a_lost_reply_took_effect_and_the_retry_gets_the_answer(
     config = PaymentConfig(
         db_path=tmp_path / "lossy.db", seed_file=seed_file, lose_replies="AuthorizePayment:1"
     )
-    async with serving(PaymentService(config)) as served:
+    async with serving(await create_payment(config)) as served:
         payment = PaymentServiceStub(served.channel)
         lost = await rejected(payment.AuthorizePayment(authorize("o1", 2500), metadata=ALICE))
         assert (lost.code, lost.reason) == (grpc.StatusCode.UNAVAILABLE, "REPLY_LOST")
@@ -439,7 +439,7 @@ async def test_a_flaky_instance_fails_every_second_mutating_call_before_doing_an
     tmp_path: pathlib.Path, seed_file: pathlib.Path
 ) -> None:
     config = PaymentConfig(db_path=tmp_path / "flaky.db", seed_file=seed_file, flaky_calls=2)
-    async with serving(PaymentService(config)) as served:
+    async with serving(await create_payment(config)) as served:
         payment = PaymentServiceStub(served.channel)
         failed = await rejected(payment.AuthorizePayment(authorize("o1", 2500), metadata=ALICE))
         assert (failed.code, failed.reason) == (grpc.StatusCode.UNAVAILABLE, "FLAKY")

@@ -16,7 +16,7 @@ from services.order.config import OrderConfig
 from services.order.domain import LineItem, Order, OrderState, Phase
 from services.order.participants import GrpcParticipants
 from services.order.saga import SagaParticipants, SagaRunner, SagaSettings, StepError
-from services.order.service import OrderService
+from services.order.service import create as create_order
 from services.order.store import OrderStore
 from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as rpc
@@ -211,7 +211,7 @@ async def test_operators_list_and_resume_parked_orders(
         inventory_target=inventory_served.target,
         payment_target=payment_served.target,
     )
-    service = OrderService(config)
+    service = await create_order(config)
     async with serving(service) as served:
         store, orders = service.store, OrderServiceStub(served.channel)
         for n in range(3):  # placed and parked before any saga ran, as a stuck one would be
