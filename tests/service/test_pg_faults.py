@@ -15,22 +15,38 @@ import dataclasses
 import functools
 import itertools
 import pathlib
+import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
+import grpc
 import psycopg
 import pytest
 from psycopg import sql
 
 from services.common.errors import ErrorKind, ServiceError
 from services.common.postgresql import PoolSettings
+from services.common.status import error_details
 from services.inventory.domain import Item, Reservation, ReservationState
 from services.inventory.store import InventoryStore
 from services.payment.domain import PaymentState
 from services.payment.store import PaymentStore
+from shop.order.v1 import order_pb2
 from shopmesh.postgres import Cluster
-from tests.helpers import ACCOUNTS, PRODUCTS, record_fault, wait_for
+from shopmesh.seed import write_seed
+from tests.helpers import (
+    ACCOUNTS,
+    PRODUCTS,
+    Client,
+    Ledger,
+    assert_calls_resolved,
+    assert_invariants,
+    record_fault,
+    wait_for,
+)
+from tests.stack import server_databases, stack_factory
 
 T = TypeVar("T")
 
@@ -40,6 +56,13 @@ MARGIN_SECONDS = 1.0
 WAIT_SECONDS = 10.0
 
 _databases = itertools.count(1)
+
+# The process stack's seed: enough stock and money that no order of the load is refused.
+LOAD_PRODUCTS = {"SKU-TEA": (450, 100_000)}
+LOAD_ACCOUNTS = {"rich": 100_000_000}
+STORAGE_CLASS = {"STORAGE_UNAVAILABLE", "INVENTORY_UNAVAILABLE", "PAYMENT_UNAVAILABLE"}
+"""The UNAVAILABLE reasons a CreateOrder may come back with while a database is down:
+the order service's own store's, or a saga cancelled by a participant's."""
 
 
 async def eventually(condition: Callable[[], T | None], what: str) -> T:
@@ -461,4 +484,115 @@ async def test_the_server_killed_and_restarted_under_load_loses_and_doubles_noth
     record_fault(
         f"PostgreSQL kill -9, restart under load ({orders} orders)",
         load.calls,
+    )
+
+
+class CreateOrderLoad:
+    """CreateOrder calls to the order service process from a few threads, each a new
+    request id (retried with the same id after an UNAVAILABLE, as a client would, at most
+    RETRIES_PER_ORDER times), recorded as helpers.assert_calls_resolved reads them: ok,
+    failed (a definite refusal) or unknown (UNAVAILABLE: placed or not, the caller cannot
+    tell). Every status other than OK and UNAVAILABLE is kept as unexpected."""
+
+    RETRIES_PER_ORDER = 3
+
+    def __init__(self, client: Client, threads: int) -> None:
+        self.client = client
+        self.calls: list[tuple[str, str]] = []
+        self.unavailable: Counter[str] = Counter()
+        """The reasons UNAVAILABLE came with."""
+        self.unexpected: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(t,), daemon=True) for t in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def ok(self) -> int:
+        return sum(1 for _, outcome in self.calls if outcome == "ok")
+
+    def unknown(self) -> int:
+        return sum(1 for _, outcome in self.calls if outcome == "unknown")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=WAIT_SECONDS * 3)
+            assert not thread.is_alive(), "a caller is stuck"
+
+    def summary(self) -> dict[str, int]:
+        return dict(Counter(outcome for _, outcome in self.calls))
+
+    def _run(self, thread: int) -> None:
+        for n in itertools.count():
+            request_id = f"kill-{thread}-{n}"
+            for _ in range(1 + self.RETRIES_PER_ORDER):
+                if self._stop.is_set():
+                    return
+                if self._call(request_id):
+                    break
+
+    def _call(self, request_id: str) -> bool:
+        """One CreateOrder; whether the caller is done with this request id."""
+        try:
+            self.client.create_order("rich", request_id, [("SKU-TEA", 1)], timeout=20)
+        except grpc.RpcError as error:
+            details = error_details(error)
+            if details.code == grpc.StatusCode.UNAVAILABLE:
+                self.calls.append((request_id, "unknown"))
+                self.unavailable[details.reason] += 1
+                time.sleep(0.1)
+                return False
+            self.calls.append((request_id, "failed"))
+            self.unexpected.append(f"{details.code.name} {details.reason}: {details.message}")
+            return True
+        self.calls.append((request_id, "ok"))
+        return True
+
+
+def test_the_server_killed_under_order_load_through_the_services_loses_and_doubles_nothing(
+    postgres_cluster: Cluster, tmp_path: pathlib.Path
+) -> None:
+    """The three service processes on PostgreSQL, CreateOrder load from four callers; the
+    server is killed with SIGKILL mid-load and started again on the same data directory.
+    Callers hear OK or UNAVAILABLE, never INTERNAL; the services, not restarted, serve
+    again once it is back (their pools replace the dead connections); every order ends
+    CONFIRMED or CANCELLED (the sagas the kill interrupted resume), no request id placed
+    two orders, and stock and money add up exactly (the Ledger)."""
+    seed = write_seed(tmp_path / "seed.json", LOAD_PRODUCTS, LOAD_ACCOUNTS)
+    ledger = Ledger({s: q for s, (_, q) in LOAD_PRODUCTS.items()}, dict(LOAD_ACCOUNTS))
+    with stack_factory(tmp_path / "stack", seed, server_databases(postgres_cluster)) as make:
+        stack, client = make(
+            call_timeout_seconds="1",
+            step_retry_seconds="10",
+            max_backoff_seconds="0.5",
+            max_open_orders_per_user="1000",
+        )
+        services = (stack.inventory, stack.payment, stack.order)
+        pids = [service.pid for service in services]
+        load = CreateOrderLoad(client, threads=4)
+        try:
+            wait_for(lambda: load.ok() >= 20, "orders before the kill")
+            kill_server(postgres_cluster)
+            wait_for(lambda: load.unknown() > 0, "callers to see the server gone")
+            restart_server(postgres_cluster)
+            after = load.ok()
+            wait_for(lambda: load.ok() >= after + 20, "orders after the restart", timeout=60)
+        finally:
+            load.stop()
+        assert not load.unexpected, load.unexpected[:5]  # no INTERNAL, nothing but these:
+        assert set(load.unavailable) <= STORAGE_CLASS, load.unavailable
+        assert [service.pid for service in services] == pids  # none restarted...
+        assert all(service.running() for service in services)  # ...and none died
+        assert_calls_resolved(client, "rich", load.calls)  # every order final, none doubled
+        assert_invariants(client, ledger)
+        final = Counter(order.state for order in client.list_orders("rich"))
+    confirmed, cancelled = (
+        final[order_pb2.ORDER_STATE_CONFIRMED],
+        final[order_pb2.ORDER_STATE_CANCELLED],
+    )
+    record_fault(
+        f"PostgreSQL kill -9, CreateOrder load ({confirmed} confirmed, {cancelled} cancelled)",
+        load.summary(),
     )
