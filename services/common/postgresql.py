@@ -18,9 +18,11 @@ claimed by unique keys, rows locked in one order, `Tx.lock` for a user's orders.
   transaction whose client went away); a connection lost during the COMMIT leaves the
   outcome unknown, and the caller hears STORAGE_UNAVAILABLE and retries by its own
   idempotency key, as after any storage fault.
-- Storage faults (the server gone or refusing connections, no pooled connection free
-  within `PoolSettings.acquire_timeout_seconds`, a lock or statement past its timeout, a full disk)
-  answer UNAVAILABLE / STORAGE_UNAVAILABLE, as SQLite's do. Anything else (a constraint
+- Storage faults (the server gone or refusing connections, a login refused, no pooled
+  connection free within `PoolSettings.acquire_timeout_seconds`, a lock or statement
+  past its timeout, a full disk) answer UNAVAILABLE / STORAGE_UNAVAILABLE, as SQLite's
+  do. A call that got no connection in time is not run again: the caller waits at most
+  the acquire timeout. Anything else (a constraint
   a store did not expect, bad SQL) is a bug and is raised as it is (INTERNAL).
 - A read with `snapshot` is a REPEATABLE READ READ ONLY transaction: its statements see
   one moment. A plain read is one statement in autocommit.
@@ -34,13 +36,14 @@ written once, in SQLite's style): `numbered` does, with SQLite's own numbering r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import pathlib
 import random
 import re
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
@@ -90,6 +93,15 @@ _STORAGE_SQLSTATE_CLASSES = ("08", "53", "57", "58")
 _STORAGE_SQLSTATES = frozenset({"55P03"})
 
 
+class NoConnection(Exception):
+    """No pooled connection could be had (its cause says why): a storage fault."""
+
+
+class ConnectionLost(Exception):
+    """The pooled connection broke under a call, and the driver said so with an error of
+    its own (its cause) rather than a connection error: as a lost connection."""
+
+
 class PostgresTx:
     """A `Tx` over one asyncpg connection."""
 
@@ -136,7 +148,7 @@ class PostgresDatabase:
     async def read(self, fn: Callable[[Tx], Awaitable[T]], *, snapshot: bool = False) -> T:
         for attempt in range(RETRIES + 1):
             try:
-                async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                async with self._connection() as conn:
                     if not snapshot:
                         return await fn(PostgresTx(conn))
                     async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -152,13 +164,13 @@ class PostgresDatabase:
         for attempt in range(RETRIES + 1):
             sent_commit = False
             try:
-                async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                async with self._connection() as conn:
                     transaction = conn.transaction()
                     await transaction.start()
                     try:
                         result = await fn(PostgresTx(conn))
                     except BaseException:
-                        if not conn.is_closed():
+                        if not _broken(conn):  # else the server rolls it back itself
                             await transaction.rollback()
                         raise
                     sent_commit = True
@@ -173,8 +185,38 @@ class PostgresDatabase:
     async def close(self) -> None:
         await self._pool.close()
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """A pooled connection; NoConnection if none is had within the acquire timeout
+        or the server refuses a new one (for whatever reason: a login refused is as much
+        a storage fault as a server gone; no statement of the call ran)."""
+        try:
+            conn = await self._pool.acquire(timeout=self._acquire_timeout)
+        except Exception as exc:
+            raise NoConnection(f"no connection: {type(exc).__name__}: {exc}") from exc
+        try:
+            yield conn
+        except Exception as exc:
+            if isinstance(exc, asyncpg.InternalClientError) and not _broken(conn):
+                # The driver lost its place in the protocol (a server dying mid-message
+                # leaves it waiting for a reply that never comes): never to be used again.
+                conn.terminate()
+            if _broken(conn) and not _connection_lost(exc) and not isinstance(exc, ServiceError):
+                # The driver's own error on a connection that broke under it: a lost
+                # connection, retried or reported as one, never an INTERNAL.
+                raise ConnectionLost(f"connection lost: {type(exc).__name__}: {exc}") from exc
+            raise
+        finally:
+            await self._pool.release(conn)
+
     def _may_retry(self, exc: Exception, *, sent_commit: bool) -> bool:
         """Whether the transaction may run again: it was rolled back entirely."""
+        if isinstance(exc, NoConnection):
+            # Nothing ran. A connection refused or lost while connecting (a server
+            # restarting) is tried again; a timeout's time is spent, and a login refused
+            # stays refused.
+            cause = exc.__cause__
+            return isinstance(cause, Exception) and _connection_lost(cause)
         if _sqlstate(exc) in _RETRIED_SQLSTATES:
             log.info("%s: transaction rolled back (%s), running it again", self._name, exc)
             return True
@@ -274,9 +316,15 @@ def _sqlstate(exc: BaseException) -> str:
 
 
 def _connection_lost(exc: BaseException) -> bool:
+    if isinstance(exc, TimeoutError):
+        # An OSError too, but never a lost connection: the pool's acquire timeout (no
+        # connection free, or a connect that did not finish in time) whose time is spent.
+        # Run again, a call would wait that long again, up to RETRIES more times.
+        return False
     return isinstance(
         exc,
         OSError
+        | ConnectionLost
         | asyncpg.ConnectionDoesNotExistError
         | asyncpg.PostgresConnectionError
         | asyncpg.CannotConnectNowError
@@ -284,11 +332,21 @@ def _connection_lost(exc: BaseException) -> bool:
     ) or _sqlstate(exc).startswith("08")
 
 
+def _broken(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
+    """Whether a connection handed out by the pool broke: closed, or already taken back
+    by the pool, which it does the moment it sees one close (the proxy then raises
+    InterfaceError at any use; nothing else releases it before the call is done)."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
 def _is_storage_fault(exc: BaseException) -> bool:
     state = _sqlstate(exc)
     return (
-        _connection_lost(exc)
-        or isinstance(exc, asyncio.TimeoutError)  # no pooled connection free in time
+        isinstance(exc, NoConnection)
+        or _connection_lost(exc)
         or state in _STORAGE_SQLSTATES
         or state.startswith(_STORAGE_SQLSTATE_CLASSES)
     )

@@ -22,7 +22,8 @@ is cancelled; final failures cancel at once. From the pivot on, and while compen
 step cannot be given up (that would lose stock or money), but it is not retried for ever
 in silence either: after `max_step_failures` final answers (a capture of a voided payment,
 a release of a committed hold), after `park_after_seconds` of transient ones, or after
-`max_step_failures` unexpected errors anywhere, the saga is parked: it stays as it is,
+`max_step_failures` unexpected errors anywhere (the order database's own
+STORAGE_UNAVAILABLE is not one: it is waited out), the saga is parked: it stays as it is,
 PENDING to its caller, is driven no more, is listed for operators, and is driven again
 once an operator resumes it (`OrderStore.parked`, `unpark`).
 """
@@ -322,6 +323,13 @@ class SagaRunner:
             except (asyncio.CancelledError, LeaseLost):
                 raise
             except Exception as error:
+                if _storage_fault(error):
+                    # The order's own database is down (a server restarting takes
+                    # seconds): transient, as a participant's UNAVAILABLE is, so it is
+                    # waited out. Counted as a bug, a restart parked every saga in flight.
+                    log.warning("saga %s: the order database is unavailable; retrying", order_id)
+                    delay = await self._sleep(delay)
+                    continue
                 failures += 1
                 if failures < self._settings.max_step_failures:
                     log.warning(
@@ -497,6 +505,15 @@ class SagaRunner:
         """Waits about `delay` (with jitter, so retries do not march in step); the next delay."""
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         return min(delay * 2, self._settings.max_backoff_seconds)
+
+
+def _storage_fault(error: Exception) -> bool:
+    """Whether `error` is the store's STORAGE_UNAVAILABLE (nothing was half applied)."""
+    return (
+        isinstance(error, ServiceError)
+        and error.kind is ErrorKind.UNAVAILABLE
+        and error.reason == "STORAGE_UNAVAILABLE"
+    )
 
 
 def _one_currency(items: list[LineItem]) -> str:
