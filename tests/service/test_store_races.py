@@ -547,15 +547,6 @@ async def test_expiry_sweeper_and_commit_move_a_hold_once(
         assert (product.available, product.held, product.sold) == (0, 0, 1)
 
 
-SWEEP_THEN_OWN_DEADLOCKS = (
-    "a known bug of the stores: the sweep at the start of a write locks the rows it gives"
-    " back (in SKU or user order), then the write locks its own (in that order again), so"
-    " two writes whose sweeps crossed deadlock; retried after deadlock_timeout (1 s) with"
-    " the default settings, a failed call here"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=SWEEP_THEN_OWN_DEADLOCKS)
 async def test_commits_that_sweep_each_others_skus_do_not_deadlock(
     instances: OpenInstances,
 ) -> None:
@@ -563,9 +554,12 @@ async def test_commits_that_sweep_each_others_skus_do_not_deadlock(
     moves its own stock. Two commits on two instances, of orders for SKU-B and SKU-A,
     each sweeping a due hold of the other SKU: the first has given SKU-A's expired unit
     back (its row locked) when the second gives SKU-B's back and then wants SKU-A; the
-    first then wants SKU-B. Both must be sold without a deadlock: the stores' retry of a
-    40P01 would hide one from the caller (at the cost of PostgreSQL's deadlock_timeout,
-    1 s by default), so here it reaches a caller (DEADLOCKS_REACH_CALLERS)."""
+    first then wants SKU-B: a deadlock, when each write gave its sweep's stock back before
+    moving its own. Now each makes both in one SKU-ordered pass, after its state changes,
+    so the second waits for nothing of the first's. Both must be sold without a deadlock:
+    the stores' retry of a 40P01 would hide one from the caller (at the cost of
+    PostgreSQL's deadlock_timeout, 1 s by default), so here it reaches a caller
+    (DEADLOCKS_REACH_CALLERS)."""
     k = await instances(InventoryStore, **DEADLOCKS_REACH_CALLERS)
     at = time.time()
     for order_id, sku, seconds in (("x", "SKU-A", 10), ("y", "SKU-B", 20)):
@@ -579,7 +573,11 @@ async def test_commits_that_sweep_each_others_skus_do_not_deadlock(
         await k.waiting(1, [first])
         # The second sweeps y (x is locked by the first: skipped), sells q's SKU-A.
         second = asyncio.ensure_future(outcome(k.two.commit("q", "alice", now=at + 25)))
-        await k.waiting(2, [first, second])
+        # It waits for nothing of the first's: the first has moved no stock (money) yet,
+        # its sweep's moves wait for its own, in one ordered pass. (Sweep first, then its
+        # own moves, the first held SKU-A's (bob's) row here, and the two deadlocked.)
+        await asyncio.wait_for(asyncio.shield(second), LOCK_WAIT_TIMEOUT_SECONDS)
+        assert not first.done(), "the first still waits for its own row"
     finally:
         await k.let_go()
     results = [await first, await second]
@@ -705,7 +703,6 @@ async def test_payment_sweeper_and_capture_move_money_once(
     assert tuple(await k.observer.fetchrow(account) or ()) == money
 
 
-@pytest.mark.xfail(strict=True, reason=SWEEP_THEN_OWN_DEADLOCKS)
 async def test_captures_that_sweep_each_others_accounts_do_not_deadlock(
     instances: OpenInstances,
 ) -> None:
@@ -713,8 +710,9 @@ async def test_captures_that_sweep_each_others_accounts_do_not_deadlock(
     two instances, of alice's and of bob's order, each sweeping a due authorization of
     the other user: the first has given bob's expired money back (his account row
     locked) when the second gives alice's back and then wants bob's account; the first
-    then wants alice's. Both must be captured without a deadlock (here one reaches a
-    caller: DEADLOCKS_REACH_CALLERS)."""
+    then wants alice's: a deadlock, when each write gave its sweep's money back before
+    moving its own. Now each makes both in one user-ordered pass. Both must be captured
+    without a deadlock (here one reaches a caller: DEADLOCKS_REACH_CALLERS)."""
     k = await instances(PaymentStore, **DEADLOCKS_REACH_CALLERS)
     at = time.time()
     for order_id, user, seconds in (("x", "bob", 10), ("y", "alice", 20)):
@@ -728,7 +726,11 @@ async def test_captures_that_sweep_each_others_accounts_do_not_deadlock(
         await k.waiting(1, [first])
         # The second sweeps y (x is locked by the first: skipped), captures q from bob.
         second = asyncio.ensure_future(outcome(k.two.capture("q", "bob", now=at + 25)))
-        await k.waiting(2, [first, second])
+        # It waits for nothing of the first's: the first has moved no stock (money) yet,
+        # its sweep's moves wait for its own, in one ordered pass. (Sweep first, then its
+        # own moves, the first held SKU-A's (bob's) row here, and the two deadlocked.)
+        await asyncio.wait_for(asyncio.shield(second), LOCK_WAIT_TIMEOUT_SECONDS)
+        assert not first.done(), "the first still waits for its own row"
     finally:
         await k.let_go()
     results = [await first, await second]
