@@ -275,7 +275,8 @@ async def connect(
 
 def read_password(path: pathlib.Path) -> str:
     """A password file's password (its first line)."""
-    return path.read_text().splitlines()[0] if path.read_text() else ""
+    lines = path.read_text().splitlines()
+    return lines[0] if lines else ""
 
 
 def redacted(url: str) -> str:

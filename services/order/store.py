@@ -69,6 +69,8 @@ def _limit(limit: int) -> int:
 
 
 _OPEN_PHASES = tuple(p.value for p in Phase if p not in FINAL_PHASES)
+# The open phases as placeholders ?5, ?6, ...: `acquire` numbers its first four (?1-?4),
+# and a bare `?` after them would take SQLite's next number, not the phases' own.
 _OPEN_PHASES_FROM_5 = ", ".join(f"?{5 + n}" for n in range(len(_OPEN_PHASES)))
 
 
