@@ -18,12 +18,23 @@ from typing import Any
 import grpc
 
 from shopmesh_sdk.gen.google import rpc
+from shopmesh_sdk.gen.shop.events import v1 as events
 from shopmesh_sdk.gen.shop.inventory import v1 as inventory
 from shopmesh_sdk.gen.shop.money import v1 as money
 from shopmesh_sdk.gen.shop.order import v1 as order
 from shopmesh_sdk.gen.shop.payment import v1 as payment
 
-__all__ = ["Shop", "ShopError", "connect", "inventory", "money", "order", "payment", "shop_error"]
+__all__ = [
+    "Shop",
+    "ShopError",
+    "connect",
+    "events",
+    "inventory",
+    "money",
+    "order",
+    "payment",
+    "shop_error",
+]
 
 DEFAULT_DEADLINE_SECONDS = 10.0
 
