@@ -6,6 +6,9 @@ a bearer token and a deadline on every call, and the stable reason of an error.
     with connect("localhost:8080", token) as shop:
         placed = shop.orders.create_order(order.CreateOrderRequest(
             request_id="r1", line_items=[order.LineItem(sku="SKU-TEA-001", quantity=2)]))
+
+The event contracts are here too: `events.EventEnvelope`, and each service's facts in its
+module (`order.OrderConfirmed`, `inventory.StockCommitted`, ...; docs/events.md).
 """
 
 from __future__ import annotations
