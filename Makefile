@@ -12,7 +12,7 @@ help:
 	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
 	@echo "make test       set up, check generated code and lint, run every test; then the store, saga, fault and model tests on PostgreSQL"
 	@echo "make setup      install into the repo: .venv (pinned), Consul, npm packages, dev JWT keys (idempotent)"
-	@echo "make gen        regenerate gen/, the clients, docs/openapi.json and docs/api-reference.md from proto/"
+	@echo "make gen        regenerate gen/, the clients, docs/openapi.json, docs/api-reference.md and docs/events.md from proto/"
 	@echo "make gen-check  regenerate and fail if any generated file differs from what is committed"
 	@echo "make lint       buf lint + format, ruff, mypy"
 	@echo "make postgresql install PostgreSQL 15 (Debian's package; make test needs it)"
@@ -29,7 +29,7 @@ help:
 TS := clients/typescript
 SDK := clients/python/shopmesh_sdk/gen
 # What `make gen` writes; gen-check fails if any of it differs from what is committed.
-GENERATED := gen/ docs/openapi.json docs/api-reference.md $(TS)/src/gen $(SDK)
+GENERATED := gen/ docs/openapi.json docs/api-reference.md docs/events.md $(TS)/src/gen $(SDK)
 
 setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules/.installed
 
@@ -73,6 +73,7 @@ gen: setup
 	buf build --as-file-descriptor-set -o gen/descriptor.binpb
 	python -m shopmesh.openapi gen/descriptor.binpb docs/openapi.json
 	python -m shopmesh.api_reference gen/descriptor.binpb docs/api-reference.md
+	python -m shopmesh.event_catalogue gen/descriptor.binpb docs/events.md
 	buf generate --template $(TS)/buf.gen.yaml
 	buf generate --template clients/python/buf.gen.yaml
 
