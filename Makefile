@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup wrk postgresql gen gen-check lint breaking test chaos bench bench-validation bench-pg-drivers pg-races profile profile-pg run clean
+.PHONY: help setup wrk postgresql gen gen-check lint breaking test chaos bench bench-validation bench-pg-drivers bench-pg-functions pg-races profile profile-pg run clean
 
 help:
 	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench      shopmesh on SQLite and on PostgreSQL against the FastAPI baseline, side by side (bench/results/, about 6 min)"
 	@echo "make bench-validation  CPU per CreateOrder of checking the request, in process (about 10 s)"
 	@echo "make bench-pg-drivers  asyncpg vs psycopg 3 on one order's transactions, real PostgreSQL (about 20 min)"
+	@echo "make bench-pg-functions  the same order, each write one PL/pgSQL call, vs today's shape (about 3 min)"
 	@echo "make pg-races   the stores' races on PostgreSQL under READ COMMITTED, two connections each (tests, about 25 s)"
 	@echo "make profile    where each service's time goes under the order load (py-spy; POSTGRES=1: on PostgreSQL)"
 	@echo "make profile-pg on PostgreSQL: statements per order per service, CPU of the server vs the services"
@@ -125,6 +126,11 @@ bench-validation: setup
 # Starts its own PostgreSQL 15 (Debian's binaries) in a temporary directory, stops it by PID.
 bench-pg-drivers: setup postgresql
 	python -m bench.pg_drivers
+
+# bench/pg_functions.py's writes against today's shape (asyncpg without the reset query).
+bench-pg-functions: setup postgresql
+	python -m bench.pg_drivers --quick --drivers asyncpg-noreset asyncpg-functions \
+		--workloads hot spread --concurrency 16 --passes 3 --seconds 10
 
 # The race tests alone (also part of make test): statement by statement on bench/pg_sql.py's
 # port, then on the stores themselves.
