@@ -129,7 +129,7 @@ bench-pg-drivers: setup postgresql
 # The race tests alone (also part of make test): statement by statement on bench/pg_sql.py's
 # port, then on the stores themselves.
 pg-races: setup postgresql
-	pytest tests/service/test_pg_races.py tests/service/test_store_races.py -v $(PYTEST_ARGS)
+	pytest tests/service/test_pg_races.py tests/service/test_store_races.py tests/service/test_outbox_races.py -v $(PYTEST_ARGS)
 
 # py-spy attaches to the running services: it needs ptrace (root, or ptrace_scope 0).
 profile: setup $(if $(POSTGRES),postgresql)

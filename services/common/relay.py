@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from typing import Protocol
 
+from services.common import db
 from services.common.config import StoreConfig
 from services.common.outbox import LeaseLost, Outbox, Pending, RelayLease
 
@@ -250,3 +251,19 @@ class Relay:
                 each.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await each
+
+
+async def started(
+    store: db.Store, config: StoreConfig, publishers: PublisherFactory | None
+) -> Relay | None:
+    """The relay of a producing service's store, started; None (no relay: events wait in
+    the outbox) unless the config names a NATS server and the process has `publishers`
+    to reach it with."""
+    if not config.nats_url:
+        return None
+    if publishers is None:
+        log.warning("nats_url is set, but no publisher was given: no outbox relay runs")
+        return None
+    relay = Relay(store.outbox, await publishers(config.nats_url), RelaySettings.of(config))
+    relay.start()
+    return relay

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import pathlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -17,6 +18,8 @@ from services.common import outbox
 from services.common.config import ConfigError, StoreConfig, load
 from services.common.database import Tx
 from services.common.relay import Relay, RelaySettings
+from services.inventory.config import InventoryConfig
+from services.inventory.service import create as create_inventory
 from services.inventory.store import InventoryStore
 from tests.outbox_helpers import (
     SETTINGS,
@@ -387,3 +390,31 @@ def test_the_relays_settings_come_from_the_service_config_and_are_checked() -> N
     )
     with pytest.raises(ConfigError, match="outbox_batch_size must be > 0"):
         load(StoreConfig, ["--outbox-batch-size", "0"])
+
+
+async def test_a_service_runs_a_relay_only_with_a_nats_url_and_a_publisher(
+    tmp_path: pathlib.Path,
+) -> None:
+    publisher = FakePublisher()
+    urls: list[str] = []
+
+    async def publishers(url: str) -> FakePublisher:
+        urls.append(url)
+        return publisher
+
+    config = InventoryConfig(db_path=tmp_path / "inventory.db", nats_url="nats://127.0.0.1:1")
+    service = await create_inventory(config, publishers)
+    await service.start()
+    try:
+        assert service.relay is not None and urls == ["nats://127.0.0.1:1"]
+        (event,) = await append(service.store, "SKU-A")
+        service.store.outbox.notify()  # as a store method does after its commit
+        await until(lambda: publisher.ids == [event.event_id], "the service's relay to publish")
+    finally:
+        await service.stop()
+
+    for unset in (dataclasses.replace(config, nats_url=""), config):
+        service = await create_inventory(unset, None if unset is config else publishers)
+        await service.start()
+        assert service.relay is None  # no NATS named, or nothing to reach it with
+        await service.stop()
