@@ -41,6 +41,7 @@ from typing import Protocol
 
 from services.common import db
 from services.common.config import StoreConfig
+from services.common.errors import ServiceError
 from services.common.outbox import LeaseLost, Outbox, Pending, RelayLease
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,10 @@ class Relay:
         while not self._stopping.is_set():
             try:
                 pause, wake = await self.step()
+            except ServiceError as error:  # STORAGE_UNAVAILABLE: said by the store already
+                log.warning("outbox relay: %s; trying again", error)
+                self._failures += 1
+                pause, wake = self._backoff(), False
             except Exception:
                 log.exception("outbox relay step failed; trying again")
                 self._failures += 1
@@ -175,6 +180,8 @@ class Relay:
         acked: list[str] = []
         timeout = self.settings.publish_timeout_seconds
         for event in batch:
+            if self._stopping.is_set():
+                return acked, False  # what was acked is marked; the rest waits
             if self._trusted_left() < timeout and await self._hold() is None:
                 return acked, False  # the lease is gone: its holder goes on
             try:

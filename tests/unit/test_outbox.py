@@ -378,6 +378,24 @@ async def test_a_relay_publishes_only_while_its_lease_is_trusted_for_the_publish
     assert [sent for *_, sent in await events(a_store)] == [False, False]
 
 
+async def test_a_relay_whose_trust_ran_low_renews_its_lease_before_it_publishes(
+    open_store: StoreOpener,
+) -> None:
+    store = await open_store(InventoryStore)
+    publisher = FakePublisher()
+    one = relay(store, publisher, "one")
+    await one.step()  # takes the lease
+    before = await one.outbox.lease()
+    (event,) = await append(store, "A")
+    one._trusted_until = time.monotonic()  # as after a pause
+    await one.step()
+    after = await one.outbox.lease()
+    assert before is not None and after is not None
+    assert after[0] == before[0] == outbox.RelayLease("one", 1)  # renewed, not retaken
+    assert after[1] > before[1]
+    assert publisher.ids == [event.event_id]
+
+
 def test_the_relays_settings_come_from_the_service_config_and_are_checked() -> None:
     config = load(StoreConfig, ["--outbox-batch-size", "7", "--nats-url", "nats://127.0.0.1:4222"])
     assert RelaySettings.of(config).batch_size == 7
