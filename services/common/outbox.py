@@ -14,7 +14,9 @@ identity value is taken at INSERT and transactions commit in any order:
   `outbox_sequences` row, which holds that row's lock until COMMIT; a second append of
   the same aggregate waits there, and inserts its row (taking its rowid) only after the
   first committed. So an aggregate's sequence numbers, rowids and commits are in one
-  order, and any snapshot that shows its event N shows N-1 too.
+  order, and any snapshot that shows its event N shows N-1 too. (The counter row is a
+  row lock like any other: append after changing the aggregate's own rows, and append
+  several aggregates' events in one order, so that no two writes wait for each other.)
 - Across aggregates the order is not promised (a row with a lower rowid may commit
   later), and the relay needs none: it never pages with a cursor; every claim takes the
   oldest *pending* rows again, so a row committed late is simply in a later batch.
