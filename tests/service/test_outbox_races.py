@@ -138,6 +138,35 @@ async def test_appends_to_one_aggregate_from_two_instances_leave_no_gap_and_no_d
     assert await sequences(k, "order-2") == [1]
 
 
+async def test_a_straight_port_counting_max_plus_one_collides(two: Two, dsn: str) -> None:
+    """Why a counter row, not `max(sequence) + 1`: under READ COMMITTED the second append
+    reads the same maximum (the first's row is not committed), its INSERT waits on the
+    unique key, and once the first commits it fails with unique_violation, aborting the
+    write it was part of."""
+    k = two
+    other = await asyncpg.connect(dsn)
+    try:
+        statements = (
+            "SELECT coalesce(max(sequence), 0) + 1 FROM outbox WHERE aggregate_id = 'order-1'",
+            "INSERT INTO outbox (event_id, aggregate_id, sequence, subject, envelope, created_at)"
+            " VALUES ($1, 'order-1', $2, 's', '', 0)",
+        )
+        await k.holder.execute("BEGIN")
+        first = await k.holder.fetchval(statements[0])
+        await k.holder.execute(statements[1], "e-1", first)
+        await other.execute("BEGIN")
+        second = await other.fetchval(statements[0])
+        assert first == second == 1
+        inserting = asyncio.ensure_future(other.execute(statements[1], "e-2", second))
+        await k.waiting(1, [inserting])
+        await k.holder.execute("COMMIT")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await inserting
+        await other.execute("ROLLBACK")
+    finally:
+        await other.close()
+
+
 async def test_two_relays_taking_a_free_lease_at_once_only_one_publishes(two: Two) -> None:
     k = two
     appended = await append(k.one, "A", "B", "A")
