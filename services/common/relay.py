@@ -162,13 +162,14 @@ class Relay:
                     len(acked),
                 )
                 self.lease = None
-                return 0.0, False
+        if self.lease is None:  # lost during the batch: another relay publishes now
+            return self.settings.poll_interval_seconds, False
         if failed:
             self._failures += 1
             return self._backoff(), False
         self._failures = 0
         if time.monotonic() >= self._next_prune:
-            await self._prune(lease)
+            await self._prune(self.lease)
         if len(batch) == self.settings.batch_size:
             return 0.0, False  # more are waiting
         return self.settings.poll_interval_seconds, True
@@ -227,7 +228,12 @@ class Relay:
         return self._trusted_until - time.monotonic() if self.lease is not None else 0.0
 
     async def _prune(self, lease: RelayLease) -> None:
-        pruned = await self.outbox.prune(lease, self.settings.retention_seconds, PRUNE_BATCH)
+        try:
+            pruned = await self.outbox.prune(lease, self.settings.retention_seconds, PRUNE_BATCH)
+        except LeaseLost:
+            log.warning("outbox relay: lease epoch %d was taken over; not pruning", lease.epoch)
+            self.lease = None
+            return
         if pruned:
             log.info("outbox relay: pruned %d sent events past the retention", pruned)
         # A full batch: more are due, at the next step.
