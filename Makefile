@@ -104,6 +104,7 @@ POSTGRES_TESTS := \
 	tests/unit/test_store_reads.py tests/unit/test_inventory.py tests/unit/test_payment.py \
 	tests/unit/test_order.py tests/unit/test_order_reads.py tests/unit/test_migrations_backends.py \
 	tests/unit/test_saga_leases.py tests/unit/test_saga_parking.py tests/unit/test_saga_steps.py \
+	tests/unit/test_outbox.py \
 	tests/service/test_saga.py tests/service/test_model.py tests/system/test_faults.py
 POSTGRES_PASS = pytest --backend postgresql $(PYTEST_ARGS) $(POSTGRES_TESTS)
 # pytest's "no tests collected" (exit 5) fails the PostgreSQL pass, unless PYTEST_ARGS
@@ -135,7 +136,7 @@ bench-pg-functions: setup postgresql
 # The race tests alone (also part of make test): statement by statement on bench/pg_sql.py's
 # port, then on the stores themselves.
 pg-races: setup postgresql
-	pytest tests/service/test_pg_races.py tests/service/test_store_races.py -v $(PYTEST_ARGS)
+	pytest tests/service/test_pg_races.py tests/service/test_store_races.py tests/service/test_outbox_races.py -v $(PYTEST_ARGS)
 
 # py-spy attaches to the running services: it needs ptrace (root, or ptrace_scope 0).
 profile: setup $(if $(POSTGRES),postgresql)

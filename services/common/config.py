@@ -140,6 +140,37 @@ class StoreConfig(ServerConfig):
     seed_file: pathlib.Path | None = setting(
         None, "JSON file of demo data loaded at start (existing rows are kept)"
     )
+    nats_url: str = setting(
+        "",
+        "NATS server the outbox relay publishes events to, nats://HOST:PORT; unset: no relay"
+        " runs (events wait in the outbox)",
+    )
+    outbox_lease_seconds: float = setting(
+        10.0,
+        "how long the outbox relay's lease lasts unrenewed; past it another instance's"
+        " relay publishes. Far below the stream's duplicates window, and more than 4x"
+        " outbox_publish_timeout_seconds",
+    )
+    outbox_publish_timeout_seconds: float = setting(
+        2.0, "how long the relay waits for one event's PubAck before it backs off"
+    )
+    outbox_batch_size: int = setting(
+        100, "events the relay reads, publishes and marks sent per batch"
+    )
+    outbox_poll_interval_seconds: float = setting(
+        1.0,
+        "how often the relay looks for events committed by other instances (its own"
+        " process's wake it at once), and a standby relay for a free lease",
+    )
+    outbox_retention_seconds: float = setting(
+        3600.0, "how long sent events stay in the outbox before they are pruned"
+    )
+    outbox_prune_interval_seconds: float = setting(
+        60.0, "how often the relay prunes sent events past the retention"
+    )
+    outbox_max_backoff_seconds: float = setting(
+        5.0, "longest wait of the relay between two tries while publishing fails"
+    )
 
     @property
     def db_location(self) -> str | pathlib.Path:
@@ -170,9 +201,25 @@ class StoreConfig(ServerConfig):
             "db_acquire_timeout_seconds",
             "db_lock_timeout_ms",
             "db_statement_timeout_ms",
+            "outbox_lease_seconds",
+            "outbox_publish_timeout_seconds",
+            "outbox_batch_size",
+            "outbox_poll_interval_seconds",
+            "outbox_retention_seconds",
+            "outbox_prune_interval_seconds",
+            "outbox_max_backoff_seconds",
         ):
             if getattr(self, name) <= 0:
                 found.append(f"{name} must be > 0, got {getattr(self, name):g}")
+        if self.outbox_lease_seconds <= 4 * self.outbox_publish_timeout_seconds:
+            # A relay trusts its lease for half of it and publishes only while a publish
+            # timeout of that is left: a lease of 4x leaves room for a batch between renewals.
+            found.append(
+                "outbox_lease_seconds must be more than 4x outbox_publish_timeout_seconds,"
+                f" got {self.outbox_lease_seconds:g} and {self.outbox_publish_timeout_seconds:g}"
+            )
+        if self.nats_url and not self.nats_url.startswith(("nats://", "tls://")):
+            found.append(f"nats_url must be nats://HOST:PORT, got {self.nats_url!r}")
         if self.db_url:
             found.extend(url_problems(self.db_url))
             if self.db_password_file is None:
