@@ -387,6 +387,13 @@ class Store:
         writes, which wake it, and the service's relay, which it wakes."""
         return outbox.Outbox(self.db)
 
+    async def write_events(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        """`self.db.write(fn)` for a write that may append events (services.common.events):
+        once it has committed, this process's relay is woken to publish them."""
+        result = await self.db.write(fn)
+        self.outbox.notify()
+        return result
+
     def close(self) -> None:
         """Closes a SQLite store (`aclose` closes either)."""
         if isinstance(self.db, SqliteDatabase):
