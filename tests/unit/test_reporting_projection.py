@@ -6,120 +6,22 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from google.protobuf.message import Message as ProtoMessage
-
-from services.common.events import envelope
 from services.reporting.consumer import Projector, lag
 from services.reporting.domain import OrderState, utc_day
 from services.reporting.store import ReportingStore
 from shop.events.v1 import envelope_pb2
-from shop.inventory.v1 import inventory_events_pb2 as inv
-from shop.inventory.v1 import inventory_pb2
-from shop.money.v1 import money_pb2
-from shop.order.v1 import order_events_pb2 as ordev
-from shop.order.v1 import order_pb2
+from tests.reporting_helpers import (
+    DAY1,
+    FakeMessage,
+    FakeNames,
+    FakeSource,
+    messages,
+    order_events,
+)
 from tests.stores import StoreOpener, rows
 
-DAY1 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 NAMES = {"SKU-TEA": "Green tea", "SKU-MUG": "Mug"}
-
-
-@dataclass
-class FakeMessage:
-    data: bytes
-    stream_sequence: int
-    settled: list[str] = field(default_factory=list)
-
-    async def ack(self) -> None:
-        self.settled.append("ack")
-
-    async def nak(self, delay_seconds: float | None = None) -> None:
-        self.settled.append("nak")
-
-    async def term(self) -> None:
-        self.settled.append("term")
-
-
-class FakeNames:
-    def __init__(self, names: dict[str, str]) -> None:
-        self.names = names
-        self.asked: list[str] = []
-        self.down = False
-
-    async def name(self, sku: str) -> str:
-        if self.down:
-            raise ConnectionError("inventory is away")
-        self.asked.append(sku)
-        return self.names.get(sku, "")
-
-
-class FakeSource:
-    def __init__(self, last: int | None) -> None:
-        self.last = last
-
-    async def fetch(self, batch: int, wait_seconds: float) -> Sequence[FakeMessage]:
-        return []
-
-    async def last_sequence(self) -> int | None:
-        return self.last
-
-
-def usd(minor: int) -> money_pb2.Money:
-    return money_pb2.Money(currency_code="USD", amount_minor=minor)
-
-
-def wire(fact: ProtoMessage, sequence: int, at: float, event_id: str | None = None) -> bytes:
-    return envelope(
-        fact, event_id=event_id or str(uuid.uuid4()), sequence=sequence, occurred_at=at
-    ).SerializeToString()
-
-
-def order_events(order_id: str, user: str, at: float, *, confirm: bool) -> list[bytes]:
-    """An order's events as the saga emits them: placed, committed and confirmed, or
-    placed and cancelled."""
-    lines = [
-        order_pb2.LineItem(sku="SKU-TEA", quantity=2, unit_price=usd(450)),
-        order_pb2.LineItem(sku="SKU-MUG", quantity=1, unit_price=usd(1200)),
-    ]
-    placed = ordev.OrderPlaced(
-        order_id=order_id,
-        user_id=user,
-        line_items=[order_pb2.LineItem(sku=i.sku, quantity=i.quantity) for i in lines],
-        state=order_pb2.ORDER_STATE_PENDING,
-    )
-    if not confirm:
-        cancelled = ordev.OrderCancelled(
-            order_id=order_id,
-            user_id=user,
-            line_items=lines,
-            total=usd(2100),
-            state=order_pb2.ORDER_STATE_CANCELLED,
-            cancel_reason="INSUFFICIENT_FUNDS",
-        )
-        return [wire(placed, 1, at), wire(cancelled, 2, at + 1)]
-    committed = inv.StockCommitted(
-        order_id=order_id,
-        user_id=user,
-        items=[
-            inventory_pb2.ReservationItem(sku=i.sku, quantity=i.quantity, unit_price=i.unit_price)
-            for i in lines
-        ],
-    )
-    confirmed = ordev.OrderConfirmed(
-        order_id=order_id,
-        user_id=user,
-        line_items=lines,
-        total=usd(2100),
-        state=order_pb2.ORDER_STATE_CONFIRMED,
-    )
-    return [wire(placed, 1, at), wire(committed, 2, at + 1), wire(confirmed, 2, at + 2)]
-
-
-def messages(datas: Sequence[bytes], first: int = 1) -> list[FakeMessage]:
-    return [FakeMessage(d, first + i) for i, d in enumerate(datas)]
 
 
 TABLES = (
