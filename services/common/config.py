@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from services.common import db
 from services.common.database import is_server_url
+from services.common.jetstream import JetStreamSettings
 from services.common.postgresql import PoolSettings, redacted
 
 ENV_PREFIX = "SHOP_"
@@ -30,6 +31,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 T = TypeVar("T", bound="ServerConfig")
 
 POOL = PoolSettings()
+JETSTREAM = JetStreamSettings()
 
 
 class ConfigError(Exception):
@@ -140,11 +142,50 @@ class StoreConfig(ServerConfig):
     seed_file: pathlib.Path | None = setting(
         None, "JSON file of demo data loaded at start (existing rows are kept)"
     )
+    nats_url: str = setting(
+        "",
+        "the NATS server (JetStream) of the events, nats://HOST:PORT; unset: none (`shopmesh"
+        " run` sets it)",
+    )
+    nats_publish_timeout_seconds: float = setting(
+        JETSTREAM.publish_timeout_seconds,
+        "how long publishing an event waits for the server's PubAck before it fails",
+    )
+    nats_reconnect_max_seconds: float = setting(
+        JETSTREAM.reconnect_max_seconds,
+        "the longest wait between two attempts to reach NATS, which are made for ever",
+    )
+    events_max_age_seconds: float = setting(
+        JETSTREAM.max_age_seconds,
+        "how long the SHOP_EVENTS stream keeps an event, so how far back a consumer rebuilt"
+        " from the stream's start reaches; the same for every service",
+    )
+    events_max_bytes: int = setting(
+        JETSTREAM.max_bytes,
+        "the most SHOP_EVENTS stores; past it the oldest events go first; the same for every"
+        " service",
+    )
+    events_duplicate_window_seconds: float = setting(
+        JETSTREAM.duplicate_window_seconds,
+        "how long NATS drops a re-publish of an event id it has stored; the same for every service",
+    )
 
     @property
     def db_location(self) -> str | pathlib.Path:
         """Where the store is: db_url if set, else the SQLite file db_path (`Store.open`)."""
         return self.db_url or self.db_path
+
+    @property
+    def jetstream(self) -> JetStreamSettings:
+        """How the service uses NATS (`services.common.jetstream`)."""
+        return JetStreamSettings(
+            url=self.nats_url,
+            max_age_seconds=self.events_max_age_seconds,
+            max_bytes=self.events_max_bytes,
+            duplicate_window_seconds=self.events_duplicate_window_seconds,
+            publish_timeout_seconds=self.nats_publish_timeout_seconds,
+            reconnect_max_seconds=self.nats_reconnect_max_seconds,
+        )
 
     @property
     def db_pool(self) -> PoolSettings:
@@ -183,7 +224,40 @@ class StoreConfig(ServerConfig):
             found.append(
                 "db_password_file is only for db_url (a PostgreSQL database); SQLite needs none"
             )
+        found.extend(jetstream_problems(self))
         return found
+
+
+def jetstream_problems(config: StoreConfig) -> list[str]:
+    """What is wrong with the nats_* and events_* settings."""
+    found = []
+    if config.nats_url:
+        parts = urllib.parse.urlsplit(config.nats_url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme != "nats" or not parts.hostname or not port or parts.path not in ("", "/"):
+            found.append(f"nats_url must be nats://HOST:PORT, got {config.nats_url!r}")
+    for name in (
+        "nats_publish_timeout_seconds",
+        "nats_reconnect_max_seconds",
+        "events_max_age_seconds",
+        "events_max_bytes",
+        "events_duplicate_window_seconds",
+    ):
+        if getattr(config, name) <= 0:
+            found.append(f"{name} must be > 0, got {getattr(config, name):g}")
+    window = config.events_duplicate_window_seconds
+    if window > config.events_max_age_seconds:
+        # The server refuses such a stream: it could not remember an id for longer.
+        found.append("events_duplicate_window_seconds must be at most events_max_age_seconds")
+    if config.nats_publish_timeout_seconds >= window:
+        # A publish that timed out is published again: the second must land in the window.
+        found.append(
+            "nats_publish_timeout_seconds must be less than events_duplicate_window_seconds"
+        )
+    return found
 
 
 def url_problems(url: str) -> list[str]:
