@@ -5,8 +5,10 @@ as a `Process` (shopmesh/processes.py): JetStream on, its file store under
 `<workdir>/nats` (the server puts its streams in `jetstream/` there), client and
 monitoring ports on 127.0.0.1 only. It is ready once its monitoring endpoint `/jsz`
 answers with JetStream enabled (the client port is open a little before JetStream has
-loaded its streams). Stopped by PID: SIGTERM (the server closes its store, syncing it),
-then SIGKILL if it does not exit in time.
+loaded its streams). Stopped by PID: SIGINT, the server's clean shutdown (exit code 0;
+SIGTERM does the same but exits with 1), then SIGTERM and SIGKILL if it does not exit in
+time. Neither syncs the store to disk (2.9.10 closes its files unsynced): only the
+server's 2-minute sync timer and the kernel's own writeback do.
 
 The command line has everything, so no config file: 2.9.10 has no setting that changes
 how JetStream syncs to disk (`sync_interval` arrived in 2.10 and 2.9.10 refuses the key).
@@ -16,11 +18,12 @@ from __future__ import annotations
 
 import json
 import pathlib
+import signal
 import urllib.error
 import urllib.request
 from typing import Any, Self
 
-from shopmesh.processes import Process
+from shopmesh.processes import STOP_TIMEOUT_SECONDS, Process
 from shopmesh.tools import tool
 
 HOST = "127.0.0.1"
@@ -82,3 +85,9 @@ class NatsServer(Process):
         self.store_dir.mkdir(parents=True, exist_ok=True)
         super().start()
         return self
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
+        # The server handles one signal at a time and exits at the end of the first
+        # shutdown, so the SIGTERM that Process.stop sends next changes nothing.
+        self.signal(signal.SIGINT)
+        return super().stop(timeout)
