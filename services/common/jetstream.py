@@ -94,6 +94,9 @@ class JetStreamSettings:
     """How long one connection attempt may take."""
     api_timeout_seconds: float = 5.0
     """How long one JetStream API call (declaring the stream or a consumer) may take."""
+    declare_retry_max_seconds: float = 30.0
+    """The longest wait before declaring again after the server refused (a stream or
+    consumer it will not change, say): one log line each time, so not too often."""
     name: str = ""
     """The client's name, shown in the server's monitoring (`/connz`)."""
 
@@ -114,6 +117,10 @@ class JetStreamSettings:
     def reconnect_delay(self, attempts: int) -> float:
         """The wait before reconnect attempt `attempts + 1` (0: the first)."""
         return min(RECONNECT_FIRST_SECONDS * 2.0**attempts, self.reconnect_max_seconds)
+
+    def declare_retry_delay(self, failures: int) -> float:
+        """The wait before declaring again after `failures + 1` refusals in a row."""
+        return min(RECONNECT_FIRST_SECONDS * 2.0**failures, self.declare_retry_max_seconds)
 
 
 @dataclass(frozen=True)
@@ -250,6 +257,12 @@ class JetStreamConnection:
         """Starts connecting in the background; returns at once, NATS up or not."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="jetstream-connection")
+            self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        # Only a bug ends it (NATS's own failures are retried): say so, loudly.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the NATS connection task stopped", exc_info=task.exception())
 
     async def wait_ready(self, wait_seconds: float) -> bool:
         """Whether the connection is ready within `wait_seconds`."""
@@ -305,7 +318,9 @@ class JetStreamConnection:
                 for spec in self.consumers:
                     await declare_consumer(self.js, spec)
             except NATS_ERRORS as error:
-                delay = self.settings.reconnect_delay(failures)
+                if not self.client.is_connected:
+                    continue  # the reconnection will ask again
+                delay = self.settings.declare_retry_delay(failures)
                 failures += 1
                 log.warning(
                     "could not declare stream %s and consumers (%s: %s); again in %.2f s",

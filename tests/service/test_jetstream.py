@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from nats.js.api import StorageType
 
 from services.common.jetstream import (
     STREAM,
@@ -151,6 +152,28 @@ async def test_the_stream_and_a_consumer_are_declared_once_and_again_change_noth
     assert await declare_stream(js, first.settings) == Declared.UPDATED  # back to the default
     await js.delete_consumer(STREAM, "declared")
     await first.close()
+
+
+async def test_a_stream_the_server_will_not_change_keeps_the_connection_unready_not_down(
+    nats: NatsServer, connection: JetStreamConnection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SHOP_EVENTS in memory (made by hand, say): storage cannot be updated, so the
+    declaration fails; the service logs it, refuses publishes and tries again, and is
+    ready once the stream can be declared."""
+    js = connection.js
+    await js.delete_stream(STREAM)
+    memory = dataclasses.replace(connection.settings.stream_config(), storage=StorageType.MEMORY)
+    await js.add_stream(memory)
+    blocked = JetStreamConnection(settings_for(nats))
+    await blocked.start()
+    assert not await blocked.wait_ready(1.0)
+    assert "could not declare stream SHOP_EVENTS" in caplog.text
+    with pytest.raises(PublishError):
+        await JetStreamPublisher(blocked).publish(subject("Blocked"), "blocked", b"x")
+    await js.delete_stream(STREAM)
+    assert await blocked.wait_ready(READY_SECONDS)
+    assert (await js.stream_info(STREAM)).config.storage == "file"
+    await blocked.close()
 
 
 async def test_a_message_published_twice_inside_the_window_is_stored_once(
