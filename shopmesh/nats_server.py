@@ -4,11 +4,13 @@
 as a `Process` (shopmesh/processes.py): JetStream on, its file store under
 `<workdir>/nats` (the server puts its streams in `jetstream/` there), client and
 monitoring ports on 127.0.0.1 only. It is ready once its monitoring endpoint `/jsz`
-answers with JetStream enabled (the client port is open a little before JetStream has
-loaded its streams). Stopped by PID: SIGINT, the server's clean shutdown (exit code 0;
-SIGTERM does the same but exits with 1), then SIGTERM and SIGKILL if it does not exit in
-time. Neither syncs the store to disk (2.9.10 closes its files unsynced): only the
-server's 2-minute sync timer and the kernel's own writeback do.
+answers with JetStream enabled and its client port takes a connection: the server
+starts its monitoring first, then JetStream (loading the streams), then the client
+listener, so neither alone says a client would be served. Stopped by PID: SIGINT, the
+server's clean shutdown (exit code 0; SIGTERM does the same but exits with 1), then
+SIGTERM and SIGKILL if it does not exit in time. Neither syncs the store to disk (2.9.10
+closes its files unsynced): only the server's 2-minute sync timer and the kernel's own
+writeback do.
 
 The command line has everything, so no config file: 2.9.10 has no setting that changes
 how JetStream syncs to disk (`sync_interval` arrived in 2.10 and 2.9.10 refuses the key).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import pathlib
 import signal
+import socket
 import urllib.error
 import urllib.request
 from typing import Any, Self
@@ -47,6 +50,15 @@ def jetstream_enabled(monitor_port: int) -> bool:
     return info is not None and "config" in info and not info.get("disabled", False)
 
 
+def accepts(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection((HOST, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 class NatsServer(Process):
     """nats-server with JetStream, its store in `store_dir`, on `port` (clients) and
     `monitor_port` (HTTP monitoring); started again, it takes the same ports and store."""
@@ -69,7 +81,7 @@ class NatsServer(Process):
                 *("--http_port", str(monitor_port)),
                 *("--server_name", SERVER_NAME),
             ],
-            ready=lambda: jetstream_enabled(monitor_port),
+            ready=lambda: jetstream_enabled(monitor_port) and accepts(port),
         )
 
     @property
