@@ -411,6 +411,19 @@ class JetStreamPublisher:
             self.duplicates += 1
             log.debug("%s on %s was a duplicate (stream seq %d)", msg_id, subject, ack.seq)
 
+    async def close(self) -> None:
+        """Closes the connection (for a publisher made by `open_publisher`)."""
+        await self.connection.close()
+
+
+async def open_publisher(settings: JetStreamSettings) -> JetStreamPublisher:
+    """A publisher on a connection of its own, connecting in the background (publishes
+    fail until it is ready); `close` it when the service stops. Shaped for the outbox
+    relay's publisher factory: `lambda url: open_publisher(replace(settings, url=url))`."""
+    connection = JetStreamConnection(settings)
+    await connection.start()
+    return JetStreamPublisher(connection)
+
 
 @dataclass(frozen=True)
 class Delivery:

@@ -32,6 +32,7 @@ from services.common.jetstream import (
     PullConsumer,
     declare_consumer,
     declare_stream,
+    open_publisher,
 )
 from shopmesh.nats_server import NatsServer
 from tests.nats_harness import restart, running_nats
@@ -229,19 +230,21 @@ async def test_a_connection_started_while_nats_is_down_waits_and_comes_up_with_i
     nats: NatsServer,
 ) -> None:
     nats.stop()
-    connection = JetStreamConnection(settings_for(nats, reconnect_max_seconds=0.2))
     began = time.monotonic()
-    await connection.start()  # returns at once: a service starts without NATS
+    # Returns at once: a service starts without NATS.
+    publisher = await open_publisher(settings_for(nats, reconnect_max_seconds=0.2))
     assert time.monotonic() - began < 0.5
+    connection = publisher.connection
     assert not await connection.wait_ready(0.5)
     with pytest.raises(PublishError):
-        await JetStreamPublisher(connection).publish(subject("Early"), "early", b"x")
+        await publisher.publish(subject("Early"), "early", b"x")
     await asyncio.to_thread(start, nats)
     assert await connection.wait_ready(READY_SECONDS)
     on = subject("Late")
-    await JetStreamPublisher(connection).publish(on, str(uuid.uuid4()), b"x")
+    await publisher.publish(on, str(uuid.uuid4()), b"x")
     assert await stored(connection, on) == 1
-    await connection.close()
+    await publisher.close()
+    assert connection.client.is_closed
 
 
 async def test_acknowledged_messages_survive_a_kill_9_of_the_server(
