@@ -192,6 +192,31 @@ async def test_a_message_published_twice_inside_the_window_is_stored_once(
     assert publisher.duplicates == 1
 
 
+async def test_a_re_publish_after_the_duplicates_window_is_stored_again(
+    nats: NatsServer, connection: JetStreamConnection
+) -> None:
+    """Why the relay's lease is far shorter than the window, and consumers dedup anyway:
+    the server remembers an id only for the window (here set to 1 s)."""
+    window = 1.0
+    short = settings_for(nats, duplicate_window_seconds=window)
+    assert await declare_stream(connection.js, short) == Declared.UPDATED
+    try:
+        publisher = JetStreamPublisher(connection)
+        on, event_id = subject("Late"), str(uuid.uuid4())
+        await publisher.publish(on, event_id, b"event")
+        published = time.monotonic()
+        # Published again and again, as a relay retrying would: dropped until the window
+        # is over, then stored a second time.
+        while await stored(connection, on) < 2:
+            assert time.monotonic() - published < window + 5.0, "never stored again"
+            await publisher.publish(on, event_id, b"event")
+            await asyncio.sleep(0.05)
+        assert time.monotonic() - published >= window - 0.05
+        assert publisher.duplicates >= 1
+    finally:
+        assert await declare_stream(connection.js, connection.settings) == Declared.UPDATED
+
+
 async def test_a_publish_to_a_hung_or_dead_server_fails_within_its_timeout_then_works(
     nats: NatsServer, connection: JetStreamConnection
 ) -> None:
