@@ -12,7 +12,9 @@ a pull consumer.
   limits retention) and each durable pull consumer is created if missing, updated if a
   field we set differs, and left alone if not, so a second start changes nothing. Every
   service declares the stream from the same settings (`JetStreamSettings`): one given
-  other limits would update it back and forth at each start.
+  other limits would update it back and forth at each start. Written here because
+  nats-py 2.16 has add and update calls but no create-or-update, and the server fills in
+  defaults for the fields we leave out, so only ours are compared.
 - **Publishing** (`JetStreamPublisher.publish`) sets `Nats-Msg-Id`, so a re-publish
   inside the duplicates window is stored once (the PubAck says `duplicate`), and returns
   only once the server acknowledged the message as stored; anything else (not connected,
@@ -42,7 +44,7 @@ import nats.errors
 import nats.js
 import nats.js.errors
 from nats.aio.client import Client
-from nats.aio.client import Server as NatsServer
+from nats.aio.client import Server as PoolServer
 from nats.aio.msg import Msg
 from nats.js.api import (
     AckPolicy,
@@ -337,8 +339,8 @@ class JetStreamConnection:
                 self._declared.set()
 
     def _next_server(
-        self, servers: list[NatsServer], info: dict[str, Any]
-    ) -> tuple[NatsServer | None, float]:
+        self, servers: list[PoolServer], info: dict[str, Any]
+    ) -> tuple[PoolServer | None, float]:
         # The client calls this before each reconnect attempt: the one server, after a
         # bounded exponential backoff.
         server = servers[0]
