@@ -6,13 +6,13 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup wrk postgresql gen gen-check lint breaking test chaos bench bench-validation bench-pg-drivers pg-races profile profile-pg run clean
+.PHONY: help setup wrk postgresql gen gen-check lint breaking test chaos bench bench-validation bench-pg-drivers bench-pg-functions pg-races profile profile-pg run clean
 
 help:
 	@echo "make run        set up, then run NATS, Consul, the control plane, the services and Envoy (N=2: two of each)"
 	@echo "make test       set up, check generated code and lint, run every test; then the store, saga, fault and model tests on PostgreSQL"
 	@echo "make setup      install into the repo: .venv (pinned), Consul, nats-server, npm packages, dev JWT keys (idempotent)"
-	@echo "make gen        regenerate gen/, the clients, docs/openapi.json and docs/api-reference.md from proto/"
+	@echo "make gen        regenerate gen/, the clients, docs/openapi.json, docs/api-reference.md and docs/events.md from proto/"
 	@echo "make gen-check  regenerate and fail if any generated file differs from what is committed"
 	@echo "make lint       buf lint + format, ruff, mypy"
 	@echo "make postgresql install PostgreSQL 15 (Debian's package; make test needs it)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench      shopmesh on SQLite and on PostgreSQL against the FastAPI baseline, side by side (bench/results/, about 6 min)"
 	@echo "make bench-validation  CPU per CreateOrder of checking the request, in process (about 10 s)"
 	@echo "make bench-pg-drivers  asyncpg vs psycopg 3 on one order's transactions, real PostgreSQL (about 20 min)"
+	@echo "make bench-pg-functions  the same order, each write one PL/pgSQL call, vs today's shape (about 3 min)"
 	@echo "make pg-races   the stores' races on PostgreSQL under READ COMMITTED, two connections each (tests, about 25 s)"
 	@echo "make profile    where each service's time goes under the order load (py-spy; POSTGRES=1: on PostgreSQL)"
 	@echo "make profile-pg on PostgreSQL: statements per order per service, CPU of the server vs the services"
@@ -29,7 +30,7 @@ help:
 TS := clients/typescript
 SDK := clients/python/shopmesh_sdk/gen
 # What `make gen` writes; gen-check fails if any of it differs from what is committed.
-GENERATED := gen/ docs/openapi.json docs/api-reference.md $(TS)/src/gen $(SDK)
+GENERATED := gen/ docs/openapi.json docs/api-reference.md docs/events.md $(TS)/src/gen $(SDK)
 
 setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules/.installed .tools/bin/nats-server
 
@@ -77,6 +78,7 @@ gen: setup
 	buf build --as-file-descriptor-set -o gen/descriptor.binpb
 	python -m shopmesh.openapi gen/descriptor.binpb docs/openapi.json
 	python -m shopmesh.api_reference gen/descriptor.binpb docs/api-reference.md
+	python -m shopmesh.event_catalogue gen/descriptor.binpb docs/events.md
 	buf generate --template $(TS)/buf.gen.yaml
 	buf generate --template clients/python/buf.gen.yaml
 
@@ -106,6 +108,7 @@ POSTGRES_TESTS := \
 	tests/unit/test_store_reads.py tests/unit/test_inventory.py tests/unit/test_payment.py \
 	tests/unit/test_order.py tests/unit/test_order_reads.py tests/unit/test_migrations_backends.py \
 	tests/unit/test_saga_leases.py tests/unit/test_saga_parking.py tests/unit/test_saga_steps.py \
+	tests/unit/test_outbox.py tests/unit/test_store_events.py \
 	tests/service/test_saga.py tests/service/test_model.py tests/system/test_faults.py
 POSTGRES_PASS = pytest --backend postgresql $(PYTEST_ARGS) $(POSTGRES_TESTS)
 # pytest's "no tests collected" (exit 5) fails the PostgreSQL pass, unless PYTEST_ARGS
@@ -129,10 +132,15 @@ bench-validation: setup
 bench-pg-drivers: setup postgresql
 	python -m bench.pg_drivers
 
+# bench/pg_functions.py's writes against today's shape (asyncpg without the reset query).
+bench-pg-functions: setup postgresql
+	python -m bench.pg_drivers --quick --drivers asyncpg-noreset asyncpg-functions \
+		--workloads hot spread --concurrency 16 --passes 3 --seconds 10
+
 # The race tests alone (also part of make test): statement by statement on bench/pg_sql.py's
 # port, then on the stores themselves.
 pg-races: setup postgresql
-	pytest tests/service/test_pg_races.py tests/service/test_store_races.py -v $(PYTEST_ARGS)
+	pytest tests/service/test_pg_races.py tests/service/test_store_races.py tests/service/test_outbox_races.py -v $(PYTEST_ARGS)
 
 # py-spy attaches to the running services: it needs ptrace (root, or ptrace_scope 0).
 profile: setup $(if $(POSTGRES),postgresql)

@@ -144,12 +144,35 @@ class StoreConfig(ServerConfig):
     )
     nats_url: str = setting(
         "",
-        "the NATS server (JetStream) of the events, nats://HOST:PORT; unset: none (`shopmesh"
-        " run` sets it)",
+        "NATS server the outbox relay publishes events to, nats://HOST:PORT; unset: no relay"
+        " runs (events wait in the outbox); `shopmesh run` sets it",
     )
-    nats_publish_timeout_seconds: float = setting(
+    outbox_lease_seconds: float = setting(
+        10.0,
+        "how long the outbox relay's lease lasts unrenewed; past it another instance's"
+        " relay publishes. Far below the stream's duplicates window, and more than 4x"
+        " outbox_publish_timeout_seconds",
+    )
+    outbox_publish_timeout_seconds: float = setting(
         JETSTREAM.publish_timeout_seconds,
-        "how long publishing an event waits for the server's PubAck before it fails",
+        "how long the relay waits for one event's PubAck before it backs off",
+    )
+    outbox_batch_size: int = setting(
+        100, "events the relay reads, publishes and marks sent per batch"
+    )
+    outbox_poll_interval_seconds: float = setting(
+        1.0,
+        "how often the relay looks for events committed by other instances (its own"
+        " process's wake it at once), and a standby relay for a free lease",
+    )
+    outbox_retention_seconds: float = setting(
+        3600.0, "how long sent events stay in the outbox before they are pruned"
+    )
+    outbox_prune_interval_seconds: float = setting(
+        60.0, "how often the relay prunes sent events past the retention"
+    )
+    outbox_max_backoff_seconds: float = setting(
+        5.0, "longest wait of the relay between two tries while publishing fails"
     )
     nats_reconnect_max_seconds: float = setting(
         JETSTREAM.reconnect_max_seconds,
@@ -183,7 +206,7 @@ class StoreConfig(ServerConfig):
             max_age_seconds=self.events_max_age_seconds,
             max_bytes=self.events_max_bytes,
             duplicate_window_seconds=self.events_duplicate_window_seconds,
-            publish_timeout_seconds=self.nats_publish_timeout_seconds,
+            publish_timeout_seconds=self.outbox_publish_timeout_seconds,
             reconnect_max_seconds=self.nats_reconnect_max_seconds,
         )
 
@@ -211,9 +234,23 @@ class StoreConfig(ServerConfig):
             "db_acquire_timeout_seconds",
             "db_lock_timeout_ms",
             "db_statement_timeout_ms",
+            "outbox_lease_seconds",
+            "outbox_publish_timeout_seconds",
+            "outbox_batch_size",
+            "outbox_poll_interval_seconds",
+            "outbox_retention_seconds",
+            "outbox_prune_interval_seconds",
+            "outbox_max_backoff_seconds",
         ):
             if getattr(self, name) <= 0:
                 found.append(f"{name} must be > 0, got {getattr(self, name):g}")
+        if self.outbox_lease_seconds <= 4 * self.outbox_publish_timeout_seconds:
+            # A relay trusts its lease for half of it and publishes only while a publish
+            # timeout of that is left: a lease of 4x leaves room for a batch between renewals.
+            found.append(
+                "outbox_lease_seconds must be more than 4x outbox_publish_timeout_seconds,"
+                f" got {self.outbox_lease_seconds:g} and {self.outbox_publish_timeout_seconds:g}"
+            )
         if self.db_url:
             found.extend(url_problems(self.db_url))
             if self.db_password_file is None:
@@ -237,10 +274,10 @@ def jetstream_problems(config: StoreConfig) -> list[str]:
             port = parts.port
         except ValueError:
             port = None
-        if parts.scheme != "nats" or not parts.hostname or not port or parts.path not in ("", "/"):
+        shaped = parts.scheme in ("nats", "tls") and parts.hostname and port
+        if not shaped or parts.path not in ("", "/"):
             found.append(f"nats_url must be nats://HOST:PORT, got {config.nats_url!r}")
     for name in (
-        "nats_publish_timeout_seconds",
         "nats_reconnect_max_seconds",
         "events_max_age_seconds",
         "events_max_bytes",
@@ -252,10 +289,14 @@ def jetstream_problems(config: StoreConfig) -> list[str]:
     if window > config.events_max_age_seconds:
         # The server refuses such a stream: it could not remember an id for longer.
         found.append("events_duplicate_window_seconds must be at most events_max_age_seconds")
-    if config.nats_publish_timeout_seconds >= window:
+    if config.outbox_lease_seconds >= window:
+        # A relay that lost its lease mid-batch leaves events a successor publishes again:
+        # the re-publish must land inside the window to be dropped.
+        found.append("outbox_lease_seconds must be less than events_duplicate_window_seconds")
+    if config.outbox_publish_timeout_seconds >= window:
         # A publish that timed out is published again: the second must land in the window.
         found.append(
-            "nats_publish_timeout_seconds must be less than events_duplicate_window_seconds"
+            "outbox_publish_timeout_seconds must be less than events_duplicate_window_seconds"
         )
     return found
 

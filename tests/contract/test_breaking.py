@@ -1,5 +1,6 @@
 """`make breaking` (tools/breaking) in a scratch clone of this repository: real breaking
-edits to the contract fail it, compatible ones pass. buf runs for real."""
+edits to the contract fail it, compatible ones pass. buf runs for real. The event checks
+run against the clone's own HEAD as the release, since the recorded one has no events."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from tests.helpers import run_command
 ORDER = "proto/shop/order/v1/order.proto"
 ORDER_SERVICE = "proto/shop/order/v1/order_service.proto"
 INVENTORY = "proto/shop/inventory/v1/inventory.proto"
+ORDER_EVENTS = "proto/shop/order/v1/order_events.proto"
+INVENTORY_EVENTS = "proto/shop/inventory/v1/inventory_events.proto"
+PAYMENT_EVENTS = "proto/shop/payment/v1/payment_events.proto"
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +44,10 @@ def tag_release(repo: pathlib.Path) -> None:
 
 
 def breaking(
-    repo: pathlib.Path, edits: dict[str, tuple[str, str]]
+    repo: pathlib.Path, edits: dict[str, tuple[str, str]], against: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Applies {file: (old, new)} edits, runs tools/breaking, then restores the files."""
+    """Applies {file: (old, new)} edits, runs tools/breaking (against the release, or
+    `against` as BREAKING_AGAINST), then restores the files."""
     originals = {}
     for name, (old, new) in edits.items():
         path = repo / name
@@ -52,6 +57,8 @@ def breaking(
     try:
         env = {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}
         env.pop("BREAKING_AGAINST", None)
+        if against is not None:
+            env["BREAKING_AGAINST"] = against
         return run_command(["tools/breaking"], expect=None, timeout=120, cwd=repo, env=env)
     finally:
         for path, text in originals.items():
@@ -149,3 +156,67 @@ def test_a_clone_without_the_tag_uses_the_recorded_commit(scratch: pathlib.Path)
         assert f"against .git#ref={release_field('commit')}" in checked.stdout
     finally:
         tag_release(scratch)
+
+
+def head(repo: pathlib.Path) -> str:
+    """The clone's HEAD as a release: this branch's contract, events included (the
+    recorded release, api/v1.0.0, is older than the events)."""
+    commit = run_command(["git", "rev-parse", "HEAD"], cwd=repo).stdout.strip()
+    return f".git#ref={commit}"
+
+
+def block(path: pathlib.Path, message: str) -> str:
+    """A message's text in a proto file: its leading comment to its closing brace."""
+    text = path.read_text()
+    start = text.rindex("\n\n", 0, text.index(f"\nmessage {message} {{")) + 1
+    return text[start : text.index("\n}\n", start) + 3]
+
+
+def test_the_current_events_are_compatible_with_themselves(scratch: pathlib.Path) -> None:
+    checked = breaking(scratch, {}, against=head(scratch))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "event types: all 10 of the released contract are still declared" in checked.stdout
+
+
+def test_the_release_without_events_passes_the_event_check(scratch: pathlib.Path) -> None:
+    checked = breaking(scratch, {})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "event types: the released contract declares none" in checked.stdout
+
+
+def test_removing_a_released_event_fails(scratch: pathlib.Path) -> None:
+    cancelled = block(scratch / ORDER_EVENTS, "OrderCancelled")
+    checked = breaking(scratch, {ORDER_EVENTS: (cancelled, "")}, against=head(scratch))
+    assert checked.returncode != 0, checked.stdout + checked.stderr
+    assert (
+        "event type shop.order.v1.OrderCancelled (subject shop.order.v1.OrderCancelled)"
+        " was removed" in checked.stderr
+    )
+
+
+def test_removing_an_event_spec_fails_though_buf_passes_it(scratch: pathlib.Path) -> None:
+    voided = block(scratch / PAYMENT_EVENTS, "PaymentVoided")
+    spec = voided[voided.index("  option (shop.events.v1.event)") : voided.index("};\n") + 4]
+    edit = {PAYMENT_EVENTS: (voided, voided.replace(spec, ""))}
+    checked = breaking(scratch, edit, against=head(scratch))
+    assert checked.returncode != 0, checked.stdout + checked.stderr
+    assert "shop.payment.v1.PaymentVoided is no longer an event" in checked.stderr
+    # buf's rules do not read custom options: it reports nothing (its findings are
+    # "proto/FILE:LINE:COLUMN:..." lines), and the event check alone fails the change.
+    assert [line for line in checked.stdout.splitlines() if line.startswith("proto/")] == []
+
+
+def test_moving_a_released_event_to_another_file_fails(scratch: pathlib.Path) -> None:
+    restocked = block(scratch / INVENTORY_EVENTS, "StockRestocked")
+    money = 'import "shop/money/v1/money.proto";\n'
+    edit = {
+        INVENTORY_EVENTS: (restocked, ""),
+        INVENTORY: (money, f'import "shop/events/v1/options.proto";\n{money}\n{restocked}'),
+    }
+    checked = breaking(scratch, edit, against=head(scratch))
+    assert checked.returncode != 0, checked.stdout + checked.stderr
+    assert (
+        "event type shop.inventory.v1.StockRestocked moved from"
+        " shop/inventory/v1/inventory_events.proto to shop/inventory/v1/inventory.proto"
+        in checked.stderr
+    )

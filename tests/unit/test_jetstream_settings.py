@@ -43,14 +43,21 @@ def test_a_nats_url_that_is_not_nats_host_port_is_refused(url: str) -> None:
 
 
 def test_limits_that_the_server_or_the_relay_could_not_keep_are_refused_all_at_once() -> None:
+    """The relay publishes again after a timeout or a lost lease: that must fall inside
+    the duplicates window, which the server keeps no longer than the events."""
     found = problems(
-        *("--events-max-age-seconds", "60", "--events-duplicate-window-seconds", "120"),
-        *("--nats-publish-timeout-seconds", "300", "--events-max-bytes", "0"),
+        *("--events-max-age-seconds", "60", "--events-duplicate-window-seconds", "5"),
+        *("--outbox-publish-timeout-seconds", "6", "--outbox-lease-seconds", "30"),
+        *("--events-max-bytes", "0"),
     )
     assert found == (
         "events_max_bytes must be > 0, got 0",
+        "outbox_lease_seconds must be less than events_duplicate_window_seconds",
+        "outbox_publish_timeout_seconds must be less than events_duplicate_window_seconds",
+    )
+    longer = ("--events-max-age-seconds", "60", "--events-duplicate-window-seconds", "90")
+    assert problems(*longer) == (
         "events_duplicate_window_seconds must be at most events_max_age_seconds",
-        "nats_publish_timeout_seconds must be less than events_duplicate_window_seconds",
     )
 
 
@@ -83,7 +90,7 @@ def test_the_stream_is_compared_on_the_fields_we_set_only() -> None:
 
 def test_store_config_takes_its_jetstream_defaults_from_jetstream_settings() -> None:
     defaults, config = JetStreamSettings(), StoreConfig()
-    assert config.nats_publish_timeout_seconds == defaults.publish_timeout_seconds
+    assert config.outbox_publish_timeout_seconds == defaults.publish_timeout_seconds
     assert config.nats_reconnect_max_seconds == defaults.reconnect_max_seconds
     assert config.events_max_age_seconds == defaults.max_age_seconds
     assert config.events_max_bytes == defaults.max_bytes

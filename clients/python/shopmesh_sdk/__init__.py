@@ -6,6 +6,9 @@ a bearer token and a deadline on every call, and the stable reason of an error.
     with connect("localhost:8080", token) as shop:
         placed = shop.orders.create_order(order.CreateOrderRequest(
             request_id="r1", line_items=[order.LineItem(sku="SKU-TEA-001", quantity=2)]))
+
+The event contracts are here too: `events.EventEnvelope`, and each service's facts in its
+module (`order.OrderConfirmed`, `inventory.StockCommitted`, ...; docs/events.md).
 """
 
 from __future__ import annotations
@@ -18,12 +21,23 @@ from typing import Any
 import grpc
 
 from shopmesh_sdk.gen.google import rpc
+from shopmesh_sdk.gen.shop.events import v1 as events
 from shopmesh_sdk.gen.shop.inventory import v1 as inventory
 from shopmesh_sdk.gen.shop.money import v1 as money
 from shopmesh_sdk.gen.shop.order import v1 as order
 from shopmesh_sdk.gen.shop.payment import v1 as payment
 
-__all__ = ["Shop", "ShopError", "connect", "inventory", "money", "order", "payment", "shop_error"]
+__all__ = [
+    "Shop",
+    "ShopError",
+    "connect",
+    "events",
+    "inventory",
+    "money",
+    "order",
+    "payment",
+    "shop_error",
+]
 
 DEFAULT_DEADLINE_SECONDS = 10.0
 

@@ -16,6 +16,12 @@ export * from "./gen/shop/order/v1/order_pb.js";
 export * from "./gen/shop/payment/v1/payment_service_pb.js";
 export * from "./gen/shop/payment/v1/payment_pb.js";
 export * from "./gen/shop/money/v1/money_pb.js";
+// The event contracts: the envelope, the EventSpec option and each service's facts.
+export * from "./gen/shop/events/v1/envelope_pb.js";
+export * from "./gen/shop/events/v1/options_pb.js";
+export * from "./gen/shop/inventory/v1/inventory_events_pb.js";
+export * from "./gen/shop/order/v1/order_events_pb.js";
+export * from "./gen/shop/payment/v1/payment_events_pb.js";
 export { Code, ConnectError };
 
 export interface ShopOptions {
