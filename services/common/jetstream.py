@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
+import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import nats
 import nats.errors
@@ -416,6 +418,38 @@ class JetStreamPublisher:
     async def close(self) -> None:
         """Closes the connection (for a publisher made by `open_publisher`)."""
         await self.connection.close()
+
+
+class _WithJetStream(Protocol):
+    """A service's config: StoreConfig's `jetstream` (not imported: config imports us)."""
+
+    @property
+    def jetstream(self) -> JetStreamSettings: ...
+
+
+C = TypeVar("C", bound=_WithJetStream)
+S = TypeVar("S")
+
+
+def with_jetstream(
+    create: Callable[[C, Callable[[str], Awaitable[JetStreamPublisher]]], Awaitable[S]],
+    name: str,
+) -> Callable[[C], Awaitable[S]]:
+    """A producing service's `create(config, publishers)`, given publishers on JetStream
+    (one connection each, named `name` in the server's `/connz`, with the config's stream
+    settings): what its process runs, so its outbox relay publishes when `nats_url` is
+    set. The connection lasts as long as the process."""
+
+    @functools.wraps(create)  # its module names the service's package (server.main)
+    async def created(config: C) -> S:
+        settings = dataclasses.replace(config.jetstream, name=name)
+
+        async def publishers(url: str) -> JetStreamPublisher:
+            return await open_publisher(dataclasses.replace(settings, url=url))
+
+        return await create(config, publishers)
+
+    return created
 
 
 async def open_publisher(settings: JetStreamSettings) -> JetStreamPublisher:

@@ -15,7 +15,7 @@ import pathlib
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -33,6 +33,7 @@ from services.common.jetstream import (
     declare_consumer,
     declare_stream,
     open_publisher,
+    with_jetstream,
 )
 from shopmesh.nats_server import NatsServer
 from tests.nats_harness import restart, running_nats
@@ -360,3 +361,33 @@ async def test_terminated_messages_are_not_delivered_again(nats: NatsServer) -> 
     assert await consumer.fetch(2, wait_seconds=1.0) == []
     await consumer.close()
     await connection.close()
+
+
+async def test_with_jetstream_gives_a_service_publishers_on_its_stream_settings(
+    nats: NatsServer, connection: JetStreamConnection
+) -> None:
+    """What a producing service's process runs: its `create` is handed a factory of
+    publishers (the outbox relay's), each on a connection named after the service."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        jetstream: JetStreamSettings
+
+    made: list[JetStreamPublisher] = []
+
+    async def create(
+        config: Config, publishers: Callable[[str], Awaitable[JetStreamPublisher]]
+    ) -> str:
+        made.append(await publishers(nats.url))
+        return "service"
+
+    created = with_jetstream(create, "inventory")
+    assert created.__module__ == create.__module__  # server.main names the package by it
+    assert await created(Config(settings_for(nats))) == "service"
+    [publisher] = made
+    assert publisher.connection.settings.name == "inventory"
+    assert await publisher.connection.wait_ready(READY_SECONDS)
+    on = subject("Made")
+    await publisher.publish(on, str(uuid.uuid4()), b"x")
+    assert await stored(connection, on) == 1
+    await publisher.close()

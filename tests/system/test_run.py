@@ -13,6 +13,7 @@ import pathlib
 import re
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -208,6 +209,30 @@ def test_a_service_killed_under_shopmesh_run_comes_back(
     assert traffic.outcomes["ORDER_STATE_CONFIRMED"] == traffic.summary()["ok"], traffic.outcomes
     fault = f"inventory kill -9 under shopmesh run: back in {back:.1f} s"
     settle(direct_client(running), DEMO_LEDGER, traffic, fault, workdir_databases(running.workdir))
+    # The services' outbox relays publish to the NATS it started: every event of every
+    # outbox is in the stream once, the killed instance's too.
+    events = outbox_events(running.workdir)
+    assert events > 0
+    deadline = time.monotonic() + START_SECONDS
+    while stream_messages(running) != events:
+        assert time.monotonic() < deadline, (events, stream_messages(running))
+        time.sleep(0.1)
+        events = outbox_events(running.workdir)
+
+
+def outbox_events(workdir: pathlib.Path) -> int:
+    """How many events the three services' outboxes hold (SQLite files in `workdir`)."""
+    total = 0
+    for name in ("inventory", "payment", "order"):
+        with contextlib.closing(sqlite3.connect(workdir / f"{name}.db")) as conn:
+            total += conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    return total
+
+
+def stream_messages(running: ShopmeshRun) -> int:
+    info = jetstream_info(running.nats_monitor_port)
+    assert info is not None
+    return int(info["messages"])
 
 
 def test_a_crash_loop_makes_shopmesh_run_give_up_and_say_so(
