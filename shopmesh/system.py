@@ -140,6 +140,8 @@ class System:
     """Each service's database (shopmesh.check reads them)."""
     cluster: postgres.Cluster | None = None
     """The PostgreSQL cluster this system started (`Settings.postgres`), if any."""
+    reporting: list[ServiceProcess] = field(default_factory=list)
+    """The read model (services.reporting): one instance, fed from NATS."""
 
     @property
     def ports(self) -> Ports:
@@ -165,6 +167,7 @@ class System:
             self.consul,
             self.controlplane,
             *self.instances(),
+            *self.reporting,
             self.envoy,
         ]
 
@@ -193,7 +196,7 @@ class System:
         return all(
             counts.get(name, 0) >= self.settings.instances
             for name in ("inventory", "payment", "order")
-        )
+        ) and counts.get("reporting", 0) >= len(self.reporting)
 
     def stats(self, prefix: str) -> dict[str, int]:
         """Envoy's counters and gauges whose names start with `prefix`."""
@@ -213,7 +216,7 @@ class System:
         last."""
         server = [self.cluster.process] if self.cluster is not None else []
         for tier in (
-            self.order,
+            [*self.order, *self.reporting],
             [*self.inventory, *self.payment],
             [self.nats, *server],
             [self.controlplane, self.envoy],
@@ -320,6 +323,22 @@ def envoy_process(settings: Settings, keys: tokens.Keys) -> Process:
     )
 
 
+def reporting_process(settings: Settings, database: Location, nats_url: str) -> ServiceProcess:
+    """The read model, one instance (its consumer's batches are one writer's), started;
+    its product names come from inventory through Envoy's internal listener."""
+    return spawn_service(
+        "reporting",
+        settings.workdir,
+        settings={
+            "consul_http": f"127.0.0.1:{settings.ports.consul_http}",
+            **store_flags(database),
+            "nats_url": nats_url,
+            "inventory_target": f"127.0.0.1:{settings.ports.internal}",
+            **settings.service_settings.get("reporting", {}),
+        },
+    )
+
+
 def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> System:
     """Starts every part and returns once all are healthy; StartError (everything
     started so far stopped again) if one is not. `progress` hears each step as a phrase
@@ -334,7 +353,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
     try:
         cluster = None
         databases: dict[str, Location] = {
-            name: workdir / f"{name}.db" for name in ("inventory", "payment", "order")
+            name: workdir / f"{name}.db" for name in ("inventory", "payment", "order", "reporting")
         }
         if settings.postgres:
             progress("starting postgresql")
@@ -378,8 +397,10 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
                 )
                 groups[name].append(instance)
                 started.append(instance)
-        envoy = envoy_process(settings, keys).start()
-        started.append(envoy)
+        started += [
+            reporting := reporting_process(settings, databases["reporting"], nats.url),
+            envoy := envoy_process(settings, keys).start(),
+        ]
         for process in started:
             if isinstance(process, ServiceProcess):
                 process.wait_ready()
@@ -395,6 +416,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             keys,
             databases,
             cluster,
+            [reporting],
         )
         progress("waiting until envoy sees every instance healthy")
         envoy.wait_until(
