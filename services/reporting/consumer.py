@@ -6,19 +6,23 @@ It reads through two small protocols, `Source` (a pull consumer and the stream's
 sequence) and `Names` (inventory's product names), so that its logic runs in tests
 without NATS or inventory; services.reporting.nats_source is the JetStream source.
 A batch that cannot be applied (the database or inventory away) is nak'ed with a delay
-and fetched again: nothing is acked before its effect has committed.
+and fetched again: nothing is acked before its effect has committed. An event that
+cannot be applied for a reason of its own (not an outage) is parked, so it blocks nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.common.errors import ServiceError
+import grpc
+
+from services.common.errors import ErrorKind, ServiceError
 from services.reporting.domain import Event, Outcome, decode
 from services.reporting.store import Applied, ReportingStore
 
@@ -100,18 +104,30 @@ class Projector:
         self.retry_delay_seconds = retry_delay_seconds
 
     async def handle(self, messages: Sequence[Message]) -> Applied | None:
-        """Applies and settles one batch; None if it could not be applied (every message
-        nak'ed with the retry delay, to come again)."""
-        events = [decode(m.data, m.stream_sequence) for m in messages]
+        """Applies and settles one batch; None if it could not be applied now (every
+        message nak'ed with the retry delay, to come again)."""
+        return await self._handle(messages, [decode(m.data, m.stream_sequence) for m in messages])
+
+    async def _handle(self, messages: Sequence[Message], events: list[Event]) -> Applied | None:
         try:
             names = await self._names_for(events)
             applied = await self.store.apply(events, names)
         except Exception as error:
+            if not transient(error) and len(events) > 1:
+                # One event that cannot be applied must not hold the others back: one at
+                # a time, so that only it is parked.
+                return await self._one_by_one(messages, events)
+            if not transient(error) and events[0].outcome is not Outcome.PARK:
+                log.exception("event %s cannot be applied", events[0].event_id)
+                parked = dataclasses.replace(
+                    events[0], outcome=Outcome.PARK, problem=f"cannot be applied: {error!r}"
+                )
+                return await self._handle(messages, [parked])
             log.warning(
                 "could not apply %d events (stream %d..%d), retrying in %.1fs: %s",
                 len(events),
-                events[0].stream_sequence if events else 0,
-                events[-1].stream_sequence if events else 0,
+                events[0].stream_sequence,
+                events[-1].stream_sequence,
                 self.retry_delay_seconds,
                 _reason(error),
             )
@@ -121,8 +137,9 @@ class Projector:
         for event, message in zip(events, messages, strict=True):
             if event.outcome is Outcome.PARK:
                 log.error(
-                    "parked stream message %d (terminated, never redelivered): %s",
+                    "parked stream message %d%s (terminated, never redelivered): %s",
                     event.stream_sequence,
+                    f", event {event.event_id}" if event.event_id else "",
                     event.problem,
                 )
                 await message.term()
@@ -131,6 +148,22 @@ class Projector:
                     log.info("skipped event %s of unknown type %s", event.event_id, event.type)
                 await message.ack()
         return applied
+
+    async def _one_by_one(self, messages: Sequence[Message], events: list[Event]) -> Applied | None:
+        total = Applied()
+        for index, (message, event) in enumerate(zip(messages, events, strict=True)):
+            done = await self._handle([message], [event])
+            if done is None:  # not now: the rest waits too
+                for later in messages[index + 1 :]:
+                    await later.nak(self.retry_delay_seconds)
+                return None
+            total = Applied(
+                total.applied + done.applied,
+                total.duplicates + done.duplicates,
+                total.skipped + done.skipped,
+                total.parked + done.parked,
+            )
+        return total
 
     async def _names_for(self, events: Sequence[Event]) -> dict[str, str]:
         """The name of every SKU of the batch: from this process's cache, else the store's
@@ -142,6 +175,14 @@ class Projector:
         for sku in sorted(wanted - self._cache.keys()):
             self._cache[sku] = await self._names.name(sku)
         return {sku: self._cache[sku] for sku in wanted}
+
+
+def transient(error: Exception) -> bool:
+    """Whether `error` says "not now" (the database, inventory or the network away), so
+    the batch is tried again; anything else is this event's own fault (parked)."""
+    if isinstance(error, ServiceError):
+        return error.kind is ErrorKind.UNAVAILABLE
+    return isinstance(error, OSError | TimeoutError | grpc.RpcError)
 
 
 def _reason(error: Exception) -> str:

@@ -11,6 +11,8 @@ from services.reporting.consumer import Projector, lag
 from services.reporting.domain import OrderState, utc_day
 from services.reporting.store import ReportingStore
 from shop.events.v1 import envelope_pb2
+from shop.order.v1 import order_events_pb2 as ordev
+from shop.order.v1 import order_pb2
 from tests.reporting_helpers import (
     DAY1,
     FakeMessage,
@@ -18,6 +20,7 @@ from tests.reporting_helpers import (
     FakeSource,
     messages,
     order_events,
+    wire,
 )
 from tests.stores import StoreOpener, rows
 
@@ -176,3 +179,23 @@ async def test_lag_counts_events_and_seconds_behind(open_store: StoreOpener) -> 
     assert found.events_behind == 7  # 10 in the stream, 3 applied
     assert found.seconds_behind == 58.0  # the last applied event is at DAY1 + 2
     assert (await lag(store, FakeSource(None))).events_behind is None
+
+
+async def test_an_event_that_cannot_be_applied_is_parked_alone(open_store: StoreOpener) -> None:
+    """A producer's bug (one SKU twice in an order: two rows of one key) must not hold the
+    batch's other events back for ever: the batch is applied one event at a time, and only
+    that event is parked."""
+    store = await open_store(ReportingStore)
+    bad = ordev.OrderPlaced(
+        order_id="o-bad",
+        user_id="eve",
+        line_items=[order_pb2.LineItem(sku="SKU-TEA", quantity=1)] * 2,
+        state=order_pb2.ORDER_STATE_PENDING,
+    )
+    good = order_events("o1", "eve", DAY1, confirm=True)
+    batch = messages([good[0], wire(bad, 1, DAY1), good[1], good[2]])
+    applied = await Projector(store, FakeNames(NAMES)).handle(batch)
+    assert applied is not None and (applied.applied, applied.parked) == (3, 1)
+    assert [m.settled for m in batch] == [["ack"], ["term"], ["ack"], ["ack"]]
+    assert await rows(store, "SELECT order_id, state FROM user_orders") == [("o1", "CONFIRMED")]
+    assert (await store.state()).applied_sequence == 4
