@@ -20,9 +20,15 @@ from services.common.rules import RequestRules, duration_bounds
 from shop.inventory.v1 import inventory_service_pb2
 from shop.order.v1 import order_service_pb2
 from shop.payment.v1 import payment_service_pb2
+from shop.reporting.v1 import reporting_service_pb2
 
 REQUEST_RULES = RequestRules(
-    (order_service_pb2.DESCRIPTOR, inventory_service_pb2.DESCRIPTOR, payment_service_pb2.DESCRIPTOR)
+    (
+        order_service_pb2.DESCRIPTOR,
+        inventory_service_pb2.DESCRIPTOR,
+        payment_service_pb2.DESCRIPTOR,
+        reporting_service_pb2.DESCRIPTOR,
+    )
 )
 
 # How long a stock hold may last: inventory refuses others, so the order service, which

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 import pytest
@@ -178,5 +179,48 @@ async def test_a_bad_range_of_days_is_invalid(
             rpc.ListDailyRevenueRequest(start_day=start, end_day=end), metadata=ADMIN
         )
     )
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in {v.field for v in error.violations}
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (
+            lambda stub: stub.GetUserOrderSummary(
+                rpc.GetUserOrderSummaryRequest(user_id="alice", page_size=-1), metadata=ADMIN
+            ),
+            "page_size",
+        ),
+        (
+            lambda stub: stub.GetUserOrderSummary(
+                rpc.GetUserOrderSummaryRequest(user_id="not a user id"), metadata=ADMIN
+            ),
+            "user_id",
+        ),
+        (
+            lambda stub: stub.ListTopProducts(
+                rpc.ListTopProductsRequest(limit=101), metadata=ADMIN
+            ),
+            "limit",
+        ),
+        (
+            lambda stub: stub.ListSkuSales(
+                rpc.ListSkuSalesRequest(
+                    start_day="2026-01-01", end_day="2026-01-01", page_token="x"
+                ),
+                metadata=ADMIN,
+            ),
+            "page_token",
+        ),
+    ],
+)
+async def test_field_rules_are_checked(
+    reporting: tuple[ReportingServiceStub, ReportingService], call: Any, field: str
+) -> None:
+    """The contract's field rules (page_size -1 used to answer INTERNAL: the rules of the
+    reporting contract were not loaded)."""
+    stub, _ = reporting
+    error = await rejected(call(stub))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in {v.field for v in error.violations}
