@@ -2,22 +2,17 @@
 appends to the order's log (store.py's `_append_event`), what ListOrderEvents shows and
 what the rebuild (history.py) reads back. No SQL.
 
-Times go into the envelope's Timestamp exactly: whole seconds and the nanoseconds of the
-fraction, so that a time read back (`seconds`) is the very float the database row holds
-(a double's resolution is coarser than a nanosecond for any time after April 1970).
-services.common.convert.timestamp multiplies the float by 1e9 first, which is close
-enough for an API answer but not always the same float once read back.
+Times go into the envelope's Timestamp exactly (services.common.convert.timestamp), so
+that a time read back (`seconds_of`) is the very float the database row holds.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
-from services.common.convert import money
+from services.common.convert import money, timestamp
 from services.order.domain import LineItem, Order, OrderState
 from shop.events.v1 import envelope_pb2
 from shop.order.v1 import order_events_pb2 as facts
@@ -120,16 +115,3 @@ def fact_of(entry: envelope_pb2.EventEnvelope) -> Message | None:
         return kind.FromString(entry.payload)
     except DecodeError:
         return None
-
-
-def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    """`seconds` (since the epoch) as a Timestamp that `seconds()` reads back exactly."""
-    whole = math.floor(seconds)
-    nanos = round((seconds - whole) * 1e9)  # the subtraction is exact
-    if nanos == 1_000_000_000:
-        whole, nanos = whole + 1, 0
-    return timestamp_pb2.Timestamp(seconds=whole, nanos=nanos)
-
-
-def seconds(stamp: timestamp_pb2.Timestamp) -> float:
-    return stamp.seconds + stamp.nanos / 1e9

@@ -29,6 +29,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from services.common.convert import seconds_of
 from services.order import events
 from services.order.domain import LineItem, Order, OrderState, Phase
 from shop.events.v1 import envelope_pb2
@@ -64,7 +65,7 @@ def replay(entries: Sequence[envelope_pb2.EventEnvelope]) -> Rebuilt:
             raise BrokenLog(f"entry {number}: {entry.type!r} does not decode as an order fact")
         if events.order_id_of(fact) != entry.aggregate_id:
             raise BrokenLog(f"entry {number} is about order {events.order_id_of(fact)!r}")
-        at = events.seconds(entry.occurred_at)
+        at = seconds_of(entry.occurred_at)
         if rebuilt is None:
             rebuilt = _placed(fact, entry, at)
         else:
