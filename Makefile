@@ -6,12 +6,12 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup wrk postgresql gen gen-check lint breaking test chaos bench bench-validation bench-pg-drivers pg-races profile profile-pg run clean
+.PHONY: help setup wrk postgresql gen gen-check lint breaking test chaos bench bench-validation bench-pg-drivers bench-pg-functions pg-races profile profile-pg run clean
 
 help:
-	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
+	@echo "make run        set up, then run NATS, Consul, the control plane, the services and Envoy (N=2: two of each)"
 	@echo "make test       set up, check generated code and lint, run every test; then the store, saga, fault and model tests on PostgreSQL"
-	@echo "make setup      install into the repo: .venv (pinned), Consul, npm packages, dev JWT keys (idempotent)"
+	@echo "make setup      install into the repo: .venv (pinned), Consul, nats-server, npm packages, dev JWT keys (idempotent)"
 	@echo "make gen        regenerate gen/, the clients, docs/openapi.json, docs/api-reference.md and docs/events.md from proto/"
 	@echo "make gen-check  regenerate and fail if any generated file differs from what is committed"
 	@echo "make lint       buf lint + format, ruff, mypy"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench      shopmesh on SQLite and on PostgreSQL against the FastAPI baseline, side by side (bench/results/, about 6 min)"
 	@echo "make bench-validation  CPU per CreateOrder of checking the request, in process (about 10 s)"
 	@echo "make bench-pg-drivers  asyncpg vs psycopg 3 on one order's transactions, real PostgreSQL (about 20 min)"
+	@echo "make bench-pg-functions  the same order, each write one PL/pgSQL call, vs today's shape (about 3 min)"
 	@echo "make pg-races   the stores' races on PostgreSQL under READ COMMITTED, two connections each (tests, about 25 s)"
 	@echo "make profile    where each service's time goes under the order load (py-spy; POSTGRES=1: on PostgreSQL)"
 	@echo "make profile-pg on PostgreSQL: statements per order per service, CPU of the server vs the services"
@@ -31,7 +32,7 @@ SDK := clients/python/shopmesh_sdk/gen
 # What `make gen` writes; gen-check fails if any of it differs from what is committed.
 GENERATED := gen/ docs/openapi.json docs/api-reference.md docs/events.md $(TS)/src/gen $(SDK)
 
-setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules/.installed
+setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules/.installed .tools/bin/nats-server
 
 # The load generator of `make bench` (and of its smoke test in `make test`).
 wrk:
@@ -50,6 +51,10 @@ $(TS)/node_modules/.installed: $(TS)/package-lock.json
 # Consul: the one on PATH, else Debian's package unpacked into .tools/ (see the script).
 .tools/bin/consul:
 	tools/install-consul
+
+# nats-server (JetStream): the one on PATH, else Debian's package unpacked into .tools/ (see the script).
+.tools/bin/nats-server:
+	tools/install-nats
 
 # libfaketime, for the clock-jump test: Debian's package unpacked into .tools/ (see the script).
 .tools/lib/libfaketime.so.1:
@@ -103,7 +108,7 @@ POSTGRES_TESTS := \
 	tests/unit/test_store_reads.py tests/unit/test_inventory.py tests/unit/test_payment.py \
 	tests/unit/test_order.py tests/unit/test_order_reads.py tests/unit/test_migrations_backends.py \
 	tests/unit/test_saga_leases.py tests/unit/test_saga_parking.py tests/unit/test_saga_steps.py \
-	tests/unit/test_order_log.py \
+	tests/unit/test_outbox.py tests/unit/test_store_events.py tests/unit/test_order_log.py \
 	tests/service/test_saga.py tests/service/test_model.py tests/system/test_faults.py
 POSTGRES_PASS = pytest --backend postgresql $(PYTEST_ARGS) $(POSTGRES_TESTS)
 # pytest's "no tests collected" (exit 5) fails the PostgreSQL pass, unless PYTEST_ARGS
@@ -127,10 +132,15 @@ bench-validation: setup
 bench-pg-drivers: setup postgresql
 	python -m bench.pg_drivers
 
+# bench/pg_functions.py's writes against today's shape (asyncpg without the reset query).
+bench-pg-functions: setup postgresql
+	python -m bench.pg_drivers --quick --drivers asyncpg-noreset asyncpg-functions \
+		--workloads hot spread --concurrency 16 --passes 3 --seconds 10
+
 # The race tests alone (also part of make test): statement by statement on bench/pg_sql.py's
 # port, then on the stores themselves.
 pg-races: setup postgresql
-	pytest tests/service/test_pg_races.py tests/service/test_store_races.py -v $(PYTEST_ARGS)
+	pytest tests/service/test_pg_races.py tests/service/test_store_races.py tests/service/test_outbox_races.py -v $(PYTEST_ARGS)
 
 # py-spy attaches to the running services: it needs ptrace (root, or ptrace_scope 0).
 profile: setup $(if $(POSTGRES),postgresql)

@@ -23,13 +23,23 @@ synchronous_commit=on. commit_delay/commit_siblings are set per case (ALTER SYST
 Passes interleave the cases, so machine noise hits every case alike; the summary gives
 the median (and the range) over passes.
 
-    python -m bench.pg_drivers [--passes 3] [--seconds 5] [--quick]
+`asyncpg-functions` (only on request: `--drivers`) writes each of the 8 transactions as
+one call of a PL/pgSQL function (bench/pg_functions.py) in autocommit, on asyncpg's pool
+without the reset query; the reads stay as they are. Before any case runs, the functions
+are checked to answer and write what the statements do (bench/pg_functions_check.py).
+After every case, on every path, the three databases are checked: every order CONFIRMED,
+its stock and money moved once, the same orders and amounts in each database (a problem
+is counted as a failure). Round trips per order are counted per path apart from the timed
+runs.
+
+    python -m bench.pg_drivers [--passes 3] [--seconds 5] [--quick] [--concurrency 1 16 64]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -42,7 +52,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +60,7 @@ import asyncpg
 import psycopg
 import uvloop
 
-from bench import pg_sql
+from bench import pg_functions, pg_functions_check, pg_sql
 from bench.pg_server import Server, running
 from shopmesh.tools import REPO
 
@@ -69,6 +79,11 @@ SERVER_SETTINGS = {
     "shared_buffers": "128MB",
 }
 RETRIED_SQLSTATES = {"40P01", "40001"}  # deadlock, serialization failure
+# Each write one call of a PL/pgSQL function (bench/pg_functions.py) in autocommit, on
+# asyncpg's pool without the reset query; the reads as for every other driver.
+FUNCTIONS = "asyncpg-functions"
+ROUND_TRIP_ORDERS = 50  # counted apart from the timed runs, one order after another
+STOCK, MONEY = 10**12, 10**15
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,28 @@ class Tally:
 
 
 Step = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Steps:
+    """One order's eight write transactions, as one path spells them."""
+
+    create_order: Step
+    reserve: Step
+    record_reserved: Step
+    authorize: Step
+    advance: Step
+    commit_reservation: Step
+    capture: Step
+    finish: Step
+
+    @classmethod
+    def of(cls, module: Any) -> Steps:
+        return cls(*(getattr(module, f.name) for f in dataclasses.fields(cls)))
+
+
+STATEMENTS = Steps.of(pg_sql)
+CALLS = Steps.of(pg_functions)
 
 
 class DirectWrites:
@@ -159,7 +196,19 @@ class BatchedWrites:
                     future.set_exception(problem)
 
 
-Writes = DirectWrites | BatchedWrites
+class CalledWrites:
+    """Each write one function call on a pooled connection in autocommit: the call is
+    its own transaction, so no BEGIN and no COMMIT round trip."""
+
+    def __init__(self, pool: pg_sql.Pool) -> None:
+        self.pool = pool
+
+    async def run(self, step: Step, *args: Any, **kw: Any) -> Any:
+        async with self.pool.read() as conn:
+            return await step(conn, *args, **kw)
+
+
+Writes = DirectWrites | BatchedWrites | CalledWrites
 BATCHED = "+batch"
 
 
@@ -170,7 +219,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def one_order(pools: dict[str, Writes], workload: str, rng: random.Random, t: Tally) -> None:
+async def one_order(
+    pools: dict[str, Writes], steps: Steps, workload: str, rng: random.Random, t: Tally
+) -> None:
     if workload == "hot":
         user, items = HOT_USER, [(HOT_SKU, 1)]
     else:
@@ -208,29 +259,27 @@ async def one_order(pools: dict[str, Writes], workload: str, rng: random.Random,
     started = time.perf_counter()
     _, created = await write(
         orders,
-        pg_sql.create_order,
+        steps.create_order,
         *(order_id, user, uuid.uuid4().hex, items),
         owner=OWNER,
         lease_seconds=LEASE_SECONDS,
     )
     await drive_reads()
-    priced = await write(
-        inventory, pg_sql.reserve, order_id, user, items, hold_seconds=HOLD_SECONDS
-    )
+    priced = await write(inventory, steps.reserve, order_id, user, items, hold_seconds=HOLD_SECONDS)
     ok = [
         created,
-        await write(orders, pg_sql.record_reserved, order_id, OWNER, 1, priced),
+        await write(orders, steps.record_reserved, order_id, OWNER, 1, priced),
     ]
     await drive_reads()
     total = sum(q * price for _, q, price in priced)
     ok.append(
-        await write(payment, pg_sql.authorize, order_id, user, total, HOLD_SECONDS) == "AUTHORIZED"
+        await write(payment, steps.authorize, order_id, user, total, HOLD_SECONDS) == "AUTHORIZED"
     )
-    ok.append(await write(orders, pg_sql.advance, order_id, OWNER, 1))
+    ok.append(await write(orders, steps.advance, order_id, OWNER, 1))
     await drive_reads()
-    ok.append(await write(inventory, pg_sql.commit_reservation, order_id, user))
-    ok.append(await write(payment, pg_sql.capture, order_id, user))
-    ok.append(await write(orders, pg_sql.finish, order_id, OWNER, 1))
+    ok.append(await write(inventory, steps.commit_reservation, order_id, user))
+    ok.append(await write(payment, steps.capture, order_id, user))
+    ok.append(await write(orders, steps.finish, order_id, OWNER, 1))
     for step in (pg_sql.read_saga, pg_sql.read_saga, pg_sql.read_order, pg_sql.read_saga):
         await read(step)  # the driver's last look, the waiter's, and the answer
     if not all(ok):
@@ -240,19 +289,25 @@ async def one_order(pools: dict[str, Writes], workload: str, rng: random.Random,
         t.order_ms.append((time.perf_counter() - started) * 1000)
 
 
-async def worker(pools: dict[str, Writes], workload: str, seed: int, t: Tally) -> None:
+async def worker(
+    pools: dict[str, Writes], steps: Steps, workload: str, seed: int, t: Tally
+) -> None:
     rng = random.Random(seed)
     while not t.stopping:
         try:
-            await one_order(pools, workload, rng, t)
+            await one_order(pools, steps, workload, rng, t)
         except Exception as error:  # counted, and the run is marked failed
             t.failures[f"{type(error).__name__}: {error}"[:120]] += 1
             await asyncio.sleep(0.01)
 
 
+EMPTY_SKU, POOR_USER = "SKU-EMPTY", "poor"  # for bench/pg_functions_check.py's refusals
+
+
 async def prepare(server: Server) -> None:
-    """The three databases, their schemas and the seed: stock and money that never run
-    out, so every order is CONFIRMED."""
+    """The three databases, their schemas, bench/pg_functions.py's functions and the
+    seed: stock and money that never run out, so every order is CONFIRMED (and a SKU and
+    an account with nothing, for the functions' check)."""
     admin = await asyncpg.connect(server.dsn())
     try:
         for db in DATABASES:
@@ -263,28 +318,39 @@ async def prepare(server: Server) -> None:
         conn = await asyncpg.connect(server.dsn(db))
         try:
             await conn.execute(pg_sql.SCHEMAS[db])
+            await conn.execute(pg_functions.FUNCTIONS[db])
             if db == "inventory":
                 await conn.executemany(
                     "INSERT INTO products (sku, name, price_minor, currency, available)"
                     " VALUES ($1, $1, $2, 'USD', $3)",
-                    [(sku, PRICE, 10**12) for sku in [HOT_SKU, *SPREAD_SKUS]],
+                    [(sku, PRICE, STOCK) for sku in [HOT_SKU, *SPREAD_SKUS]]
+                    + [(EMPTY_SKU, PRICE, 0)],
                 )
             if db == "payment":
                 await conn.executemany(
                     "INSERT INTO accounts (user_id, currency, available) VALUES ($1, 'USD', $2)",
-                    [(user, 10**15) for user in [HOT_USER, *SPREAD_USERS]],
+                    [(user, MONEY) for user in [HOT_USER, *SPREAD_USERS]] + [(POOR_USER, 0)],
                 )
         finally:
             await conn.close()
 
 
 async def reset(server: Server, case: Case) -> None:
-    """Empties the order tables, applies the case's commit settings, and starts from a
-    checkpoint with the WAL statistics at zero."""
+    """Empties the order tables, gives the stock and the money back (so that the final
+    state can be checked against the orders), applies the case's commit settings, and
+    starts from a checkpoint with the WAL statistics at zero."""
+    refill = {
+        "inventory": f"UPDATE products SET available = {STOCK}, held = 0, sold = 0"
+        f" WHERE sku <> '{EMPTY_SKU}'",
+        "payment": f"UPDATE accounts SET available = {MONEY}, held = 0, captured = 0"
+        f" WHERE user_id <> '{POOR_USER}'",
+    }
     for db in DATABASES:
         conn = await asyncpg.connect(server.dsn(db))
         try:
             await conn.execute(f"TRUNCATE {pg_sql.TABLES[db]} CASCADE")
+            if db in refill:
+                await conn.execute(refill[db])
         finally:
             await conn.close()
     admin = await asyncpg.connect(server.dsn())
@@ -321,6 +387,70 @@ async def server_counters(server: Server) -> dict[str, float]:
     }
 
 
+# Each a count of what is wrong once every worker has finished its order: all zero when
+# every order is CONFIRMED and its stock and money moved exactly once.
+FINAL_STATE_CHECKS = {
+    "orders": {
+        "orders not CONFIRMED": "SELECT count(*) FROM orders WHERE state <> 'CONFIRMED'",
+        "sagas not CONFIRMED": "SELECT count(*) FROM orders o LEFT JOIN sagas s"
+        " USING (order_id) WHERE s.phase IS DISTINCT FROM 'CONFIRMED'",
+        "leases left": "SELECT count(*) FROM saga_leases",
+        "totals not the items'": "SELECT count(*) FROM orders o WHERE total_minor IS"
+        " DISTINCT FROM (SELECT sum(quantity * price_minor) FROM order_items i"
+        " WHERE i.order_id = o.order_id)",
+    },
+    "inventory": {
+        "reservations not COMMITTED": "SELECT count(*) FROM reservations"
+        " WHERE state <> 'COMMITTED'",
+        "products held or miscounted": "SELECT count(*) FROM products p LEFT JOIN"
+        " (SELECT sku, sum(quantity) AS q FROM reservation_items GROUP BY sku) r USING (sku)"
+        f" WHERE p.sku <> '{EMPTY_SKU}' AND (held <> 0 OR sold <> coalesce(r.q, 0)"
+        f" OR available + sold <> {STOCK})",
+    },
+    "payment": {
+        "payments not CAPTURED": "SELECT count(*) FROM payments WHERE state <> 'CAPTURED'",
+        "expiry rows left": "SELECT count(*) FROM authorization_expiry",
+        "accounts held or miscounted": "SELECT count(*) FROM accounts a LEFT JOIN"
+        " (SELECT user_id, sum(amount_minor) AS m FROM payments GROUP BY user_id) p"
+        f" USING (user_id) WHERE a.user_id <> '{POOR_USER}' AND (held <> 0"
+        f" OR captured <> coalesce(p.m, 0) OR available + captured <> {MONEY})",
+    },
+}
+# The same orders, counted in each database, and the same money: (database, statement).
+FINAL_STATE_TOTALS = {
+    "orders": ("orders", "SELECT count(*), coalesce(sum(total_minor), 0) FROM orders"),
+    "reservations": (
+        "inventory",
+        "SELECT count(DISTINCT order_id), coalesce(sum(quantity * price_minor), 0)"
+        " FROM reservation_items",
+    ),
+    "payments": ("payment", "SELECT count(*), coalesce(sum(amount_minor), 0) FROM payments"),
+}
+
+
+async def final_state_problems(server: Server) -> dict[str, int]:
+    """What is wrong in the three databases after a case (empty if nothing): the
+    assertion, on every order of the case, that both paths left what the stores would."""
+    problems: dict[str, int] = {}
+    totals: dict[str, tuple[int, int]] = {}
+    for db in DATABASES:
+        conn = await asyncpg.connect(server.dsn(db))
+        try:
+            for problem, sql in FINAL_STATE_CHECKS[db].items():
+                if count := await conn.fetchval(sql):
+                    problems[problem] = int(count)
+            for name, (where, sql) in FINAL_STATE_TOTALS.items():
+                if where == db:
+                    row = await conn.fetchrow(sql)
+                    assert row is not None
+                    totals[name] = (int(row[0]), int(row[1]))
+        finally:
+            await conn.close()
+    if len(set(totals.values())) != 1:
+        problems[f"orders and money differ between the databases: {totals}"] = 1
+    return problems
+
+
 def client_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -328,14 +458,10 @@ def client_cpu_seconds() -> float:
 
 async def run_case(server: Server, case: Case, seconds: float, warmup: float) -> dict[str, Any]:
     await reset(server, case)
-    driver = case.driver.removesuffix(BATCHED)
-    kind = BatchedWrites if case.driver.endswith(BATCHED) else DirectWrites
-    pools: dict[str, Writes] = {
-        db: kind(await pg_sql.open_pool(driver, server.dsn(db), case.pool)) for db in DATABASES
-    }
+    pools, steps = await open_writes(server, case.driver, case.pool)
     t = Tally()
     tasks = [
-        asyncio.create_task(worker(pools, case.workload, seed, t))
+        asyncio.create_task(worker(pools, steps, case.workload, seed, t))
         for seed in range(case.concurrency)
     ]
     try:
@@ -355,6 +481,8 @@ async def run_case(server: Server, case: Case, seconds: float, warmup: float) ->
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 120)
         for writes in pools.values():
             await writes.pool.close()
+    for problem, count in (await final_state_problems(server)).items():
+        t.failures[f"final state: {problem}"] += count
     commits = after["commits"] - before["commits"]
     orders = max(t.orders, 1)
     return {
@@ -381,13 +509,93 @@ async def run_case(server: Server, case: Case, seconds: float, warmup: float) ->
     }
 
 
+async def open_writes(server: Server, driver: str, size: int) -> tuple[dict[str, Writes], Steps]:
+    """A pool per database for the driver, each behind the way it writes, and the steps
+    it writes with."""
+    kind: type[Writes]
+    if driver == FUNCTIONS:
+        pool_driver, kind, steps = "asyncpg-noreset", CalledWrites, CALLS
+    else:
+        pool_driver = driver.removesuffix(BATCHED)
+        kind = BatchedWrites if driver.endswith(BATCHED) else DirectWrites
+        steps = STATEMENTS
+    pools: dict[str, Writes] = {
+        db: kind(await pg_sql.open_pool(pool_driver, server.dsn(db), size)) for db in DATABASES
+    }
+    return pools, steps
+
+
+class CountingConn:
+    """A connection that counts the statements sent on it: each is one round trip
+    (asyncpg's executemany included: it pipelines the rows and waits once)."""
+
+    def __init__(self, conn: pg_sql.Conn, counter: Counter[str]) -> None:
+        self._conn, self._counter = conn, counter
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        self._counter["round trips"] += 1
+        return await self._conn.execute(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        self._counter["round trips"] += 1
+        return await self._conn.fetch(sql, *args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._counter["round trips"] += 1
+        await self._conn.executemany(sql, rows)
+
+
+class CountingPool:
+    """A pool whose connections count their round trips; a transaction adds its BEGIN
+    and COMMIT (asyncpg's pool without the reset query sends nothing else per use)."""
+
+    def __init__(self, pool: pg_sql.Pool, counter: Counter[str]) -> None:
+        self.name, self._pool, self._counter = pool.name, pool, counter
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[pg_sql.Conn]:
+        self._counter["round trips"] += 2
+        async with self._pool.transaction() as conn:
+            yield CountingConn(conn, self._counter)
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[pg_sql.Conn]:
+        async with self._pool.read() as conn:
+            yield CountingConn(conn, self._counter)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+async def round_trips_per_order(server: Server, driver: str, workload: str, orders: int) -> float:
+    """Round trips per order, counted on `orders` orders one after another (apart from
+    the timed runs, which count nothing)."""
+    pools, steps = await open_writes(server, driver, 1)
+    counter: Counter[str] = Counter()
+    for writes in pools.values():
+        writes.pool = CountingPool(writes.pool, counter)
+    t, rng = Tally(), random.Random(0)
+    try:
+        for _ in range(orders):
+            await one_order(pools, steps, workload, rng, t)
+    finally:
+        for writes in pools.values():
+            await writes.pool.close()
+    assert not t.failures, t.failures
+    return counter["round trips"] / orders
+
+
 def cases(
-    quick: bool, drivers: Sequence[str], workloads: Sequence[str], batched: str
+    quick: bool,
+    drivers: Sequence[str],
+    workloads: Sequence[str],
+    batched: str,
+    concurrencies: Sequence[int] = (1, 16, 64),
 ) -> list[Case]:
-    """The base grid (every driver at concurrency 1, 16, 64, a pool as large as the
+    """The base grid (every driver at each concurrency, a pool as large as the
     concurrency), then commit_delay 10 and 100 µs at 16 and 64, smaller pools at 64, and
     the SQLite writer's batching (on asyncpg without the reset query) at 16 and 64."""
-    grid = [Case(w, d, c, c) for w in workloads for c in (1, 16, 64) for d in drivers]
+    grid = [Case(w, d, c, c) for w in workloads for c in concurrencies for d in drivers]
     if quick:
         return grid
     main = [d for d in drivers if d != "asyncpg-noreset"]
@@ -403,14 +611,18 @@ def cases(
     return grid
 
 
-def summarize(results: list[dict[str, Any]]) -> str:
+def summarize(results: list[dict[str, Any]], round_trips: dict[str, float] | None = None) -> str:
+    """The table; `round_trips` (per order, by `workload driver`) adds a column."""
     by_label: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_label.setdefault(r["label"], []).append(r)
+    trips = round_trips is not None
     lines = [
         "| case | orders/s (range) | tx/s | tx p50 ms | tx p99 ms | order p50 ms | order p99 ms"
-        " | client CPU µs/order | server CPU µs/order | fsyncs/write tx | failures |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | client CPU µs/order | server CPU µs/order | fsyncs/write tx"
+        + (" | round trips/order" if trips else "")
+        + " | failures |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if trips else ""),
     ]
 
     def med(runs: list[dict[str, Any]], key: str) -> float:
@@ -425,16 +637,36 @@ def summarize(results: list[dict[str, Any]]) -> str:
             f" | {med(runs, 'tx_p99_ms'):.2f} | {med(runs, 'order_p50_ms'):.1f}"
             f" | {med(runs, 'order_p99_ms'):.1f} | {med(runs, 'client_cpu_us_per_order'):.0f}"
             f" | {med(runs, 'server_cpu_us_per_order'):.0f}"
-            f" | {med(runs, 'fsyncs_per_write'):.2f} | {failures} |"
+            f" | {med(runs, 'fsyncs_per_write'):.2f}"
+            + (f" | {round_trips.get(_path(runs[0]), float('nan')):.1f}" if round_trips else "")
+            + f" | {failures} |"
         )
     return "\n".join(lines)
 
 
-async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _path(result: dict[str, Any]) -> str:
+    return f"{result['case']['workload']} {result['case']['driver']}"
+
+
+async def main_async(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, float]]:
     results: list[dict[str, Any]] = []
+    round_trips: dict[str, float] = {}
     with running(SERVER_SETTINGS) as server:
         await prepare(server)
-        grid = cases(args.quick, args.drivers, args.workloads, args.batched + BATCHED)
+        if FUNCTIONS in args.drivers:
+            # The functions must answer what the statements answer, refusals included,
+            # and leave the same rows, before their speed means anything.
+            await pg_functions_check.check(server.dsn, EMPTY_SKU, POOR_USER)
+            print("bench/pg_functions.py: every answer and row as bench/pg_sql.py's", flush=True)
+        grid = cases(
+            args.quick, args.drivers, args.workloads, args.batched + BATCHED, args.concurrency
+        )
+        for driver in dict.fromkeys(c.driver for c in grid):
+            for workload in args.workloads:
+                await reset(server, Case(workload, driver, 1, 1))
+                trips = await round_trips_per_order(server, driver, workload, ROUND_TRIP_ORDERS)
+                round_trips[f"{workload} {driver}"] = trips
+                print(f"{workload} {driver}: {trips:.1f} round trips per order", flush=True)
         for n in range(args.passes):
             # Alternate the direction, so no case always runs first or last.
             for case in grid if n % 2 == 0 else reversed(grid):
@@ -450,7 +682,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                     + (f", failures {result['failures']}" if result["failures"] else ""),
                     flush=True,
                 )
-    return results
+    return results, round_trips
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -464,14 +696,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drivers", nargs="+", default=list(pg_sql.DRIVERS))
     parser.add_argument("--batched", default="asyncpg-noreset", help="the batching's driver")
     parser.add_argument("--workloads", nargs="+", default=["spread", "hot"])
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=[1, 16, 64], help="the base grid's"
+    )
     parser.add_argument("--out", type=pathlib.Path, default=REPO / "var" / "bench")
     args = parser.parse_args(argv)
-    results = uvloop.run(main_async(args))
+    load_before = os.getloadavg()
+    results, round_trips = uvloop.run(main_async(args))
+    load_after = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = args.out / f"pg-drivers-{stamp}.json"
-    path.write_text(json.dumps(results, indent=1))
-    print(summarize(results))
+    path.write_text(
+        json.dumps(
+            {
+                "runs": results,
+                "round_trips_per_order": round_trips,
+                "load_average_before": load_before,
+                "load_average_after": load_after,
+            },
+            indent=1,
+        )
+    )
+    print(summarize(results, round_trips))
+    print(f"\nload average before {load_before}, after {load_after}")
     print(f"\nruns: {path}")
     failed = sum(sum(r["failures"].values()) for r in results)
     return 1 if failed else 0

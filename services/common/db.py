@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, 
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Self, TypeVar
 
-from services.common import migrations, postgresql
+from services.common import migrations, outbox, postgresql
 from services.common.database import Database, Row, Tx, is_server_url
 from services.common.errors import ErrorKind, ServiceError
 
@@ -380,6 +380,19 @@ class Store:
             )
             return cls(database)
         return await asyncio.to_thread(cls, pathlib.Path(location), synchronous)
+
+    @functools.cached_property
+    def outbox(self) -> outbox.Outbox:
+        """The store's outbox (services.common.outbox): one per store, shared by the store's
+        writes, which wake it, and the service's relay, which it wakes."""
+        return outbox.Outbox(self.db)
+
+    async def write_events(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        """`self.db.write(fn)` for a write that may append events (services.common.events):
+        once it has committed, this process's relay is woken to publish them."""
+        result = await self.db.write(fn)
+        self.outbox.notify()
+        return result
 
     def close(self) -> None:
         """Closes a SQLite store (`aclose` closes either)."""

@@ -9,6 +9,7 @@ import logging
 
 import grpc
 
+from services.common import relay
 from services.inventory.config import InventoryConfig
 from services.inventory.servicer import InventoryServicer
 from services.inventory.store import InventoryStore
@@ -24,7 +25,14 @@ class InventoryService:
     )
     interceptors = ()
 
-    def __init__(self, config: InventoryConfig, store: InventoryStore) -> None:
+    def __init__(
+        self,
+        config: InventoryConfig,
+        store: InventoryStore,
+        publishers: relay.PublisherFactory | None = None,
+    ) -> None:
+        self._publishers = publishers
+        self.relay: relay.Relay | None = None
         self._config = config
         self.store = store
         self._sweeper: asyncio.Task[None] | None = None
@@ -40,12 +48,16 @@ class InventoryService:
             added = await self.store.seed(self._config.seed_file)
             log.info("seeded %d products from %s", added, self._config.seed_file)
         self._sweeper = asyncio.create_task(self._sweep_forever())
+        # The outbox relay, only when a NATS server is named and a publisher given.
+        self.relay = await relay.started(self.store, self._config, self._publishers)
 
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self.relay is not None:  # after the last write that may append events
+            await self.relay.stop()
         await self.store.aclose()
 
     async def _sweep_forever(self) -> None:
@@ -65,7 +77,9 @@ class InventoryService:
                 log.info("pruned %d reservations past the retention", pruned)
 
 
-async def create(config: InventoryConfig) -> InventoryService:
+async def create(
+    config: InventoryConfig, publishers: relay.PublisherFactory | None = None
+) -> InventoryService:
     """The service on its store, opened (and migrated) without blocking the event loop."""
     store = await InventoryStore.open(
         config.db_location,
@@ -73,4 +87,4 @@ async def create(config: InventoryConfig) -> InventoryService:
         synchronous=config.db_synchronous,
         pool=config.db_pool,
     )
-    return InventoryService(config, store)
+    return InventoryService(config, store, publishers)

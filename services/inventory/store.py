@@ -18,7 +18,7 @@ import json
 import pathlib
 from collections.abc import Sequence
 
-from services.common import db
+from services.common import db, events
 from services.common.database import Row, Tx, clock
 from services.common.errors import (
     ErrorKind,
@@ -28,6 +28,7 @@ from services.common.errors import (
     failed_precondition,
     not_found,
 )
+from services.inventory import events as facts
 from services.inventory.domain import Item, Product, Reservation, ReservationState, fingerprint
 
 # Reservations one prune deletes at most: a backlog is worked off over several sweeps,
@@ -153,24 +154,30 @@ class InventoryStore(db.Store):
                 " VALUES (?, ?, ?, ?, ?)",
                 [(order_id, i.sku, i.quantity, i.price_minor, i.currency) for i in priced],
             )
-            return await _reservation_or_fail(tx, order_id)
+            held = await _reservation_or_fail(tx, order_id)
+            await events.emit(tx, facts.reserved(held), now=at)
+            return held
 
-        return await self.db.write(reserve)
+        return await self.write_events(reserve)
 
     async def commit(self, order_id: str, user_id: str, now: float | None = None) -> Reservation:
         """Sells a held reservation; a repeat returns the committed one."""
 
         async def commit(tx: Tx) -> Reservation:
-            _, moves = await _expire_due(tx, await clock(tx, now))
+            at = await clock(tx, now)
+            _, moves = await _expire_due(tx, at)
             # The state change first, conditional on HELD: a release of the same hold at
             # the same moment (another instance compensating) moves the stock, or this
             # does, never both.
-            if await _change_state(tx, order_id, user_id, ReservationState.COMMITTED):
+            sold = await _change_state(tx, order_id, user_id, ReservationState.COMMITTED)
+            if sold:
                 moves += await _moves_of(tx, order_id, SELL)
             await _move_all(tx, moves)
             found = await _read_reservation(tx, order_id)
             if found is None or found.user_id != user_id:
                 raise _reservation_not_found(order_id)
+            if sold:
+                await events.emit(tx, facts.committed(found), now=at)
             if found.state is not ReservationState.COMMITTED:
                 raise failed_precondition(
                     f"RESERVATION_{found.state.value}",
@@ -179,7 +186,7 @@ class InventoryStore(db.Store):
                 )
             return found
 
-        return await self.db.write(commit)
+        return await self.write_events(commit)
 
     async def release(self, order_id: str, user_id: str, now: float | None = None) -> Reservation:
         """Gives a hold back; for an unknown order, records an empty released one."""
@@ -195,14 +202,17 @@ class InventoryStore(db.Store):
                 " VALUES (?, ?, ?, '', ?) ON CONFLICT DO NOTHING",
                 (order_id, user_id, ReservationState.RELEASED.value, at),
             )
-            if not tombstone and await _change_state(
+            given_back = not tombstone and await _change_state(
                 tx, order_id, user_id, ReservationState.RELEASED
-            ):
+            )
+            if given_back:
                 moves += await _moves_of(tx, order_id, GIVE_BACK)
             await _move_all(tx, moves)
             found = await _reservation_or_fail(tx, order_id)
             if found.user_id != user_id:
                 raise _reservation_not_found(order_id)
+            if given_back:
+                await events.emit(tx, facts.released(found, expired=False), now=at)
             if found.state is ReservationState.COMMITTED:
                 raise failed_precondition(
                     "RESERVATION_COMMITTED",
@@ -211,7 +221,7 @@ class InventoryStore(db.Store):
                 )
             return found
 
-        return await self.db.write(release)
+        return await self.write_events(release)
 
     async def expire_due(self, now: float | None = None) -> int:
         """Gives back the stock of every hold past its expire time; returns how many."""
@@ -221,7 +231,7 @@ class InventoryStore(db.Store):
             await _move_all(tx, moves)
             return expired
 
-        return await self.db.write(expire)
+        return await self.write_events(expire)
 
     async def prune(self, retention_seconds: float, now: float | None = None) -> int:
         """Deletes reservations that hold nothing (RELEASED, EXPIRED, and release
@@ -276,6 +286,9 @@ class InventoryStore(db.Store):
                 await tx.execute(
                     "UPDATE products SET available = available + ? WHERE sku = ?", (quantity, sku)
                 )
+                product = await _read_product(tx, sku)
+                await events.emit(tx, facts.restocked(product, quantity))
+                return product
             else:
                 previous = await tx.fetchone(
                     "SELECT sku, quantity FROM restocks WHERE request_id = ?", (request_id,)
@@ -289,7 +302,7 @@ class InventoryStore(db.Store):
                     )
             return await _read_product(tx, sku)
 
-        return await self.db.write(restock)
+        return await self.write_events(restock)
 
 
 def _product_not_found(sku: str) -> ServiceError:
@@ -419,13 +432,14 @@ async def _expire_due(tx: Tx, now: float) -> tuple[int, list[Move]]:
     give their stock back (summed per SKU), for the caller to make with its own
     (`_move_all`). Holds another transaction is busy with (a commit, say) are left to the
     next sweep (`skip_locked`)."""
-    due = [
-        r["order_id"]
+    due = {
+        r["order_id"]: r
         for r in await tx.fetchall(
-            "SELECT order_id FROM reservations WHERE state = ? AND expire_at <= ?" + tx.skip_locked,
+            "SELECT order_id, user_id, expire_at FROM reservations"
+            " WHERE state = ? AND expire_at <= ?" + tx.skip_locked,
             (ReservationState.HELD.value, now),
         )
-    ]
+    }
     if not due:
         return 0, []
     marks = ", ".join("?" for _ in due)
@@ -433,9 +447,23 @@ async def _expire_due(tx: Tx, now: float) -> tuple[int, list[Move]]:
         f"UPDATE reservations SET state = ? WHERE order_id IN ({marks}) AND state = ?",
         (ReservationState.EXPIRED.value, *due, ReservationState.HELD.value),
     )
-    totals = await tx.fetchall(
-        f"SELECT sku, SUM(quantity) AS quantity FROM reservation_items WHERE order_id IN ({marks})"
-        " GROUP BY sku",
-        due,
-    )
-    return len(due), [(t["sku"], t["quantity"], GIVE_BACK) for t in totals]
+    items: dict[str, list[Item]] = {order_id: [] for order_id in due}
+    for i in await tx.fetchall(
+        "SELECT order_id, sku, quantity, price_minor, currency FROM reservation_items"
+        f" WHERE order_id IN ({marks}) ORDER BY order_id, sku",
+        tuple(due),
+    ):
+        items[i["order_id"]].append(Item(i["sku"], i["quantity"], i["price_minor"], i["currency"]))
+    totals: dict[str, int] = {}
+    for order_id, row in due.items():
+        for item in items[order_id]:
+            totals[item.sku] = totals.get(item.sku, 0) + item.quantity
+        expired = Reservation(
+            order_id,
+            row["user_id"],
+            tuple(items[order_id]),
+            ReservationState.EXPIRED,
+            row["expire_at"],
+        )
+        await events.emit(tx, facts.released(expired, expired=True), now=now)
+    return len(due), [(sku, quantity, GIVE_BACK) for sku, quantity in totals.items()]

@@ -8,6 +8,7 @@ import logging
 
 import grpc
 
+from services.common import relay
 from services.order.config import OrderConfig
 from services.order.participants import GrpcParticipants
 from services.order.saga import SagaRunner, SagaSettings
@@ -23,7 +24,14 @@ class OrderService:
     service_names = (order_service_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name,)
     interceptors = ()
 
-    def __init__(self, config: OrderConfig, store: OrderStore) -> None:
+    def __init__(
+        self,
+        config: OrderConfig,
+        store: OrderStore,
+        publishers: relay.PublisherFactory | None = None,
+    ) -> None:
+        self._publishers = publishers
+        self.relay: relay.Relay | None = None
         self._config = config
         self.store = store
         self._participants = GrpcParticipants(
@@ -48,6 +56,8 @@ class OrderService:
         # that stopped cleanly gave its leases up; a crashed one's expire after a lease).
         await self.saga.adopt()
         self._recovery = asyncio.create_task(self._recover_forever())
+        # The outbox relay, only when a NATS server is named and a publisher given.
+        self.relay = await relay.started(self.store, self._config, self._publishers)
 
     async def stop(self) -> None:
         if self._recovery is not None:
@@ -57,6 +67,8 @@ class OrderService:
         await self._servicer.placed()
         await self.saga.stop()
         await self._participants.close()
+        if self.relay is not None:  # after the last write that may append events
+            await self.relay.stop()
         await self.store.aclose()
 
     async def _recover_forever(self) -> None:
@@ -85,7 +97,9 @@ class OrderService:
             log.info("pruned %d cancelled orders older than the retention time", pruned)
 
 
-async def create(config: OrderConfig) -> OrderService:
+async def create(
+    config: OrderConfig, publishers: relay.PublisherFactory | None = None
+) -> OrderService:
     """The service on its store, opened (and migrated) without blocking the event loop."""
     store = await OrderStore.open(
         config.db_location,
@@ -93,4 +107,4 @@ async def create(config: OrderConfig) -> OrderService:
         synchronous=config.db_synchronous,
         pool=config.db_pool,
     )
-    return OrderService(config, store)
+    return OrderService(config, store, publishers)

@@ -8,6 +8,7 @@ import logging
 
 import grpc
 
+from services.common import relay
 from services.payment.config import PaymentConfig
 from services.payment.faults import FaultInterceptor, Faults
 from services.payment.servicer import PaymentServicer
@@ -21,7 +22,14 @@ class PaymentService:
     name = "payment"
     service_names = (payment_service_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name,)
 
-    def __init__(self, config: PaymentConfig, store: PaymentStore) -> None:
+    def __init__(
+        self,
+        config: PaymentConfig,
+        store: PaymentStore,
+        publishers: relay.PublisherFactory | None = None,
+    ) -> None:
+        self._publishers = publishers
+        self.relay: relay.Relay | None = None
         self._config = config
         self.interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
         if config.any_fault:
@@ -40,12 +48,16 @@ class PaymentService:
             added = await self.store.seed(self._config.seed_file)
             log.info("seeded %d accounts from %s", added, self._config.seed_file)
         self._sweeper = asyncio.create_task(self._sweep_forever())
+        # The outbox relay, only when a NATS server is named and a publisher given.
+        self.relay = await relay.started(self.store, self._config, self._publishers)
 
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self.relay is not None:  # after the last write that may append events
+            await self.relay.stop()
         await self.store.aclose()
 
     async def _sweep_forever(self) -> None:
@@ -65,7 +77,9 @@ class PaymentService:
                 log.info("pruned %d payments past the retention", pruned)
 
 
-async def create(config: PaymentConfig) -> PaymentService:
+async def create(
+    config: PaymentConfig, publishers: relay.PublisherFactory | None = None
+) -> PaymentService:
     """The service on its store, opened (and migrated) without blocking the event loop."""
     store = await PaymentStore.open(
         config.db_location,
@@ -73,4 +87,4 @@ async def create(config: PaymentConfig) -> PaymentService:
         synchronous=config.db_synchronous,
         pool=config.db_pool,
     )
-    return PaymentService(config, store)
+    return PaymentService(config, store, publishers)

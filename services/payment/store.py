@@ -21,9 +21,10 @@ import asyncio
 import json
 import pathlib
 
-from services.common import db
+from services.common import db, events
 from services.common.database import Tx, clock
 from services.common.errors import ServiceError, already_exists, failed_precondition, not_found
+from services.payment import events as facts
 from services.payment.domain import (
     PRUNABLE_STATES,
     Account,
@@ -130,7 +131,10 @@ class PaymentStore(db.Store):
                         "UPDATE payments SET state = ? WHERE order_id = ?",
                         (PaymentState.DECLINED.value, order_id),
                     )
-                return await _payment_or_fail(tx, order_id)
+                payment = await _payment_or_fail(tx, order_id)
+                if held:
+                    await events.emit(tx, facts.authorized(payment), now=at)
+                return payment
             await _move_all(tx, returns)
             existing = await _payment_or_fail(tx, order_id)
             if existing.state is PaymentState.VOIDED and existing.amount_minor == 0:
@@ -147,7 +151,7 @@ class PaymentStore(db.Store):
                 )
             return existing
 
-        found = await self.db.write(authorize)
+        found = await self.write_events(authorize)
         # Raised after the transaction, so that the decline (or the expiry) stays recorded.
         if found.state is PaymentState.DECLINED:
             raise failed_precondition(
@@ -169,9 +173,12 @@ class PaymentStore(db.Store):
             if amount is not None:
                 moves.append((user_id, amount, CAPTURE))
             await _move_all(tx, moves)
-            return await _owned(tx, order_id, user_id)
+            payment = await _owned(tx, order_id, user_id)
+            if amount is not None:
+                await events.emit(tx, facts.captured(payment), now=at)
+            return payment
 
-        found = await self.db.write(capture)
+        found = await self.write_events(capture)
         if found.state is not PaymentState.CAPTURED:
             raise _nothing_held(found)  # after the transaction: an expiry stays recorded
         return found
@@ -191,14 +198,24 @@ class PaymentStore(db.Store):
                 " created_at, updated_at) VALUES (?, ?, 0, '', ?, ?, ?) ON CONFLICT DO NOTHING",
                 (order_id, user_id, PaymentState.VOIDED.value, at, at),
             )
+            amount = None
             if not tombstone:
                 amount = await _change_state(tx, order_id, user_id, PaymentState.VOIDED, at)
                 if amount is not None:
                     moves.append((user_id, amount, GIVE_BACK))
             await _move_all(tx, moves)
-            return await _owned(tx, order_id, user_id)
+            payment = await _owned(tx, order_id, user_id)
+            if amount is not None:
+                await events.emit(
+                    tx,
+                    facts.voided(
+                        order_id, user_id, payment.amount_minor, payment.currency, expired=False
+                    ),
+                    now=at,
+                )
+            return payment
 
-        found = await self.db.write(void)
+        found = await self.write_events(void)
         if found.state is PaymentState.CAPTURED:
             raise failed_precondition(
                 "PAYMENT_ALREADY_CAPTURED",
@@ -215,7 +232,7 @@ class PaymentStore(db.Store):
             await _move_all(tx, moves)
             return expired
 
-        return await self.db.write(expire)
+        return await self.write_events(expire)
 
     async def prune(self, retention_seconds: float, now: float | None = None) -> int:
         """Deletes payments that hold no money and have not changed for longer than
@@ -342,7 +359,7 @@ async def _expire_due(tx: Tx, now: float) -> tuple[int, list[Move]]:
     transaction is busy with are left to the next sweep); an expiry row is only ever
     touched by whoever holds its payment."""
     due = await tx.fetchall(
-        "SELECT p.order_id, p.user_id, p.amount_minor FROM payments p"
+        "SELECT p.order_id, p.user_id, p.amount_minor, p.currency FROM payments p"
         " JOIN authorization_expiry e USING (order_id)"
         " WHERE e.expire_at <= ? AND p.state = ?" + tx.skip_locked.replace("UPDATE", "UPDATE OF p"),
         (now, PaymentState.AUTHORIZED.value),
@@ -354,4 +371,9 @@ async def _expire_due(tx: Tx, now: float) -> tuple[int, list[Move]]:
     await tx.executemany(
         "DELETE FROM authorization_expiry WHERE order_id = ?", [(r["order_id"],) for r in due]
     )
+    for r in due:
+        expired = facts.voided(
+            r["order_id"], r["user_id"], r["amount_minor"], r["currency"], expired=True
+        )
+        await events.emit(tx, expired, now=now)
     return len(due), [(r["user_id"], r["amount_minor"], GIVE_BACK) for r in due]

@@ -78,10 +78,14 @@ def test_shopmesh_migrate_applies_and_lists_on_a_url(postgres_cluster: Cluster) 
     flags = ["--service", "payment", "--db", database.url, "--db-password-file"]
     flags.append(str(database.password_file))
     ran = run_command([*shopmesh, *flags], timeout=60)
-    assert ran.stdout == (f"{database.url}: applied 0001_initial, 0002_expire_old_authorizations\n")
+    assert ran.stdout == (
+        f"{database.url}: applied 0001_initial, 0002_expire_old_authorizations, 0003_outbox\n"
+    )
     assert run_command([*shopmesh, *flags], timeout=60).stdout == f"{database.url}: up to date\n"
     listed = run_command([*shopmesh, *flags, "--list"], timeout=60).stdout
-    assert listed == "applied  0001_initial\napplied  0002_expire_old_authorizations\n"
+    assert listed == (
+        "applied  0001_initial\napplied  0002_expire_old_authorizations\napplied  0003_outbox\n"
+    )
     # The password reached the server from the file, never a command line or the output.
     assert database.password_file.read_text().strip() not in ran.stdout + ran.stderr
     assert os.stat(database.password_file).st_mode & 0o077 == 0
