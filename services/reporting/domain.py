@@ -6,8 +6,8 @@ Which event drives which table (docs/reporting.md):
   moved to `sold`, so they equal its sold counts);
 - OrderConfirmed: day_revenue (revenue is the confirmed orders' totals);
 - OrderPlaced, OrderConfirmed, OrderCancelled: user_orders and their lines;
-- every other contract event (holds, releases, restocks, payments) is applied with no
-  effect on the tables (recorded, so that its redelivery is a duplicate too);
+- every other contract event (the saga's steps, holds, releases, restocks, payments) is
+  applied with no effect on the tables (recorded, so that its redelivery is a duplicate too);
 - a type the contracts here do not know (a newer producer's) is skipped and counted;
 - a message whose envelope or payload does not decode is parked.
 """
@@ -103,6 +103,13 @@ class Event:
 
 
 _NO_EFFECT: tuple[type[Message], ...] = (
+    # The saga's steps between an order's placing and its end: its final event carries
+    # what the tables need.
+    order_events_pb2.OrderReserved,
+    order_events_pb2.OrderPaymentAuthorized,
+    order_events_pb2.OrderCommitting,
+    order_events_pb2.OrderCancelRequested,
+    order_events_pb2.OrderCompensating,
     inventory_events_pb2.StockReserved,
     inventory_events_pb2.StockReleased,
     inventory_events_pb2.StockRestocked,
@@ -120,6 +127,10 @@ _KNOWN: dict[str, type[Message]] = {
         *_NO_EFFECT,
     )
 }
+
+
+KNOWN_TYPES = frozenset(_KNOWN)
+"""The event types this read model knows; any other is a newer producer's (skipped)."""
 
 
 def decode(data: bytes, stream_sequence: int) -> Event:

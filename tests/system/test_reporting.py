@@ -1,12 +1,14 @@
 """The reporting service in the whole system, through Envoy's REST routes with an admin
 token: after many orders (confirmed, and cancelled for want of stock or money) its units
-sold per SKU equal inventory's sold counts and its revenue the confirmed orders' totals;
+sold per SKU equal inventory's sold counts, its revenue per day the confirmed orders'
+totals, and each user's summary that user's orders;
 a non-admin token gets 403; and `python -m services.reporting --rebuild` into a new
 database, from the stream's start, makes the same tables as the live read model."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import itertools
 import pathlib
 import sys
@@ -111,6 +113,29 @@ def test_reports_match_the_orders_and_a_rebuild_matches_the_live_tables(
             assert names[sku] == product["name"]
     revenue = sum(int(p["revenue"]["amountMinor"]) for p in top.body["products"])
     assert revenue == sum(int(o["total"]["amountMinor"]) for o in confirmed)
+
+    # Revenue per UTC day, from OrderConfirmed: the confirmed orders' totals.
+    today = datetime.datetime.now(datetime.UTC).date()
+    days = f"start_day={today - datetime.timedelta(days=1)}&end_day={today}"
+    daily = rest(system, "GET", f"/v1/reports/revenue?{days}", admin)
+    assert daily.status == 200, daily.text
+    assert sum(int(d["ordersConfirmed"]) for d in daily.body["days"]) == len(confirmed)
+    assert sum(int(d["revenue"]["amountMinor"]) for d in daily.body["days"]) == revenue
+
+    # A user's summary, with product names composed when the events arrived.
+    for user in ("alice", "rich"):
+        mine = [o for o in orders if o["userId"] == user]
+        summary = rest(system, "GET", f"/v1/reports/users/{user}/orders?page_size=100", admin)
+        assert summary.status == 200, summary.text
+        body = summary.body
+        assert int(body["ordersConfirmed"]) + int(body["ordersCancelled"]) == len(mine)
+        assert body["ordersPending"] == "0"
+        spent = sum(int(o["total"]["amountMinor"]) for o in mine if o in confirmed)
+        assert sum(int(m["amountMinor"]) for m in body["spent"]) == spent
+        lines = [line for order in body["orders"] for line in order["lines"]]
+        assert lines and all(
+            line["productName"] == names.get(line["sku"], line["productName"]) for line in lines
+        )
 
     # Only an admin may read the reports.
     assert rest(system, "GET", "/v1/reports/lag", system.token("alice")).status == 403
