@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import pathlib
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -17,12 +18,13 @@ import pytest
 from services.common.jetstream import STREAM, JetStreamPublisher, JetStreamSettings, open_publisher
 from services.reporting import nats_source, rebuild
 from services.reporting.config import ReportingConfig
+from services.reporting.domain import decode
 from services.reporting.store import ReportingStore
 from shop.events.v1 import envelope_pb2
 from shop.reporting.v1 import reporting_service_pb2 as rpc
 from shop.reporting.v1.reporting_service_pb2_grpc import ReportingServiceStub
 from shopmesh.nats_server import NatsServer
-from tests.helpers import ADMIN, Served, serving
+from tests.helpers import ADMIN, Served, run_command, serving
 from tests.nats_harness import running_nats
 from tests.reporting_helpers import DAY1, order_events
 from tests.stores import rows
@@ -151,3 +153,31 @@ async def test_rebuild_refuses_a_database_that_holds_a_read_model(
     await rebuild.rebuild(config)
     with pytest.raises(rebuild.NotEmpty):
         await rebuild.rebuild(dataclasses.replace(config))
+
+
+def test_the_rebuild_command_refuses_without_nats_or_into_a_used_database(
+    nats: NatsServer,
+    publisher: JetStreamPublisher,
+    inventory_served: Served,
+    tmp_path: pathlib.Path,
+) -> None:
+    command = [sys.executable, "-m", "services.reporting", "--rebuild"]
+    no_nats = run_command([*command, "--db-path", str(tmp_path / "a.db")], expect=2)
+    assert "needs --nats-url" in no_nats.stderr
+    used = tmp_path / "used.db"
+    store = ReportingStore(used)
+    store.close()
+    flags = ["--db-path", str(used), "--nats-url", nats.url]
+    flags += ["--inventory-target", inventory_served.target]
+    assert run_command([*command, *flags], timeout=60).returncode == 0  # an empty stream
+    seeded = ReportingStore(used)
+    try:
+        asyncio.run(
+            seeded.apply(
+                [decode(order_events("o1", "ann", DAY1, confirm=True)[0], 1)], {"SKU-TEA": "t"}
+            )
+        )
+    finally:
+        seeded.close()
+    refused = run_command([*command, *flags], expect=1, timeout=60)
+    assert "already holds a read model" in refused.stderr
