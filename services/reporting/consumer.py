@@ -206,25 +206,34 @@ async def run(
     `lag_log_interval_seconds`."""
     next_log = 0.0
     while not stop.is_set():
-        if (
-            until_sequence is not None
-            and (await projector.store.state()).applied_sequence >= until_sequence
-        ):
-            return
-        messages = await source.fetch(batch, wait_seconds)
-        if messages:
-            await projector.handle(messages)
-        now = time.monotonic()
-        if now >= next_log:
-            next_log = now + lag_log_interval_seconds
-            found = await lag(projector.store, source)
-            log.info(
-                "reporting lag: %s events behind, %s seconds behind (applied up to %d;"
-                " %d applied, %d skipped, %d parked)",
-                "?" if found.events_behind is None else found.events_behind,
-                "-" if found.seconds_behind is None else f"{found.seconds_behind:.1f}",
-                found.applied_sequence,
-                found.applied,
-                found.skipped,
-                found.parked,
-            )
+        try:
+            if (
+                until_sequence is not None
+                and (await projector.store.state()).applied_sequence >= until_sequence
+            ):
+                return
+            messages = await source.fetch(batch, wait_seconds)
+            if messages:
+                await projector.handle(messages)
+            if time.monotonic() >= next_log:
+                next_log = time.monotonic() + lag_log_interval_seconds
+                await _log_lag(projector.store, source)
+        except Exception as error:  # an ack lost with the connection, the database away
+            # Unsettled messages come again after the consumer's ack wait, and their
+            # effects, if committed, are deduplicated then: go on rather than stop feeding.
+            log.warning("consuming failed, going on: %s", _reason(error))
+            await asyncio.sleep(projector.retry_delay_seconds)
+
+
+async def _log_lag(store: ReportingStore, source: Source) -> None:
+    found = await lag(store, source)
+    log.info(
+        "reporting lag: %s events behind, %s seconds behind (applied up to %d;"
+        " %d applied, %d skipped, %d parked)",
+        "?" if found.events_behind is None else found.events_behind,
+        "-" if found.seconds_behind is None else f"{found.seconds_behind:.1f}",
+        found.applied_sequence,
+        found.applied,
+        found.skipped,
+        found.parked,
+    )

@@ -4,11 +4,13 @@ types skipped and undecodable messages parked, and the lag."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
+from collections.abc import Sequence
 
 from services.common.events import spec
-from services.reporting.consumer import Projector, lag
+from services.reporting.consumer import Projector, lag, run
 from services.reporting.domain import KNOWN_TYPES, OrderState, utc_day
 from services.reporting.store import ReportingStore
 from shop.events.v1 import envelope_pb2
@@ -212,3 +214,46 @@ def test_every_contract_event_is_known() -> None:
             fact = getattr(module, name)()
             spec(fact)  # an event of the contracts
             assert fact.DESCRIPTOR.full_name in KNOWN_TYPES, name
+
+
+class LosingAcks(FakeMessage):
+    """A message whose ack fails, as one does when the connection goes with it."""
+
+    async def ack(self) -> None:
+        raise ConnectionError("connection closed")
+
+
+async def test_the_consumer_goes_on_after_a_failure(open_store: StoreOpener) -> None:
+    """An ack lost with the connection must not end the consumer: the message comes again
+    (deduplicated) and the next batches are applied."""
+    store = await open_store(ReportingStore)
+    first = order_events("o1", "fay", DAY1, confirm=True)
+    second = order_events("o2", "fay", DAY1 + 5, confirm=True)
+    batches = [
+        [LosingAcks(first[0], 1), FakeMessage(first[1], 2), FakeMessage(first[2], 3)],
+        messages(first),  # redelivered
+        messages(second, first=4),
+    ]
+    stop = asyncio.Event()
+
+    class Batches(FakeSource):
+        async def fetch(self, batch: int, wait_seconds: float) -> Sequence[FakeMessage]:
+            if not batches:
+                stop.set()
+                return []
+            return batches.pop(0)
+
+    await asyncio.wait_for(
+        run(
+            Projector(store, FakeNames(NAMES), retry_delay_seconds=0.0),
+            Batches(6),
+            batch=10,
+            wait_seconds=0.0,
+            lag_log_interval_seconds=0.0,
+            stop=stop,
+        ),
+        10,
+    )
+    state = await store.state()
+    assert (state.applied, state.applied_sequence) == (6, 6)
+    assert await rows(store, "SELECT COUNT(*) FROM user_orders WHERE state = 'CONFIRMED'") == [(2,)]
