@@ -9,9 +9,9 @@ PYTEST_ARGS ?=
 .PHONY: help setup wrk postgresql gen gen-check lint breaking test chaos bench bench-validation bench-pg-drivers bench-pg-functions pg-races profile profile-pg run clean
 
 help:
-	@echo "make run        set up, then run Consul, the control plane, the services and Envoy (N=2: two of each)"
+	@echo "make run        set up, then run NATS, Consul, the control plane, the services and Envoy (N=2: two of each)"
 	@echo "make test       set up, check generated code and lint, run every test; then the store, saga, fault and model tests on PostgreSQL"
-	@echo "make setup      install into the repo: .venv (pinned), Consul, npm packages, dev JWT keys (idempotent)"
+	@echo "make setup      install into the repo: .venv (pinned), Consul, nats-server, npm packages, dev JWT keys (idempotent)"
 	@echo "make gen        regenerate gen/, the clients, docs/openapi.json, docs/api-reference.md and docs/events.md from proto/"
 	@echo "make gen-check  regenerate and fail if any generated file differs from what is committed"
 	@echo "make lint       buf lint + format, ruff, mypy"
@@ -32,7 +32,7 @@ SDK := clients/python/shopmesh_sdk/gen
 # What `make gen` writes; gen-check fails if any of it differs from what is committed.
 GENERATED := gen/ docs/openapi.json docs/api-reference.md docs/events.md $(TS)/src/gen $(SDK)
 
-setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules/.installed
+setup: $(VENV)/.installed .tools/bin/consul var/jwt/jwks.json $(TS)/node_modules/.installed .tools/bin/nats-server
 
 # The load generator of `make bench` (and of its smoke test in `make test`).
 wrk:
@@ -51,6 +51,10 @@ $(TS)/node_modules/.installed: $(TS)/package-lock.json
 # Consul: the one on PATH, else Debian's package unpacked into .tools/ (see the script).
 .tools/bin/consul:
 	tools/install-consul
+
+# nats-server (JetStream): the one on PATH, else Debian's package unpacked into .tools/ (see the script).
+.tools/bin/nats-server:
+	tools/install-nats
 
 # libfaketime, for the clock-jump test: Debian's package unpacked into .tools/ (see the script).
 .tools/lib/libfaketime.so.1:

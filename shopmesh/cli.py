@@ -44,6 +44,7 @@ shopmesh is running ({elapsed:.1f} s to healthy; logs and data in {workdir}/):
   Consul             http://127.0.0.1:{consul}
                      DNS :{consul_dns}, server RPC :{consul_server}, serf LAN :{consul_serf}
   control plane      127.0.0.1:{xds}
+  NATS JetStream     {nats_url} (monitoring {nats_monitor}/jsz; store in {nats_store})
   services           {services}
   databases          {databases}
 
@@ -65,13 +66,14 @@ Press Ctrl-C to stop everything.
 
 
 RUN_DESCRIPTION = """\
-Runs Consul, the control plane, the services and Envoy (with --postgres, a PostgreSQL
-cluster too, which the services keep their state in), and supervises them until
+Runs NATS (JetStream), Consul, the control plane, the services and Envoy (with
+--postgres, a PostgreSQL cluster too, which the services keep their state in), and
+supervises them until
 Ctrl-C or SIGTERM. A part that exits is started again after {first:g} s; the wait doubles
 with each further crash of that part within {window:g} s, up to {most:g} s. A part that
 crashes {limit} times within {window:g} s is given up on: everything stops, exit status 1.
-Stopping goes in order: the services (they deregister from Consul), then PostgreSQL,
-the control plane and Envoy, then Consul.
+Stopping goes in order: the services (they deregister from Consul), then NATS and
+PostgreSQL, the control plane and Envoy, then Consul.
 """
 
 
@@ -301,6 +303,9 @@ def _run(args: argparse.Namespace) -> int:
             consul_server=ports.consul_server,
             consul_serf=ports.consul_serf,
             xds=ports.xds,
+            nats_url=running.nats.url,
+            nats_monitor=running.nats.monitor_url,
+            nats_store=running.nats.store_dir,
             services=", ".join(f"{s.label} :{s.port}" for s in running.instances()),
             databases=databases_line(running),
             token=running.token("alice"),
@@ -456,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     restart = RestartPolicy()
     run = commands.add_parser(
         "run",
-        help="run Consul, the control plane, the services and Envoy",
+        help="run NATS, Consul, the control plane, the services and Envoy",
         description=RUN_DESCRIPTION.format(
             first=restart.first_delay_seconds,
             most=restart.max_delay_seconds,

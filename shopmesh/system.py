@@ -1,14 +1,16 @@
-"""The whole local system under one parent: Consul, the control plane, the services, Envoy.
+"""The whole local system under one parent: NATS, Consul, the control plane, the services,
+Envoy.
 
 `start` brings the parts up in order (with `postgres`, the PostgreSQL cluster first, which
-the services keep their state in; then Consul, since everything registers with it; then
-the control plane, every service instance and Envoy at once) and returns when each
-is healthy: Consul has a leader, each service serves, and Envoy reports a healthy
-endpoint for every instance. Readiness is polled, never assumed after a sleep. The
+the services keep their state in; then NATS, the events' broker, and Consul, since
+everything registers with it, side by side; then the control plane, every service
+instance and Envoy at once) and returns when each is healthy: NATS has JetStream up,
+Consul has a leader, each service serves, and Envoy reports a healthy endpoint for every
+instance. Readiness is polled, never assumed after a sleep. The
 parent must stay alive: Envoy asks the kernel to stop it when its parent exits
 (PR_SET_PDEATHSIG, measured with Envoy 1.40); `shopmesh run` stays, supervising `parts()`
-(shopmesh.processes). `stop` stops them in order: the services, then the PostgreSQL server,
-Consul last.
+(shopmesh.processes). `stop` stops them in order: the services, then NATS and the PostgreSQL
+server, Consul last.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from services.common.config import setting
 from services.order.config import GATEWAY_TRY_TIMEOUT_SECONDS
 from shopmesh import postgres, tokens
 from shopmesh.check import Location
+from shopmesh.nats_server import NatsServer
 from shopmesh.postgres import ServiceDatabase
 from shopmesh.processes import Process, ServiceProcess, spawn_service, stop_together
 from shopmesh.tools import DEMO_DATA, REPO, WORKDIR, free_ports, tool
@@ -49,11 +52,14 @@ class Ports:
     consul_dns: int = setting(0, "Consul DNS")
     consul_server: int = setting(0, "Consul server RPC")
     consul_serf: int = setting(0, "Consul serf LAN")
+    # NATS's conventional ports: the services and the `nats` tools address them.
+    nats: int = setting(4222, "NATS client (JetStream)")
+    nats_monitor: int = setting(8222, "NATS monitoring (HTTP)")
 
     @classmethod
     def free(cls) -> Ports:
         """Every port picked by the kernel, for tests running side by side."""
-        return cls(*free_ports(8))
+        return cls(*free_ports(len(fields(cls))))
 
     def resolved(self) -> Ports:
         """These ports with each 0 replaced by a free one (for TCP and UDP alike), picked
@@ -128,6 +134,7 @@ class System:
     payment: list[ServiceProcess]
     order: list[ServiceProcess]
     envoy: Process
+    nats: NatsServer
     keys: tokens.Keys
     databases: dict[str, Location]
     """Each service's database (shopmesh.check reads them)."""
@@ -152,7 +159,14 @@ class System:
     def parts(self) -> list[Process]:
         """Every process of the system, in the order they start."""
         server = [self.cluster.process] if self.cluster is not None else []
-        return [*server, self.consul, self.controlplane, *self.instances(), self.envoy]
+        return [
+            *server,
+            self.nats,
+            self.consul,
+            self.controlplane,
+            *self.instances(),
+            self.envoy,
+        ]
 
     def token(self, user: str, *scopes: str, ttl: int = tokens.DEFAULT_TTL_SECONDS) -> str:
         return tokens.issue(user, scopes, ttl, self.keys.private_pem.parent)
@@ -194,13 +208,14 @@ class System:
     def stop(self) -> None:
         """Stops everything by PID, in order: the order service (it calls the others,
         through Envoy, while it drains), then inventory and payment; each deregisters
-        from Consul as it stops, so Consul must still be up. Then the PostgreSQL server,
-        which nothing uses any more, then the control plane and Envoy, and Consul last."""
+        from Consul as it stops, so Consul must still be up. Then NATS and the PostgreSQL
+        server, which nothing uses any more, then the control plane and Envoy, and Consul
+        last."""
         server = [self.cluster.process] if self.cluster is not None else []
         for tier in (
             self.order,
             [*self.inventory, *self.payment],
-            server,
+            [self.nats, *server],
             [self.controlplane, self.envoy],
             [self.consul],
         ):
@@ -255,6 +270,14 @@ def consul_process(settings: Settings) -> Process:
             "performance { raft_multiplier = 1 }",
         ],
         ready=lambda: consul_has_leader(http_address),
+    )
+
+
+def nats_process(settings: Settings) -> NatsServer:
+    """The NATS server with JetStream, its store in `<workdir>/nats`."""
+    workdir = settings.workdir
+    return NatsServer(
+        workdir / "nats", workdir / "nats.log", settings.ports.nats, settings.ports.nats_monitor
     )
 
 
@@ -320,9 +343,12 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             databases.update({name: cluster.service_database(name) for name in databases})
         databases.update(settings.databases)
 
-        progress("starting consul")
+        progress("starting nats and consul")
+        nats = nats_process(settings).start()
+        started.append(nats)
         consul = consul_process(settings).start()
         started.append(consul)
+        nats.wait_until(nats.is_ready, "JetStream starting", READY_TIMEOUT_SECONDS)
         consul.wait_until(consul.is_ready, "Consul electing itself leader", READY_TIMEOUT_SECONDS)
 
         progress("starting the control plane, the services and envoy")
@@ -343,6 +369,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
                 extra = {"inventory_target": internal, "payment_target": internal}
             # One database per service, shared by all its instances, so a restart keeps state.
             extra.update(store_flags(databases[name]))
+            extra["nats_url"] = nats.url
             extra.update(settings.service_settings.get(name, {}))
             groups[name] = []
             for n in range(1, settings.instances + 1):
@@ -364,6 +391,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             groups["payment"],
             groups["order"],
             envoy,
+            nats,
             keys,
             databases,
             cluster,

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from services.common import db
 from services.common.database import is_server_url
+from services.common.jetstream import JetStreamSettings
 from services.common.postgresql import PoolSettings, redacted
 
 ENV_PREFIX = "SHOP_"
@@ -30,6 +31,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 T = TypeVar("T", bound="ServerConfig")
 
 POOL = PoolSettings()
+JETSTREAM = JetStreamSettings()
 
 
 class ConfigError(Exception):
@@ -143,7 +145,7 @@ class StoreConfig(ServerConfig):
     nats_url: str = setting(
         "",
         "NATS server the outbox relay publishes events to, nats://HOST:PORT; unset: no relay"
-        " runs (events wait in the outbox)",
+        " runs (events wait in the outbox); `shopmesh run` sets it",
     )
     outbox_lease_seconds: float = setting(
         10.0,
@@ -152,7 +154,8 @@ class StoreConfig(ServerConfig):
         " outbox_publish_timeout_seconds",
     )
     outbox_publish_timeout_seconds: float = setting(
-        2.0, "how long the relay waits for one event's PubAck before it backs off"
+        JETSTREAM.publish_timeout_seconds,
+        "how long the relay waits for one event's PubAck before it backs off",
     )
     outbox_batch_size: int = setting(
         100, "events the relay reads, publishes and marks sent per batch"
@@ -171,11 +174,41 @@ class StoreConfig(ServerConfig):
     outbox_max_backoff_seconds: float = setting(
         5.0, "longest wait of the relay between two tries while publishing fails"
     )
+    nats_reconnect_max_seconds: float = setting(
+        JETSTREAM.reconnect_max_seconds,
+        "the longest wait between two attempts to reach NATS, which are made for ever",
+    )
+    events_max_age_seconds: float = setting(
+        JETSTREAM.max_age_seconds,
+        "how long the SHOP_EVENTS stream keeps an event, so how far back a consumer rebuilt"
+        " from the stream's start reaches; the same for every service",
+    )
+    events_max_bytes: int = setting(
+        JETSTREAM.max_bytes,
+        "the most SHOP_EVENTS stores; past it the oldest events go first; the same for every"
+        " service",
+    )
+    events_duplicate_window_seconds: float = setting(
+        JETSTREAM.duplicate_window_seconds,
+        "how long NATS drops a re-publish of an event id it has stored; the same for every service",
+    )
 
     @property
     def db_location(self) -> str | pathlib.Path:
         """Where the store is: db_url if set, else the SQLite file db_path (`Store.open`)."""
         return self.db_url or self.db_path
+
+    @property
+    def jetstream(self) -> JetStreamSettings:
+        """How the service uses NATS (`services.common.jetstream`)."""
+        return JetStreamSettings(
+            url=self.nats_url,
+            max_age_seconds=self.events_max_age_seconds,
+            max_bytes=self.events_max_bytes,
+            duplicate_window_seconds=self.events_duplicate_window_seconds,
+            publish_timeout_seconds=self.outbox_publish_timeout_seconds,
+            reconnect_max_seconds=self.nats_reconnect_max_seconds,
+        )
 
     @property
     def db_pool(self) -> PoolSettings:
@@ -218,8 +251,6 @@ class StoreConfig(ServerConfig):
                 "outbox_lease_seconds must be more than 4x outbox_publish_timeout_seconds,"
                 f" got {self.outbox_lease_seconds:g} and {self.outbox_publish_timeout_seconds:g}"
             )
-        if self.nats_url and not self.nats_url.startswith(("nats://", "tls://")):
-            found.append(f"nats_url must be nats://HOST:PORT, got {self.nats_url!r}")
         if self.db_url:
             found.extend(url_problems(self.db_url))
             if self.db_password_file is None:
@@ -230,7 +261,44 @@ class StoreConfig(ServerConfig):
             found.append(
                 "db_password_file is only for db_url (a PostgreSQL database); SQLite needs none"
             )
+        found.extend(jetstream_problems(self))
         return found
+
+
+def jetstream_problems(config: StoreConfig) -> list[str]:
+    """What is wrong with the nats_* and events_* settings."""
+    found = []
+    if config.nats_url:
+        parts = urllib.parse.urlsplit(config.nats_url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        shaped = parts.scheme in ("nats", "tls") and parts.hostname and port
+        if not shaped or parts.path not in ("", "/"):
+            found.append(f"nats_url must be nats://HOST:PORT, got {config.nats_url!r}")
+    for name in (
+        "nats_reconnect_max_seconds",
+        "events_max_age_seconds",
+        "events_max_bytes",
+        "events_duplicate_window_seconds",
+    ):
+        if getattr(config, name) <= 0:
+            found.append(f"{name} must be > 0, got {getattr(config, name):g}")
+    window = config.events_duplicate_window_seconds
+    if window > config.events_max_age_seconds:
+        # The server refuses such a stream: it could not remember an id for longer.
+        found.append("events_duplicate_window_seconds must be at most events_max_age_seconds")
+    if config.outbox_lease_seconds >= window:
+        # A relay that lost its lease mid-batch leaves events a successor publishes again:
+        # the re-publish must land inside the window to be dropped.
+        found.append("outbox_lease_seconds must be less than events_duplicate_window_seconds")
+    if config.outbox_publish_timeout_seconds >= window:
+        # A publish that timed out is published again: the second must land in the window.
+        found.append(
+            "outbox_publish_timeout_seconds must be less than events_duplicate_window_seconds"
+        )
+    return found
 
 
 def url_problems(url: str) -> list[str]:

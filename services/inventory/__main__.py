@@ -2,8 +2,10 @@
 
 import sys
 
+from services.common.jetstream import with_jetstream
 from services.common.server import main
 from services.inventory.config import InventoryConfig
 from services.inventory.service import create
 
-sys.exit(main("inventory", InventoryConfig, create))
+# Its outbox relay publishes to JetStream (when --nats-url names a server).
+sys.exit(main("inventory", InventoryConfig, with_jetstream(create, "inventory")))

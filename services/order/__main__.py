@@ -2,8 +2,10 @@
 
 import sys
 
+from services.common.jetstream import with_jetstream
 from services.common.server import main
 from services.order.config import OrderConfig
 from services.order.service import create
 
-sys.exit(main("order", OrderConfig, create))
+# Its outbox relay publishes to JetStream (when --nats-url names a server).
+sys.exit(main("order", OrderConfig, with_jetstream(create, "order")))

@@ -2,8 +2,10 @@
 
 import sys
 
+from services.common.jetstream import with_jetstream
 from services.common.server import main
 from services.payment.config import PaymentConfig
 from services.payment.service import create
 
-sys.exit(main("payment", PaymentConfig, create))
+# Its outbox relay publishes to JetStream (when --nats-url names a server).
+sys.exit(main("payment", PaymentConfig, with_jetstream(create, "payment")))

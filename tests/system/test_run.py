@@ -13,6 +13,7 @@ import pathlib
 import re
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import pytest
 from services.common.registration import consul_client
 from shopmesh import tokens
 from shopmesh.check import workdir_databases
+from shopmesh.nats_server import jetstream_info
 from shopmesh.system import Ports, Settings, consul_process
 from shopmesh.tools import DEMO_DATA, REPO, free_ports
 from tests.helpers import Client, Ledger, run_command
@@ -50,15 +52,17 @@ class ShopmeshRun:
 
     def __init__(self, workdir: pathlib.Path, *flags: str) -> None:
         self.workdir = workdir
-        public, internal, admin, xds, consul_http = free_ports(5)
+        public, internal, admin, xds, consul_http, nats, nats_monitor = free_ports(7)
         self.public_target = f"127.0.0.1:{public}"
+        self.nats_monitor_port = nats_monitor
         command = [
             SHOPMESH,
             "run",
             *("--workdir", str(workdir), "--keys-dir", str(workdir / "jwt")),
             *("--public-port", str(public), "--internal-port", str(internal)),
             *("--admin-port", str(admin), "--xds-port", str(xds)),
-            *("--consul-port", str(consul_http), *flags),
+            *("--consul-port", str(consul_http)),
+            *("--nats-port", str(nats), "--nats-monitor-port", str(nats_monitor), *flags),
         ]
         self.lines: list[str] = []
         self._changed = threading.Condition()
@@ -205,6 +209,30 @@ def test_a_service_killed_under_shopmesh_run_comes_back(
     assert traffic.outcomes["ORDER_STATE_CONFIRMED"] == traffic.summary()["ok"], traffic.outcomes
     fault = f"inventory kill -9 under shopmesh run: back in {back:.1f} s"
     settle(direct_client(running), DEMO_LEDGER, traffic, fault, workdir_databases(running.workdir))
+    # The services' outbox relays publish to the NATS it started: every event of every
+    # outbox is in the stream once, the killed instance's too.
+    events = outbox_events(running.workdir)
+    assert events > 0
+    deadline = time.monotonic() + START_SECONDS
+    while stream_messages(running) != events:
+        assert time.monotonic() < deadline, (events, stream_messages(running))
+        time.sleep(0.1)
+        events = outbox_events(running.workdir)
+
+
+def outbox_events(workdir: pathlib.Path) -> int:
+    """How many events the three services' outboxes hold (SQLite files in `workdir`)."""
+    total = 0
+    for name in ("inventory", "payment", "order"):
+        with contextlib.closing(sqlite3.connect(workdir / f"{name}.db")) as conn:
+            total += conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    return total
+
+
+def stream_messages(running: ShopmeshRun) -> int:
+    info = jetstream_info(running.nats_monitor_port)
+    assert info is not None
+    return int(info["messages"])
 
 
 def test_a_crash_loop_makes_shopmesh_run_give_up_and_say_so(
@@ -227,11 +255,29 @@ def test_a_crash_loop_makes_shopmesh_run_give_up_and_say_so(
 def test_ctrl_c_stops_the_services_before_consul(shopmesh_run: Callable[..., ShopmeshRun]) -> None:
     running = shopmesh_run("--instances", "2")
     running.wait_running()
+    # NATS runs with JetStream, its store under the workdir, and says where.
+    found = running.wait_for_line(
+        r"^  NATS JetStream +nats://127\.0\.0\.1:(\d+) \(monitoring http://127\.0\.0\.1:(\d+)/jsz;"
+        r" store in (.+)\)$"
+    )
+    assert int(found[2]) == running.nats_monitor_port
+    store = running.workdir.resolve() / "nats"
+    assert found[3] == str(store)
+    jetstream = jetstream_info(running.nats_monitor_port)
+    assert jetstream is not None
+    assert jetstream["config"]["store_dir"] == str(store / "jetstream"), jetstream
+    # A supervised part like the others: killed, it comes back on its ports.
+    os.kill(child_pid(running.process.pid, "nats-server"), signal.SIGKILL)
+    running.wait_for_line(r"nats exited with signal 9; restarting in 0\.5 s \(restart 1\)")
+    running.wait_for_line(r"nats is back")
+    assert jetstream_info(running.nats_monitor_port) is not None
     running.ctrl_c()
     assert running.exit_code() == 0, running.output
+    assert jetstream_info(running.nats_monitor_port) is None  # stopped, not left behind
+    assert "Server Exiting" in (running.workdir / "nats.log").read_text()
     # What it says while it starts: one step a line, each a phrase.
     assert re.findall(r"^\[ *[0-9.]+s\] (.+)\.\.\.$", running.output, re.MULTILINE) == [
-        "starting consul",
+        "starting nats and consul",
         "starting the control plane, the services and envoy",
         "waiting until envoy sees every instance healthy",
     ], running.output
@@ -248,6 +294,16 @@ def test_ctrl_c_stops_the_services_before_consul(shopmesh_run: Callable[..., Sho
     assert "Deregistering service failed" not in consul_log, consul_log
     # Consul alone on the same data dir knows no service: none left a stale entry.
     assert consul_services(running.workdir) == ["consul"]
+
+
+def child_pid(parent: int, program: str) -> int:
+    """The PID of `parent`'s child process running `program`."""
+    for children in pathlib.Path(f"/proc/{parent}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            argv0 = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            if pathlib.Path(argv0.decode()).name == program:
+                return int(pid)
+    raise AssertionError(f"{parent} has no child running {program}")
 
 
 def consul_services(workdir: pathlib.Path, ports: Ports | None = None) -> list[str]:

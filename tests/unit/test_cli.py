@@ -21,6 +21,8 @@ PORT_FLAGS = {
     "consul_dns": "--consul-dns-port",
     "consul_server": "--consul-server-port",
     "consul_serf": "--consul-serf-port",
+    "nats": "--nats-port",
+    "nats_monitor": "--nats-monitor-port",
 }
 
 
