@@ -4,6 +4,6 @@ import sys
 
 from services.common.server import main
 from services.notification.config import NotificationConfig
-from services.notification.service import create
+from services.notification.stream import create_on_jetstream
 
-sys.exit(main("notification", NotificationConfig, create))
+sys.exit(main("notification", NotificationConfig, create_on_jetstream))

@@ -21,8 +21,6 @@ from shop.notification.v1 import notification_service_pb2, notification_service_
 
 log = logging.getLogger(__name__)
 
-DURABLE = "notification"
-"""The durable consumer's name on SHOP_EVENTS: the server keeps its position under it."""
 CRASH_EXIT_CODE = 70
 """The exit code of the TEST ONLY crash between send and mark (exit_after_sends)."""
 
