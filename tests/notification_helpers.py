@@ -3,14 +3,18 @@ writes, for the notification service's tests."""
 
 from __future__ import annotations
 
+import contextlib
 import mailbox
 import pathlib
 import uuid
+from collections.abc import Iterator
 from email.message import Message
 
 from shop.events.v1 import envelope_pb2
 from shop.money.v1.money_pb2 import Money
 from shop.order.v1 import order_events_pb2, order_pb2
+from shopmesh.processes import ServiceProcess
+from shopmesh.smtp_sink import sink_process
 
 
 def confirmed(
@@ -79,3 +83,14 @@ def messages(maildir: pathlib.Path) -> list[Message]:
 
 def message_ids(maildir: pathlib.Path) -> list[str]:
     return sorted(str(m["Message-ID"]) for m in messages(maildir))
+
+
+@contextlib.contextmanager
+def running_sink(workdir: pathlib.Path, maildir: pathlib.Path) -> Iterator[ServiceProcess]:
+    """The SMTP sink as a process on a free port, writing to `maildir`, ready (its ready
+    file names the port: `.target`) before it is handed out; stopped by PID afterwards."""
+    sink = sink_process(workdir, maildir).start()
+    try:
+        yield sink.wait_ready()
+    finally:
+        sink.stop()

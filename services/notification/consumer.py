@@ -90,11 +90,12 @@ class Mailer(Protocol):
 class ConsumerSettings:
     sender: str = "shopmesh <orders@shopmesh.example>"
     """The From of every message."""
-    max_attempts: int = 5
-    """Sends tried at most before a notification is FAILED."""
-    retry_first_seconds: float = 1.0
+    max_attempts: int = 10
+    """Sends tried at most before a notification is FAILED: with the delays below, a mail
+    server away for about 13 minutes (2+4+...+256+300 s) before it is given up."""
+    retry_first_seconds: float = 2.0
     """The redelivery delay after the first failed send; it doubles."""
-    retry_max_seconds: float = 60.0
+    retry_max_seconds: float = 300.0
     """The longest redelivery delay."""
     batch: int = 50
     """Messages fetched at once."""

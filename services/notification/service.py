@@ -94,6 +94,7 @@ class NotificationService:
     async def stop(self) -> None:
         if self.consumer is not None:
             self.consumer.stop()
+            log.info("notification consumer stopping; since its start: %s", self.consumer.counts)
         if self._consuming is not None:
             self._consuming.cancel()
             with contextlib.suppress(asyncio.CancelledError):

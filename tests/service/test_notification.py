@@ -24,10 +24,15 @@ from shop.notification.v1 import notification_service_pb2 as rpc
 from shop.notification.v1.notification_service_pb2_grpc import NotificationServiceStub
 from shopmesh.nats_server import NatsServer
 from shopmesh.processes import ServiceProcess
-from shopmesh.smtp_sink import sink_process
 from tests.helpers import user, wait_for
 from tests.nats_harness import running_nats
-from tests.notification_helpers import cancelled, confirmed, from_newer_contract, message_ids
+from tests.notification_helpers import (
+    cancelled,
+    confirmed,
+    from_newer_contract,
+    message_ids,
+    running_sink,
+)
 from tests.stack import restart, start_service
 
 DEMO_DATA = pathlib.Path("services/demo_data.json").resolve()
@@ -76,12 +81,8 @@ class Rig:
 @pytest.fixture
 def rig(tmp_path: pathlib.Path) -> Iterator[Rig]:
     maildir = tmp_path / "mail"
-    with running_nats(tmp_path) as nats:
-        sink = sink_process(tmp_path, maildir).start().wait_ready()
-        try:
-            yield Rig(tmp_path, nats, sink, maildir)
-        finally:
-            sink.stop()
+    with running_nats(tmp_path) as nats, running_sink(tmp_path, maildir) as sink:
+        yield Rig(tmp_path, nats, sink, maildir)
 
 
 @contextlib.contextmanager

@@ -423,3 +423,12 @@ async def test_a_call_with_no_user_is_refused(
     stub, _ = notification
     refused = await rejected(stub.ListNotifications(rpc.ListNotificationsRequest()))
     assert refused.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_settings_refuse_a_bad_smtp_address_and_non_positive_retries() -> None:
+    found = NotificationConfig(smtp="nohost", send_max_attempts=0).problems()
+    assert "smtp must be host:port, got 'nohost'" in found
+    assert "send_max_attempts must be > 0, got 0" in found
+    assert NotificationConfig().problems() == []
+    assert ConsumerSettings().retry_delay(1) == 2.0
+    assert ConsumerSettings().retry_delay(9) == 300.0
