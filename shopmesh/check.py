@@ -11,7 +11,11 @@ What it checks (the saga's invariants, in the terms the databases hold):
   ones: no stock appears or vanishes; per account, `held` is the sum of the AUTHORIZED
   payments and `captured` of the CAPTURED ones: no money does;
 - no stock is sold and no money captured for an order that was cancelled, and at most one
-  payment exists per order (the payments table's key), so at most one capture.
+  payment exists per order (the payments table's key), so at most one capture;
+- each order's event log replays to its row and its saga (services.order.history: state,
+  reason, total, items and prices, times, phase, cancel flag), with no gap in its
+  sequence; orders made before the log existed (order_log_start) have none, and are
+  counted apart.
 
 Participants prune rows that hold nothing past their retention (released and expired
 reservations, voided, declined and expired payments, tombstones), never a COMMITTED
@@ -43,6 +47,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from services.order import history
+from services.order.domain import Phase
+from shop.events.v1 import envelope_pb2
 from shopmesh.postgres import SERVICES, Cluster, ServiceDatabase
 
 Location = pathlib.Path | ServiceDatabase
@@ -71,7 +78,8 @@ class Report:
         return (
             f"{c['orders']} orders ({c['CONFIRMED']} confirmed, {c['CANCELLED']} cancelled,"
             f" {c['in flight']} in flight, {c['parked']} parked), {c['products']} products,"
-            f" {c['accounts']} accounts"
+            f" {c['accounts']} accounts; {c['logs replayed']} order logs replayed"
+            + (f", {c['before the log']} orders older than the log" if c["before the log"] else "")
         )
 
 
@@ -98,6 +106,24 @@ def check_databases(
     return check(databases["order"], databases["inventory"], databases["payment"], settle_seconds)
 
 
+ORDER_QUERIES = {
+    "orders": "SELECT o.*, s.phase, s.cancel_requested, s.updated_at AS saga_updated_at,"
+    " p.reason AS parked_reason FROM orders o JOIN sagas s USING (order_id)"
+    " LEFT JOIN parked_sagas p USING (order_id)",
+    "items": "SELECT * FROM order_items ORDER BY order_id, position",
+    "log": "SELECT order_id, envelope FROM order_events ORDER BY order_id, sequence",
+    "log_start": "SELECT first_seq FROM order_log_start",
+}
+"""What the checks read of the order database, in one snapshot."""
+
+
+def check_history(order_db: Location) -> Report:
+    """The order logs' check alone: every order's log replays to its row and saga."""
+    report = Report()
+    _check_logs(report, _read(order_db, **ORDER_QUERIES))
+    return report
+
+
 def check(
     order_db: Location,
     inventory_db: Location,
@@ -106,12 +132,8 @@ def check(
     now: float | None = None,
 ) -> Report:
     now = time.time() if now is None else now
-    orders = _read(
-        order_db,
-        orders="SELECT o.order_id, o.state, o.cancel_reason, o.total_minor, s.phase,"
-        " s.updated_at, p.reason AS parked_reason FROM orders o JOIN sagas s USING (order_id)"
-        " LEFT JOIN parked_sagas p USING (order_id)",
-    )["orders"]
+    ordered = _read(order_db, **ORDER_QUERIES)
+    orders = ordered["orders"]
     stock = _read(
         inventory_db,
         products="SELECT sku, available, held, sold FROM products",
@@ -126,6 +148,7 @@ def check(
     )
     report = Report()
     _check_orders(report, orders, stock, money, now=now, settle_seconds=settle_seconds)
+    _check_logs(report, ordered)
     _check_stock(report, stock)
     _check_money(report, money)
     return report
@@ -187,10 +210,10 @@ def _check_orders(
                 report.parked.append(
                     f"order {order_id}: parked in {order['phase']}: {order['parked_reason']}"
                 )
-            elif now - order["updated_at"] > settle_seconds:
+            elif now - order["saga_updated_at"] > settle_seconds:
                 report.problems.append(
                     f"order {order_id} is PENDING (saga {order['phase']}), has not moved"
-                    f" for {now - order['updated_at']:.0f} s, and is not parked"
+                    f" for {now - order['saga_updated_at']:.0f} s, and is not parked"
                 )
             else:
                 report.counts["in flight"] += 1
@@ -228,6 +251,32 @@ def _check_orders(
     for order_id, payment in payments.items():
         if payment["state"] == "CAPTURED" and states.get(order_id) == "CANCELLED":
             report.problems.append(f"cancelled order {order_id} was charged")
+
+
+def _check_logs(report: Report, ordered: dict[str, list[Row]]) -> None:
+    """Replays each order's log and compares it with the order's row and saga."""
+    items: dict[str, list[Row]] = {}
+    for item in ordered["items"]:
+        items.setdefault(item["order_id"], []).append(item)
+    logs: dict[str, list[envelope_pb2.EventEnvelope]] = {}
+    for entry in ordered["log"]:
+        envelope = envelope_pb2.EventEnvelope.FromString(bytes(entry["envelope"]))
+        logs.setdefault(entry["order_id"], []).append(envelope)
+    # No row (a database emptied by a test): every order has its whole life in the log.
+    first_seq = ordered["log_start"][0]["first_seq"] if ordered["log_start"] else 1
+    for row in ordered["orders"]:
+        if row["seq"] < first_seq:
+            report.counts["before the log"] += 1
+            continue
+        report.counts["logs replayed"] += 1
+        report.problems += history.check_order(
+            logs.pop(row["order_id"], []),
+            history.order_of(row, items.get(row["order_id"], [])),
+            Phase(row["phase"]),
+            bool(row["cancel_requested"]),
+        )
+    for order_id in logs:
+        report.problems.append(f"order {order_id} has a log but no row")
 
 
 def _check_stock(report: Report, stock: dict[str, list[Row]]) -> None:

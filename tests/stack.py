@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from services.common import db
 from services.common.database import Row, Tx
-from shopmesh.check import Location, workdir_databases
+from shopmesh.check import Location, check_history, workdir_databases
 from shopmesh.postgres import Cluster, ServiceDatabase
 from shopmesh.processes import READY_TIMEOUT_SECONDS, ServiceProcess, spawn_service
 from shopmesh.system import store_flags
@@ -174,3 +174,25 @@ def stack_factory(
         for stack, client in started:
             client.close()
             stack.stop()
+
+
+@contextlib.contextmanager
+def logs_checked(databases: DatabaseFactory) -> Iterator[DatabaseFactory]:
+    """`databases`, and on exit every order database it gave checked: each order's event
+    log replays to its row and saga (shopmesh.check.check_history, the part of `shopmesh
+    check` that services.order.history does). For the tests whose stacks or systems
+    `shopmesh check` does not read at their end."""
+    given: list[dict[str, Location]] = []
+
+    def make(folder: pathlib.Path) -> dict[str, Location]:
+        given.append(databases(folder))
+        return given[-1]
+
+    yield make
+    problems = [
+        problem
+        for made in given
+        if not isinstance(made["order"], pathlib.Path) or made["order"].exists()
+        for problem in check_history(made["order"]).problems
+    ]
+    assert not problems, problems

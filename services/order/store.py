@@ -16,16 +16,29 @@ On PostgreSQL several instances run these transactions at once under READ COMMIT
 docs/postgres-concurrency.md says why each statement is written as it is (a user's orders
 are created under a lock of that user's, the lease is taken by one conditional upsert,
 the fence locks the lease row until the write commits).
+
+Each order has an event log (`order_events`): every saga transition appends its fact, in
+a full shop.events.v1.EventEnvelope, in the same transaction as the transition itself
+(`_append_event`, the one place that does), so the log holds exactly the transitions that
+committed, and replaying it rebuilds the order's row (services.order.history). Every
+transition but create first updates the order's saga row, which on PostgreSQL locks it
+until the commit: two transitions of one order (a user's cancel and a saga step) take
+their sequence numbers one after the other, never the same one.
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
 
 from services.common import db
 from services.common.database import Row, Tx, clock
 from services.common.errors import ErrorKind, ServiceError, already_exists, not_found
+from services.order import events
 from services.order.domain import (
     CANCELLABLE_PHASES,
     CANCELLED_BY_USER,
@@ -45,6 +58,8 @@ from services.order.domain import (
     fingerprint,
     same_request,
 )
+from shop.events.v1 import envelope_pb2
+from shop.order.v1 import order_events_pb2 as facts
 
 # SQL's spelling of DECLINE_REASONS, the same in the partial index orders_declined
 # (migrations/0001_initial.sql) and in the query that must match it to use it.
@@ -140,6 +155,7 @@ class OrderStore(db.Store):
                     " VALUES (?, ?, ?, ?)",
                     (order_id, lease.owner, lease.epoch, at + lease_seconds),
                 )
+            await _append_event(tx, order_id, events.placed(order_id, user_id, items), at)
             return await _read_order(tx, order_id), True
 
         return await self.db.write(create)
@@ -218,11 +234,33 @@ class OrderStore(db.Store):
                     (Phase.CANCELLED.value, before, limit),
                 )
             ]
-            for table in ("order_items", "saga_leases", "parked_sagas", "sagas", "orders"):
+            tables = ("order_events", "order_items", "saga_leases", "parked_sagas", "sagas")
+            for table in (*tables, "orders"):
                 await tx.executemany(f"DELETE FROM {table} WHERE order_id = ?", ids)
             return len(ids)
 
         return await self.db.write(prune)
+
+    # The order's event log.
+
+    async def events(
+        self, order_id: str, user_id: str | None = None, after: int = 0, limit: int = ALL
+    ) -> list[envelope_pb2.EventEnvelope]:
+        """The order's log, oldest first: the entries after sequence `after`, at most
+        `limit` (ALL: all). NOT_FOUND if there is no such order, or it is another user's."""
+        owner = " AND orders.user_id = ?" if user_id is not None else ""
+        rows = await self.db.read(
+            lambda tx: tx.fetchall(
+                "SELECT order_events.envelope FROM order_events"
+                " JOIN orders ON orders.order_id = order_events.order_id"
+                f" WHERE order_events.order_id = ?{owner} AND order_events.sequence > ?"
+                " ORDER BY order_events.sequence LIMIT ?",
+                (order_id, *([user_id] if user_id is not None else []), after, _limit(limit)),
+            )
+        )
+        if not rows:
+            await self.order(order_id, user_id)  # NOT_FOUND, or an order with no more
+        return [envelope_pb2.EventEnvelope.FromString(bytes(r["envelope"])) for r in rows]
 
     # The saga record.
 
@@ -417,6 +455,7 @@ class OrderStore(db.Store):
                 " WHERE order_id = ?",
                 (total, currency, at, order_id),
             )
+            await _append_event(tx, order_id, events.reserved(order_id, items, total, currency), at)
             return True
 
         return await self.db.write(record)
@@ -424,21 +463,28 @@ class OrderStore(db.Store):
     async def advance(
         self, lease: Lease, before: Phase, after: Phase, now: float | None = None
     ) -> bool:
-        """Moves the saga from `before` to `after`; to the pivot only if no cancel was asked for."""
+        """Moves the saga from `before` to `after`, AUTHORIZED or COMMITTING (the other
+        moves have store methods of their own); to the pivot only if no cancel was asked
+        for."""
         order_id = lease.order_id
+        fact = _advanced(order_id, after)
 
         async def advance(tx: Tx) -> bool:
             await _fence(tx, lease)
             at = await clock(tx, now)
             if after is Phase.COMMITTING:
-                return bool(
+                moved = bool(
                     await tx.execute(
                         "UPDATE sagas SET phase = ?, updated_at = ?"
                         " WHERE order_id = ? AND phase = ? AND cancel_requested = 0",
                         (after.value, at, order_id, before.value),
                     )
                 )
-            return await _move(tx, order_id, (before,), after, at)
+            else:
+                moved = await _move(tx, order_id, (before,), after, at)
+            if moved:
+                await _append_event(tx, order_id, fact, at)
+            return moved
 
         return await self.db.write(advance)
 
@@ -450,20 +496,23 @@ class OrderStore(db.Store):
 
         async def begin(tx: Tx) -> bool:
             await _fence(tx, lease)
-            return bool(
-                await tx.execute(
-                    "UPDATE sagas SET phase = ?, compensate_from = ?, failure = ?, updated_at = ?"
-                    " WHERE order_id = ? AND phase = ?",
-                    (
-                        Phase.COMPENSATING.value,
-                        before.value,
-                        encode_failure(failure),
-                        await clock(tx, now),
-                        order_id,
-                        before.value,
-                    ),
-                )
+            at = await clock(tx, now)
+            begun = await tx.execute(
+                "UPDATE sagas SET phase = ?, compensate_from = ?, failure = ?, updated_at = ?"
+                " WHERE order_id = ? AND phase = ?",
+                (
+                    Phase.COMPENSATING.value,
+                    before.value,
+                    encode_failure(failure),
+                    at,
+                    order_id,
+                    before.value,
+                ),
             )
+            if begun:
+                fact = facts.OrderCompensating(order_id=order_id, cancel_reason=failure.reason)
+                await _append_event(tx, order_id, fact, at)
+            return bool(begun)
 
         return await self.db.write(begin)
 
@@ -480,14 +529,19 @@ class OrderStore(db.Store):
                 return False
             # Final: no write follows, so the lease row can go.
             await tx.execute("DELETE FROM saga_leases WHERE order_id = ?", (order_id,))
+            # The order as it ends (for its final fact) and the saga's failure: one read.
+            rows = await tx.fetchall(_ORDER_AND_FAILURE, (order_id,))
+            order = _order_from_rows(rows, order_id)
             reason = ""
             if final is Phase.CANCELLED:
-                failure = (await _read_saga(tx, order_id)).failure
+                failure = decode_failure(rows[0]["saga_failure"] or "")
                 reason = failure.reason if failure is not None else ""
+            state = OrderState(final.value)
             await tx.execute(
                 "UPDATE orders SET state = ?, cancel_reason = ?, updated_at = ? WHERE order_id = ?",
-                (final.value, reason, at, order_id),
+                (state.value, reason, at, order_id),
             )
+            await _append_event(tx, order_id, events.final(order, state, reason), at)
             return True
 
         return await self.db.write(finish)
@@ -497,15 +551,68 @@ class OrderStore(db.Store):
         phases = [p.value for p in CANCELLABLE_PHASES]
 
         async def request(tx: Tx) -> bool:
-            return bool(
-                await tx.execute(
-                    "UPDATE sagas SET cancel_requested = 1, updated_at = ?"
-                    f" WHERE order_id = ? AND phase IN ({_placeholders(phases)})",
-                    (await clock(tx, now), order_id, *phases),
-                )
-            )
+            at = await clock(tx, now)
+            if await tx.execute(
+                "UPDATE sagas SET cancel_requested = 1, updated_at = ?"
+                f" WHERE order_id = ? AND phase IN ({_placeholders(phases)})"
+                " AND cancel_requested = 0",
+                (at, order_id, *phases),
+            ):
+                await _append_event(tx, order_id, facts.OrderCancelRequested(order_id=order_id), at)
+                return True
+            # Asked before: the request stands (one entry in the log), if it still can.
+            still = f"SELECT 1 FROM sagas WHERE order_id = ? AND phase IN ({_placeholders(phases)})"
+            return bool(await tx.fetchone(still, (order_id, *phases)))
 
         return await self.db.write(request)
+
+
+@dataclass(frozen=True)
+class _Head:
+    """What an order's next log entry needs from the database."""
+
+    request_id: str
+    sequence: int
+
+
+async def _append_event(
+    tx: Tx, order_id: str, fact: Message, at: float
+) -> envelope_pb2.EventEnvelope:
+    """Appends `fact` to the order's log in the transaction `tx` (the transition's own), in
+    its envelope: a new event id, the order's next sequence number (from 1, no gaps: the
+    caller's transaction holds the order's saga row, or, in create, the new order's),
+    `at` (the transition's database time) and the order's request id. The one place an
+    order's event is written; returns the envelope written."""
+    row = await tx.fetchone(
+        "SELECT request_id, (SELECT COALESCE(MAX(sequence), 0) FROM order_events"
+        " WHERE order_id = orders.order_id) + 1 AS next_sequence FROM orders WHERE order_id = ?",
+        (order_id,),
+    )
+    if row is None:
+        raise _order_not_found(order_id)
+    head = _Head(row["request_id"], int(row["next_sequence"]))
+    entry = events.envelope(
+        fact,
+        event_id=str(uuid.uuid4()),
+        sequence=head.sequence,
+        occurred_at=at,
+        request_id=head.request_id,
+    )
+    await tx.execute(
+        "INSERT INTO order_events (order_id, sequence, event_id, type, occurred_at, envelope)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (order_id, head.sequence, entry.event_id, entry.type, at, entry.SerializeToString()),
+    )
+    return entry
+
+
+def _advanced(order_id: str, after: Phase) -> Message:
+    """The fact of a move by `advance`: to the pivot, or authorized while a cancel waits."""
+    if after is Phase.COMMITTING:
+        return facts.OrderCommitting(order_id=order_id)
+    if after is Phase.AUTHORIZED:
+        return facts.OrderPaymentAuthorized(order_id=order_id)
+    raise ValueError(f"advance does not move a saga to {after.value}")
 
 
 def _order_query(extra: str = "", join: str = "") -> str:

@@ -79,9 +79,14 @@ def test_a_stuck_order_is_a_problem_until_parked(make_stack: StackFactory) -> No
     stack, _, confirmed, _ = orders_placed(make_stack)
     order_db = stack.order.workdir / "order.db"
     stack.order.stop()  # nothing drives the saga we are about to break
+    # As a saga that stopped before its last step leaves the order: its row, its saga and
+    # its log (without OrderConfirmed, and so last updated when its stock was held).
+    log = f"FROM order_events WHERE order_id = '{confirmed}' AND type = 'shop.order.v1.Order"
     write(
         order_db,
-        f"UPDATE orders SET state = 'PENDING' WHERE order_id = '{confirmed}'",
+        f"DELETE {log}Confirmed'",
+        f"UPDATE orders SET state = 'PENDING', updated_at = (SELECT occurred_at {log}Reserved')"
+        f" WHERE order_id = '{confirmed}'",
         f"UPDATE sagas SET phase = 'COMMITTING', updated_at = 0 WHERE order_id = '{confirmed}'",
     )
     ran = shopmesh_check(stack.order.workdir)
@@ -97,6 +102,24 @@ def test_a_stuck_order_is_a_problem_until_parked(make_stack: StackFactory) -> No
     assert f"needs an operator: order {confirmed}: parked in COMMITTING: CAPTURE_REFUSED" in (
         ran.stdout
     )
+
+
+def test_an_order_changed_without_its_log_is_named(make_stack: StackFactory) -> None:
+    stack, _, confirmed, cancelled = orders_placed(make_stack)
+    ran = shopmesh_check(stack.order.workdir)
+    assert "2 order logs replayed" in ran.stdout, ran.stdout
+    order_db = stack.order.workdir / "order.db"
+    write(
+        order_db,
+        f"UPDATE orders SET total_minor = total_minor + 1 WHERE order_id = '{confirmed}'",
+        f"DELETE FROM order_events WHERE order_id = '{cancelled}' AND sequence = 2",
+    )
+    ran = shopmesh_check(stack.order.workdir)
+    assert ran.returncode == 1, ran.stdout
+    assert f"PROBLEM: order {confirmed}: total_minor is 2650 in the row, 2649 by the log" in (
+        ran.stdout
+    )
+    assert f"PROBLEM: order {cancelled}: its log is broken: entry 2 has sequence 3" in ran.stdout
 
 
 def test_a_missing_work_directory_is_said_plainly(tmp_path: pathlib.Path) -> None:

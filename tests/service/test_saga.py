@@ -1,13 +1,15 @@
 """The order saga against real processes: success, failures, faults, duplicates, crashes.
 
 Every test ends by checking the saga's invariants through the services' APIs
-(helpers.assert_invariants: every order final, no stock or money made or lost).
+(helpers.assert_invariants: every order final, no stock or money made or lost), and
+after it every order's event log is replayed to its row (`new_databases` below).
 """
 
 from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -20,7 +22,15 @@ from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.payment.v1 import payment_pb2
 from tests.helpers import Client, Ledger, assert_invariants, fails, record_fault, user, wait_for
-from tests.stack import Stack, StackFactory, read_rows, restart
+from tests.stack import DatabaseFactory, Stack, StackFactory, logs_checked, read_rows, restart
+
+
+@pytest.fixture
+def new_databases(new_databases: DatabaseFactory) -> Iterator[DatabaseFactory]:
+    """The session's databases, with every order's event log replayed to its row after
+    the test (tests.stack.logs_checked)."""
+    with logs_checked(new_databases) as databases:
+        yield databases
 
 
 def test_order_confirms_and_moves_stock_and_money(

@@ -29,6 +29,7 @@ from services.common.errors import ErrorKind, ServiceError
 from services.common.postgresql import PoolSettings
 from services.inventory.domain import Item, ReservationState
 from services.inventory.store import InventoryStore
+from services.order import history
 from services.order.domain import Lease, LeaseLost, LineItem, Phase, Quota
 from services.order.store import OrderStore
 from services.payment.domain import PaymentState
@@ -369,6 +370,45 @@ async def test_a_lost_lease_cannot_write_after_adoption(
     else:
         assert isinstance(write, LeaseLost), f"the old owner's write: {write!r}"
         assert phase is Phase.STARTED, "a refused write changed nothing"
+
+
+@pytest.mark.parametrize("step", ["record_reserved", "advance"])
+async def test_a_cancel_and_a_saga_step_log_one_after_the_other(
+    instances: OpenInstances, step: str
+) -> None:
+    """A user's cancel on one instance and a saga step of the same order on the other, at
+    the same instant. Each first updates the order's saga row, which it then holds until
+    its commit, and only then takes the log's next sequence number: the second waits for
+    the first and takes the number after it, so neither fails on the log's key, and the
+    log has no gap and replays to the row."""
+    k = await instances(OrderStore)
+    lease = Lease("order-1", "one", 1)
+    await k.one.create("order-1", "alice", "req-1", ITEMS, lease=lease, lease_seconds=30)
+    priced = [LineItem("SKU-A", 1, 100, "USD")]
+    if step == "advance":
+        assert await k.one.record_reserved(lease, priced, "USD")
+        stepping = k.one.advance(lease, Phase.RESERVED, Phase.COMMITTING)
+    else:
+        stepping = k.one.record_reserved(lease, priced, "USD")
+    stepped, asked = await k.at_once(
+        "SELECT 1 FROM sagas WHERE order_id = 'order-1' FOR UPDATE",
+        stepping,
+        k.two.request_cancel("order-1"),
+    )
+    log = await k.one.events("order-1")
+    assert [e.sequence for e in log] == list(range(1, len(log) + 1))
+    kinds = [e.type.rsplit(".", 1)[1] for e in log]
+    if step == "record_reserved":  # both pass: the cancel is recorded before or after
+        assert (stepped, asked) == (True, True)
+        assert sorted(kinds[1:]) == ["OrderCancelRequested", "OrderReserved"]
+    else:  # one wins: the pivot refuses the cancel, or the cancel stops the pivot
+        assert stepped is not asked, (stepped, asked)
+        assert kinds[2:] == ["OrderCommitting" if stepped else "OrderCancelRequested"]
+    saga = await k.one.saga("order-1")
+    assert (
+        history.check_order(log, await k.one.order("order-1"), saga.phase, saga.cancel_requested)
+        == []
+    )
 
 
 async def test_no_lease_for_a_saga_finished_meanwhile(instances: OpenInstances) -> None:

@@ -1,7 +1,8 @@
 """Faults under load against the whole system (Consul, control plane, services, Envoy):
 lost replies, Envoy killed, a flapping instance, a locked database. Each test records
 every call as ok / failed / unknown and ends with the invariants and the check that every
-unknown call ended in exactly one final state (or none)."""
+unknown call ended in exactly one final state (or none); after each, every order's event
+log is replayed to its row (`new_databases` below)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 import grpc
@@ -29,12 +31,20 @@ from tests.helpers import (
     user,
     wait_for,
 )
-from tests.stack import restart
+from tests.stack import DatabaseFactory, logs_checked, restart
 from tests.system_helpers import ACCOUNTS, PRODUCTS, SystemFactory, Traffic, direct_client
 from tests.system_helpers import settle as settle_traffic
 
 FLAP_SECONDS = 40 if os.environ.get("SHOPMESH_CHAOS") == "1" else 12
 LEDGER = Ledger({s: q for s, (_, q) in PRODUCTS.items()}, dict(ACCOUNTS))
+
+
+@pytest.fixture
+def new_databases(new_databases: DatabaseFactory) -> Iterator[DatabaseFactory]:
+    """The session's databases, with every order's event log replayed to its row after
+    the test (tests.stack.logs_checked)."""
+    with logs_checked(new_databases) as databases:
+        yield databases
 
 
 def settle(system: System, traffic: Traffic, fault: str) -> None:

@@ -7,6 +7,7 @@ inventory and payment targets point at it).
 from __future__ import annotations
 
 import json
+import urllib.parse
 
 import grpc
 import pytest
@@ -51,6 +52,46 @@ def test_create_get_and_list_an_order(system: System, alice: str) -> None:
     # The same request id again: the same order, nothing twice.
     again = rest(system, "POST", "/v1/orders", alice, body=ORDER)
     assert again.body["order"]["orderId"] == order["orderId"]
+
+
+def test_an_orders_history_over_rest_is_its_owners_only(system: System, alice: str) -> None:
+    created = rest(
+        system,
+        "POST",
+        "/v1/orders",
+        alice,
+        body={"request_id": "rest-history", "line_items": [{"sku": "SKU-TEA", "quantity": 1}]},
+    )
+    assert created.status == 200, created.text
+    order = created.body["order"]
+    path = f"/v1/orders/{order['orderId']}/events"
+
+    first = rest(system, "GET", f"{path}?page_size=2", alice)
+    assert first.status == 200, first.text
+    token = urllib.parse.quote(first.body["nextPageToken"], safe="")
+    rest_of = rest(system, "GET", f"{path}?page_token={token}", alice)
+    assert (rest_of.status, rest_of.body["nextPageToken"]) == (200, "")
+    entries = first.body["events"] + rest_of.body["events"]
+    assert [e["sequence"] for e in entries] == ["1", "2", "3", "4"]  # uint64 as string
+    assert [e["type"] for e in entries] == [
+        "shop.order.v1.OrderPlaced",
+        "shop.order.v1.OrderReserved",
+        "shop.order.v1.OrderCommitting",
+        "shop.order.v1.OrderConfirmed",
+    ]
+    # Each fact decoded as JSON, under the field named after it.
+    assert entries[0]["orderPlaced"]["lineItems"] == [{"sku": "SKU-TEA", "quantity": 1}]
+    confirmed = entries[3]["orderConfirmed"]
+    assert (confirmed["state"], confirmed["total"]) == ("ORDER_STATE_CONFIRMED", order["total"])
+    assert (entries[0]["occurTime"], entries[3]["occurTime"]) == (
+        order["createTime"],
+        order["updateTime"],
+    )
+
+    bob = rest(system, "GET", path, system.token("bob"))
+    assert bob.status == 404, bob.text
+    assert bob.body["details"][0]["reason"] == "ORDER_NOT_FOUND"
+    assert rest(system, "GET", path, None).status == 401  # no token
 
 
 def test_stock_and_restock(system: System, alice: str) -> None:

@@ -10,17 +10,18 @@ import pytest
 from google.protobuf import descriptor_pb2
 from google.protobuf.message import Message
 
+from services.order import events as order_log
 from shop.events.v1 import envelope_pb2, options_pb2
 from shop.inventory.v1 import inventory_events_pb2, inventory_pb2
 from shop.money.v1 import money_pb2
-from shop.order.v1 import order_events_pb2, order_pb2
+from shop.order.v1 import order_events_pb2, order_pb2, order_service_pb2
 from shop.payment.v1 import payment_events_pb2
 from shopmesh.event_catalogue import CONSUMERS, Event, events, render
 from shopmesh.tools import REPO
 
 PAGE = REPO / "docs" / "events.md"
 DESCRIPTOR_SET = REPO / "gen" / "descriptor.binpb"
-FACTS = {
+PUBLISHED_FACTS = {
     "shop.order.v1.OrderPlaced",
     "shop.order.v1.OrderConfirmed",
     "shop.order.v1.OrderCancelled",
@@ -32,6 +33,17 @@ FACTS = {
     "shop.payment.v1.PaymentCaptured",
     "shop.payment.v1.PaymentVoided",
 }
+"""The ten facts issue 12 names."""
+# The order saga's intermediate transitions, each a fact of the order's event log
+# (services/order/store.py appends one per transition).
+SAGA_FACTS = {
+    "shop.order.v1.OrderReserved",
+    "shop.order.v1.OrderPaymentAuthorized",
+    "shop.order.v1.OrderCommitting",
+    "shop.order.v1.OrderCancelRequested",
+    "shop.order.v1.OrderCompensating",
+}
+FACTS = PUBLISHED_FACTS | SAGA_FACTS
 FACT_MODULES = (order_events_pb2, inventory_events_pb2, payment_events_pb2)
 # Any: the generated .pyi types an extension as a plain FieldDescriptor, which the
 # protobuf stubs do not take as an extension.
@@ -146,3 +158,13 @@ def test_a_restock_is_an_aggregate_of_its_sku() -> None:
     # The inventory facts reuse the API's item: the same fields, the same meaning.
     items = inventory_events_pb2.StockReserved.DESCRIPTOR.fields_by_name["items"]
     assert items.message_type is inventory_pb2.ReservationItem.DESCRIPTOR
+
+
+def test_an_order_event_shows_every_fact_of_the_order_log() -> None:
+    """ListOrderEvents' entry has one field of its oneof per fact an order's log holds
+    (services.order.events.FACTS), so no entry is shown without its fact."""
+    oneof = order_service_pb2.OrderEvent.DESCRIPTOR.oneofs_by_name["fact"]
+    shown = {field.message_type.full_name for field in oneof.fields if field.message_type}
+    order_facts = {m.DESCRIPTOR.full_name for m in fact_messages() if m in order_log.FACTS}
+    assert shown == {m.DESCRIPTOR.full_name for m in order_log.FACTS} == order_facts
+    assert order_facts == {name for name in FACTS if name.startswith("shop.order.")}

@@ -265,11 +265,50 @@ async def test_list_orders_pages_newest_first(orders: OrderServiceStub) -> None:
     assert pages == 3
 
 
+async def test_an_orders_history_is_shown_to_its_owner_a_page_at_a_time(
+    orders: OrderServiceStub,
+) -> None:
+    order = (await orders.CreateOrder(create("r1", ("SKU-TEA", 2)), metadata=ALICE)).order
+    seen: list[rpc.OrderEvent] = []
+    token, pages = "", 0
+    while True:
+        request = rpc.ListOrderEventsRequest(order_id=order.order_id, page_size=3, page_token=token)
+        page = await orders.ListOrderEvents(request, metadata=ALICE)
+        seen += page.events
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == 2
+    assert [e.sequence for e in seen] == [1, 2, 3, 4]
+    assert [e.WhichOneof("fact") for e in seen] == [
+        "order_placed",
+        "order_reserved",
+        "order_committing",
+        "order_confirmed",
+    ]
+    assert [e.type for e in seen][::3] == [
+        "shop.order.v1.OrderPlaced",
+        "shop.order.v1.OrderConfirmed",
+    ]
+    assert seen[-1].order_confirmed.total == order.total
+    assert seen[1].order_reserved.line_items == order.line_items
+    assert seen[0].occur_time == order.create_time
+    assert seen[-1].occur_time == order.update_time
+    error = await rejected(
+        orders.ListOrderEvents(
+            rpc.ListOrderEventsRequest(order_id=order.order_id), metadata=user("bob")
+        )
+    )
+    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "ORDER_NOT_FOUND")
+
+
 async def test_every_method_needs_a_caller(orders: OrderServiceStub) -> None:
     for call in (
         orders.CreateOrder(create("r1", ("SKU-TEA", 1))),
         orders.GetOrder(rpc.GetOrderRequest(order_id="x")),
         orders.ListOrders(rpc.ListOrdersRequest()),
+        orders.ListOrderEvents(rpc.ListOrderEventsRequest(order_id="x")),
         orders.CancelOrder(rpc.CancelOrderRequest(order_id="x")),
     ):
         error = await rejected(call)
@@ -308,6 +347,9 @@ async def test_create_order_validation(
         ("CancelOrder", "order_id"),
         ("ListOrders:size", "page_size"),
         ("ListOrders:token", "page_token"),
+        ("ListOrderEvents:id", "order_id"),
+        ("ListOrderEvents:size", "page_size"),
+        ("ListOrderEvents:token", "page_token"),
     ],
 )
 async def test_other_validation(orders: OrderServiceStub, call: str, field: str) -> None:
@@ -319,6 +361,15 @@ async def test_other_validation(orders: OrderServiceStub, call: str, field: str)
             orders.ListOrders,
             rpc.ListOrdersRequest(page_token="djE6eHl6"),
         ),  # "v1:xyz"
+        "ListOrderEvents:id": (orders.ListOrderEvents, rpc.ListOrderEventsRequest(order_id="a b")),
+        "ListOrderEvents:size": (
+            orders.ListOrderEvents,
+            rpc.ListOrderEventsRequest(order_id="o1", page_size=101),
+        ),
+        "ListOrderEvents:token": (
+            orders.ListOrderEvents,
+            rpc.ListOrderEventsRequest(order_id="o1", page_token="djE6eHl6"),
+        ),
     }
     method, request = requests[call]
     error = await rejected(method(request, metadata=ALICE))

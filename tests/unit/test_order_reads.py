@@ -117,7 +117,7 @@ async def test_an_order_is_read_whole_in_one_statement(store: OrderStore) -> Non
 async def test_the_saga_and_its_order_are_read_in_one_statement(store: OrderStore) -> None:
     lease = Lease("o1", "me", 1)
     await store.create("o1", "alice", "r1", ITEMS, 1.0, lease=lease, lease_seconds=60)
-    assert await store.advance(lease, Phase.STARTED, Phase.RESERVED, 2.0)
+    assert await store.record_reserved(lease, ITEMS, "", 2.0)
     assert await store.request_cancel("o1", 3.0)
     assert await store.park(lease, Phase.RESERVED, "UNEXPECTED_ERROR", "stuck")
     counted = CountingDatabase(store.db)

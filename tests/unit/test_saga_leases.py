@@ -40,10 +40,10 @@ async def test_a_lease_is_adopted_only_once_expired_and_the_old_owner_is_fenced(
     adopted = await b.acquire("o1", "b", 100.0, now=100.0)  # expired: b takes it over
     assert adopted == Lease("o1", "b", 2)
     with pytest.raises(LeaseLost):  # a, waking up, can no longer write...
-        await a.advance(first, Phase.STARTED, Phase.RESERVED, 101.0)
+        await a.record_reserved(first, ITEMS, "", 101.0)
     assert not await a.renew(first, 300.0, now=0.0)  # ...nor extend its lease
     assert (await a.saga("o1")).phase is Phase.STARTED  # nothing it tried was written
-    assert await b.advance(adopted, Phase.STARTED, Phase.RESERVED, 102.0)
+    assert await b.record_reserved(adopted, ITEMS, "", 102.0)
     assert await a.lease("o1") == adopted
 
     await b.release([adopted])  # b stops: the saga is free at once, for a higher epoch

@@ -126,7 +126,7 @@ async def test_open_sagas_are_found_through_the_index_oldest_first(open_store: S
         await store.create(f"o{n}", "alice", f"r{n}", (LineItem("SKU-TEA", 1),), at)
     leases = [await store.acquire(f"o{n}", "test", 50.0, now=0.0) for n in range(4)]
     assert all(leases)
-    await store.advance(Lease("o2", "test", 1), Phase.STARTED, Phase.RESERVED, 20.0)  # open
+    await store.record_reserved(Lease("o2", "test", 1), (LineItem("SKU-TEA", 1),), "", 20.0)
     await store.finish(Lease("o0", "test", 1), Phase.STARTED, 30.0)  # final: CANCELLED
     await store.renew(Lease("o3", "test", 1), 70.0, now=0.0)  # driven past 60
     statements = record_statements(store)

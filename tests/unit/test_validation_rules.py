@@ -229,6 +229,7 @@ def test_every_field_of_every_request_is_annotated_but_the_page_tokens() -> None
                     if not item.GetOptions().HasExtension(validate_pb2.field):
                         unannotated.append(f"{method.input_type.name}.{item.name}")
     assert sorted(unannotated) == [
+        "ListOrderEventsRequest.page_token",
         "ListOrdersRequest.page_token",
         "ListParkedOrdersRequest.page_token",
         "ListProductsRequest.page_token",

@@ -27,7 +27,7 @@ from shop.money.v1 import money_pb2 as shop_dot_money_dot_v1_dot_money__pb2
 from shop.order.v1 import order_pb2 as shop_dot_order_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n shop/order/v1/order_events.proto\x12\rshop.order.v1\x1a\x1cshop/events/v1/options.proto\x1a\x19shop/money/v1/money.proto\x1a\x19shop/order/v1/order.proto\"\xcc\x01\n\x0bOrderPlaced\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x36\n\nline_items\x18\x03 \x03(\x0b\x32\x17.shop.order.v1.LineItemR\tlineItems\x12/\n\x05state\x18\x04 \x01(\x0e\x32\x19.shop.order.v1.OrderStateR\x05state: \xc2\xbc\x18\x1c\n\x05order\x12\treporting\x1a\x08order_id\"\x89\x02\n\x0eOrderConfirmed\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x36\n\nline_items\x18\x03 \x03(\x0b\x32\x17.shop.order.v1.LineItemR\tlineItems\x12*\n\x05total\x18\x04 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x05total\x12/\n\x05state\x18\x05 \x01(\x0e\x32\x19.shop.order.v1.OrderStateR\x05state:.\xc2\xbc\x18*\n\x05order\x12\x0cnotification\x12\treporting\x1a\x08order_id\"\xae\x02\n\x0eOrderCancelled\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x36\n\nline_items\x18\x03 \x03(\x0b\x32\x17.shop.order.v1.LineItemR\tlineItems\x12*\n\x05total\x18\x04 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x05total\x12/\n\x05state\x18\x05 \x01(\x0e\x32\x19.shop.order.v1.OrderStateR\x05state\x12#\n\rcancel_reason\x18\x06 \x01(\tR\x0c\x63\x61ncelReason:.\xc2\xbc\x18*\n\x05order\x12\x0cnotification\x12\treporting\x1a\x08order_idb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n shop/order/v1/order_events.proto\x12\rshop.order.v1\x1a\x1cshop/events/v1/options.proto\x1a\x19shop/money/v1/money.proto\x1a\x19shop/order/v1/order.proto\"\xcc\x01\n\x0bOrderPlaced\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x36\n\nline_items\x18\x03 \x03(\x0b\x32\x17.shop.order.v1.LineItemR\tlineItems\x12/\n\x05state\x18\x04 \x01(\x0e\x32\x19.shop.order.v1.OrderStateR\x05state: \xc2\xbc\x18\x1c\n\x05order\x12\treporting\x1a\x08order_id\"\x89\x02\n\x0eOrderConfirmed\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x36\n\nline_items\x18\x03 \x03(\x0b\x32\x17.shop.order.v1.LineItemR\tlineItems\x12*\n\x05total\x18\x04 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x05total\x12/\n\x05state\x18\x05 \x01(\x0e\x32\x19.shop.order.v1.OrderStateR\x05state:.\xc2\xbc\x18*\n\x05order\x12\x0cnotification\x12\treporting\x1a\x08order_id\"\xae\x02\n\x0eOrderCancelled\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x36\n\nline_items\x18\x03 \x03(\x0b\x32\x17.shop.order.v1.LineItemR\tlineItems\x12*\n\x05total\x18\x04 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x05total\x12/\n\x05state\x18\x05 \x01(\x0e\x32\x19.shop.order.v1.OrderStateR\x05state\x12#\n\rcancel_reason\x18\x06 \x01(\tR\x0c\x63\x61ncelReason:.\xc2\xbc\x18*\n\x05order\x12\x0cnotification\x12\treporting\x1a\x08order_id\"\xb0\x01\n\rOrderReserved\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x36\n\nline_items\x18\x02 \x03(\x0b\x32\x17.shop.order.v1.LineItemR\tlineItems\x12*\n\x05total\x18\x03 \x01(\x0b\x32\x14.shop.money.v1.MoneyR\x05total: \xc2\xbc\x18\x1c\n\x05order\x12\treporting\x1a\x08order_id\"U\n\x16OrderPaymentAuthorized\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId: \xc2\xbc\x18\x1c\n\x05order\x12\treporting\x1a\x08order_id\"N\n\x0fOrderCommitting\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId: \xc2\xbc\x18\x1c\n\x05order\x12\treporting\x1a\x08order_id\"S\n\x14OrderCancelRequested\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId: \xc2\xbc\x18\x1c\n\x05order\x12\treporting\x1a\x08order_id\"u\n\x11OrderCompensating\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12#\n\rcancel_reason\x18\x02 \x01(\tR\x0c\x63\x61ncelReason: \xc2\xbc\x18\x1c\n\x05order\x12\treporting\x1a\x08order_idb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,10 +40,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERCONFIRMED']._serialized_options = b'\302\274\030*\n\005order\022\014notification\022\treporting\032\010order_id'
   _globals['_ORDERCANCELLED']._loaded_options = None
   _globals['_ORDERCANCELLED']._serialized_options = b'\302\274\030*\n\005order\022\014notification\022\treporting\032\010order_id'
+  _globals['_ORDERRESERVED']._loaded_options = None
+  _globals['_ORDERRESERVED']._serialized_options = b'\302\274\030\034\n\005order\022\treporting\032\010order_id'
+  _globals['_ORDERPAYMENTAUTHORIZED']._loaded_options = None
+  _globals['_ORDERPAYMENTAUTHORIZED']._serialized_options = b'\302\274\030\034\n\005order\022\treporting\032\010order_id'
+  _globals['_ORDERCOMMITTING']._loaded_options = None
+  _globals['_ORDERCOMMITTING']._serialized_options = b'\302\274\030\034\n\005order\022\treporting\032\010order_id'
+  _globals['_ORDERCANCELREQUESTED']._loaded_options = None
+  _globals['_ORDERCANCELREQUESTED']._serialized_options = b'\302\274\030\034\n\005order\022\treporting\032\010order_id'
+  _globals['_ORDERCOMPENSATING']._loaded_options = None
+  _globals['_ORDERCOMPENSATING']._serialized_options = b'\302\274\030\034\n\005order\022\treporting\032\010order_id'
   _globals['_ORDERPLACED']._serialized_start=136
   _globals['_ORDERPLACED']._serialized_end=340
   _globals['_ORDERCONFIRMED']._serialized_start=343
   _globals['_ORDERCONFIRMED']._serialized_end=608
   _globals['_ORDERCANCELLED']._serialized_start=611
   _globals['_ORDERCANCELLED']._serialized_end=913
+  _globals['_ORDERRESERVED']._serialized_start=916
+  _globals['_ORDERRESERVED']._serialized_end=1092
+  _globals['_ORDERPAYMENTAUTHORIZED']._serialized_start=1094
+  _globals['_ORDERPAYMENTAUTHORIZED']._serialized_end=1179
+  _globals['_ORDERCOMMITTING']._serialized_start=1181
+  _globals['_ORDERCOMMITTING']._serialized_end=1259
+  _globals['_ORDERCANCELREQUESTED']._serialized_start=1261
+  _globals['_ORDERCANCELREQUESTED']._serialized_end=1344
+  _globals['_ORDERCOMPENSATING']._serialized_start=1346
+  _globals['_ORDERCOMPENSATING']._serialized_end=1463
 # @@protoc_insertion_point(module_scope)

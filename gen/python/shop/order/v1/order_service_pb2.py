@@ -26,9 +26,10 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from shop.order.v1 import order_pb2 as shop_dot_order_dot_v1_dot_order__pb2
+from shop.order.v1 import order_events_pb2 as shop_dot_order_dot_v1_dot_order__events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/order/v1/order_service.proto\x12\rshop.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/order/v1/order.proto\"\x95\x01\n\x12\x43reateOrderRequest\x12;\n\nrequest_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\trequestId\x12\x42\n\nline_items\x18\x02 \x03(\x0b\x32\x17.shop.order.v1.LineItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x32R\tlineItems\"A\n\x13\x43reateOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order\"J\n\x0fGetOrderRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\">\n\x10GetOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order\"Z\n\x11ListOrdersRequest\x12&\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"j\n\x12ListOrdersResponse\x12,\n\x06orders\x18\x01 \x03(\x0b\x32\x14.shop.order.v1.OrderR\x06orders\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"M\n\x12\x43\x61ncelOrderRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\"A\n\x13\x43\x61ncelOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order\"`\n\x17ListParkedOrdersRequest\x12&\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"\x83\x01\n\x18ListParkedOrdersResponse\x12?\n\rparked_orders\x18\x01 \x03(\x0b\x32\x1a.shop.order.v1.ParkedOrderR\x0cparkedOrders\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x88\x02\n\x0bParkedOrder\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\x12\x38\n\x07user_id\x18\x02 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18\x80\x01\x32\x13^[A-Za-z0-9._@+-]*$R\x06userId\x12\x1d\n\nsaga_phase\x18\x03 \x01(\tR\tsagaPhase\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12\x16\n\x06\x64\x65tail\x18\x05 \x01(\tR\x06\x64\x65tail\x12\x37\n\tpark_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08parkTime\"M\n\x12ResumeOrderRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\"A\n\x13ResumeOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order2\xcc\x05\n\x0cOrderService\x12k\n\x0b\x43reateOrder\x12!.shop.order.v1.CreateOrderRequest\x1a\".shop.order.v1.CreateOrderResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12j\n\x08GetOrder\x12\x1e.shop.order.v1.GetOrderRequest\x1a\x1f.shop.order.v1.GetOrderResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x12\x65\n\nListOrders\x12 .shop.order.v1.ListOrdersRequest\x1a!.shop.order.v1.ListOrdersResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/orders\x12}\n\x0b\x43\x61ncelOrder\x12!.shop.order.v1.CancelOrderRequest\x1a\".shop.order.v1.CancelOrderResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/orders/{order_id}:cancel:\x01*\x12~\n\x10ListParkedOrders\x12&.shop.order.v1.ListParkedOrdersRequest\x1a\'.shop.order.v1.ListParkedOrdersResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/orders:parked\x12}\n\x0bResumeOrder\x12!.shop.order.v1.ResumeOrderRequest\x1a\".shop.order.v1.ResumeOrderResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/orders/{order_id}:resume:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/order/v1/order_service.proto\x12\rshop.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/order/v1/order.proto\x1a shop/order/v1/order_events.proto\"\x95\x01\n\x12\x43reateOrderRequest\x12;\n\nrequest_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\trequestId\x12\x42\n\nline_items\x18\x02 \x03(\x0b\x32\x17.shop.order.v1.LineItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x32R\tlineItems\"A\n\x13\x43reateOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order\"J\n\x0fGetOrderRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\">\n\x10GetOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order\"Z\n\x11ListOrdersRequest\x12&\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"j\n\x12ListOrdersResponse\x12,\n\x06orders\x18\x01 \x03(\x0b\x32\x14.shop.order.v1.OrderR\x06orders\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x98\x01\n\x16ListOrderEventsRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\x12&\n\tpage_size\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"t\n\x17ListOrderEventsResponse\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.shop.order.v1.OrderEventR\x06\x65vents\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x96\x06\n\nOrderEvent\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x1a\n\x08sequence\x18\x02 \x01(\x04R\x08sequence\x12\x12\n\x04type\x18\x03 \x01(\tR\x04type\x12\x39\n\noccur_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\toccurTime\x12?\n\x0corder_placed\x18\x05 \x01(\x0b\x32\x1a.shop.order.v1.OrderPlacedH\x00R\x0borderPlaced\x12\x45\n\x0eorder_reserved\x18\x06 \x01(\x0b\x32\x1c.shop.order.v1.OrderReservedH\x00R\rorderReserved\x12\x61\n\x18order_payment_authorized\x18\x07 \x01(\x0b\x32%.shop.order.v1.OrderPaymentAuthorizedH\x00R\x16orderPaymentAuthorized\x12K\n\x10order_committing\x18\x08 \x01(\x0b\x32\x1e.shop.order.v1.OrderCommittingH\x00R\x0forderCommitting\x12[\n\x16order_cancel_requested\x18\t \x01(\x0b\x32#.shop.order.v1.OrderCancelRequestedH\x00R\x14orderCancelRequested\x12Q\n\x12order_compensating\x18\n \x01(\x0b\x32 .shop.order.v1.OrderCompensatingH\x00R\x11orderCompensating\x12H\n\x0forder_confirmed\x18\x0b \x01(\x0b\x32\x1d.shop.order.v1.OrderConfirmedH\x00R\x0eorderConfirmed\x12H\n\x0forder_cancelled\x18\x0c \x01(\x0b\x32\x1d.shop.order.v1.OrderCancelledH\x00R\x0eorderCancelledB\x06\n\x04\x66\x61\x63t\"M\n\x12\x43\x61ncelOrderRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\"A\n\x13\x43\x61ncelOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order\"`\n\x17ListParkedOrdersRequest\x12&\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"\x83\x01\n\x18ListParkedOrdersResponse\x12?\n\rparked_orders\x18\x01 \x03(\x0b\x32\x1a.shop.order.v1.ParkedOrderR\x0cparkedOrders\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x88\x02\n\x0bParkedOrder\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\x12\x38\n\x07user_id\x18\x02 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18\x80\x01\x32\x13^[A-Za-z0-9._@+-]*$R\x06userId\x12\x1d\n\nsaga_phase\x18\x03 \x01(\tR\tsagaPhase\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12\x16\n\x06\x64\x65tail\x18\x05 \x01(\tR\x06\x64\x65tail\x12\x37\n\tpark_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08parkTime\"M\n\x12ResumeOrderRequest\x12\x37\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$R\x07orderId\"A\n\x13ResumeOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.OrderR\x05order2\xd5\x06\n\x0cOrderService\x12k\n\x0b\x43reateOrder\x12!.shop.order.v1.CreateOrderRequest\x1a\".shop.order.v1.CreateOrderResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12j\n\x08GetOrder\x12\x1e.shop.order.v1.GetOrderRequest\x1a\x1f.shop.order.v1.GetOrderResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x12\x65\n\nListOrders\x12 .shop.order.v1.ListOrdersRequest\x1a!.shop.order.v1.ListOrdersResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/orders\x12\x86\x01\n\x0fListOrderEvents\x12%.shop.order.v1.ListOrderEventsRequest\x1a&.shop.order.v1.ListOrderEventsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/orders/{order_id}/events\x12}\n\x0b\x43\x61ncelOrder\x12!.shop.order.v1.CancelOrderRequest\x1a\".shop.order.v1.CancelOrderResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/orders/{order_id}:cancel:\x01*\x12~\n\x10ListParkedOrders\x12&.shop.order.v1.ListParkedOrdersRequest\x1a\'.shop.order.v1.ListParkedOrdersResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/orders:parked\x12}\n\x0bResumeOrder\x12!.shop.order.v1.ResumeOrderRequest\x1a\".shop.order.v1.ResumeOrderResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/orders/{order_id}:resume:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +44,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
   _globals['_LISTORDERSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTORDERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\006\032\004\030d(\000'
+  _globals['_LISTORDEREVENTSREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_LISTORDEREVENTSREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_LISTORDEREVENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTORDEREVENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\006\032\004\030d(\000'
   _globals['_CANCELORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
   _globals['_CANCELORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
   _globals['_LISTPARKEDORDERSREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -59,38 +64,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSERVICE'].methods_by_name['GetOrder']._serialized_options = b'\202\323\344\223\002\027\022\025/v1/orders/{order_id}'
   _globals['_ORDERSERVICE'].methods_by_name['ListOrders']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['ListOrders']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/orders'
+  _globals['_ORDERSERVICE'].methods_by_name['ListOrderEvents']._loaded_options = None
+  _globals['_ORDERSERVICE'].methods_by_name['ListOrderEvents']._serialized_options = b'\202\323\344\223\002\036\022\034/v1/orders/{order_id}/events'
   _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._serialized_options = b'\202\323\344\223\002!\"\034/v1/orders/{order_id}:cancel:\001*'
   _globals['_ORDERSERVICE'].methods_by_name['ListParkedOrders']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['ListParkedOrders']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/orders:parked'
   _globals['_ORDERSERVICE'].methods_by_name['ResumeOrder']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['ResumeOrder']._serialized_options = b'\202\323\344\223\002!\"\034/v1/orders/{order_id}:resume:\001*'
-  _globals['_CREATEORDERREQUEST']._serialized_start=172
-  _globals['_CREATEORDERREQUEST']._serialized_end=321
-  _globals['_CREATEORDERRESPONSE']._serialized_start=323
-  _globals['_CREATEORDERRESPONSE']._serialized_end=388
-  _globals['_GETORDERREQUEST']._serialized_start=390
-  _globals['_GETORDERREQUEST']._serialized_end=464
-  _globals['_GETORDERRESPONSE']._serialized_start=466
-  _globals['_GETORDERRESPONSE']._serialized_end=528
-  _globals['_LISTORDERSREQUEST']._serialized_start=530
-  _globals['_LISTORDERSREQUEST']._serialized_end=620
-  _globals['_LISTORDERSRESPONSE']._serialized_start=622
-  _globals['_LISTORDERSRESPONSE']._serialized_end=728
-  _globals['_CANCELORDERREQUEST']._serialized_start=730
-  _globals['_CANCELORDERREQUEST']._serialized_end=807
-  _globals['_CANCELORDERRESPONSE']._serialized_start=809
-  _globals['_CANCELORDERRESPONSE']._serialized_end=874
-  _globals['_LISTPARKEDORDERSREQUEST']._serialized_start=876
-  _globals['_LISTPARKEDORDERSREQUEST']._serialized_end=972
-  _globals['_LISTPARKEDORDERSRESPONSE']._serialized_start=975
-  _globals['_LISTPARKEDORDERSRESPONSE']._serialized_end=1106
-  _globals['_PARKEDORDER']._serialized_start=1109
-  _globals['_PARKEDORDER']._serialized_end=1373
-  _globals['_RESUMEORDERREQUEST']._serialized_start=1375
-  _globals['_RESUMEORDERREQUEST']._serialized_end=1452
-  _globals['_RESUMEORDERRESPONSE']._serialized_start=1454
-  _globals['_RESUMEORDERRESPONSE']._serialized_end=1519
-  _globals['_ORDERSERVICE']._serialized_start=1522
-  _globals['_ORDERSERVICE']._serialized_end=2238
+  _globals['_CREATEORDERREQUEST']._serialized_start=206
+  _globals['_CREATEORDERREQUEST']._serialized_end=355
+  _globals['_CREATEORDERRESPONSE']._serialized_start=357
+  _globals['_CREATEORDERRESPONSE']._serialized_end=422
+  _globals['_GETORDERREQUEST']._serialized_start=424
+  _globals['_GETORDERREQUEST']._serialized_end=498
+  _globals['_GETORDERRESPONSE']._serialized_start=500
+  _globals['_GETORDERRESPONSE']._serialized_end=562
+  _globals['_LISTORDERSREQUEST']._serialized_start=564
+  _globals['_LISTORDERSREQUEST']._serialized_end=654
+  _globals['_LISTORDERSRESPONSE']._serialized_start=656
+  _globals['_LISTORDERSRESPONSE']._serialized_end=762
+  _globals['_LISTORDEREVENTSREQUEST']._serialized_start=765
+  _globals['_LISTORDEREVENTSREQUEST']._serialized_end=917
+  _globals['_LISTORDEREVENTSRESPONSE']._serialized_start=919
+  _globals['_LISTORDEREVENTSRESPONSE']._serialized_end=1035
+  _globals['_ORDEREVENT']._serialized_start=1038
+  _globals['_ORDEREVENT']._serialized_end=1828
+  _globals['_CANCELORDERREQUEST']._serialized_start=1830
+  _globals['_CANCELORDERREQUEST']._serialized_end=1907
+  _globals['_CANCELORDERRESPONSE']._serialized_start=1909
+  _globals['_CANCELORDERRESPONSE']._serialized_end=1974
+  _globals['_LISTPARKEDORDERSREQUEST']._serialized_start=1976
+  _globals['_LISTPARKEDORDERSREQUEST']._serialized_end=2072
+  _globals['_LISTPARKEDORDERSRESPONSE']._serialized_start=2075
+  _globals['_LISTPARKEDORDERSRESPONSE']._serialized_end=2206
+  _globals['_PARKEDORDER']._serialized_start=2209
+  _globals['_PARKEDORDER']._serialized_end=2473
+  _globals['_RESUMEORDERREQUEST']._serialized_start=2475
+  _globals['_RESUMEORDERREQUEST']._serialized_end=2552
+  _globals['_RESUMEORDERRESPONSE']._serialized_start=2554
+  _globals['_RESUMEORDERRESPONSE']._serialized_end=2619
+  _globals['_ORDERSERVICE']._serialized_start=2622
+  _globals['_ORDERSERVICE']._serialized_end=3475
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,11 @@ class OrderServiceStub:
                 request_serializer=shop_dot_order_dot_v1_dot_order__service__pb2.ListOrdersRequest.SerializeToString,
                 response_deserializer=shop_dot_order_dot_v1_dot_order__service__pb2.ListOrdersResponse.FromString,
                 _registered_method=True)
+        self.ListOrderEvents = channel.unary_unary(
+                '/shop.order.v1.OrderService/ListOrderEvents',
+                request_serializer=shop_dot_order_dot_v1_dot_order__service__pb2.ListOrderEventsRequest.SerializeToString,
+                response_deserializer=shop_dot_order_dot_v1_dot_order__service__pb2.ListOrderEventsResponse.FromString,
+                _registered_method=True)
         self.CancelOrder = channel.unary_unary(
                 '/shop.order.v1.OrderService/CancelOrder',
                 request_serializer=shop_dot_order_dot_v1_dot_order__service__pb2.CancelOrderRequest.SerializeToString,
@@ -104,6 +109,19 @@ class OrderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOrderEvents(self, request, context):
+        """ListOrderEvents returns the history of one of the caller's orders a page at a time,
+        oldest first: each change of the order, as its saga recorded it in the same write as
+        the change (the order's event log, from OrderPlaced to OrderConfirmed or
+        OrderCancelled). An order placed before the log existed has none.
+        Returns NOT_FOUND (ORDER_NOT_FOUND) if the caller has no order with that id, and
+        INVALID_ARGUMENT if the page size is negative or the page token is not one this
+        method returned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelOrder(self, request, context):
         """CancelOrder cancels one of the caller's orders that is not yet confirmed, giving back
         its stock and payment hold. Cancelling a cancelled order is harmless.
@@ -151,6 +169,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.ListOrders,
                     request_deserializer=shop_dot_order_dot_v1_dot_order__service__pb2.ListOrdersRequest.FromString,
                     response_serializer=shop_dot_order_dot_v1_dot_order__service__pb2.ListOrdersResponse.SerializeToString,
+            ),
+            'ListOrderEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOrderEvents,
+                    request_deserializer=shop_dot_order_dot_v1_dot_order__service__pb2.ListOrderEventsRequest.FromString,
+                    response_serializer=shop_dot_order_dot_v1_dot_order__service__pb2.ListOrderEventsResponse.SerializeToString,
             ),
             'CancelOrder': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelOrder,
@@ -251,6 +274,33 @@ class OrderService:
             '/shop.order.v1.OrderService/ListOrders',
             shop_dot_order_dot_v1_dot_order__service__pb2.ListOrdersRequest.SerializeToString,
             shop_dot_order_dot_v1_dot_order__service__pb2.ListOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOrderEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.order.v1.OrderService/ListOrderEvents',
+            shop_dot_order_dot_v1_dot_order__service__pb2.ListOrderEventsRequest.SerializeToString,
+            shop_dot_order_dot_v1_dot_order__service__pb2.ListOrderEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

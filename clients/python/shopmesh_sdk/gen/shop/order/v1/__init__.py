@@ -11,14 +11,22 @@ __all__ = (
     "GetOrderRequest",
     "GetOrderResponse",
     "LineItem",
+    "ListOrderEventsRequest",
+    "ListOrderEventsResponse",
     "ListOrdersRequest",
     "ListOrdersResponse",
     "ListParkedOrdersRequest",
     "ListParkedOrdersResponse",
     "Order",
+    "OrderCancelRequested",
     "OrderCancelled",
+    "OrderCommitting",
+    "OrderCompensating",
     "OrderConfirmed",
+    "OrderEvent",
+    "OrderPaymentAuthorized",
     "OrderPlaced",
+    "OrderReserved",
     "OrderServiceStub",
     "OrderState",
     "ParkedOrder",
@@ -204,6 +212,55 @@ class LineItem(betterproto2.Message):
 
 
 default_message_pool.register_message("shop.order.v1", "LineItem", LineItem)
+
+
+@dataclass(eq=False, repr=False)
+class ListOrderEventsRequest(betterproto2.Message):
+    """
+    ListOrderEventsRequest asks for one page of an order's history.
+    """
+
+    order_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The order's id.
+    """
+
+    page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    The most events to return, 1 to 100; 0 means 50.
+    """
+
+    page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The next_page_token of the previous page, or empty for the first page.
+    """
+
+
+default_message_pool.register_message(
+    "shop.order.v1", "ListOrderEventsRequest", ListOrderEventsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListOrderEventsResponse(betterproto2.Message):
+    """
+    ListOrderEventsResponse is one page of an order's history.
+    """
+
+    events: "list[OrderEvent]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The order's events of this page, oldest first.
+    """
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The token for the next page; empty when this page is the last.
+    """
+
+
+default_message_pool.register_message(
+    "shop.order.v1", "ListOrderEventsResponse", ListOrderEventsResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -405,6 +462,64 @@ default_message_pool.register_message("shop.order.v1", "OrderCancelled", OrderCa
 
 
 @dataclass(eq=False, repr=False)
+class OrderCancelRequested(betterproto2.Message):
+    """
+    OrderCancelRequested says that the order's user asked to cancel it before its pivot;
+    the saga compensates at its next step (OrderCompensating follows, unless the order was
+    already being cancelled).
+    """
+
+    order_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The order's id.
+    """
+
+
+default_message_pool.register_message("shop.order.v1", "OrderCancelRequested", OrderCancelRequested)
+
+
+@dataclass(eq=False, repr=False)
+class OrderCommitting(betterproto2.Message):
+    """
+    OrderCommitting says that an order passed its saga's pivot: its stock is held and its
+    total authorized (nothing to authorize for a free order), and from here it goes
+    forward: its stock is sold and its payment captured, then OrderConfirmed follows. A
+    user's cancel is refused from now on.
+    """
+
+    order_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The order's id.
+    """
+
+
+default_message_pool.register_message("shop.order.v1", "OrderCommitting", OrderCommitting)
+
+
+@dataclass(eq=False, repr=False)
+class OrderCompensating(betterproto2.Message):
+    """
+    OrderCompensating says that an order will not go through: its saga undoes what may have
+    happened (voids the payment, releases the stock), then OrderCancelled follows with the
+    same reason.
+    """
+
+    order_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The order's id.
+    """
+
+    cancel_reason: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Why, the stable UPPER_SNAKE reason the order will be cancelled with, such as
+    OUT_OF_STOCK, INSUFFICIENT_FUNDS or CANCELLED_BY_USER.
+    """
+
+
+default_message_pool.register_message("shop.order.v1", "OrderCompensating", OrderCompensating)
+
+
+@dataclass(eq=False, repr=False)
 class OrderConfirmed(betterproto2.Message):
     """
     OrderConfirmed says that an order went through: its stock is sold and its payment
@@ -446,6 +561,122 @@ default_message_pool.register_message("shop.order.v1", "OrderConfirmed", OrderCo
 
 
 @dataclass(eq=False, repr=False)
+class OrderEvent(betterproto2.Message):
+    """
+    OrderEvent is one entry of an order's history: one fact, when and in which place it
+    happened. The fact is decoded, one field per kind of fact, so a REST client reads it as
+    JSON; the same fact travels to other services as the payload of an EventEnvelope with
+    the same event id, type and sequence.
+
+    Oneofs:
+        - fact: The fact itself: the field named after its message.
+    """
+
+    event_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The event's unique id (a UUID), the same as its envelope's.
+    """
+
+    sequence: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    The entry's place in the order's history: 1 for OrderPlaced, then one more for each,
+    with no gaps.
+    """
+
+    type: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The fact's full message name, such as "shop.order.v1.OrderConfirmed" (also its NATS
+    subject). A client that does not know it finds none of the fields below set.
+    """
+
+    occur_time: "datetime.datetime | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When the change committed, by the order database's clock.
+    """
+
+    order_placed: "OrderPlaced | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True, group="fact"
+    )
+    """
+    The order was placed.
+    """
+
+    order_reserved: "OrderReserved | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True, group="fact"
+    )
+    """
+    Its stock was held and its prices fixed.
+    """
+
+    order_payment_authorized: "OrderPaymentAuthorized | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True, group="fact"
+    )
+    """
+    Its payment was authorized while a cancel waited.
+    """
+
+    order_committing: "OrderCommitting | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, optional=True, group="fact"
+    )
+    """
+    It passed its pivot: it goes on to CONFIRMED.
+    """
+
+    order_cancel_requested: "OrderCancelRequested | None" = betterproto2.field(
+        9, betterproto2.TYPE_MESSAGE, optional=True, group="fact"
+    )
+    """
+    Its user asked to cancel it.
+    """
+
+    order_compensating: "OrderCompensating | None" = betterproto2.field(
+        10, betterproto2.TYPE_MESSAGE, optional=True, group="fact"
+    )
+    """
+    It is being cancelled: its holds are undone.
+    """
+
+    order_confirmed: "OrderConfirmed | None" = betterproto2.field(
+        11, betterproto2.TYPE_MESSAGE, optional=True, group="fact"
+    )
+    """
+    It was confirmed. Final.
+    """
+
+    order_cancelled: "OrderCancelled | None" = betterproto2.field(
+        12, betterproto2.TYPE_MESSAGE, optional=True, group="fact"
+    )
+    """
+    It was cancelled. Final.
+    """
+
+
+default_message_pool.register_message("shop.order.v1", "OrderEvent", OrderEvent)
+
+
+@dataclass(eq=False, repr=False)
+class OrderPaymentAuthorized(betterproto2.Message):
+    """
+    OrderPaymentAuthorized says that an order's total is held on its user's account while
+    a cancel asked for by the user waits: the order does not go on to commit, and its
+    compensation (void, release) follows. An order that goes on says OrderCommitting
+    instead.
+    """
+
+    order_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The order's id.
+    """
+
+
+default_message_pool.register_message(
+    "shop.order.v1", "OrderPaymentAuthorized", OrderPaymentAuthorized
+)
+
+
+@dataclass(eq=False, repr=False)
 class OrderPlaced(betterproto2.Message):
     """
     OrderPlaced says that an order was created and its saga started: the order is PENDING
@@ -476,6 +707,36 @@ class OrderPlaced(betterproto2.Message):
 
 
 default_message_pool.register_message("shop.order.v1", "OrderPlaced", OrderPlaced)
+
+
+@dataclass(eq=False, repr=False)
+class OrderReserved(betterproto2.Message):
+    """
+    OrderReserved says that an order's stock is held: inventory fixed its prices, and so its
+    total. The order is still PENDING; its payment comes next (none for a free order, whose
+    total is 0).
+    """
+
+    order_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The order's id.
+    """
+
+    line_items: "list[LineItem]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The products and quantities held, each with the unit price the hold fixed.
+    """
+
+    total: "__money__v1__.Money | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The sum of the line items' quantities times their unit prices, in the order's
+    currency: the amount its payment will authorize.
+    """
+
+
+default_message_pool.register_message("shop.order.v1", "OrderReserved", OrderReserved)
 
 
 @dataclass(eq=False, repr=False)
@@ -602,6 +863,23 @@ class OrderServiceStub:
             "/shop.order.v1.OrderService/ListOrders",
             ListOrdersRequest.SerializeToString,
             ListOrdersResponse.FromString,
+        )(message)
+
+    def list_order_events(self, message: "ListOrderEventsRequest") -> "ListOrderEventsResponse":
+        """
+        ListOrderEvents returns the history of one of the caller's orders a page at a time,
+        oldest first: each change of the order, as its saga recorded it in the same write as
+        the change (the order's event log, from OrderPlaced to OrderConfirmed or
+        OrderCancelled). An order placed before the log existed has none.
+        Returns NOT_FOUND (ORDER_NOT_FOUND) if the caller has no order with that id, and
+        INVALID_ARGUMENT if the page size is negative or the page token is not one this
+        method returned.
+        """
+
+        return self._channel.unary_unary(
+            "/shop.order.v1.OrderService/ListOrderEvents",
+            ListOrderEventsRequest.SerializeToString,
+            ListOrderEventsResponse.FromString,
         )(message)
 
     def cancel_order(self, message: "CancelOrderRequest") -> "CancelOrderResponse":

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/order/v1/order_events.proto.
  */
 export const file_shop_order_v1_order_events: GenFile = /*@__PURE__*/
-  fileDesc("CiBzaG9wL29yZGVyL3YxL29yZGVyX2V2ZW50cy5wcm90bxINc2hvcC5vcmRlci52MSKpAQoLT3JkZXJQbGFjZWQSEAoIb3JkZXJfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIrCgpsaW5lX2l0ZW1zGAMgAygLMhcuc2hvcC5vcmRlci52MS5MaW5lSXRlbRIoCgVzdGF0ZRgEIAEoDjIZLnNob3Aub3JkZXIudjEuT3JkZXJTdGF0ZTogwrwYHAoFb3JkZXISCXJlcG9ydGluZxoIb3JkZXJfaWQi3wEKDk9yZGVyQ29uZmlybWVkEhAKCG9yZGVyX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSKwoKbGluZV9pdGVtcxgDIAMoCzIXLnNob3Aub3JkZXIudjEuTGluZUl0ZW0SIwoFdG90YWwYBCABKAsyFC5zaG9wLm1vbmV5LnYxLk1vbmV5EigKBXN0YXRlGAUgASgOMhkuc2hvcC5vcmRlci52MS5PcmRlclN0YXRlOi7CvBgqCgVvcmRlchIMbm90aWZpY2F0aW9uEglyZXBvcnRpbmcaCG9yZGVyX2lkIvYBCg5PcmRlckNhbmNlbGxlZBIQCghvcmRlcl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEisKCmxpbmVfaXRlbXMYAyADKAsyFy5zaG9wLm9yZGVyLnYxLkxpbmVJdGVtEiMKBXRvdGFsGAQgASgLMhQuc2hvcC5tb25leS52MS5Nb25leRIoCgVzdGF0ZRgFIAEoDjIZLnNob3Aub3JkZXIudjEuT3JkZXJTdGF0ZRIVCg1jYW5jZWxfcmVhc29uGAYgASgJOi7CvBgqCgVvcmRlchIMbm90aWZpY2F0aW9uEglyZXBvcnRpbmcaCG9yZGVyX2lkYgZwcm90bzM", [file_shop_events_v1_options, file_shop_money_v1_money, file_shop_order_v1_order]);
+  fileDesc("CiBzaG9wL29yZGVyL3YxL29yZGVyX2V2ZW50cy5wcm90bxINc2hvcC5vcmRlci52MSKpAQoLT3JkZXJQbGFjZWQSEAoIb3JkZXJfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIrCgpsaW5lX2l0ZW1zGAMgAygLMhcuc2hvcC5vcmRlci52MS5MaW5lSXRlbRIoCgVzdGF0ZRgEIAEoDjIZLnNob3Aub3JkZXIudjEuT3JkZXJTdGF0ZTogwrwYHAoFb3JkZXISCXJlcG9ydGluZxoIb3JkZXJfaWQi3wEKDk9yZGVyQ29uZmlybWVkEhAKCG9yZGVyX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSKwoKbGluZV9pdGVtcxgDIAMoCzIXLnNob3Aub3JkZXIudjEuTGluZUl0ZW0SIwoFdG90YWwYBCABKAsyFC5zaG9wLm1vbmV5LnYxLk1vbmV5EigKBXN0YXRlGAUgASgOMhkuc2hvcC5vcmRlci52MS5PcmRlclN0YXRlOi7CvBgqCgVvcmRlchIMbm90aWZpY2F0aW9uEglyZXBvcnRpbmcaCG9yZGVyX2lkIvYBCg5PcmRlckNhbmNlbGxlZBIQCghvcmRlcl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEisKCmxpbmVfaXRlbXMYAyADKAsyFy5zaG9wLm9yZGVyLnYxLkxpbmVJdGVtEiMKBXRvdGFsGAQgASgLMhQuc2hvcC5tb25leS52MS5Nb25leRIoCgVzdGF0ZRgFIAEoDjIZLnNob3Aub3JkZXIudjEuT3JkZXJTdGF0ZRIVCg1jYW5jZWxfcmVhc29uGAYgASgJOi7CvBgqCgVvcmRlchIMbm90aWZpY2F0aW9uEglyZXBvcnRpbmcaCG9yZGVyX2lkIpUBCg1PcmRlclJlc2VydmVkEhAKCG9yZGVyX2lkGAEgASgJEisKCmxpbmVfaXRlbXMYAiADKAsyFy5zaG9wLm9yZGVyLnYxLkxpbmVJdGVtEiMKBXRvdGFsGAMgASgLMhQuc2hvcC5tb25leS52MS5Nb25leTogwrwYHAoFb3JkZXISCXJlcG9ydGluZxoIb3JkZXJfaWQiTAoWT3JkZXJQYXltZW50QXV0aG9yaXplZBIQCghvcmRlcl9pZBgBIAEoCTogwrwYHAoFb3JkZXISCXJlcG9ydGluZxoIb3JkZXJfaWQiRQoPT3JkZXJDb21taXR0aW5nEhAKCG9yZGVyX2lkGAEgASgJOiDCvBgcCgVvcmRlchIJcmVwb3J0aW5nGghvcmRlcl9pZCJKChRPcmRlckNhbmNlbFJlcXVlc3RlZBIQCghvcmRlcl9pZBgBIAEoCTogwrwYHAoFb3JkZXISCXJlcG9ydGluZxoIb3JkZXJfaWQiXgoRT3JkZXJDb21wZW5zYXRpbmcSEAoIb3JkZXJfaWQYASABKAkSFQoNY2FuY2VsX3JlYXNvbhgCIAEoCTogwrwYHAoFb3JkZXISCXJlcG9ydGluZxoIb3JkZXJfaWRiBnByb3RvMw", [file_shop_events_v1_options, file_shop_money_v1_money, file_shop_order_v1_order]);
 
 /**
  * OrderPlaced says that an order was created and its saga started: the order is PENDING
@@ -170,4 +170,144 @@ export type OrderCancelled = Message<"shop.order.v1.OrderCancelled"> & {
  */
 export const OrderCancelledSchema: GenMessage<OrderCancelled> = /*@__PURE__*/
   messageDesc(file_shop_order_v1_order_events, 2);
+
+/**
+ * OrderReserved says that an order's stock is held: inventory fixed its prices, and so its
+ * total. The order is still PENDING; its payment comes next (none for a free order, whose
+ * total is 0).
+ *
+ * @generated from message shop.order.v1.OrderReserved
+ */
+export type OrderReserved = Message<"shop.order.v1.OrderReserved"> & {
+  /**
+   * The order's id.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+
+  /**
+   * The products and quantities held, each with the unit price the hold fixed.
+   *
+   * @generated from field: repeated shop.order.v1.LineItem line_items = 2;
+   */
+  lineItems: LineItem[];
+
+  /**
+   * The sum of the line items' quantities times their unit prices, in the order's
+   * currency: the amount its payment will authorize.
+   *
+   * @generated from field: shop.money.v1.Money total = 3;
+   */
+  total?: Money | undefined;
+};
+
+/**
+ * Describes the message shop.order.v1.OrderReserved.
+ * Use `create(OrderReservedSchema)` to create a new message.
+ */
+export const OrderReservedSchema: GenMessage<OrderReserved> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order_events, 3);
+
+/**
+ * OrderPaymentAuthorized says that an order's total is held on its user's account while
+ * a cancel asked for by the user waits: the order does not go on to commit, and its
+ * compensation (void, release) follows. An order that goes on says OrderCommitting
+ * instead.
+ *
+ * @generated from message shop.order.v1.OrderPaymentAuthorized
+ */
+export type OrderPaymentAuthorized = Message<"shop.order.v1.OrderPaymentAuthorized"> & {
+  /**
+   * The order's id.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+};
+
+/**
+ * Describes the message shop.order.v1.OrderPaymentAuthorized.
+ * Use `create(OrderPaymentAuthorizedSchema)` to create a new message.
+ */
+export const OrderPaymentAuthorizedSchema: GenMessage<OrderPaymentAuthorized> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order_events, 4);
+
+/**
+ * OrderCommitting says that an order passed its saga's pivot: its stock is held and its
+ * total authorized (nothing to authorize for a free order), and from here it goes
+ * forward: its stock is sold and its payment captured, then OrderConfirmed follows. A
+ * user's cancel is refused from now on.
+ *
+ * @generated from message shop.order.v1.OrderCommitting
+ */
+export type OrderCommitting = Message<"shop.order.v1.OrderCommitting"> & {
+  /**
+   * The order's id.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+};
+
+/**
+ * Describes the message shop.order.v1.OrderCommitting.
+ * Use `create(OrderCommittingSchema)` to create a new message.
+ */
+export const OrderCommittingSchema: GenMessage<OrderCommitting> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order_events, 5);
+
+/**
+ * OrderCancelRequested says that the order's user asked to cancel it before its pivot;
+ * the saga compensates at its next step (OrderCompensating follows, unless the order was
+ * already being cancelled).
+ *
+ * @generated from message shop.order.v1.OrderCancelRequested
+ */
+export type OrderCancelRequested = Message<"shop.order.v1.OrderCancelRequested"> & {
+  /**
+   * The order's id.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+};
+
+/**
+ * Describes the message shop.order.v1.OrderCancelRequested.
+ * Use `create(OrderCancelRequestedSchema)` to create a new message.
+ */
+export const OrderCancelRequestedSchema: GenMessage<OrderCancelRequested> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order_events, 6);
+
+/**
+ * OrderCompensating says that an order will not go through: its saga undoes what may have
+ * happened (voids the payment, releases the stock), then OrderCancelled follows with the
+ * same reason.
+ *
+ * @generated from message shop.order.v1.OrderCompensating
+ */
+export type OrderCompensating = Message<"shop.order.v1.OrderCompensating"> & {
+  /**
+   * The order's id.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+
+  /**
+   * Why, the stable UPPER_SNAKE reason the order will be cancelled with, such as
+   * OUT_OF_STOCK, INSUFFICIENT_FUNDS or CANCELLED_BY_USER.
+   *
+   * @generated from field: string cancel_reason = 2;
+   */
+  cancelReason: string;
+};
+
+/**
+ * Describes the message shop.order.v1.OrderCompensating.
+ * Use `create(OrderCompensatingSchema)` to create a new message.
+ */
+export const OrderCompensatingSchema: GenMessage<OrderCompensating> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order_events, 7);
 

@@ -10,13 +10,15 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { LineItem, Order } from "./order_pb.js";
 import { file_shop_order_v1_order } from "./order_pb.js";
+import type { OrderCancelled, OrderCancelRequested, OrderCommitting, OrderCompensating, OrderConfirmed, OrderPaymentAuthorized, OrderPlaced, OrderReserved } from "./order_events_pb.js";
+import { file_shop_order_v1_order_events } from "./order_events_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file shop/order/v1/order_service.proto.
  */
 export const file_shop_order_v1_order_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFzaG9wL29yZGVyL3YxL29yZGVyX3NlcnZpY2UucHJvdG8SDXNob3Aub3JkZXIudjEifwoSQ3JlYXRlT3JkZXJSZXF1ZXN0EjAKCnJlcXVlc3RfaWQYASABKAlCHLpIGXIXMhVeW0EtWmEtejAtOV8tXXsxLDY0fSQSNwoKbGluZV9pdGVtcxgCIAMoCzIXLnNob3Aub3JkZXIudjEuTGluZUl0ZW1CCrpIB5IBBAgBEDIiOgoTQ3JlYXRlT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnNob3Aub3JkZXIudjEuT3JkZXIiQQoPR2V0T3JkZXJSZXF1ZXN0Ei4KCG9yZGVyX2lkGAEgASgJQhy6SBlyFzIVXltBLVphLXowLTlfLV17MSw2NH0kIjcKEEdldE9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyIkUKEUxpc3RPcmRlcnNSZXF1ZXN0EhwKCXBhZ2Vfc2l6ZRgBIAEoBUIJukgGGgQYZCgAEhIKCnBhZ2VfdG9rZW4YAiABKAkiUwoSTGlzdE9yZGVyc1Jlc3BvbnNlEiQKBm9yZGVycxgBIAMoCzIULnNob3Aub3JkZXIudjEuT3JkZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkQKEkNhbmNlbE9yZGVyUmVxdWVzdBIuCghvcmRlcl9pZBgBIAEoCUIcukgZchcyFV5bQS1aYS16MC05Xy1dezEsNjR9JCI6ChNDYW5jZWxPcmRlclJlc3BvbnNlEiMKBW9yZGVyGAEgASgLMhQuc2hvcC5vcmRlci52MS5PcmRlciJLChdMaXN0UGFya2VkT3JkZXJzUmVxdWVzdBIcCglwYWdlX3NpemUYASABKAVCCbpIBhoEGGQoABISCgpwYWdlX3Rva2VuGAIgASgJImYKGExpc3RQYXJrZWRPcmRlcnNSZXNwb25zZRIxCg1wYXJrZWRfb3JkZXJzGAEgAygLMhouc2hvcC5vcmRlci52MS5QYXJrZWRPcmRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki0gEKC1BhcmtlZE9yZGVyEi4KCG9yZGVyX2lkGAEgASgJQhy6SBlyFzIVXltBLVphLXowLTlfLV17MSw2NH0kEjAKB3VzZXJfaWQYAiABKAlCH7pIHHIaEAEYgAEyE15bQS1aYS16MC05Ll9AKy1dKiQSEgoKc2FnYV9waGFzZRgDIAEoCRIOCgZyZWFzb24YBCABKAkSDgoGZGV0YWlsGAUgASgJEi0KCXBhcmtfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoSUmVzdW1lT3JkZXJSZXF1ZXN0Ei4KCG9yZGVyX2lkGAEgASgJQhy6SBlyFzIVXltBLVphLXowLTlfLV17MSw2NH0kIjoKE1Jlc3VtZU9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyMswFCgxPcmRlclNlcnZpY2USawoLQ3JlYXRlT3JkZXISIS5zaG9wLm9yZGVyLnYxLkNyZWF0ZU9yZGVyUmVxdWVzdBoiLnNob3Aub3JkZXIudjEuQ3JlYXRlT3JkZXJSZXNwb25zZSIVgtPkkwIPOgEqIgovdjEvb3JkZXJzEmoKCEdldE9yZGVyEh4uc2hvcC5vcmRlci52MS5HZXRPcmRlclJlcXVlc3QaHy5zaG9wLm9yZGVyLnYxLkdldE9yZGVyUmVzcG9uc2UiHYLT5JMCFxIVL3YxL29yZGVycy97b3JkZXJfaWR9EmUKCkxpc3RPcmRlcnMSIC5zaG9wLm9yZGVyLnYxLkxpc3RPcmRlcnNSZXF1ZXN0GiEuc2hvcC5vcmRlci52MS5MaXN0T3JkZXJzUmVzcG9uc2UiEoLT5JMCDBIKL3YxL29yZGVycxJ9CgtDYW5jZWxPcmRlchIhLnNob3Aub3JkZXIudjEuQ2FuY2VsT3JkZXJSZXF1ZXN0GiIuc2hvcC5vcmRlci52MS5DYW5jZWxPcmRlclJlc3BvbnNlIieC0+STAiE6ASoiHC92MS9vcmRlcnMve29yZGVyX2lkfTpjYW5jZWwSfgoQTGlzdFBhcmtlZE9yZGVycxImLnNob3Aub3JkZXIudjEuTGlzdFBhcmtlZE9yZGVyc1JlcXVlc3QaJy5zaG9wLm9yZGVyLnYxLkxpc3RQYXJrZWRPcmRlcnNSZXNwb25zZSIZgtPkkwITEhEvdjEvb3JkZXJzOnBhcmtlZBJ9CgtSZXN1bWVPcmRlchIhLnNob3Aub3JkZXIudjEuUmVzdW1lT3JkZXJSZXF1ZXN0GiIuc2hvcC5vcmRlci52MS5SZXN1bWVPcmRlclJlc3BvbnNlIieC0+STAiE6ASoiHC92MS9vcmRlcnMve29yZGVyX2lkfTpyZXN1bWViBnByb3RvMw", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_shop_order_v1_order]);
+  fileDesc("CiFzaG9wL29yZGVyL3YxL29yZGVyX3NlcnZpY2UucHJvdG8SDXNob3Aub3JkZXIudjEifwoSQ3JlYXRlT3JkZXJSZXF1ZXN0EjAKCnJlcXVlc3RfaWQYASABKAlCHLpIGXIXMhVeW0EtWmEtejAtOV8tXXsxLDY0fSQSNwoKbGluZV9pdGVtcxgCIAMoCzIXLnNob3Aub3JkZXIudjEuTGluZUl0ZW1CCrpIB5IBBAgBEDIiOgoTQ3JlYXRlT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnNob3Aub3JkZXIudjEuT3JkZXIiQQoPR2V0T3JkZXJSZXF1ZXN0Ei4KCG9yZGVyX2lkGAEgASgJQhy6SBlyFzIVXltBLVphLXowLTlfLV17MSw2NH0kIjcKEEdldE9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyIkUKEUxpc3RPcmRlcnNSZXF1ZXN0EhwKCXBhZ2Vfc2l6ZRgBIAEoBUIJukgGGgQYZCgAEhIKCnBhZ2VfdG9rZW4YAiABKAkiUwoSTGlzdE9yZGVyc1Jlc3BvbnNlEiQKBm9yZGVycxgBIAMoCzIULnNob3Aub3JkZXIudjEuT3JkZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInoKFkxpc3RPcmRlckV2ZW50c1JlcXVlc3QSLgoIb3JkZXJfaWQYASABKAlCHLpIGXIXMhVeW0EtWmEtejAtOV8tXXsxLDY0fSQSHAoJcGFnZV9zaXplGAIgASgFQgm6SAYaBBhkKAASEgoKcGFnZV90b2tlbhgDIAEoCSJdChdMaXN0T3JkZXJFdmVudHNSZXNwb25zZRIpCgZldmVudHMYASADKAsyGS5zaG9wLm9yZGVyLnYxLk9yZGVyRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIuQECgpPcmRlckV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEhAKCHNlcXVlbmNlGAIgASgEEgwKBHR5cGUYAyABKAkSLgoKb2NjdXJfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoMb3JkZXJfcGxhY2VkGAUgASgLMhouc2hvcC5vcmRlci52MS5PcmRlclBsYWNlZEgAEjYKDm9yZGVyX3Jlc2VydmVkGAYgASgLMhwuc2hvcC5vcmRlci52MS5PcmRlclJlc2VydmVkSAASSQoYb3JkZXJfcGF5bWVudF9hdXRob3JpemVkGAcgASgLMiUuc2hvcC5vcmRlci52MS5PcmRlclBheW1lbnRBdXRob3JpemVkSAASOgoQb3JkZXJfY29tbWl0dGluZxgIIAEoCzIeLnNob3Aub3JkZXIudjEuT3JkZXJDb21taXR0aW5nSAASRQoWb3JkZXJfY2FuY2VsX3JlcXVlc3RlZBgJIAEoCzIjLnNob3Aub3JkZXIudjEuT3JkZXJDYW5jZWxSZXF1ZXN0ZWRIABI+ChJvcmRlcl9jb21wZW5zYXRpbmcYCiABKAsyIC5zaG9wLm9yZGVyLnYxLk9yZGVyQ29tcGVuc2F0aW5nSAASOAoPb3JkZXJfY29uZmlybWVkGAsgASgLMh0uc2hvcC5vcmRlci52MS5PcmRlckNvbmZpcm1lZEgAEjgKD29yZGVyX2NhbmNlbGxlZBgMIAEoCzIdLnNob3Aub3JkZXIudjEuT3JkZXJDYW5jZWxsZWRIAEIGCgRmYWN0IkQKEkNhbmNlbE9yZGVyUmVxdWVzdBIuCghvcmRlcl9pZBgBIAEoCUIcukgZchcyFV5bQS1aYS16MC05Xy1dezEsNjR9JCI6ChNDYW5jZWxPcmRlclJlc3BvbnNlEiMKBW9yZGVyGAEgASgLMhQuc2hvcC5vcmRlci52MS5PcmRlciJLChdMaXN0UGFya2VkT3JkZXJzUmVxdWVzdBIcCglwYWdlX3NpemUYASABKAVCCbpIBhoEGGQoABISCgpwYWdlX3Rva2VuGAIgASgJImYKGExpc3RQYXJrZWRPcmRlcnNSZXNwb25zZRIxCg1wYXJrZWRfb3JkZXJzGAEgAygLMhouc2hvcC5vcmRlci52MS5QYXJrZWRPcmRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki0gEKC1BhcmtlZE9yZGVyEi4KCG9yZGVyX2lkGAEgASgJQhy6SBlyFzIVXltBLVphLXowLTlfLV17MSw2NH0kEjAKB3VzZXJfaWQYAiABKAlCH7pIHHIaEAEYgAEyE15bQS1aYS16MC05Ll9AKy1dKiQSEgoKc2FnYV9waGFzZRgDIAEoCRIOCgZyZWFzb24YBCABKAkSDgoGZGV0YWlsGAUgASgJEi0KCXBhcmtfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoSUmVzdW1lT3JkZXJSZXF1ZXN0Ei4KCG9yZGVyX2lkGAEgASgJQhy6SBlyFzIVXltBLVphLXowLTlfLV17MSw2NH0kIjoKE1Jlc3VtZU9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyMtUGCgxPcmRlclNlcnZpY2USawoLQ3JlYXRlT3JkZXISIS5zaG9wLm9yZGVyLnYxLkNyZWF0ZU9yZGVyUmVxdWVzdBoiLnNob3Aub3JkZXIudjEuQ3JlYXRlT3JkZXJSZXNwb25zZSIVgtPkkwIPOgEqIgovdjEvb3JkZXJzEmoKCEdldE9yZGVyEh4uc2hvcC5vcmRlci52MS5HZXRPcmRlclJlcXVlc3QaHy5zaG9wLm9yZGVyLnYxLkdldE9yZGVyUmVzcG9uc2UiHYLT5JMCFxIVL3YxL29yZGVycy97b3JkZXJfaWR9EmUKCkxpc3RPcmRlcnMSIC5zaG9wLm9yZGVyLnYxLkxpc3RPcmRlcnNSZXF1ZXN0GiEuc2hvcC5vcmRlci52MS5MaXN0T3JkZXJzUmVzcG9uc2UiEoLT5JMCDBIKL3YxL29yZGVycxKGAQoPTGlzdE9yZGVyRXZlbnRzEiUuc2hvcC5vcmRlci52MS5MaXN0T3JkZXJFdmVudHNSZXF1ZXN0GiYuc2hvcC5vcmRlci52MS5MaXN0T3JkZXJFdmVudHNSZXNwb25zZSIkgtPkkwIeEhwvdjEvb3JkZXJzL3tvcmRlcl9pZH0vZXZlbnRzEn0KC0NhbmNlbE9yZGVyEiEuc2hvcC5vcmRlci52MS5DYW5jZWxPcmRlclJlcXVlc3QaIi5zaG9wLm9yZGVyLnYxLkNhbmNlbE9yZGVyUmVzcG9uc2UiJ4LT5JMCIToBKiIcL3YxL29yZGVycy97b3JkZXJfaWR9OmNhbmNlbBJ+ChBMaXN0UGFya2VkT3JkZXJzEiYuc2hvcC5vcmRlci52MS5MaXN0UGFya2VkT3JkZXJzUmVxdWVzdBonLnNob3Aub3JkZXIudjEuTGlzdFBhcmtlZE9yZGVyc1Jlc3BvbnNlIhmC0+STAhMSES92MS9vcmRlcnM6cGFya2VkEn0KC1Jlc3VtZU9yZGVyEiEuc2hvcC5vcmRlci52MS5SZXN1bWVPcmRlclJlcXVlc3QaIi5zaG9wLm9yZGVyLnYxLlJlc3VtZU9yZGVyUmVzcG9uc2UiJ4LT5JMCIToBKiIcL3YxL29yZGVycy97b3JkZXJfaWR9OnJlc3VtZWIGcHJvdG8z", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_shop_order_v1_order, file_shop_order_v1_order_events]);
 
 /**
  * CreateOrderRequest asks to place an order.
@@ -168,6 +170,187 @@ export const ListOrdersResponseSchema: GenMessage<ListOrdersResponse> = /*@__PUR
   messageDesc(file_shop_order_v1_order_service, 5);
 
 /**
+ * ListOrderEventsRequest asks for one page of an order's history.
+ *
+ * @generated from message shop.order.v1.ListOrderEventsRequest
+ */
+export type ListOrderEventsRequest = Message<"shop.order.v1.ListOrderEventsRequest"> & {
+  /**
+   * The order's id.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+
+  /**
+   * The most events to return, 1 to 100; 0 means 50.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page, or empty for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message shop.order.v1.ListOrderEventsRequest.
+ * Use `create(ListOrderEventsRequestSchema)` to create a new message.
+ */
+export const ListOrderEventsRequestSchema: GenMessage<ListOrderEventsRequest> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order_service, 6);
+
+/**
+ * ListOrderEventsResponse is one page of an order's history.
+ *
+ * @generated from message shop.order.v1.ListOrderEventsResponse
+ */
+export type ListOrderEventsResponse = Message<"shop.order.v1.ListOrderEventsResponse"> & {
+  /**
+   * The order's events of this page, oldest first.
+   *
+   * @generated from field: repeated shop.order.v1.OrderEvent events = 1;
+   */
+  events: OrderEvent[];
+
+  /**
+   * The token for the next page; empty when this page is the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message shop.order.v1.ListOrderEventsResponse.
+ * Use `create(ListOrderEventsResponseSchema)` to create a new message.
+ */
+export const ListOrderEventsResponseSchema: GenMessage<ListOrderEventsResponse> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order_service, 7);
+
+/**
+ * OrderEvent is one entry of an order's history: one fact, when and in which place it
+ * happened. The fact is decoded, one field per kind of fact, so a REST client reads it as
+ * JSON; the same fact travels to other services as the payload of an EventEnvelope with
+ * the same event id, type and sequence.
+ *
+ * @generated from message shop.order.v1.OrderEvent
+ */
+export type OrderEvent = Message<"shop.order.v1.OrderEvent"> & {
+  /**
+   * The event's unique id (a UUID), the same as its envelope's.
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * The entry's place in the order's history: 1 for OrderPlaced, then one more for each,
+   * with no gaps.
+   *
+   * @generated from field: uint64 sequence = 2;
+   */
+  sequence: bigint;
+
+  /**
+   * The fact's full message name, such as "shop.order.v1.OrderConfirmed" (also its NATS
+   * subject). A client that does not know it finds none of the fields below set.
+   *
+   * @generated from field: string type = 3;
+   */
+  type: string;
+
+  /**
+   * When the change committed, by the order database's clock.
+   *
+   * @generated from field: google.protobuf.Timestamp occur_time = 4;
+   */
+  occurTime?: Timestamp | undefined;
+
+  /**
+   * The fact itself: the field named after its message.
+   *
+   * @generated from oneof shop.order.v1.OrderEvent.fact
+   */
+  fact: {
+    /**
+     * The order was placed.
+     *
+     * @generated from field: shop.order.v1.OrderPlaced order_placed = 5;
+     */
+    value: OrderPlaced;
+    case: "orderPlaced";
+  } | {
+    /**
+     * Its stock was held and its prices fixed.
+     *
+     * @generated from field: shop.order.v1.OrderReserved order_reserved = 6;
+     */
+    value: OrderReserved;
+    case: "orderReserved";
+  } | {
+    /**
+     * Its payment was authorized while a cancel waited.
+     *
+     * @generated from field: shop.order.v1.OrderPaymentAuthorized order_payment_authorized = 7;
+     */
+    value: OrderPaymentAuthorized;
+    case: "orderPaymentAuthorized";
+  } | {
+    /**
+     * It passed its pivot: it goes on to CONFIRMED.
+     *
+     * @generated from field: shop.order.v1.OrderCommitting order_committing = 8;
+     */
+    value: OrderCommitting;
+    case: "orderCommitting";
+  } | {
+    /**
+     * Its user asked to cancel it.
+     *
+     * @generated from field: shop.order.v1.OrderCancelRequested order_cancel_requested = 9;
+     */
+    value: OrderCancelRequested;
+    case: "orderCancelRequested";
+  } | {
+    /**
+     * It is being cancelled: its holds are undone.
+     *
+     * @generated from field: shop.order.v1.OrderCompensating order_compensating = 10;
+     */
+    value: OrderCompensating;
+    case: "orderCompensating";
+  } | {
+    /**
+     * It was confirmed. Final.
+     *
+     * @generated from field: shop.order.v1.OrderConfirmed order_confirmed = 11;
+     */
+    value: OrderConfirmed;
+    case: "orderConfirmed";
+  } | {
+    /**
+     * It was cancelled. Final.
+     *
+     * @generated from field: shop.order.v1.OrderCancelled order_cancelled = 12;
+     */
+    value: OrderCancelled;
+    case: "orderCancelled";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message shop.order.v1.OrderEvent.
+ * Use `create(OrderEventSchema)` to create a new message.
+ */
+export const OrderEventSchema: GenMessage<OrderEvent> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order_service, 8);
+
+/**
  * CancelOrderRequest names the order to cancel.
  *
  * @generated from message shop.order.v1.CancelOrderRequest
@@ -186,7 +369,7 @@ export type CancelOrderRequest = Message<"shop.order.v1.CancelOrderRequest"> & {
  * Use `create(CancelOrderRequestSchema)` to create a new message.
  */
 export const CancelOrderRequestSchema: GenMessage<CancelOrderRequest> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order_service, 6);
+  messageDesc(file_shop_order_v1_order_service, 9);
 
 /**
  * CancelOrderResponse carries the order after the cancellation.
@@ -207,7 +390,7 @@ export type CancelOrderResponse = Message<"shop.order.v1.CancelOrderResponse"> &
  * Use `create(CancelOrderResponseSchema)` to create a new message.
  */
 export const CancelOrderResponseSchema: GenMessage<CancelOrderResponse> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order_service, 7);
+  messageDesc(file_shop_order_v1_order_service, 10);
 
 /**
  * ListParkedOrdersRequest asks for one page of the parked orders.
@@ -235,7 +418,7 @@ export type ListParkedOrdersRequest = Message<"shop.order.v1.ListParkedOrdersReq
  * Use `create(ListParkedOrdersRequestSchema)` to create a new message.
  */
 export const ListParkedOrdersRequestSchema: GenMessage<ListParkedOrdersRequest> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order_service, 8);
+  messageDesc(file_shop_order_v1_order_service, 11);
 
 /**
  * ListParkedOrdersResponse is one page of the parked orders.
@@ -263,7 +446,7 @@ export type ListParkedOrdersResponse = Message<"shop.order.v1.ListParkedOrdersRe
  * Use `create(ListParkedOrdersResponseSchema)` to create a new message.
  */
 export const ListParkedOrdersResponseSchema: GenMessage<ListParkedOrdersResponse> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order_service, 9);
+  messageDesc(file_shop_order_v1_order_service, 12);
 
 /**
  * ParkedOrder is an order whose saga waits for an operator.
@@ -320,7 +503,7 @@ export type ParkedOrder = Message<"shop.order.v1.ParkedOrder"> & {
  * Use `create(ParkedOrderSchema)` to create a new message.
  */
 export const ParkedOrderSchema: GenMessage<ParkedOrder> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order_service, 10);
+  messageDesc(file_shop_order_v1_order_service, 13);
 
 /**
  * ResumeOrderRequest names the parked order to drive again.
@@ -341,7 +524,7 @@ export type ResumeOrderRequest = Message<"shop.order.v1.ResumeOrderRequest"> & {
  * Use `create(ResumeOrderRequestSchema)` to create a new message.
  */
 export const ResumeOrderRequestSchema: GenMessage<ResumeOrderRequest> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order_service, 11);
+  messageDesc(file_shop_order_v1_order_service, 14);
 
 /**
  * ResumeOrderResponse carries the order after the resumed saga ran.
@@ -363,7 +546,7 @@ export type ResumeOrderResponse = Message<"shop.order.v1.ResumeOrderResponse"> &
  * Use `create(ResumeOrderResponseSchema)` to create a new message.
  */
 export const ResumeOrderResponseSchema: GenMessage<ResumeOrderResponse> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order_service, 12);
+  messageDesc(file_shop_order_v1_order_service, 15);
 
 /**
  * OrderService places and tracks a user's orders. Placing an order runs a saga over the
@@ -411,6 +594,22 @@ export const OrderService: GenService<{
     methodKind: "unary";
     input: typeof ListOrdersRequestSchema;
     output: typeof ListOrdersResponseSchema;
+  },
+  /**
+   * ListOrderEvents returns the history of one of the caller's orders a page at a time,
+   * oldest first: each change of the order, as its saga recorded it in the same write as
+   * the change (the order's event log, from OrderPlaced to OrderConfirmed or
+   * OrderCancelled). An order placed before the log existed has none.
+   * Returns NOT_FOUND (ORDER_NOT_FOUND) if the caller has no order with that id, and
+   * INVALID_ARGUMENT if the page size is negative or the page token is not one this
+   * method returned.
+   *
+   * @generated from rpc shop.order.v1.OrderService.ListOrderEvents
+   */
+  listOrderEvents: {
+    methodKind: "unary";
+    input: typeof ListOrderEventsRequestSchema;
+    output: typeof ListOrderEventsResponseSchema;
   },
   /**
    * CancelOrder cancels one of the caller's orders that is not yet confirmed, giving back
