@@ -84,8 +84,9 @@ def test_a_user_sets_their_address_over_rest(system: System) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the order service appends no OrderConfirmed to its outbox yet (its facts reach"
-    " only its own log, branch orderlog); strict: remove this marker once it does",
+    reason="the order service appends its facts to its own log (order_events) but not yet"
+    " to its outbox, so nothing of an order reaches the stream; strict: remove this marker"
+    " once it does",
 )
 def test_an_order_through_envoy_rest_ends_with_a_message_in_the_maildir(system: System) -> None:
     alice = system.token("alice")
