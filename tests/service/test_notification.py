@@ -192,3 +192,35 @@ def test_a_user_without_an_address_is_recorded_undeliverable_and_sent_nothing(ri
         assert (record.state, record.email_address) == (pb.NOTIFICATION_STATE_UNDELIVERABLE, "")
         settled(service, "alice", 1)
         assert mail_ids(rig, 1) == [message_id(somebody.event_id)]
+
+
+def test_smtp_down_is_retried_with_a_delay_and_sent_once_it_is_back(rig: Rig) -> None:
+    event = confirmed("o-1", "alice")
+    with running(rig.start(send_retry_first_seconds="0.3")) as service:
+        rig.sink.stop()
+        rig.publish(event)
+        wait_for(
+            lambda: [n for n in notifications(service, "alice") if n.attempts >= 2],
+            "two failed attempts",
+            WAIT_SECONDS,
+        )
+        [pending] = notifications(service, "alice")
+        assert pending.state == pb.NOTIFICATION_STATE_PENDING
+        rig.sink.start().wait_ready()  # on the port it had
+        [record] = settled(service, "alice", 1)
+        assert record.state == pb.NOTIFICATION_STATE_SENT and record.attempts >= 3
+        assert mail_ids(rig, 1) == [message_id(event.event_id)]
+
+
+def test_smtp_down_for_every_attempt_allowed_records_failed_and_moves_on(rig: Rig) -> None:
+    event, later = confirmed("o-1", "alice"), confirmed("o-2", "bob")
+    with running(rig.start(send_max_attempts="3", send_retry_first_seconds="0.2")) as service:
+        rig.sink.stop()
+        rig.publish(event)
+        [record] = settled(service, "alice", 1)
+        assert (record.state, record.attempts) == (pb.NOTIFICATION_STATE_FAILED, 3)
+        rig.sink.start().wait_ready()
+        rig.publish(later)
+        settled(service, "bob", 1)
+        assert mail_ids(rig, 1) == [message_id(later.event_id)]  # the failed one stays failed
+        assert "gave up on" in service.log_path.read_text()
