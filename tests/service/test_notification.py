@@ -23,7 +23,7 @@ from shop.notification.v1 import notification_pb2 as pb
 from shop.notification.v1 import notification_service_pb2 as rpc
 from shop.notification.v1.notification_service_pb2_grpc import NotificationServiceStub
 from shopmesh.nats_server import NatsServer
-from shopmesh.processes import ServiceProcess
+from shopmesh.processes import ServiceProcess, spawn_service
 from tests.helpers import user, wait_for
 from tests.nats_harness import running_nats
 from tests.notification_helpers import (
@@ -48,7 +48,7 @@ class Rig:
     sink: ServiceProcess
     maildir: pathlib.Path
 
-    def start(self, **settings: str) -> ServiceProcess:
+    def start(self, instance: int = 1, **settings: str) -> ServiceProcess:
         flags = {
             "nats_url": self.nats.url,
             "smtp": self.sink.target,
@@ -57,7 +57,11 @@ class Rig:
             "send_retry_first_seconds": "0.2",
             **settings,
         }
-        return start_service("notification", self.workdir, settings=flags)
+        if instance == 1:
+            return start_service("notification", self.workdir, settings=flags)
+        # Another instance on the same database and the same durable consumer.
+        flags["db_path"] = str(self.workdir / "notification.db")
+        return spawn_service("notification", self.workdir, settings=flags, instance=instance)
 
     def publish(self, *envelopes: envelope_pb2.EventEnvelope | tuple[str, str, bytes]) -> None:
         """Each envelope on its type's subject with Nats-Msg-Id = its event id, or a raw
@@ -224,3 +228,18 @@ def test_smtp_down_for_every_attempt_allowed_records_failed_and_moves_on(rig: Ri
         settled(service, "bob", 1)
         assert mail_ids(rig, 1) == [message_id(later.event_id)]  # the failed one stays failed
         assert "gave up on" in service.log_path.read_text()
+
+
+def test_two_instances_on_one_durable_share_the_events_and_tell_each_order_once(
+    rig: Rig,
+) -> None:
+    events = [confirmed(f"o-{n}", "alice") for n in range(20)]
+    # One message a fetch, so that both instances' pull requests are served (which one
+    # gets which message is the server's choice, so the test asserts only the outcome).
+    one = {"consumer_batch_size": "1"}
+    with running(rig.start(1, **one)) as first, running(rig.start(2, **one).wait_ready()):
+        rig.publish(*events)
+        found = settled(first, "alice", len(events))
+        assert sorted(n.order_id for n in found) == sorted(e.aggregate_id for e in events)
+        # No crash, so no copy: each order's message exactly once.
+        assert mail_ids(rig, len(events)) == sorted(message_id(e.event_id) for e in events)
