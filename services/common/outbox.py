@@ -115,12 +115,37 @@ async def append(
     )
     assert row is not None  # an upsert with RETURNING always returns its row
     sequence = int(row["last_sequence"])
+    await put(
+        tx,
+        event_id=event_id,
+        aggregate_id=aggregate_id,
+        sequence=sequence,
+        subject=subject,
+        envelope=envelope_for(event_id, sequence, at),
+        at=at,
+    )
+    return Appended(event_id, aggregate_id, sequence, at)
+
+
+async def put(
+    tx: Tx,
+    *,
+    event_id: str,
+    aggregate_id: str,
+    sequence: int,
+    subject: str,
+    envelope: bytes,
+    at: float,
+) -> None:
+    """Writes one event whose sequence number the caller keeps itself (an event-sourced
+    aggregate numbers its own log: services/order/store.py), in the transaction `tx`.
+    The caller's transaction must hold a lock of the aggregate until it commits, as
+    `append`'s counter row is held, so that the aggregate's rowids follow its commits."""
     await tx.execute(
         "INSERT INTO outbox (event_id, aggregate_id, sequence, subject, envelope, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        (event_id, aggregate_id, sequence, subject, envelope_for(event_id, sequence, at), at),
+        (event_id, aggregate_id, sequence, subject, envelope, at),
     )
-    return Appended(event_id, aggregate_id, sequence, at)
 
 
 class Outbox:

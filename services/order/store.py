@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from services.common import db
+from services.common import db, outbox
 from services.common.database import Row, Tx, clock
 from services.common.errors import ErrorKind, ServiceError, already_exists, not_found
 from services.order import events
@@ -158,7 +158,7 @@ class OrderStore(db.Store):
             await _append_event(tx, order_id, events.placed(order_id, user_id, items), at)
             return await _read_order(tx, order_id), True
 
-        return await self.db.write(create)
+        return await self.write_events(create)
 
     async def order(self, order_id: str, user_id: str | None = None) -> Order:
         """The order; NOT_FOUND if none, or if it is another user's."""
@@ -458,7 +458,7 @@ class OrderStore(db.Store):
             await _append_event(tx, order_id, events.reserved(order_id, items, total, currency), at)
             return True
 
-        return await self.db.write(record)
+        return await self.write_events(record)
 
     async def advance(
         self, lease: Lease, before: Phase, after: Phase, now: float | None = None
@@ -486,7 +486,7 @@ class OrderStore(db.Store):
                 await _append_event(tx, order_id, fact, at)
             return moved
 
-        return await self.db.write(advance)
+        return await self.write_events(advance)
 
     async def begin_compensation(
         self, lease: Lease, before: Phase, failure: ServiceError, now: float | None = None
@@ -514,7 +514,7 @@ class OrderStore(db.Store):
                 await _append_event(tx, order_id, fact, at)
             return bool(begun)
 
-        return await self.db.write(begin)
+        return await self.write_events(begin)
 
     async def finish(self, lease: Lease, before: Phase, now: float | None = None) -> bool:
         """The last step: CONFIRMED from COMMITTING, CANCELLED from COMPENSATING; a final
@@ -544,7 +544,7 @@ class OrderStore(db.Store):
             await _append_event(tx, order_id, events.final(order, state, reason), at)
             return True
 
-        return await self.db.write(finish)
+        return await self.write_events(finish)
 
     async def request_cancel(self, order_id: str, now: float | None = None) -> bool:
         """Asks a saga that has not passed its pivot to cancel; False if it has."""
@@ -564,7 +564,7 @@ class OrderStore(db.Store):
             still = f"SELECT 1 FROM sagas WHERE order_id = ? AND phase IN ({_placeholders(phases)})"
             return bool(await tx.fetchone(still, (order_id, *phases)))
 
-        return await self.db.write(request)
+        return await self.write_events(request)
 
 
 @dataclass(frozen=True)
@@ -598,10 +598,22 @@ async def _append_event(
         occurred_at=at,
         request_id=head.request_id,
     )
+    data = entry.SerializeToString()
     await tx.execute(
         "INSERT INTO order_events (order_id, sequence, event_id, type, occurred_at, envelope)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        (order_id, head.sequence, entry.event_id, entry.type, at, entry.SerializeToString()),
+        (order_id, head.sequence, entry.event_id, entry.type, at, data),
+    )
+    # The same event, for the relay to publish: the log keeps it for good, the outbox
+    # until it is sent and past the retention.
+    await outbox.put(
+        tx,
+        event_id=entry.event_id,
+        aggregate_id=order_id,
+        sequence=head.sequence,
+        subject=entry.type,
+        envelope=data,
+        at=at,
     )
     return entry
 

@@ -50,6 +50,22 @@ async def confirmed(store: OrderStore, order_id: str = "o1", user_id: str = "ali
     return lease
 
 
+async def test_each_logged_event_is_also_in_the_outbox_byte_for_byte(
+    open_store: StoreOpener,
+) -> None:
+    store = await open_store(OrderStore)
+    await confirmed(store)
+    log = [e.SerializeToString() for e in await store.events("o1")]
+    queued = await rows(
+        store,
+        "SELECT sequence, subject, envelope FROM outbox WHERE aggregate_id = 'o1' ORDER BY rowid",
+    )
+    assert [bytes(envelope) for _, _, envelope in queued] == log  # type: ignore[call-overload]
+    assert [(sequence, subject) for sequence, subject, _ in queued] == list(
+        zip(range(1, 5), CONFIRMED, strict=True)
+    )
+
+
 async def replayed(store: OrderStore, order_id: str) -> list[str]:
     """What the rebuild finds wrong with the order: nothing if its log replays to it."""
     saga = await store.saga(order_id)
