@@ -20,7 +20,9 @@ class ControlPlaneConfig(ServerConfig):
     watch_consul_http: str = setting(
         f"127.0.0.1:{CONSUL_HTTP_PORT}", "host:port of the Consul HTTP API to watch"
     )
-    clusters: str = setting("inventory,payment,order", "comma-separated Consul services to serve")
+    clusters: str = setting(
+        "inventory,payment,order,notification", "comma-separated Consul services to serve"
+    )
 
     def problems(self) -> list[str]:
         found = super().problems()

@@ -18,11 +18,17 @@ from google.protobuf.message import Message
 from services.common.errors import Violations
 from services.common.rules import RequestRules, duration_bounds
 from shop.inventory.v1 import inventory_service_pb2
+from shop.notification.v1 import notification_service_pb2
 from shop.order.v1 import order_service_pb2
 from shop.payment.v1 import payment_service_pb2
 
 REQUEST_RULES = RequestRules(
-    (order_service_pb2.DESCRIPTOR, inventory_service_pb2.DESCRIPTOR, payment_service_pb2.DESCRIPTOR)
+    (
+        order_service_pb2.DESCRIPTOR,
+        inventory_service_pb2.DESCRIPTOR,
+        payment_service_pb2.DESCRIPTOR,
+        notification_service_pb2.DESCRIPTOR,
+    )
 )
 
 # How long a stock hold may last: inventory refuses others, so the order service, which
