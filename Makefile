@@ -109,6 +109,7 @@ POSTGRES_TESTS := \
 	tests/unit/test_order.py tests/unit/test_order_reads.py tests/unit/test_migrations_backends.py \
 	tests/unit/test_saga_leases.py tests/unit/test_saga_parking.py tests/unit/test_saga_steps.py \
 	tests/unit/test_outbox.py tests/unit/test_store_events.py tests/unit/test_order_log.py \
+	tests/unit/test_notification.py \
 	tests/service/test_saga.py tests/service/test_model.py tests/system/test_faults.py
 POSTGRES_PASS = pytest --backend postgresql $(PYTEST_ARGS) $(POSTGRES_TESTS)
 # pytest's "no tests collected" (exit 5) fails the PostgreSQL pass, unless PYTEST_ARGS

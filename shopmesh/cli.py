@@ -27,7 +27,7 @@ import psycopg
 
 from gateway.envoy_config import Limits
 from services.common import db, migrations
-from services.common.config import password_file_problems, url_problems
+from services.common.config import is_host_port, password_file_problems, url_problems
 from services.common.database import is_server_url
 from services.common.postgresql import read_password
 from shopmesh import check, postgres, system, tokens
@@ -45,6 +45,7 @@ shopmesh is running ({elapsed:.1f} s to healthy; logs and data in {workdir}/):
                      DNS :{consul_dns}, server RPC :{consul_server}, serf LAN :{consul_serf}
   control plane      127.0.0.1:{xds}
   NATS JetStream     {nats_url} (monitoring {nats_monitor}/jsz; store in {nats_store})
+  SMTP               {smtp}
   services           {services}
   databases          {databases}
 
@@ -57,6 +58,9 @@ REST through Envoy:
 gRPC through Envoy:
   .venv/bin/grpcurl -plaintext -protoset gen/descriptor.binpb -H "authorization: Bearer $TOKEN" \\
     127.0.0.1:{public} shop.order.v1.OrderService/ListOrders
+Each confirmed or cancelled order is e-mailed to its customer; see alice's:
+  {mail_hint}
+  curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:{public}/v1/notifications
 gRPC straight to the order service (no gateway: you name the caller yourself):
   .venv/bin/grpcurl -plaintext -H 'x-shop-user: alice' \\
     127.0.0.1:{order_port} shop.order.v1.OrderService/ListOrders
@@ -192,7 +196,7 @@ PORT_FLAGS = {f.name: f"--{f.name.replace('_', '-')}-port" for f in fields(syste
     "consul_http": "--consul-port"
 }
 # Settings that `shopmesh run` has a flag for, named after the field.
-RUN_FLAGS = ("instances", "workdir", "envoy_concurrency", "postgres")
+RUN_FLAGS = ("instances", "workdir", "envoy_concurrency", "postgres", "smtp")
 
 
 def add_setting_flag(
@@ -238,6 +242,7 @@ def run_settings(args: argparse.Namespace) -> system.Settings:
         envoy_concurrency=args.envoy_concurrency,
         envoy_limits=replace(Limits(), **dict(args.gateway_limit)),
         postgres=args.postgres,
+        smtp=args.smtp,
     )
 
 
@@ -255,12 +260,22 @@ def databases_line(running: system.System) -> str:
     )
 
 
+def smtp_line(running: system.System) -> str:
+    """Where the notifications go, for the banner."""
+    if running.smtp_sink is None:
+        return f"{running.settings.smtp} (--smtp)"
+    return f"sink {running.smtp_sink.target}, writing each message to {running.maildir}/new"
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.instances < 1:
         print("shopmesh run: --instances must be at least 1", file=sys.stderr)
         return 2
     if args.envoy_concurrency < 1:
         print("shopmesh run: --envoy-concurrency must be at least 1", file=sys.stderr)
+        return 2
+    if args.smtp and not is_host_port(args.smtp):
+        print(f"shopmesh run: --smtp must be host:port, got {args.smtp!r}", file=sys.stderr)
         return 2
     try:
         settings = run_settings(args)
@@ -310,6 +325,12 @@ def _run(args: argparse.Namespace) -> int:
                 f"{s.label} :{s.port}" for s in [*running.instances(), *running.reporting]
             ),
             databases=databases_line(running),
+            smtp=smtp_line(running),
+            mail_hint=(
+                f"ls {running.maildir}/new"
+                if running.smtp_sink is not None
+                else f"(sent to {settings.smtp}; read them there)"
+            ),
             token=running.token("alice"),
             order_port=running.order[0].port,
         ),

@@ -1,5 +1,6 @@
-"""Seed files: the catalog and accounts inventory and payment load at their first start
-(the format their stores' `seed` reads; the demo's is services/demo_data.json)."""
+"""Seed files: the catalog and accounts inventory and payment load at their first start,
+and the contact addresses notification loads (the format their stores' `seed` reads; the
+demo's is services/demo_data.json)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ def write_seed(
                     for sku, (price, stock) in products.items()
                 ],
                 "accounts": [{"user_id": u, "balance_minor": b} for u, b in accounts.items()],
+                # Every account holder has an address for the notification service.
+                "contacts": [
+                    {"user_id": u, "email_address": f"{u}@shopmesh.example"} for u in accounts
+                ],
             }
         )
     )

@@ -1,8 +1,10 @@
-"""The whole local system under one parent: NATS, Consul, the control plane, the services,
+"""The whole local system under one parent: NATS, the SMTP sink, Consul, the control plane,
+the services (notification among them),
 Envoy.
 
 `start` brings the parts up in order (with `postgres`, the PostgreSQL cluster first, which
-the services keep their state in; then NATS, the events' broker, and Consul, since
+the services keep their state in; then NATS, the events' broker, the SMTP sink (unless
+`smtp` names a real server) and Consul, since
 everything registers with it, side by side; then the control plane, every service
 instance and Envoy at once) and returns when each is healthy: NATS has JetStream up,
 Consul has a leader, each service serves, and Envoy reports a healthy endpoint for every
@@ -31,6 +33,7 @@ from shopmesh.check import Location
 from shopmesh.nats_server import NatsServer
 from shopmesh.postgres import ServiceDatabase
 from shopmesh.processes import Process, ServiceProcess, spawn_service, stop_together
+from shopmesh.smtp_sink import sink_process
 from shopmesh.tools import DEMO_DATA, REPO, WORKDIR, free_ports, tool
 
 READY_TIMEOUT_SECONDS = 30.0
@@ -105,6 +108,11 @@ class Settings:
     """A PostgreSQL database, on a server run elsewhere, for each service named here (the
     tests' session server); each other service's is in the cluster of `postgres`, or a
     SQLite file `<workdir>/<service>.db`."""
+    smtp: str = setting(
+        "",
+        "host:port of the SMTP server the notification service sends through; unset: a"
+        " local sink that writes each message to WORKDIR/mail (a Maildir)",
+    )
 
 
 def store_flags(location: Location) -> dict[str, str]:
@@ -140,8 +148,16 @@ class System:
     """Each service's database (shopmesh.check reads them)."""
     cluster: postgres.Cluster | None = None
     """The PostgreSQL cluster this system started (`Settings.postgres`), if any."""
+    notification: list[ServiceProcess] = field(default_factory=list)
+    smtp_sink: ServiceProcess | None = None
+    """The local SMTP sink (unset `Settings.smtp`), writing to `maildir`."""
     reporting: list[ServiceProcess] = field(default_factory=list)
     """The read model (services.reporting): one instance, fed from NATS."""
+
+    @property
+    def maildir(self) -> pathlib.Path:
+        """Where the local sink delivers the notifications (one file each under new/)."""
+        return self.settings.workdir / "mail"
 
     @property
     def ports(self) -> Ports:
@@ -156,7 +172,7 @@ class System:
         return f"127.0.0.1:{self.ports.consul_http}"
 
     def instances(self) -> list[ServiceProcess]:
-        return [*self.inventory, *self.payment, *self.order]
+        return [*self.inventory, *self.payment, *self.order, *self.notification]
 
     def parts(self) -> list[Process]:
         """Every process of the system, in the order they start."""
@@ -164,6 +180,7 @@ class System:
         return [
             *server,
             self.nats,
+            *([self.smtp_sink] if self.smtp_sink is not None else []),
             self.consul,
             self.controlplane,
             *self.instances(),
@@ -195,7 +212,7 @@ class System:
         counts = self.healthy_endpoints()
         return all(
             counts.get(name, 0) >= self.settings.instances
-            for name in ("inventory", "payment", "order")
+            for name in ("inventory", "payment", "order", "notification")
         ) and counts.get("reporting", 0) >= len(self.reporting)
 
     def stats(self, prefix: str) -> dict[str, int]:
@@ -217,8 +234,8 @@ class System:
         server = [self.cluster.process] if self.cluster is not None else []
         for tier in (
             [*self.order, *self.reporting],
-            [*self.inventory, *self.payment],
-            [self.nats, *server],
+            [*self.inventory, *self.payment, *self.notification],
+            [self.nats, *server, *([self.smtp_sink] if self.smtp_sink is not None else [])],
             [self.controlplane, self.envoy],
             [self.consul],
         ):
@@ -323,6 +340,30 @@ def envoy_process(settings: Settings, keys: tokens.Keys) -> Process:
     )
 
 
+def service_flags(
+    name: str, settings: Settings, database: Location, nats_url: str, smtp: str
+) -> dict[str, str]:
+    """The flags of each instance of service `name` (but Consul's)."""
+    extra: dict[str, str] = {"seed_file": str(settings.seed_file)}
+    if name == "order":
+        internal = f"127.0.0.1:{settings.ports.internal}"
+        extra = {"inventory_target": internal, "payment_target": internal}
+    if name == "notification":
+        extra["smtp"] = smtp
+    # One database per service, shared by all its instances, so a restart keeps state.
+    extra.update(store_flags(database))
+    extra["nats_url"] = nats_url
+    extra.update(settings.service_settings.get(name, {}))
+    return extra
+
+
+def smtp_sink(settings: Settings) -> ServiceProcess | None:
+    """The local SMTP sink, started, writing to `<workdir>/mail`; None with `smtp` set."""
+    if settings.smtp:
+        return None
+    return sink_process(settings.workdir, settings.workdir / "mail").start()
+
+
 def reporting_process(settings: Settings, database: Location, nats_url: str) -> ServiceProcess:
     """The read model, one instance (its consumer's batches are one writer's), started;
     its product names come from inventory through Envoy's internal listener."""
@@ -353,7 +394,8 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
     try:
         cluster = None
         databases: dict[str, Location] = {
-            name: workdir / f"{name}.db" for name in ("inventory", "payment", "order", "reporting")
+            name: workdir / f"{name}.db"
+            for name in ("inventory", "payment", "order", "notification", "reporting")
         }
         if settings.postgres:
             progress("starting postgresql")
@@ -367,6 +409,8 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
         started.append(nats)
         consul = consul_process(settings).start()
         started.append(consul)
+        sink = smtp_sink(settings)
+        started.extend([sink] if sink is not None else [])
         nats.wait_until(nats.is_ready, "JetStream starting", READY_TIMEOUT_SECONDS)
         consul.wait_until(consul.is_ready, "Consul electing itself leader", READY_TIMEOUT_SECONDS)
 
@@ -381,15 +425,9 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
         )
         started.append(controlplane)
         groups: dict[str, list[ServiceProcess]] = {}
-        for name in ("inventory", "payment", "order"):
-            extra: dict[str, str] = {"seed_file": str(settings.seed_file)}
-            if name == "order":
-                internal = f"127.0.0.1:{ports.internal}"
-                extra = {"inventory_target": internal, "payment_target": internal}
-            # One database per service, shared by all its instances, so a restart keeps state.
-            extra.update(store_flags(databases[name]))
-            extra["nats_url"] = nats.url
-            extra.update(settings.service_settings.get(name, {}))
+        smtp = sink.wait_ready().target if sink is not None else settings.smtp
+        for name in ("inventory", "payment", "order", "notification"):
+            extra = service_flags(name, settings, databases[name], nats.url, smtp)
             groups[name] = []
             for n in range(1, settings.instances + 1):
                 instance = spawn_service(
@@ -416,6 +454,8 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             keys,
             databases,
             cluster,
+            groups["notification"],
+            sink,
             [reporting],
         )
         progress("waiting until envoy sees every instance healthy")

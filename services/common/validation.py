@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from services.common.errors import Violations
 from services.common.rules import RequestRules, duration_bounds
 from shop.inventory.v1 import inventory_service_pb2
+from shop.notification.v1 import notification_service_pb2
 from shop.order.v1 import order_service_pb2
 from shop.payment.v1 import payment_service_pb2
 from shop.reporting.v1 import reporting_service_pb2
@@ -27,6 +28,7 @@ REQUEST_RULES = RequestRules(
         order_service_pb2.DESCRIPTOR,
         inventory_service_pb2.DESCRIPTOR,
         payment_service_pb2.DESCRIPTOR,
+        notification_service_pb2.DESCRIPTOR,
         reporting_service_pb2.DESCRIPTOR,
     )
 )

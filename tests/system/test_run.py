@@ -266,6 +266,13 @@ def test_ctrl_c_stops_the_services_before_consul(shopmesh_run: Callable[..., Sho
     jetstream = jetstream_info(running.nats_monitor_port)
     assert jetstream is not None
     assert jetstream["config"]["store_dir"] == str(store / "jetstream"), jetstream
+    # The SMTP sink for the notifications, its Maildir, and how to see one.
+    sink = running.wait_for_line(
+        r"^  SMTP +sink 127\.0\.0\.1:(\d+), writing each message to (.+)/new$"
+    )
+    assert (pathlib.Path(sink[2]) / "new").is_dir()
+    running.wait_for_line(rf"^  ls {re.escape(sink[2])}/new$")
+    running.wait_for_line(r"^  curl .*/v1/notifications$")
     # A supervised part like the others: killed, it comes back on its ports.
     os.kill(child_pid(running.process.pid, "nats-server"), signal.SIGKILL)
     running.wait_for_line(r"nats exited with signal 9; restarting in 0\.5 s \(restart 1\)")
@@ -275,6 +282,8 @@ def test_ctrl_c_stops_the_services_before_consul(shopmesh_run: Callable[..., Sho
     assert running.exit_code() == 0, running.output
     assert jetstream_info(running.nats_monitor_port) is None  # stopped, not left behind
     assert "Server Exiting" in (running.workdir / "nats.log").read_text()
+    with pytest.raises(OSError):  # the sink stopped too
+        socket.create_connection(("127.0.0.1", int(sink[1])), timeout=2).close()
     # What it says while it starts: one step a line, each a phrase.
     assert re.findall(r"^\[ *[0-9.]+s\] (.+)\.\.\.$", running.output, re.MULTILINE) == [
         "starting nats and consul",
@@ -284,9 +293,9 @@ def test_ctrl_c_stops_the_services_before_consul(shopmesh_run: Callable[..., Sho
     logs = {
         log.name: log.read_text()
         for log in running.workdir.glob("*.log")
-        if log.name.startswith(("order", "inventory", "payment", "controlplane"))
+        if log.name.startswith(("order", "inventory", "payment", "notification", "controlplane"))
     }
-    assert len(logs) == 7, sorted(logs)
+    assert len(logs) == 9, sorted(logs)
     for name, text in logs.items():
         assert "could not deregister" not in text, f"{name}:\n{text}"
         assert "deregistered" in text, f"{name}:\n{text}"
@@ -385,7 +394,7 @@ def test_shopmesh_run_postgres_keeps_every_order_in_postgresql_and_stops_it_last
             running.wait_running()
             found = running.wait_for_line(
                 r"^  databases +PostgreSQL 127\.0\.0\.1:(\d+), a database and a role each for"
-                r" inventory, payment, order, reporting$"
+                r" inventory, payment, order, notification, reporting$"
             )
             port = int(found[1])
             root = workdir.resolve() / "postgres"

@@ -13,6 +13,8 @@ import pytest
 
 from services.common import db, migrations
 from services.inventory.store import InventoryStore
+from services.notification.domain import Outcome
+from services.notification.store import NotificationStore
 from services.order.domain import Lease, LineItem, Phase
 from services.order.store import OrderStore
 from services.payment.store import PaymentStore
@@ -22,6 +24,7 @@ STORES: dict[str, type[db.Store]] = {
     "order": OrderStore,
     "inventory": InventoryStore,
     "payment": PaymentStore,
+    "notification": NotificationStore,
 }
 SERVICES = sorted(STORES)
 
@@ -68,6 +71,9 @@ async def with_a_row_or_more(store: db.Store, seed_file: pathlib.Path) -> None:
     elif isinstance(store, PaymentStore):
         await store.seed(seed_file)
         await store.authorize("o1", "alice", 100, "USD", now=0.0, authorization_seconds=60)
+    elif isinstance(store, NotificationStore):
+        await store.set_contact("alice", "alice@shopmesh.example", now=0.0)
+        await store.record(Outcome("e1", "o1", "alice", "CONFIRMED", 100, "USD"), now=0.0)
 
 
 @pytest.mark.parametrize("service", SERVICES)
