@@ -321,7 +321,9 @@ def _run(args: argparse.Namespace) -> int:
             nats_url=running.nats.url,
             nats_monitor=running.nats.monitor_url,
             nats_store=running.nats.store_dir,
-            services=", ".join(f"{s.label} :{s.port}" for s in running.instances()),
+            services=", ".join(
+                f"{s.label} :{s.port}" for s in [*running.instances(), *running.reporting]
+            ),
             databases=databases_line(running),
             smtp=smtp_line(running),
             mail_hint=(

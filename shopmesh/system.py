@@ -151,6 +151,8 @@ class System:
     notification: list[ServiceProcess] = field(default_factory=list)
     smtp_sink: ServiceProcess | None = None
     """The local SMTP sink (unset `Settings.smtp`), writing to `maildir`."""
+    reporting: list[ServiceProcess] = field(default_factory=list)
+    """The read model (services.reporting): one instance, fed from NATS."""
 
     @property
     def maildir(self) -> pathlib.Path:
@@ -182,6 +184,7 @@ class System:
             self.consul,
             self.controlplane,
             *self.instances(),
+            *self.reporting,
             self.envoy,
         ]
 
@@ -210,7 +213,7 @@ class System:
         return all(
             counts.get(name, 0) >= self.settings.instances
             for name in ("inventory", "payment", "order", "notification")
-        )
+        ) and counts.get("reporting", 0) >= len(self.reporting)
 
     def stats(self, prefix: str) -> dict[str, int]:
         """Envoy's counters and gauges whose names start with `prefix`."""
@@ -230,7 +233,7 @@ class System:
         last."""
         server = [self.cluster.process] if self.cluster is not None else []
         for tier in (
-            self.order,
+            [*self.order, *self.reporting],
             [*self.inventory, *self.payment, *self.notification],
             [self.nats, *server, *([self.smtp_sink] if self.smtp_sink is not None else [])],
             [self.controlplane, self.envoy],
@@ -361,6 +364,22 @@ def smtp_sink(settings: Settings) -> ServiceProcess | None:
     return sink_process(settings.workdir, settings.workdir / "mail").start()
 
 
+def reporting_process(settings: Settings, database: Location, nats_url: str) -> ServiceProcess:
+    """The read model, one instance (its consumer's batches are one writer's), started;
+    its product names come from inventory through Envoy's internal listener."""
+    return spawn_service(
+        "reporting",
+        settings.workdir,
+        settings={
+            "consul_http": f"127.0.0.1:{settings.ports.consul_http}",
+            **store_flags(database),
+            "nats_url": nats_url,
+            "inventory_target": f"127.0.0.1:{settings.ports.internal}",
+            **settings.service_settings.get("reporting", {}),
+        },
+    )
+
+
 def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> System:
     """Starts every part and returns once all are healthy; StartError (everything
     started so far stopped again) if one is not. `progress` hears each step as a phrase
@@ -376,7 +395,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
         cluster = None
         databases: dict[str, Location] = {
             name: workdir / f"{name}.db"
-            for name in ("inventory", "payment", "order", "notification")
+            for name in ("inventory", "payment", "order", "notification", "reporting")
         }
         if settings.postgres:
             progress("starting postgresql")
@@ -416,8 +435,10 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
                 )
                 groups[name].append(instance)
                 started.append(instance)
-        envoy = envoy_process(settings, keys).start()
-        started.append(envoy)
+        started += [
+            reporting := reporting_process(settings, databases["reporting"], nats.url),
+            envoy := envoy_process(settings, keys).start(),
+        ]
         for process in started:
             if isinstance(process, ServiceProcess):
                 process.wait_ready()
@@ -435,6 +456,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             cluster,
             groups["notification"],
             sink,
+            [reporting],
         )
         progress("waiting until envoy sees every instance healthy")
         envoy.wait_until(

@@ -26,7 +26,7 @@ from shopmesh.system import store_flags
 from shopmesh.tools import DEMO_DATA
 from tests.helpers import Client
 
-SERVICES = ("inventory", "payment", "order")
+SERVICES = ("inventory", "payment", "order", "reporting")
 
 DatabaseFactory = Callable[[pathlib.Path], dict[str, Location]]
 """Gives a stack or system (its folder named) a database per service."""

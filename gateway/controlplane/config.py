@@ -21,7 +21,7 @@ class ControlPlaneConfig(ServerConfig):
         f"127.0.0.1:{CONSUL_HTTP_PORT}", "host:port of the Consul HTTP API to watch"
     )
     clusters: str = setting(
-        "inventory,payment,order,notification", "comma-separated Consul services to serve"
+        "inventory,payment,order,notification,reporting", "comma-separated Consul services to serve"
     )
 
     def problems(self) -> list[str]:

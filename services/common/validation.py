@@ -21,6 +21,7 @@ from shop.inventory.v1 import inventory_service_pb2
 from shop.notification.v1 import notification_service_pb2
 from shop.order.v1 import order_service_pb2
 from shop.payment.v1 import payment_service_pb2
+from shop.reporting.v1 import reporting_service_pb2
 
 REQUEST_RULES = RequestRules(
     (
@@ -28,6 +29,7 @@ REQUEST_RULES = RequestRules(
         inventory_service_pb2.DESCRIPTOR,
         payment_service_pb2.DESCRIPTOR,
         notification_service_pb2.DESCRIPTOR,
+        reporting_service_pb2.DESCRIPTOR,
     )
 )
 

@@ -394,7 +394,7 @@ def test_shopmesh_run_postgres_keeps_every_order_in_postgresql_and_stops_it_last
             running.wait_running()
             found = running.wait_for_line(
                 r"^  databases +PostgreSQL 127\.0\.0\.1:(\d+), a database and a role each for"
-                r" inventory, payment, order, notification$"
+                r" inventory, payment, order, notification, reporting$"
             )
             port = int(found[1])
             root = workdir.resolve() / "postgres"

@@ -32,13 +32,14 @@ def test_the_page_is_generated_from_the_current_descriptor_set(page: str) -> Non
 
 def test_every_method_has_a_section_with_its_grpc_name_and_rest_route(page: str) -> None:
     methods = re.findall(r"^\| gRPC \| `([\w.]+)/(\w+)` \|$", page, re.MULTILINE)
-    assert len(methods) == 22
+    assert len(methods) == 27
     routes = re.findall(r"^\| REST \| `(GET|POST|PUT) (/v1/\S+)`", page, re.MULTILINE)
     assert len(routes) == len(methods)
     assert ("POST", "/v1/orders/{order_id}:cancel") in routes
     assert ("GET", "/v1/orders/{order_id}/events") in routes
     assert ("GET", "/v1/accounts/{user_id}") in routes
     assert ("PUT", "/v1/notifications/contact") in routes
+    assert ("GET", "/v1/reports/lag") in routes
 
 
 def test_a_method_shows_its_route_fields_and_errors(page: str) -> None:

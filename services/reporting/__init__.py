@@ -1,0 +1,1 @@
+"""The reporting service: a read model (CQRS) built from every event of SHOP_EVENTS."""
