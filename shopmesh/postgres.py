@@ -44,8 +44,9 @@ from services.common.config import setting
 from shopmesh.processes import STOP_TIMEOUT_SECONDS, Process, StartError
 from shopmesh.tools import MissingTool, free_ports
 
-SERVICES = ("inventory", "payment", "order")
-"""The services that get a database and a role each, named after the service."""
+SERVICES = ("inventory", "payment", "order", "notification", "reporting")
+"""The services that get a database and a role each, named after the service: every
+service with a store."""
 
 HOST = "127.0.0.1"
 """The one TCP address the server listens on."""

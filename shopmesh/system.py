@@ -394,8 +394,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
     try:
         cluster = None
         databases: dict[str, Location] = {
-            name: workdir / f"{name}.db"
-            for name in ("inventory", "payment", "order", "notification", "reporting")
+            name: workdir / f"{name}.db" for name in postgres.SERVICES
         }
         if settings.postgres:
             progress("starting postgresql")

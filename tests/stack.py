@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 from services.common import db
 from services.common.database import Row, Tx
 from shopmesh.check import Location, check_history, workdir_databases
-from shopmesh.postgres import Cluster, ServiceDatabase
+from shopmesh.postgres import SERVICES, Cluster, ServiceDatabase
 from shopmesh.processes import READY_TIMEOUT_SECONDS, ServiceProcess, spawn_service
 from shopmesh.system import store_flags
 from shopmesh.tools import DEMO_DATA
 from tests.helpers import Client
-
-SERVICES = ("inventory", "payment", "order", "reporting")
 
 DatabaseFactory = Callable[[pathlib.Path], dict[str, Location]]
 """Gives a stack or system (its folder named) a database per service."""
