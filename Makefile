@@ -109,16 +109,21 @@ POSTGRES_TESTS := \
 	tests/unit/test_order.py tests/unit/test_order_reads.py tests/unit/test_migrations_backends.py \
 	tests/unit/test_saga_leases.py tests/unit/test_saga_parking.py tests/unit/test_saga_steps.py \
 	tests/unit/test_outbox.py tests/unit/test_store_events.py tests/unit/test_order_log.py \
-	tests/unit/test_notification.py \
+	tests/unit/test_notification.py tests/unit/test_reporting_projection.py \
 	tests/service/test_saga.py tests/service/test_model.py tests/system/test_faults.py
-POSTGRES_PASS = pytest --backend postgresql $(PYTEST_ARGS) $(POSTGRES_TESTS)
+# Two workers (pytest-xdist), each running whole test files, so a file's module-scoped
+# servers stay in one process: most tests wait on the processes they start, and two
+# files at once keep both cores busy. WORKERS=0 runs in one process.
+WORKERS ?= 2
+PARALLEL = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
+POSTGRES_PASS = pytest $(PARALLEL) --backend postgresql $(PYTEST_ARGS) $(POSTGRES_TESTS)
 # pytest's "no tests collected" (exit 5) fails the PostgreSQL pass, unless PYTEST_ARGS
 # narrowed the run to tests none of which is on it.
 NONE_IS_FINE = $(if $(strip $(PYTEST_ARGS)),|| test $$? -eq 5)
 
 test: setup wrk postgresql .tools/lib/libfaketime.so.1 gen-check lint breaking
 	@echo "== pytest (every test, on SQLite)"
-	pytest $(PYTEST_ARGS)
+	pytest $(PARALLEL) $(PYTEST_ARGS)
 	@echo "== pytest --backend postgresql (the stores, the saga, the faults, the model)"
 	$(POSTGRES_PASS) $(NONE_IS_FINE)
 
@@ -153,7 +158,7 @@ profile-pg: setup postgresql
 
 # The same tests with the long profiles: more saga-model runs and steps, longer flapping.
 chaos: setup wrk postgresql .tools/lib/libfaketime.so.1
-	SHOPMESH_CHAOS=1 timeout 1800 pytest $(PYTEST_ARGS)
+	SHOPMESH_CHAOS=1 timeout 1800 pytest $(PARALLEL) $(PYTEST_ARGS)
 	SHOPMESH_CHAOS=1 timeout 1200 $(POSTGRES_PASS) $(NONE_IS_FINE)
 
 # N instances of each service: make run N=2
