@@ -4,8 +4,10 @@ the whole system for the system and contract tiers; each test's tier marks from 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import pathlib
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -25,6 +27,7 @@ from tests.helpers import (
     FAULT_TABLE,
     PRODUCTS,
     Client,
+    FaultResult,
     Ledger,
     Served,
     serving,
@@ -58,6 +61,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     stop_on_sigterm()
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_WorkerResults(), "shopmesh-worker-results")
+
+
+class _WorkerResults:
+    """Under pytest-xdist (make test's two workers) the tests run, and the lists the
+    summary prints are filled, in the workers: each worker hands its lists over as it
+    ends (`workeroutput`), and the controller, which prints the summary, gathers them."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        output = getattr(session.config, "workeroutput", None)
+        if output is not None:  # in a worker
+            output["faults"] = [dataclasses.astuple(r) for r in FAULT_TABLE]
+            output["not_on_postgresql"] = session.config.stash.get(NOT_ON_POSTGRESQL, [])
+
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        output = getattr(node, "workeroutput", {})
+        FAULT_TABLE.extend(FaultResult(*r) for r in output.get("faults", []))
+        gathered = node.config.stash.setdefault(NOT_ON_POSTGRESQL, [])
+        for entry in output.get("not_on_postgresql", []):
+            if tuple(entry) not in gathered:  # every worker collects (and drops) them all
+                gathered.append(tuple(entry))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
