@@ -34,8 +34,9 @@ from tests.helpers import (
     assert_invariants,
     record_fault,
     run_command,
+    wait_for,
 )
-from tests.stack import DatabaseFactory, Stack
+from tests.stack import DatabaseFactory, Stack, read_rows
 
 # Products and accounts large enough for steady traffic.
 PRODUCTS = {"SKU-TEA": (450, 100_000), "SKU-MUG": (1299, 50), "SKU-LAST": (25000, 1)}
@@ -216,6 +217,71 @@ def settle(
     finally:
         client.close()
     record_fault(fault, traffic.summary())
+
+
+EVENTS_SETTLE_SECONDS = 60.0
+"""How long the outboxes and the consumers may take to catch up once the load stops."""
+
+
+def _count(databases: Mapping[str, Location], service: str, sql: str) -> int:
+    return int(read_rows(databases[service], sql)[0][0] or 0)
+
+
+def pending_events(databases: Mapping[str, Location]) -> int:
+    """Events not yet published, over the producing services' outboxes."""
+    return sum(
+        _count(databases, s, "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+        for s in ("order", "inventory", "payment")
+    )
+
+
+def assert_events_delivered(databases: Mapping[str, Location]) -> None:
+    """Once quiet, no event was lost or doubled on its way: every event in every outbox
+    is sent; every confirmed or cancelled order has exactly one notification record; the
+    read model's revenue is the sum of the confirmed orders' totals and its units sold per
+    SKU are inventory's sold counts. Waits (bounded) for the relays and consumers."""
+
+    def count(service: str, sql: str) -> int:
+        return _count(databases, service, sql)
+
+    wait_for(
+        lambda: pending_events(databases) == 0, "every outbox to be sent", EVENTS_SETTLE_SECONDS
+    )
+    final = {
+        row[0]
+        for row in read_rows(
+            databases["order"],
+            "SELECT order_id FROM orders WHERE state IN ('CONFIRMED', 'CANCELLED')",
+        )
+    }
+
+    def told() -> set[str]:
+        rows = read_rows(databases["notification"], "SELECT order_id FROM notifications")
+        return {row[0] for row in rows}
+
+    wait_for(lambda: told() >= final, "every final order's notification", EVENTS_SETTLE_SECONDS)
+    assert told() == final, sorted(told() ^ final)  # one record each (order_id is UNIQUE)
+    revenue = count("order", "SELECT SUM(total_minor) FROM orders WHERE state = 'CONFIRMED'")
+    sold = {
+        row[0]: int(row[1])
+        for row in read_rows(databases["inventory"], "SELECT sku, sold FROM products")
+        if row[1]
+    }
+
+    def reported() -> tuple[int, dict[str, int]]:
+        units = {
+            row[0]: int(row[1])
+            for row in read_rows(
+                databases["reporting"], "SELECT sku, SUM(units) FROM product_sales GROUP BY sku"
+            )
+        }
+        return count("reporting", "SELECT SUM(revenue_minor) FROM day_revenue"), units
+
+    wait_for(
+        lambda: reported() == (revenue, sold),
+        f"the read model's revenue to be {revenue} and its units sold {sold}",
+        EVENTS_SETTLE_SECONDS,
+    )
 
 
 def write_system_seed(path: pathlib.Path) -> pathlib.Path:

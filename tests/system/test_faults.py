@@ -6,6 +6,7 @@ log is replayed to its row (`new_databases` below)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -18,6 +19,7 @@ import grpc
 import pytest
 
 from gateway.envoy_config import UNTHROTTLED
+from services.common.jetstream import JetStreamSettings, open_publisher
 from shop.inventory.v1 import inventory_pb2
 from shop.inventory.v1 import inventory_service_pb2 as inv
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
@@ -31,8 +33,16 @@ from tests.helpers import (
     user,
     wait_for,
 )
-from tests.stack import DatabaseFactory, logs_checked, restart
-from tests.system_helpers import ACCOUNTS, PRODUCTS, SystemFactory, Traffic, direct_client
+from tests.stack import DatabaseFactory, logs_checked, read_rows, restart
+from tests.system_helpers import (
+    ACCOUNTS,
+    PRODUCTS,
+    SystemFactory,
+    Traffic,
+    assert_events_delivered,
+    direct_client,
+    pending_events,
+)
 from tests.system_helpers import settle as settle_traffic
 
 FLAP_SECONDS = 40 if os.environ.get("SHOPMESH_CHAOS") == "1" else 12
@@ -82,6 +92,65 @@ def test_envoy_killed_and_restarted_under_traffic(make_system: SystemFactory) ->
         system.envoy.wait_until(system.envoy_ready, "Envoy to have endpoints again")
         traffic.wait_for_ok(20)  # clients reconnect (after gRPC's own backoff) and succeed
     settle(system, traffic, "Envoy killed (kill -9) and restarted under traffic")
+
+
+def test_nats_killed_and_restarted_under_traffic(make_system: SystemFactory) -> None:
+    """NATS killed (kill -9) under order load and started again on its store: the
+    services keep taking orders meanwhile (the outboxes grow), then every event is
+    published, each final order told once, and the read model's totals are the orders'."""
+    system = make_system()
+    with Traffic(system) as traffic:
+        traffic.wait_for(10)
+        system.nats.kill()
+        traffic.wait_for_ok(10)  # orders go on without NATS, their events waiting
+        assert pending_events(system.databases) > 0
+        system.nats.start()
+        system.nats.wait_until(system.nats.is_ready, "NATS to be back")
+        traffic.wait_for_ok(10)
+    try:
+        assert_events_delivered(system.databases)
+    except AssertionError:
+        record_fault(
+            "NATS killed (kill -9) and restarted under traffic", traffic.summary(), "VIOLATED"
+        )
+        raise
+    settle(system, traffic, "NATS killed (kill -9) and restarted under traffic")
+
+
+def publish_raw(system: System, subject: str, msg_id: str, data: bytes) -> None:
+    """One message on `subject` of the system's stream, as a broken producer would send."""
+
+    async def publish() -> None:
+        publisher = await open_publisher(JetStreamSettings(url=system.nats.url))
+        try:
+            assert await publisher.connection.wait_ready(10)
+            await publisher.publish(subject, msg_id, data)
+        finally:
+            await publisher.close()
+
+    asyncio.run(publish())
+
+
+def test_a_poison_message_under_traffic_is_parked_and_the_stream_flows_on(
+    make_system: SystemFactory,
+) -> None:
+    """Garbage on an order event's subject, under load: both consumers park it (counted,
+    logged), and every event behind it still reaches them."""
+    system = make_system()
+    with Traffic(system) as traffic:
+        traffic.wait_for(5)
+        publish_raw(system, "shop.order.v1.OrderConfirmed", "poison-1", b"\xff not an envelope")
+        traffic.wait_for_ok(10)
+    try:
+        assert_events_delivered(system.databases)
+        parked = read_rows(system.databases["reporting"], "SELECT parked FROM projection_state")
+        assert parked and int(parked[0][0]) == 1, parked
+        log = system.notification[0].log_path
+        wait_for(lambda: "parked message" in log.read_text(errors="replace"), "the park logged")
+    except AssertionError:
+        record_fault("a poison message on an order subject", traffic.summary(), "VIOLATED")
+        raise
+    settle(system, traffic, "a poison message on an order subject, under traffic")
 
 
 def test_a_flapping_instance_costs_under_one_percent(make_system: SystemFactory) -> None:
