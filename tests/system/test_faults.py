@@ -23,6 +23,7 @@ from services.common.jetstream import JetStreamSettings, open_publisher
 from shop.inventory.v1 import inventory_pb2
 from shop.inventory.v1 import inventory_service_pb2 as inv
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
+from shopmesh.processes import ServiceProcess
 from shopmesh.system import System
 from tests.helpers import (
     Ledger,
@@ -115,6 +116,41 @@ def test_nats_killed_and_restarted_under_traffic(make_system: SystemFactory) -> 
         )
         raise
     settle(system, traffic, "NATS killed (kill -9) and restarted under traffic")
+
+
+def test_services_started_while_nats_is_down_serve_and_publish_once_it_is_up(
+    make_system: SystemFactory,
+) -> None:
+    """Every service that produces or consumes events is started again while NATS is
+    down: each comes up and serves (orders confirm, their events wait in the outboxes),
+    and once NATS starts every event is published and consumed."""
+    system = make_system()
+    system.nats.stop()
+    for group in (system.inventory, system.payment, system.order, system.notification):
+        for n, instance in enumerate(group):
+            instance.stop()
+            group[n] = restart(instance)
+    system.reporting[:] = [restart(p) for p in stopped(system.reporting)]
+    system.envoy.wait_until(system.envoy_ready, "Envoy to see the restarted services")
+    with Traffic(system) as traffic:
+        traffic.wait_for_ok(10)
+        assert pending_events(system.databases) > 0
+        system.nats.start()
+        system.nats.wait_until(system.nats.is_ready, "NATS to start")
+        traffic.wait_for_ok(10)
+    fault = "NATS down while the services start, then started"
+    try:
+        assert_events_delivered(system.databases)
+    except AssertionError:
+        record_fault(fault, traffic.summary(), "VIOLATED")
+        raise
+    settle(system, traffic, fault)
+
+
+def stopped(processes: list[ServiceProcess]) -> list[ServiceProcess]:
+    for process in processes:
+        process.stop()
+    return processes
 
 
 def publish_raw(system: System, subject: str, msg_id: str, data: bytes) -> None:
