@@ -174,6 +174,11 @@ class StoreConfig(ServerConfig):
     outbox_max_backoff_seconds: float = setting(
         5.0, "longest wait of the relay between two tries while publishing fails"
     )
+    outbox_exit_after_publishes: int = setting(
+        0,
+        "TEST ONLY: once N events are acknowledged by NATS and before they are marked sent,"
+        " the process exits at once (as a kill -9 there would); 0: never",
+    )
     nats_reconnect_max_seconds: float = setting(
         JETSTREAM.reconnect_max_seconds,
         "the longest wait between two attempts to reach NATS, which are made for ever",
@@ -244,6 +249,8 @@ class StoreConfig(ServerConfig):
         ):
             if getattr(self, name) <= 0:
                 found.append(f"{name} must be > 0, got {getattr(self, name):g}")
+        if self.outbox_exit_after_publishes < 0:
+            found.append("outbox_exit_after_publishes must be >= 0")
         if self.outbox_lease_seconds <= 4 * self.outbox_publish_timeout_seconds:
             # A relay trusts its lease for half of it and publishes only while a publish
             # timeout of that is left: a lease of 4x leaves room for a batch between renewals.

@@ -147,6 +147,30 @@ def test_services_started_while_nats_is_down_serve_and_publish_once_it_is_up(
     settle(system, traffic, fault)
 
 
+@pytest.mark.parametrize("producer", ["order", "inventory", "payment"])
+def test_a_relay_killed_between_the_ack_and_the_mark_publishes_nothing_twice(
+    make_system: SystemFactory, producer: str
+) -> None:
+    """The producer's process ends right after NATS acknowledged its first events and
+    before its relay marked them sent (a TEST ONLY setting, as a kill -9 there would):
+    started again, it publishes them again under the same ids, and the duplicates window
+    (or the consumers' dedup) drops them: nothing is told or counted twice."""
+    system = make_system(service_settings={producer: {"outbox_exit_after_publishes": "3"}})
+    victim = getattr(system, producer)[0]
+    with Traffic(system) as traffic:
+        wait_for(lambda: not victim.running(), f"{producer} to exit between ack and mark")
+        getattr(system, producer)[0] = restart(victim, outbox_exit_after_publishes="")
+        traffic.wait_for_ok(10)
+    fault = f"{producer}'s relay killed between the PubAck and the mark"
+    try:
+        assert "TEST ONLY: exiting after" in victim.log_path.read_text(errors="replace")
+        assert_events_delivered(system.databases)
+    except AssertionError:
+        record_fault(fault, traffic.summary(), "VIOLATED")
+        raise
+    settle(system, traffic, fault)
+
+
 def stopped(processes: list[ServiceProcess]) -> list[ServiceProcess]:
     for process in processes:
         process.stop()
