@@ -32,7 +32,14 @@ from tests.helpers import (
     wait_for,
 )
 from tests.stack import DatabaseFactory, logs_checked, restart
-from tests.system_helpers import ACCOUNTS, PRODUCTS, SystemFactory, Traffic, direct_client
+from tests.system_helpers import (
+    ACCOUNTS,
+    PRODUCTS,
+    SystemFactory,
+    Traffic,
+    direct_client,
+    settle_events,
+)
 from tests.system_helpers import settle as settle_traffic
 
 FLAP_SECONDS = 40 if os.environ.get("SHOPMESH_CHAOS") == "1" else 12
@@ -197,3 +204,47 @@ def test_a_retry_storm_stays_within_the_retry_budget(make_system: SystemFactory)
         f" {stats['cluster.payment.upstream_rq_retry_overflow']} over budget",
         total,
     )
+
+
+def test_nats_killed_and_restarted_under_traffic(make_system: SystemFactory) -> None:
+    """NATS killed (kill -9) under order load, then started again on its store: orders go
+    on meanwhile (the events wait in the outboxes), the relays publish them once it is back,
+    the consumers catch up, and each final order is told exactly once and counted once in
+    the read model."""
+    system = make_system()
+    with Traffic(system) as traffic:
+        traffic.wait_for(10)
+        system.nats.kill()
+        traffic.wait_for_ok(10)  # orders do not need NATS
+        system.nats.start()
+        system.nats.wait_until(system.nats.is_ready, "NATS back")
+        traffic.wait_for_ok(10)
+    fault = "NATS killed (kill -9) and restarted under traffic"
+    report = settle_events(system, fault, traffic)
+    assert report.counts["final orders"] >= 30, report.counts
+    settle(system, traffic, f"{fault}: {report.counts['mail copies']} mail copies")
+
+
+def test_nats_down_when_the_services_start(make_system: SystemFactory) -> None:
+    """Every service (the producers, notification and reporting) started again while NATS
+    is down: they start and serve, orders go through with their events held in the
+    outboxes, and once NATS starts the relays publish them and the consumers catch up."""
+    system = make_system()
+    system.nats.stop()
+    for group in (system.inventory, system.payment, system.order, system.notification):
+        for n, instance in enumerate(group):
+            instance.stop()
+            group[n] = restart(instance)
+    reporting = system.reporting[0]
+    reporting.stop()
+    system.reporting[0] = restart(reporting)
+    system.envoy.wait_until(system.envoy_ready, "Envoy to see every instance again")
+    with Traffic(system) as traffic:
+        traffic.wait_for_ok(10)
+        system.nats.start()
+        system.nats.wait_until(system.nats.is_ready, "NATS up")
+        traffic.wait_for_ok(10)
+    fault = "NATS down when the services start, started later"
+    report = settle_events(system, fault, traffic)
+    assert report.counts["final orders"] >= 20, report.counts
+    settle(system, traffic, f"{fault}: {report.counts['mail copies']} mail copies")
