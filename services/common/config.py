@@ -174,6 +174,11 @@ class StoreConfig(ServerConfig):
     outbox_max_backoff_seconds: float = setting(
         5.0, "longest wait of the relay between two tries while publishing fails"
     )
+    outbox_exit_after_publishes: int = setting(
+        0,
+        "TEST ONLY: after the Nth event this process published is acknowledged, and before"
+        " it is marked sent, the process exits at once (as a kill -9 there would); 0: never",
+    )
     nats_reconnect_max_seconds: float = setting(
         JETSTREAM.reconnect_max_seconds,
         "the longest wait between two attempts to reach NATS, which are made for ever",

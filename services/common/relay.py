@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 FIRST_BACKOFF_SECONDS = 0.1
 """The relay's first wait after a failed publish; it doubles with each failure after."""
+CRASH_EXIT_CODE = 70
+"""The exit code of the TEST ONLY crash between an ack and the mark (exit_after_publishes)."""
 PRUNE_BATCH = 1000
 """Events one prune statement deletes at most (a short transaction); more wait a step."""
 
@@ -78,6 +80,7 @@ class RelaySettings:
     retention_seconds: float
     prune_interval_seconds: float
     max_backoff_seconds: float
+    exit_after_publishes: int = 0
 
     @classmethod
     def of(cls, config: StoreConfig) -> RelaySettings:
@@ -101,6 +104,7 @@ class Relay:
         self.lease: RelayLease | None = None
         self._trusted_until = 0.0  # monotonic
         self._failures = 0
+        self._publishes = 0
         self._next_prune = 0.0  # monotonic
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -203,6 +207,14 @@ class Relay:
                 )
                 return acked, True
             acked.append(event.event_id)
+            self._publishes += 1
+            if self._publishes == self.settings.exit_after_publishes:
+                log.warning(
+                    "TEST ONLY: exiting after event %s was acknowledged, before marking it",
+                    event.event_id,
+                )
+                logging.shutdown()
+                os._exit(CRASH_EXIT_CODE)
         return acked, False
 
     async def _hold(self) -> RelayLease | None:

@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from gateway.envoy_config import UNTHROTTLED
+from services.common.relay import CRASH_EXIT_CODE
 from shop.inventory.v1 import inventory_pb2
 from shop.inventory.v1 import inventory_service_pb2 as inv
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
@@ -247,4 +248,26 @@ def test_nats_down_when_the_services_start(make_system: SystemFactory) -> None:
     fault = "NATS down when the services start, started later"
     report = settle_events(system, fault, traffic)
     assert report.counts["final orders"] >= 20, report.counts
+    settle(system, traffic, f"{fault}: {report.counts['mail copies']} mail copies")
+
+
+@pytest.mark.parametrize("service", ["order", "inventory", "payment"])
+def test_a_relay_killed_between_the_puback_and_the_mark(
+    make_system: SystemFactory, service: str
+) -> None:
+    """The producing service's process exits right after its relay's 30th publish was
+    acknowledged and before the mark (the TEST ONLY `outbox_exit_after_publishes`, as a
+    kill -9 there would); started again, it publishes that event again (same id): NATS drops
+    it by Nats-Msg-Id, the consumers dedup, and nothing is told or counted twice."""
+    system = make_system(service_settings={service: {"outbox_exit_after_publishes": "30"}})
+    group = getattr(system, service)
+    with Traffic(system) as traffic:
+        wait_for(lambda: not group[0].running(), f"{service} to exit between ack and mark")
+        assert group[0].process.poll() == CRASH_EXIT_CODE, group[0].exit_status()
+        group[0] = restart(group[0], outbox_exit_after_publishes="")
+        system.envoy.wait_until(system.envoy_ready, f"Envoy to see {service} again")
+        traffic.wait_for_ok(10)
+    fault = f"{service}'s relay killed between the PubAck and the mark"
+    report = settle_events(system, fault, traffic)
+    assert report.counts["final orders"] >= 10, report.counts
     settle(system, traffic, f"{fault}: {report.counts['mail copies']} mail copies")
