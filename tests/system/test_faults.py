@@ -6,6 +6,7 @@ log is replayed to its row (`new_databases` below)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -18,6 +19,7 @@ import grpc
 import pytest
 
 from gateway.envoy_config import UNTHROTTLED
+from services.common.jetstream import JetStreamSettings, open_publisher
 from services.common.relay import CRASH_EXIT_CODE
 from shop.inventory.v1 import inventory_pb2
 from shop.inventory.v1 import inventory_service_pb2 as inv
@@ -32,7 +34,7 @@ from tests.helpers import (
     user,
     wait_for,
 )
-from tests.stack import DatabaseFactory, logs_checked, restart
+from tests.stack import DatabaseFactory, logs_checked, read_rows, restart
 from tests.system_helpers import (
     ACCOUNTS,
     PRODUCTS,
@@ -271,3 +273,60 @@ def test_a_relay_killed_between_the_puback_and_the_mark(
     report = settle_events(system, fault, traffic)
     assert report.counts["final orders"] >= 10, report.counts
     settle(system, traffic, f"{fault}: {report.counts['mail copies']} mail copies")
+
+
+FAST_REDELIVERY = {
+    "notification": {"consumer_ack_wait_seconds": "2"},
+    "reporting": {"consumer_ack_wait_seconds": "2"},
+}
+"""Consumers whose unacked messages come again after 2 s (30 s by default), so that a
+row with a consumer killed stays short."""
+
+
+def test_consumers_killed_mid_batch_under_traffic(make_system: SystemFactory) -> None:
+    """The notification and the reporting service killed (kill -9) while events flow, then
+    started again: what they had fetched and not acked is delivered again (after the ack
+    wait), their dedup keeps it from counting twice; copies of a mail (same Message-ID) are
+    counted."""
+    system = make_system(service_settings=FAST_REDELIVERY)
+    with Traffic(system) as traffic:
+        traffic.wait_for_ok(15)
+        for group in (system.notification, system.reporting):
+            group[0].kill()
+        traffic.wait_for_ok(10)  # orders go on; their events wait in the stream
+        for group in (system.notification, system.reporting):
+            group[0] = restart(group[0])
+        traffic.wait_for_ok(10)
+    fault = "notification and reporting killed (kill -9) mid-batch, restarted"
+    report = settle_events(system, fault, traffic)
+    assert report.counts["final orders"] >= 35, report.counts
+    settle(system, traffic, f"{fault}: {report.counts['mail copies']} mail copies")
+
+
+def test_a_poison_message_on_an_order_subject_under_traffic(make_system: SystemFactory) -> None:
+    """Garbage published on shop.order.v1.OrderConfirmed under load: both consumers park it
+    (terminated; the read model counts it in projection_state, the notification consumer
+    in its in-memory counts, not asserted here) and the events behind it keep flowing."""
+    system = make_system()
+    with Traffic(system) as traffic:
+        traffic.wait_for_ok(10)
+        publish_raw(system, "shop.order.v1.OrderConfirmed", b"\xffnot an envelope")
+        traffic.wait_for_ok(10)
+    fault = "poison message on shop.order.v1.OrderConfirmed under traffic"
+    report = settle_events(system, fault, traffic)
+    assert report.counts["final orders"] >= 20, report.counts
+    [state] = read_rows(system.databases["reporting"], "SELECT parked FROM projection_state")
+    assert state["parked"] == 1, state
+    settle(system, traffic, f"{fault}: parked, reporting counted 1")
+
+
+def publish_raw(system: System, subject: str, data: bytes) -> None:
+    async def run() -> None:
+        publisher = await open_publisher(JetStreamSettings(url=system.nats.url))
+        try:
+            assert await publisher.connection.wait_ready(10)
+            await publisher.publish(subject, f"poison-{time.time_ns()}", data)
+        finally:
+            await publisher.close()
+
+    asyncio.run(run())
