@@ -36,6 +36,7 @@ in a REPEATABLE READ, READ ONLY transaction (one snapshot).
 
 from __future__ import annotations
 
+import mailbox
 import pathlib
 import sqlite3
 import time
@@ -327,3 +328,81 @@ def _check_money(report: Report, money: dict[str, list[Row]]) -> None:
 
 def _shown(payment: Any) -> str:
     return f"{payment['state']} ({payment['amount_minor']})"
+
+
+EVENT_QUERIES = {
+    "outbox": "SELECT count(*) AS pending FROM outbox WHERE sent_at IS NULL",
+}
+
+
+def check_events(databases: Mapping[str, Location], maildir: pathlib.Path | None = None) -> Report:
+    """The events' promises once quiet (docs/events-delivery.md): every event of every
+    producing outbox is sent; every CONFIRMED or CANCELLED order has exactly one
+    notification record and, with `maildir`, at least one message there, more than one
+    only with the same Message-ID (counted as `mail copies`); the read model's revenue is
+    the sum of the confirmed orders' totals and its units per SKU inventory's sold
+    counts. Only meaningful with nothing in flight: the caller waits for quiet first."""
+    report = Report()
+    for name in ("order", "inventory", "payment"):
+        pending = _read(databases[name], **EVENT_QUERIES)["outbox"][0]["pending"]
+        if pending:
+            report.problems.append(f"{name}: {pending} events in the outbox not sent")
+    orders = _read(
+        databases["order"],
+        orders="SELECT order_id, state, total_minor FROM orders"
+        " WHERE state IN ('CONFIRMED', 'CANCELLED')",
+    )["orders"]
+    told = _read(
+        databases["notification"],
+        rows="SELECT order_id, message_id FROM notifications",
+    )["rows"]
+    records = Counter(r["order_id"] for r in told)
+    message_of = {r["order_id"]: r["message_id"] for r in told}
+    mail = _maildir_ids(maildir) if maildir is not None else None
+    for order in orders:
+        order_id = order["order_id"]
+        report.counts["final orders"] += 1
+        if records[order_id] != 1:
+            report.problems.append(
+                f"order {order_id} ({order['state']}) has {records[order_id]} notification"
+                " records, not 1"
+            )
+        elif mail is not None:
+            copies = mail[message_of[order_id]]
+            if copies == 0:
+                report.problems.append(f"order {order_id}: no message in the Maildir")
+            report.counts["mail copies"] += max(0, copies - 1)
+    if mail is not None:
+        known = set(message_of.values())
+        strays = [m for m in mail if m not in known]
+        if strays:
+            report.problems.append(f"{len(strays)} Maildir messages of no notification record")
+    model = _read(
+        databases["reporting"],
+        revenue="SELECT COALESCE(SUM(revenue_minor), 0) AS total FROM day_revenue",
+        units="SELECT sku, SUM(units) AS units FROM product_sales GROUP BY sku",
+    )
+    revenue = sum(o["total_minor"] or 0 for o in orders if o["state"] == "CONFIRMED")
+    if model["revenue"][0]["total"] != revenue:
+        report.problems.append(
+            f"read model revenue {model['revenue'][0]['total']}, confirmed orders total {revenue}"
+        )
+    units = {r["sku"]: r["units"] for r in model["units"]}
+    sold = _read(databases["inventory"], sold="SELECT sku, sold FROM products")["sold"]
+    for product in sold:
+        if units.get(product["sku"], 0) != product["sold"]:
+            report.problems.append(
+                f"{product['sku']}: read model {units.get(product['sku'], 0)} units sold,"
+                f" inventory {product['sold']}"
+            )
+    return report
+
+
+def _maildir_ids(maildir: pathlib.Path) -> Counter[str]:
+    """How many messages of each Message-ID the Maildir holds."""
+    found: Counter[str] = Counter()
+    if not maildir.exists():
+        return found
+    for message in mailbox.Maildir(maildir, create=False):
+        found[str(message["Message-ID"])] += 1
+    return found

@@ -21,7 +21,7 @@ from gateway.envoy_config import UNTHROTTLED
 from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as orders
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
-from shopmesh.check import Location, check_databases
+from shopmesh.check import Location, Report, check_databases, check_events
 from shopmesh.postgres import ServiceDatabase
 from shopmesh.seed import write_seed
 from shopmesh.system import Ports, Settings, System
@@ -34,9 +34,8 @@ from tests.helpers import (
     assert_invariants,
     record_fault,
     run_command,
-    wait_for,
 )
-from tests.stack import DatabaseFactory, Stack, read_rows
+from tests.stack import DatabaseFactory, Stack
 
 # Products and accounts large enough for steady traffic.
 PRODUCTS = {"SKU-TEA": (450, 100_000), "SKU-MUG": (1299, 50), "SKU-LAST": (25000, 1)}
@@ -219,71 +218,6 @@ def settle(
     record_fault(fault, traffic.summary())
 
 
-EVENTS_SETTLE_SECONDS = 60.0
-"""How long the outboxes and the consumers may take to catch up once the load stops."""
-
-
-def _count(databases: Mapping[str, Location], service: str, sql: str) -> int:
-    return int(read_rows(databases[service], sql)[0][0] or 0)
-
-
-def pending_events(databases: Mapping[str, Location]) -> int:
-    """Events not yet published, over the producing services' outboxes."""
-    return sum(
-        _count(databases, s, "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
-        for s in ("order", "inventory", "payment")
-    )
-
-
-def assert_events_delivered(databases: Mapping[str, Location]) -> None:
-    """Once quiet, no event was lost or doubled on its way: every event in every outbox
-    is sent; every confirmed or cancelled order has exactly one notification record; the
-    read model's revenue is the sum of the confirmed orders' totals and its units sold per
-    SKU are inventory's sold counts. Waits (bounded) for the relays and consumers."""
-
-    def count(service: str, sql: str) -> int:
-        return _count(databases, service, sql)
-
-    wait_for(
-        lambda: pending_events(databases) == 0, "every outbox to be sent", EVENTS_SETTLE_SECONDS
-    )
-    final = {
-        row[0]
-        for row in read_rows(
-            databases["order"],
-            "SELECT order_id FROM orders WHERE state IN ('CONFIRMED', 'CANCELLED')",
-        )
-    }
-
-    def told() -> set[str]:
-        rows = read_rows(databases["notification"], "SELECT order_id FROM notifications")
-        return {row[0] for row in rows}
-
-    wait_for(lambda: told() >= final, "every final order's notification", EVENTS_SETTLE_SECONDS)
-    assert told() == final, sorted(told() ^ final)  # one record each (order_id is UNIQUE)
-    revenue = count("order", "SELECT SUM(total_minor) FROM orders WHERE state = 'CONFIRMED'")
-    sold = {
-        row[0]: int(row[1])
-        for row in read_rows(databases["inventory"], "SELECT sku, sold FROM products")
-        if row[1]
-    }
-
-    def reported() -> tuple[int, dict[str, int]]:
-        units = {
-            row[0]: int(row[1])
-            for row in read_rows(
-                databases["reporting"], "SELECT sku, SUM(units) FROM product_sales GROUP BY sku"
-            )
-        }
-        return count("reporting", "SELECT SUM(revenue_minor) FROM day_revenue"), units
-
-    wait_for(
-        lambda: reported() == (revenue, sold),
-        f"the read model's revenue to be {revenue} and its units sold {sold}",
-        EVENTS_SETTLE_SECONDS,
-    )
-
-
 def write_system_seed(path: pathlib.Path) -> pathlib.Path:
     return write_seed(path, PRODUCTS, ACCOUNTS)
 
@@ -343,3 +277,51 @@ def build_typescript_client() -> pathlib.Path:
         timeout=120,
     )
     return TYPESCRIPT_CLIENT
+
+
+def consumers_lag(system: System) -> dict[str, int] | None:
+    """Per durable consumer of the stream, its messages not delivered yet plus those
+    delivered and not acked (NATS's `/jsz`); None while the server does not answer."""
+    try:
+        with urllib.request.urlopen(
+            f"{system.nats.monitor_url}/jsz?consumers=true", timeout=2
+        ) as got:
+            info = json.loads(got.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    lag: dict[str, int] = {}
+    for account in info.get("account_details", []):
+        for stream in account.get("stream_detail", []):
+            for consumer in stream.get("consumer_detail", []):
+                lag[consumer["name"]] = consumer["num_pending"] + consumer["num_ack_pending"]
+    return lag
+
+
+def events_quiet(system: System) -> bool:
+    """Every outbox empty and both consumers (notification, reporting) at lag 0."""
+    if check_events_outboxes(system):
+        return False
+    lag = consumers_lag(system)
+    return lag is not None and {"notification", "reporting"} <= set(lag) and not any(lag.values())
+
+
+def check_events_outboxes(system: System) -> list[str]:
+    return [p for p in check_events(system.databases).problems if "outbox" in p]
+
+
+def settle_events(system: System, fault: str, traffic: Traffic, timeout: float = 30) -> Report:
+    """Waits (bounded) until the events are quiet, then asserts the events' invariants
+    (shopmesh.check.check_events: outboxes sent, one notification record and at least one
+    message per final order, the read model's totals); returns the report (its counts
+    say how many mail copies there were)."""
+    deadline = time.monotonic() + timeout
+    while not events_quiet(system):
+        if time.monotonic() > deadline:
+            record_fault(fault, traffic.summary(), "VIOLATED")
+            raise AssertionError(f"events not quiet: {consumers_lag(system)}")
+        time.sleep(0.1)
+    report = check_events(system.databases, system.maildir)
+    if not report.ok:
+        record_fault(fault, traffic.summary(), "VIOLATED")
+    assert report.ok, report.problems
+    return report

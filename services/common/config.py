@@ -176,8 +176,8 @@ class StoreConfig(ServerConfig):
     )
     outbox_exit_after_publishes: int = setting(
         0,
-        "TEST ONLY: once N events are acknowledged by NATS and before they are marked sent,"
-        " the process exits at once (as a kill -9 there would); 0: never",
+        "TEST ONLY: after the Nth event this process published is acknowledged, and before"
+        " it is marked sent, the process exits at once (as a kill -9 there would); 0: never",
     )
     nats_reconnect_max_seconds: float = setting(
         JETSTREAM.reconnect_max_seconds,
@@ -249,8 +249,6 @@ class StoreConfig(ServerConfig):
         ):
             if getattr(self, name) <= 0:
                 found.append(f"{name} must be > 0, got {getattr(self, name):g}")
-        if self.outbox_exit_after_publishes < 0:
-            found.append("outbox_exit_after_publishes must be >= 0")
         if self.outbox_lease_seconds <= 4 * self.outbox_publish_timeout_seconds:
             # A relay trusts its lease for half of it and publishes only while a publish
             # timeout of that is left: a lease of 4x leaves room for a batch between renewals.

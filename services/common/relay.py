@@ -48,9 +48,9 @@ log = logging.getLogger(__name__)
 
 FIRST_BACKOFF_SECONDS = 0.1
 """The relay's first wait after a failed publish; it doubles with each failure after."""
-PRUNE_BATCH = 1000
 CRASH_EXIT_CODE = 70
-"""The exit code of the TEST ONLY crash between the acks and the mark."""
+"""The exit code of the TEST ONLY crash between an ack and the mark (exit_after_publishes)."""
+PRUNE_BATCH = 1000
 """Events one prune statement deletes at most (a short transaction); more wait a step."""
 
 
@@ -81,7 +81,6 @@ class RelaySettings:
     prune_interval_seconds: float
     max_backoff_seconds: float
     exit_after_publishes: int = 0
-    """TEST ONLY (the fault suite's relay killed between the ack and the mark)."""
 
     @classmethod
     def of(cls, config: StoreConfig) -> RelaySettings:
@@ -105,10 +104,10 @@ class Relay:
         self.lease: RelayLease | None = None
         self._trusted_until = 0.0  # monotonic
         self._failures = 0
+        self._publishes = 0
         self._next_prune = 0.0  # monotonic
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._acked = 0
 
     def start(self) -> None:
         """Runs the relay in the background until `stop`."""
@@ -155,7 +154,6 @@ class Relay:
             return self.settings.poll_interval_seconds, False
         batch = await self.outbox.pending(self.settings.batch_size)
         acked, failed = await self._publish(batch)
-        self._crash_if_asked(len(acked))
         if acked:
             try:
                 # Under the lease held now: one taken again meanwhile has a new epoch.
@@ -179,18 +177,6 @@ class Relay:
         if len(batch) == self.settings.batch_size:
             return 0.0, False  # more are waiting
         return self.settings.poll_interval_seconds, True
-
-    def _crash_if_asked(self, acked: int) -> None:
-        """TEST ONLY: the process ends between the acks and the mark, as a kill -9 there
-        would end it (settings.exit_after_publishes)."""
-        self._acked += acked
-        limit = self.settings.exit_after_publishes
-        if limit and self._acked >= limit:
-            log.warning(
-                "TEST ONLY: exiting after %d acked events, before marking them", self._acked
-            )
-            logging.shutdown()
-            os._exit(CRASH_EXIT_CODE)
 
     async def _publish(self, batch: list[Pending]) -> tuple[list[str], bool]:
         """Publishes `batch` in order, each after the previous one's ack, each only while
@@ -221,6 +207,14 @@ class Relay:
                 )
                 return acked, True
             acked.append(event.event_id)
+            self._publishes += 1
+            if self._publishes == self.settings.exit_after_publishes:
+                log.warning(
+                    "TEST ONLY: exiting after event %s was acknowledged, before marking it",
+                    event.event_id,
+                )
+                logging.shutdown()
+                os._exit(CRASH_EXIT_CODE)
         return acked, False
 
     async def _hold(self) -> RelayLease | None:

@@ -29,6 +29,11 @@ class ReportingConfig(StoreConfig):
     consumer_retry_seconds: float = setting(
         1.0, "the delay before a batch that could not be applied is delivered again"
     )
+    consumer_ack_wait_seconds: float = setting(
+        30.0,
+        "how long the server waits for a batch's acks before it delivers it again (after a"
+        " consumer was killed mid-batch)",
+    )
     lag_log_interval_seconds: float = setting(
         10.0, "how often the consumer logs its lag (events and seconds behind)"
     )
@@ -40,6 +45,7 @@ class ReportingConfig(StoreConfig):
             "consumer_batch_size",
             "consumer_wait_seconds",
             "consumer_retry_seconds",
+            "consumer_ack_wait_seconds",
             "lag_log_interval_seconds",
         ):
             if getattr(self, name) <= 0:

@@ -62,7 +62,9 @@ async def open_source(config: ReportingConfig, durable: str = "") -> NatsSource:
     event from the stream's first (deliver policy ALL) for a new durable."""
     name = durable or config.consumer_name
     settings = dataclasses.replace(config.jetstream, name=f"reporting:{name}")
-    connection = JetStreamConnection(settings, [ConsumerSpec(durable=name)])
+    connection = JetStreamConnection(
+        settings, [ConsumerSpec(durable=name, ack_wait_seconds=config.consumer_ack_wait_seconds)]
+    )
     await connection.start()
     return NatsSource(connection, name)
 
