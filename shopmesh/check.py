@@ -15,7 +15,13 @@ What it checks (the saga's invariants, in the terms the databases hold):
 - each order's event log replays to its row and its saga (services.order.history: state,
   reason, total, items and prices, times, phase, cancel flag), with no gap in its
   sequence; orders made before the log existed (order_log_start) have none, and are
-  counted apart.
+  counted apart;
+- once the events are quiet (every outbox sent, the notification and reporting consumers
+  at the stream's end, read from NATS's monitoring): every CONFIRMED or CANCELLED order
+  has exactly one notification record and, with the local sink, a message in the Maildir
+  (copies only with the same Message-ID); the read model's revenue and units per SKU equal
+  the orders' and inventory's own. Under steady load they are never quiet: then the
+  events are left unchecked, and it says so (not a problem).
 
 Participants prune rows that hold nothing past their retention (released and expired
 reservations, voided, declined and expired payments, tombstones), never a COMMITTED
@@ -36,10 +42,13 @@ in a REPEATABLE READ, READ ONLY transaction (one snapshot).
 
 from __future__ import annotations
 
+import json
 import mailbox
 import pathlib
 import sqlite3
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,6 +68,10 @@ Row = Mapping[str, Any]
 
 SETTLE_SECONDS = 60.0
 """How long a PENDING order may stand still, not parked, before it counts as a problem."""
+QUIET_SECONDS = 30.0
+"""How long `check_workdir` waits for the events to be quiet before it leaves them unchecked."""
+EVENT_CONSUMERS = ("notification", "reporting")
+"""The stream's durable consumers whose work `check_events` checks."""
 
 
 @dataclass
@@ -69,6 +82,8 @@ class Report:
     """Orders whose saga waits for an operator (not a broken promise, but unfinished)."""
     counts: Counter[str] = field(default_factory=Counter)
     """How many orders in each state, products and accounts: what was looked at."""
+    unchecked: list[str] = field(default_factory=list)
+    """What could not be checked, and why (events still in flight): not a problem."""
 
     @property
     def ok(self) -> bool:
@@ -81,23 +96,60 @@ class Report:
             f" {c['in flight']} in flight, {c['parked']} parked), {c['products']} products,"
             f" {c['accounts']} accounts; {c['logs replayed']} order logs replayed"
             + (f", {c['before the log']} orders older than the log" if c["before the log"] else "")
+            + (
+                f"; events: outboxes sent, {c['final orders']} final orders notified once"
+                f" ({c['mail copies']} extra mail copies), read model totals compared"
+                if c["events checked"]
+                else ""
+            )
         )
 
 
 def workdir_databases(workdir: pathlib.Path) -> dict[str, Location]:
     """The SQLite databases a one-host system keeps in `workdir` (order.db, ...)."""
-    return {name: workdir / f"{name}.db" for name in ("order", "inventory", "payment")}
+    return {name: workdir / f"{name}.db" for name in SERVICES}
 
 
-def check_workdir(workdir: pathlib.Path, settle_seconds: float = SETTLE_SECONDS) -> Report:
+def check_workdir(
+    workdir: pathlib.Path,
+    settle_seconds: float = SETTLE_SECONDS,
+    nats_monitor_url: str | None = None,
+    quiet_seconds: float = QUIET_SECONDS,
+) -> Report:
     """Checks the databases a one-host system keeps in `workdir`: the PostgreSQL ones if
-    its cluster (`shopmesh run --postgres`) runs, else the SQLite files (order.db, ...)."""
+    its cluster (`shopmesh run --postgres`) runs, else the SQLite files (order.db, ...).
+    With `nats_monitor_url` (its NATS server's monitoring) and the notification database
+    there, the events too, once they are quiet (`check_events`): it waits for that up to
+    `quiet_seconds`, and says what was still in flight if they never were."""
     cluster = Cluster(workdir)
     port = cluster.running_port()
     if port is None:
-        return check_databases(workdir_databases(workdir), settle_seconds)
-    cluster.port = port
-    return check_databases({name: cluster.database_of(name) for name in SERVICES}, settle_seconds)
+        databases = workdir_databases(workdir)
+    else:
+        cluster.port = port
+        databases = {name: cluster.database_of(name) for name in SERVICES}
+    report = check_databases(databases, settle_seconds)
+    notification = databases["notification"]
+    if nats_monitor_url is None or (
+        isinstance(notification, pathlib.Path) and not notification.exists()
+    ):
+        return report  # a system without its events (or not asked for them)
+    if consumers_lag(nats_monitor_url) is None:
+        report.unchecked.append(
+            f"events: NATS monitoring at {nats_monitor_url} does not answer (they are"
+            " checked on a running system: its --nats-monitor-port)"
+        )
+        return report
+    in_flight = wait_for_quiet(databases, nats_monitor_url, quiet_seconds)
+    if in_flight:
+        report.unchecked.append(f"events, not quiet after {quiet_seconds:g} s: {in_flight}")
+        return report
+    maildir = workdir / "mail"
+    events = check_events(databases, maildir if maildir.exists() else None)
+    report.problems += events.problems
+    report.counts.update(events.counts)
+    report.counts["events checked"] = 1
+    return report
 
 
 def check_databases(
@@ -333,6 +385,56 @@ def _shown(payment: Any) -> str:
 EVENT_QUERIES = {
     "outbox": "SELECT count(*) AS pending FROM outbox WHERE sent_at IS NULL",
 }
+
+
+def consumers_lag(monitor_url: str) -> dict[str, int] | None:
+    """Per durable consumer of the stream, its messages not delivered yet plus those
+    delivered and not acked (the NATS server's `/jsz` at `monitor_url`); None while the
+    server does not answer."""
+    try:
+        with urllib.request.urlopen(f"{monitor_url}/jsz?consumers=true", timeout=2) as got:
+            info = json.loads(got.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    lag: dict[str, int] = {}
+    for account in info.get("account_details", []):
+        for stream in account.get("stream_detail", []):
+            for consumer in stream.get("consumer_detail", []):
+                lag[consumer["name"]] = consumer["num_pending"] + consumer["num_ack_pending"]
+    return lag
+
+
+def events_in_flight(databases: Mapping[str, Location], monitor_url: str) -> str:
+    """What of the events still moves: unsent outbox rows, a consumer behind or not there
+    yet, the server not answering; "" once quiet (`check_events` is meaningful then)."""
+    moving = [
+        f"{name} outbox {pending}"
+        for name in ("order", "inventory", "payment")
+        if (pending := _read(databases[name], **EVENT_QUERIES)["outbox"][0]["pending"])
+    ]
+    lag = consumers_lag(monitor_url)
+    if lag is None:
+        moving.append(f"NATS monitoring at {monitor_url} not answering")
+    else:
+        moving += [
+            f"{name} {lag[name]} behind" if name in lag else f"no {name} consumer"
+            for name in EVENT_CONSUMERS
+            if lag.get(name, 1)
+        ]
+    return ", ".join(moving)
+
+
+def wait_for_quiet(
+    databases: Mapping[str, Location], monitor_url: str, timeout: float = QUIET_SECONDS
+) -> str:
+    """Waits, at most `timeout` seconds, until the events are quiet; "" then, else what was
+    still in flight at the end."""
+    deadline = time.monotonic() + timeout
+    while in_flight := events_in_flight(databases, monitor_url):
+        if time.monotonic() > deadline:
+            return in_flight
+        time.sleep(0.1)
+    return ""
 
 
 def check_events(databases: Mapping[str, Location], maildir: pathlib.Path | None = None) -> Report:

@@ -119,7 +119,12 @@ def _token(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     try:
-        report = check.check_workdir(args.workdir, args.settle_seconds)
+        report = check.check_workdir(
+            args.workdir,
+            args.settle_seconds,
+            nats_monitor_url=f"http://127.0.0.1:{args.nats_monitor}",
+            quiet_seconds=args.quiet_seconds,
+        )
     except (FileNotFoundError, sqlite3.Error, psycopg.Error) as error:
         print(
             f"shopmesh check: {error} (is --workdir the system's work directory?)", file=sys.stderr
@@ -128,6 +133,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"shopmesh check: {report.summary()}")
     for line in report.parked:
         print(f"needs an operator: {line}")
+    for line in report.unchecked:
+        print(f"not checked: {line}")
     for line in report.problems:
         print(f"PROBLEM: {line}")
     print("every promise holds" if report.ok else f"{len(report.problems)} problems")
@@ -444,6 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=check.SETTLE_SECONDS,
         help="a PENDING order that has not moved for longer, and is not parked, is a problem"
         f" [{check.SETTLE_SECONDS:g}]",
+    )
+    add_setting_flag(checking, system.Ports, "nats_monitor", "--nats-monitor-port")
+    checking.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=check.QUIET_SECONDS,
+        help="how long to wait for the events to be quiet (outboxes sent, consumers caught"
+        f" up) before leaving them unchecked [{check.QUIET_SECONDS:g}]",
     )
     checking.set_defaults(handler=_check)
 

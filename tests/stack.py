@@ -5,7 +5,8 @@ under a work directory, or (`databases`) a PostgreSQL database of its own. It is
 once it writes its ready file (after its health turns SERVING), so callers wait for
 readiness instead of sleeping. The process itself is shopmesh.processes' `ServiceProcess`,
 the one `shopmesh run` supervises. A Stack is the three services without Consul, Envoy or
-the control plane: order calls the others directly.
+the control plane: order calls the others directly; with `events`, also a NATS server the
+three publish to, the SMTP sink, and the notification and reporting services consuming.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from dataclasses import dataclass, field
 from services.common import db
 from services.common.database import Row, Tx
 from shopmesh.check import Location, check_history, workdir_databases
+from shopmesh.nats_server import NatsServer
 from shopmesh.postgres import SERVICES, Cluster, ServiceDatabase
 from shopmesh.processes import READY_TIMEOUT_SECONDS, ServiceProcess, spawn_service
+from shopmesh.smtp_sink import sink_process
 from shopmesh.system import store_flags
-from shopmesh.tools import DEMO_DATA
+from shopmesh.tools import DEMO_DATA, free_ports
 from tests.helpers import Client
 
 DatabaseFactory = Callable[[pathlib.Path], dict[str, Location]]
@@ -93,6 +96,55 @@ def restart(service: ServiceProcess, **settings: str) -> ServiceProcess:
     ).wait_ready()
 
 
+CONSUMER_ACK_WAIT_SECONDS = "2"
+"""The consumers' ack wait in an events stack: what a killed consumer left unacked comes
+back after it (30 s by default)."""
+
+
+@dataclass
+class Events:
+    """The asynchronous half of a stack: NATS (JetStream), the SMTP sink writing to
+    `maildir`, and the two consumers. `restart_nats` and `restart` bring a killed one back
+    on its ports, store and database."""
+
+    nats: NatsServer
+    sink: ServiceProcess
+    maildir: pathlib.Path
+    notification: ServiceProcess | None = None
+    reporting: ServiceProcess | None = None
+
+    def consumers(self) -> list[ServiceProcess]:
+        return [c for c in (self.notification, self.reporting) if c is not None]
+
+    def restart_nats(self, *, kill: bool = True) -> None:
+        """kill -9 (or stop) the server, then start it again on its ports and store."""
+        if kill:
+            self.nats.kill()
+        else:
+            self.nats.stop()
+        self.nats.start().wait_ready(READY_TIMEOUT_SECONDS)
+
+    def stop(self) -> None:
+        for consumer in self.consumers():
+            consumer.stop()
+        self.sink.stop()
+        self.nats.stop()
+
+
+def start_events(workdir: pathlib.Path) -> Events:
+    """NATS on free ports (its store in `workdir/nats`) and the SMTP sink, both ready."""
+    port, monitor_port = free_ports(2)
+    nats = NatsServer(workdir / "nats", workdir / "nats.log", port, monitor_port).start()
+    try:
+        nats.wait_ready(READY_TIMEOUT_SECONDS)
+        maildir = workdir / "mail"
+        sink = sink_process(workdir, maildir).start().wait_ready()
+    except BaseException:
+        nats.stop()
+        raise
+    return Events(nats, sink, maildir)
+
+
 @dataclass
 class Stack:
     inventory: ServiceProcess
@@ -100,10 +152,16 @@ class Stack:
     order: ServiceProcess
     databases: dict[str, Location] = field(default_factory=dict)
     """Each service's database (shopmesh.check.check_databases reads them)."""
+    events: Events | None = None
 
     def stop(self) -> None:
+        if self.events is not None:
+            for consumer in self.events.consumers():
+                consumer.stop()
         for service in (self.order, self.payment, self.inventory):
             service.stop()
+        if self.events is not None:
+            self.events.stop()
 
 
 def start_stack(
@@ -112,37 +170,71 @@ def start_stack(
     ports: tuple[int, int, int] = (0, 0, 0),
     order_settings: Mapping[str, str] | None = None,
     databases: Mapping[str, Location] | None = None,
+    *,
+    events: bool = False,
 ) -> Stack:
     """Inventory and payment (seeded), then order pointed at them; each on its database
-    in `databases`, by default `workdir/<name>.db`."""
+    in `databases`, by default `workdir/<name>.db`. With `events`, NATS and the SMTP sink
+    first, the three publishing to NATS, then notification and reporting consuming."""
     at = {**workdir_databases(workdir), **(databases or {})}
     seed = {"seed_file": str(seed_file)}
-    inventory = start_service(
-        "inventory", workdir, port=ports[0], settings=seed, database=at["inventory"]
-    )
+    started: list[ServiceProcess] = []
+    rig = start_events(workdir) if events else None
+    publish = {"nats_url": rig.nats.url} if rig is not None else {}
     try:
-        payment = start_service(
-            "payment", workdir, port=ports[1], settings=seed, database=at["payment"]
+        inventory = start_service(
+            "inventory",
+            workdir,
+            port=ports[0],
+            settings={**seed, **publish},
+            database=at["inventory"],
         )
-        try:
-            order = start_service(
-                "order",
+        started.append(inventory)
+        payment = start_service(
+            "payment",
+            workdir,
+            port=ports[1],
+            settings={**seed, **publish},
+            database=at["payment"],
+        )
+        started.append(payment)
+        order = start_service(
+            "order",
+            workdir,
+            port=ports[2],
+            database=at["order"],
+            settings={
+                "inventory_target": inventory.target,
+                "payment_target": payment.target,
+                **publish,
+                **(order_settings or {}),
+            },
+        )
+        started.append(order)
+        if rig is not None:
+            consuming = {
+                "nats_url": rig.nats.url,
+                "consumer_ack_wait_seconds": CONSUMER_ACK_WAIT_SECONDS,
+            }
+            rig.notification = start_service(
+                "notification",
                 workdir,
-                port=ports[2],
-                database=at["order"],
-                settings={
-                    "inventory_target": inventory.target,
-                    "payment_target": payment.target,
-                    **(order_settings or {}),
-                },
+                database=at["notification"],
+                settings={**seed, **consuming, "smtp": rig.sink.target},
             )
-        except BaseException:
-            payment.stop()
-            raise
+            rig.reporting = start_service(
+                "reporting",
+                workdir,
+                database=at["reporting"],
+                settings={**consuming, "inventory_target": inventory.target},
+            )
     except BaseException:
-        inventory.stop()
+        for service in reversed(started):
+            service.stop()
+        if rig is not None:
+            rig.stop()
         raise
-    return Stack(inventory, payment, order, at)
+    return Stack(inventory, payment, order, at, rig)
 
 
 StackFactory = Callable[..., tuple[Stack, Client]]

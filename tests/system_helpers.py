@@ -21,7 +21,8 @@ from gateway.envoy_config import UNTHROTTLED
 from shop.order.v1 import order_pb2
 from shop.order.v1 import order_service_pb2 as orders
 from shop.order.v1.order_service_pb2_grpc import OrderServiceStub
-from shopmesh.check import Location, Report, check_databases, check_events
+from shopmesh import check
+from shopmesh.check import Location, Report, check_databases
 from shopmesh.postgres import ServiceDatabase
 from shopmesh.seed import write_seed
 from shopmesh.system import Ports, Settings, System
@@ -279,48 +280,16 @@ def build_typescript_client() -> pathlib.Path:
     return TYPESCRIPT_CLIENT
 
 
-def consumers_lag(system: System) -> dict[str, int] | None:
-    """Per durable consumer of the stream, its messages not delivered yet plus those
-    delivered and not acked (NATS's `/jsz`); None while the server does not answer."""
-    try:
-        with urllib.request.urlopen(
-            f"{system.nats.monitor_url}/jsz?consumers=true", timeout=2
-        ) as got:
-            info = json.loads(got.read())
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-    lag: dict[str, int] = {}
-    for account in info.get("account_details", []):
-        for stream in account.get("stream_detail", []):
-            for consumer in stream.get("consumer_detail", []):
-                lag[consumer["name"]] = consumer["num_pending"] + consumer["num_ack_pending"]
-    return lag
-
-
-def events_quiet(system: System) -> bool:
-    """Every outbox empty and both consumers (notification, reporting) at lag 0."""
-    if check_events_outboxes(system):
-        return False
-    lag = consumers_lag(system)
-    return lag is not None and {"notification", "reporting"} <= set(lag) and not any(lag.values())
-
-
-def check_events_outboxes(system: System) -> list[str]:
-    return [p for p in check_events(system.databases).problems if "outbox" in p]
-
-
 def settle_events(system: System, fault: str, traffic: Traffic, timeout: float = 30) -> Report:
     """Waits (bounded) until the events are quiet, then asserts the events' invariants
     (shopmesh.check.check_events: outboxes sent, one notification record and at least one
     message per final order, the read model's totals); returns the report (its counts
     say how many mail copies there were)."""
-    deadline = time.monotonic() + timeout
-    while not events_quiet(system):
-        if time.monotonic() > deadline:
-            record_fault(fault, traffic.summary(), "VIOLATED")
-            raise AssertionError(f"events not quiet: {consumers_lag(system)}")
-        time.sleep(0.1)
-    report = check_events(system.databases, system.maildir)
+    in_flight = check.wait_for_quiet(system.databases, system.nats.monitor_url, timeout)
+    if in_flight:
+        record_fault(fault, traffic.summary(), "VIOLATED")
+        raise AssertionError(f"events not quiet after {timeout} s: {in_flight}")
+    report = check.check_events(system.databases, system.maildir)
     if not report.ok:
         record_fault(fault, traffic.summary(), "VIOLATED")
     assert report.ok, report.problems

@@ -1,7 +1,10 @@
 """A property-based model of the saga and its ledgers (hypothesis stateful testing) against
-the real services as processes: random sequences of orders, duplicate requests, cancels,
-a hung payment service and kill -9 of the order service, with the ledger invariants
-checked after every step and everything final and balanced at the end.
+the real services as processes, publishing their events to a real NATS server that the
+notification and reporting services consume: random sequences of orders, duplicate
+requests, cancels, a hung payment service, kill -9 of the order service, of NATS and of a
+consumer, with the ledger invariants checked after every step; at the end everything is
+final and balanced, and, once the events are quiet, every event was sent, every final
+order notified once and the read model's totals equal the ledgers'.
 
 `make test` runs a fast profile; `make chaos` (SHOPMESH_CHAOS=1) a longer one.
 """
@@ -29,7 +32,7 @@ from services.common.status import error_details
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_service_pb2 as rpc
 from shop.payment.v1 import payment_pb2
-from shopmesh.check import check_databases
+from shopmesh.check import check_databases, check_events, wait_for_quiet
 from shopmesh.seed import write_seed
 from tests.helpers import (
     Client,
@@ -49,6 +52,9 @@ PRODUCTS = {
 }
 ACCOUNTS = {"alice": 50_000, "bob": 3_000, "carol": 0}
 CHAOS = os.environ.get("SHOPMESH_CHAOS") == "1"
+QUIET_SECONDS = 60.0
+"""How long the events may take to settle after the last step (a consumer's ack wait is
+2 s here: tests/stack.py)."""
 PROFILE = settings(
     max_examples=15 if CHAOS else 6,
     stateful_step_count=40 if CHAOS else 25,
@@ -69,6 +75,7 @@ def model_stack(
         workdir / "stack",
         seed,
         databases=new_databases(workdir / "stack"),
+        events=True,
         order_settings={
             "call_timeout_seconds": "0.5",
             "step_retry_seconds": "1",
@@ -88,6 +95,8 @@ class SagaModel(RuleBasedStateMachine):
     calls: ClassVar[dict[str, list[tuple[str, str]]]] = {u: [] for u in ACCOUNTS}
     serial: ClassVar[int] = 0
     kills: ClassVar[int] = 0
+    nats_kills: ClassVar[int] = 0
+    consumer_kills: ClassVar[int] = 0
 
     @initialize()
     def ready(self) -> None:
@@ -193,6 +202,21 @@ class SagaModel(RuleBasedStateMachine):
         self.stack.order.kill()
         SagaModel.stack.order = restart(self.stack.order)
 
+    @rule()
+    def kill_nats(self) -> None:
+        assert self.stack.events is not None
+        SagaModel.nats_kills += 1
+        self.stack.events.restart_nats(kill=True)
+
+    @rule(which=st.sampled_from(["notification", "reporting"]))
+    def kill_a_consumer(self, which: str) -> None:
+        events = self.stack.events
+        assert events is not None
+        SagaModel.consumer_kills += 1
+        consumer = getattr(events, which)
+        consumer.kill()
+        setattr(events, which, restart(consumer))
+
     @invariant()
     def stock_and_money_are_conserved(self) -> None:
         """True at every moment, not only when quiet: every change is one transaction."""
@@ -224,18 +248,28 @@ def test_the_saga_model(model_stack: tuple[Stack, Client]) -> None:
     run_state_machine_as_test(SagaModel, settings=PROFILE)
     # The crash is the point of the model: a profile that never drew it proved less.
     assert SagaModel.kills > 0, "no run killed the order service"
+    assert SagaModel.nats_kills > 0, "no run killed NATS"
+    assert SagaModel.consumer_kills > 0, "no run killed a consumer"
     for who, calls in SagaModel.calls.items():
         if calls:
             assert_calls_resolved(client, who, calls)
     assert_invariants(client, Ledger({s: q for s, (_, q) in PRODUCTS.items()}, dict(ACCOUNTS)))
     report = check_databases(stack.databases)  # `shopmesh check`, on the databases
     assert report.ok and not report.parked, (report.problems, report.parked)
+    events = stack.events
+    assert events is not None
+    in_flight = wait_for_quiet(stack.databases, events.nats.monitor_url, QUIET_SECONDS)
+    assert not in_flight, f"events not quiet after {QUIET_SECONDS:g} s: {in_flight}"
+    told = check_events(stack.databases, events.maildir)
+    assert told.ok, told.problems
+    assert told.counts["final orders"] > 0, "no order's events were checked"
     summary: dict[str, int] = {}
     for calls in SagaModel.calls.values():
         for _, kind in calls:
             summary[kind] = summary.get(kind, 0) + 1
     record_fault(
         f"saga model: {PROFILE.max_examples} runs x {PROFILE.stateful_step_count} steps,"
-        f" {SagaModel.kills} kills",
+        f" {SagaModel.kills} order kills, {SagaModel.nats_kills} NATS kills,"
+        f" {SagaModel.consumer_kills} consumer kills ({told.counts['mail copies']} mail copies)",
         summary,
     )

@@ -384,8 +384,9 @@ def test_shopmesh_run_postgres_keeps_every_order_in_postgresql_and_stops_it_last
     """`shopmesh run --postgres` starts a cluster under WORKDIR/postgres, says where its
     data and passwords are, and the services keep their state there: an order placed over
     REST through Envoy is in the order, inventory and payment databases, read as each
-    service's role, and no SQLite file is made; `shopmesh check` reads them there. Ctrl-C
-    stops the server after the services, which stop without a storage error."""
+    service's role, and no SQLite file is made; `shopmesh check` reads them there, its
+    events' part too. Ctrl-C stops the server after the services, which stop without a
+    storage error."""
     # Not under tmp_path: as root the server runs as the postgres user, which pytest's
     # 0700 base directory would keep out (tests/postgres_harness.py).
     with postgres_workdir() as workdir:
@@ -425,8 +426,14 @@ def test_shopmesh_run_postgres_keeps_every_order_in_postgresql_and_stops_it_last
                 running, port, "payment", "SELECT order_id, amount_minor, state FROM payments"
             ) == [(order_id, 900, "CAPTURED")]
             assert list(workdir.glob("*.db*")) == []
-            checked = run_command([SHOPMESH, "check", "--workdir", str(workdir)], timeout=60)
+            monitor = ("--nats-monitor-port", str(running.nats_monitor_port))
+            checked = run_command(
+                [SHOPMESH, "check", "--workdir", str(workdir), *monitor],
+                timeout=60,
+            )
             assert "1 orders (1 confirmed," in checked.stdout, checked.stdout  # in PostgreSQL
+            # ... and its events: sent, notified once, mailed, in the read model.
+            assert "events: outboxes sent, 1 final orders notified once" in checked.stdout
             assert checked.stdout.endswith("every promise holds\n"), checked.stdout
             postmaster = int((root / "data" / "postmaster.pid").read_text().split()[0])
             running.ctrl_c()

@@ -1,13 +1,18 @@
 """shopmesh.check.check_events names each broken promise of the events: an outbox row not
 sent, a final order told twice or never, a mail missing or of no record, a read model
-whose revenue or units differ from the orders' and inventory's. On SQLite files made by
-the services' own migrations; starts no process."""
+whose revenue or units differ from the orders' and inventory's; `shopmesh check` checks
+them once quiet and says so when they are not. On SQLite files made by the services' own
+migrations; starts no process."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import pathlib
 import sqlite3
+import threading
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -16,7 +21,8 @@ from services.notification.store import NotificationStore
 from services.order.store import OrderStore
 from services.payment.store import PaymentStore
 from services.reporting.store import ReportingStore
-from shopmesh.check import check_events
+from shopmesh.check import check_events, check_workdir
+from shopmesh.tools import free_ports
 
 STORES = {
     "order": OrderStore,
@@ -137,4 +143,76 @@ def test_a_read_model_off_the_orders_or_inventory_is_named(
     assert check_events(databases).problems == [
         "read model revenue 1800, confirmed orders total 900",
         "SKU-TEA: read model 4 units sold, inventory 2",
+    ]
+
+
+class FakeMonitor(http.server.BaseHTTPRequestHandler):
+    """NATS's /jsz as the check reads it (the real server's answer is read by the fault
+    tests, through the same code): the consumers' lag set by the test."""
+
+    lag: ClassVar[dict[str, tuple[int, int]]] = {}
+
+    def do_GET(self) -> None:  # the name http.server calls
+        consumers = [
+            {"name": name, "num_pending": pending, "num_ack_pending": unacked}
+            for name, (pending, unacked) in self.lag.items()
+        ]
+        body = json.dumps(
+            {"account_details": [{"stream_detail": [{"consumer_detail": consumers}]}]}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def monitor() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeMonitor)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_shopmesh_check_checks_the_events_once_quiet(
+    databases: dict[str, pathlib.Path], maildir: pathlib.Path, monitor: str
+) -> None:
+    FakeMonitor.lag = {"notification": (0, 0), "reporting": (0, 0)}
+    report = check_workdir(maildir.parent, nats_monitor_url=monitor, quiet_seconds=5)
+    assert report.unchecked == []
+    assert report.counts["events checked"] == 1 and report.counts["final orders"] == 1
+    assert "1 final orders notified once (0 extra mail copies)" in report.summary()
+    execute(databases["notification"], "DELETE FROM notifications")
+    report = check_workdir(maildir.parent, nats_monitor_url=monitor, quiet_seconds=5)
+    assert "order o1 (CONFIRMED) has 0 notification records, not 1" in report.problems
+
+
+def test_events_still_in_flight_are_left_unchecked_and_said(
+    databases: dict[str, pathlib.Path], maildir: pathlib.Path, monitor: str
+) -> None:
+    FakeMonitor.lag = {"notification": (0, 0), "reporting": (2, 1)}
+    execute(databases["notification"], "DELETE FROM notifications")  # would be a problem
+    report = check_workdir(maildir.parent, nats_monitor_url=monitor, quiet_seconds=0.3)
+    assert report.unchecked == ["events, not quiet after 0.3 s: reporting 3 behind"]
+    assert not any("notification" in p for p in report.problems)
+    FakeMonitor.lag = {"reporting": (0, 0)}
+    report = check_workdir(maildir.parent, nats_monitor_url=monitor, quiet_seconds=0.3)
+    assert report.unchecked == ["events, not quiet after 0.3 s: no notification consumer"]
+
+
+def test_events_are_left_unchecked_without_a_nats_server(
+    databases: dict[str, pathlib.Path], maildir: pathlib.Path
+) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    report = check_workdir(maildir.parent, nats_monitor_url=f"http://127.0.0.1:{port}")
+    assert report.unchecked == [
+        f"events: NATS monitoring at http://127.0.0.1:{port} does not answer (they are"
+        " checked on a running system: its --nats-monitor-port)"
     ]
