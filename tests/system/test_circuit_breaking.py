@@ -44,7 +44,10 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             service_settings={
                 "order": {
                     "step_retry_seconds": "20",
-                    "max_backoff_seconds": "0.5",
+                    # Retries at once keep the breaker full: a slot a timed-out call frees
+                    # is taken again before the test's own call can land in it (with 0.5 s
+                    # a busy machine let it in once, to queue and end in a 504).
+                    "max_backoff_seconds": "0.05",
                     "max_open_orders_per_user": "1000",
                 }
             },
