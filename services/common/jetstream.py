@@ -141,6 +141,9 @@ class ConsumerSpec:
     """Deliveries of one message at most; -1: no limit (poison is terminated instead)."""
     max_ack_pending: int = 1000
     """Messages delivered and not yet acked at most; the server holds back the rest."""
+    inactive_threshold_seconds: float | None = None
+    """The server removes the durable once nobody has fetched from it for this long (a
+    crashed rebuild's consumer); None: it is kept until deleted."""
 
     def config(self) -> ConsumerConfig:
         # deliver_policy ALL: a new durable starts at the stream's first event, which is
@@ -153,6 +156,7 @@ class ConsumerSpec:
             ack_wait=self.ack_wait_seconds,
             max_deliver=self.max_deliver,
             max_ack_pending=self.max_ack_pending,
+            inactive_threshold=self.inactive_threshold_seconds,
         )
 
 

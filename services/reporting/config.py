@@ -34,6 +34,11 @@ class ReportingConfig(StoreConfig):
         "how long the server waits for a batch's acks before it delivers it again (after a"
         " consumer was killed mid-batch)",
     )
+    rebuild_consumer_inactive_seconds: float = setting(
+        3600.0,
+        "--rebuild's own durable consumer is removed by the server after this long unused"
+        " (a rebuild that crashed before deleting it)",
+    )
     lag_log_interval_seconds: float = setting(
         10.0, "how often the consumer logs its lag (events and seconds behind)"
     )
@@ -47,6 +52,7 @@ class ReportingConfig(StoreConfig):
             "consumer_retry_seconds",
             "consumer_ack_wait_seconds",
             "lag_log_interval_seconds",
+            "rebuild_consumer_inactive_seconds",
         ):
             if getattr(self, name) <= 0:
                 found.append(f"{name} must be > 0, got {getattr(self, name):g}")

@@ -57,14 +57,20 @@ class NatsSource:
         await self.connection.close()
 
 
-async def open_source(config: ReportingConfig, durable: str = "") -> NatsSource:
+async def open_source(
+    config: ReportingConfig, durable: str = "", inactive_threshold_seconds: float | None = None
+) -> NatsSource:
     """A source on the durable `durable` (default: the config's consumer_name), every
-    event from the stream's first (deliver policy ALL) for a new durable."""
+    event from the stream's first (deliver policy ALL) for a new durable; with
+    `inactive_threshold_seconds`, one the server removes once unused that long."""
     name = durable or config.consumer_name
     settings = dataclasses.replace(config.jetstream, name=f"reporting:{name}")
-    connection = JetStreamConnection(
-        settings, [ConsumerSpec(durable=name, ack_wait_seconds=config.consumer_ack_wait_seconds)]
+    spec = ConsumerSpec(
+        durable=name,
+        ack_wait_seconds=config.consumer_ack_wait_seconds,
+        inactive_threshold_seconds=inactive_threshold_seconds,
     )
+    connection = JetStreamConnection(settings, [spec])
     await connection.start()
     return NatsSource(connection, name)
 

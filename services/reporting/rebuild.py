@@ -2,7 +2,9 @@
 from the stream's first event, then exit.
 
 It uses a new durable consumer of its own (`<consumer_name>-rebuild-<random>`, deliver
-policy ALL, so it starts at the stream's first stored event; deleted when done), reads up
+policy ALL, so it starts at the stream's first stored event; deleted when done, and if
+the rebuild dies first, removed by the server once unused for
+rebuild_consumer_inactive_seconds, an hour by default), reads up
 to the stream's last sequence as it was when the rebuild began, and leaves the live
 service's consumer alone. What it can rebuild is what the stream still holds: events
 older than the stream's max age (events_max_age_seconds) are gone (docs/reporting.md).
@@ -43,7 +45,12 @@ async def rebuild(config: ReportingConfig, ready_seconds: float = 30.0) -> int:
         await store.aclose()
         raise NotEmpty(f"{config.db_location} already holds a read model: rebuild into a new one")
     names = InventoryNames(config.inventory_target, config.call_timeout_seconds)
-    source = await open_source(config, f"{config.consumer_name}-rebuild-{uuid.uuid4().hex[:12]}")
+    # Deleted at the end; if the rebuild dies first, the server removes it once unused.
+    source = await open_source(
+        config,
+        f"{config.consumer_name}-rebuild-{uuid.uuid4().hex[:12]}",
+        inactive_threshold_seconds=config.rebuild_consumer_inactive_seconds,
+    )
     try:
         if not await source.connection.wait_ready(ready_seconds):
             raise ConnectionError(f"NATS at {config.nats_url} is not ready")

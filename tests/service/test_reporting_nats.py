@@ -141,6 +141,33 @@ async def test_the_consumer_applies_dedups_parks_and_rebuilds(
         await source.close()
 
 
+async def test_a_crashed_rebuilds_consumer_is_removed_by_the_server_once_unused(
+    nats: NatsServer, tmp_path: pathlib.Path
+) -> None:
+    """A rebuild that dies before deleting its durable (as kill -9 would) leaves it to the
+    server, which removes it after its inactive threshold (1 s here, an hour by default)."""
+    config = ReportingConfig(
+        db_path=tmp_path / "r.db", nats_url=nats.url, rebuild_consumer_inactive_seconds=1.0
+    )
+    crashed = await nats_source.open_source(
+        config, "reporting-rebuild-crashed", config.rebuild_consumer_inactive_seconds
+    )
+    assert await crashed.connection.wait_ready(10)
+    await crashed.close()  # no delete_consumer: what a crash leaves
+    live = await nats_source.open_source(config)
+    try:
+        assert await live.connection.wait_ready(10)
+        found = {c.name for c in await live.connection.js.consumers_info(STREAM)}
+        assert "reporting-rebuild-crashed" in found, found
+        async with asyncio.timeout(20):
+            while "reporting-rebuild-crashed" in found:
+                await asyncio.sleep(0.2)
+                found = {c.name for c in await live.connection.js.consumers_info(STREAM)}
+        assert found == {"reporting"}  # the live one is kept
+    finally:
+        await live.close()
+
+
 async def test_rebuild_refuses_a_database_that_holds_a_read_model(
     nats: NatsServer,
     publisher: JetStreamPublisher,
