@@ -38,6 +38,10 @@ from services.common.jetstream import (
 from shopmesh.nats_server import NatsServer
 from tests.nats_harness import restart, running_nats
 
+pytestmark = pytest.mark.alone(
+    "publish timeouts and the duplicates window are asserted to 0.05-0.5 s"
+)
+
 READY_SECONDS = 10.0
 PUBLISH_TIMEOUT = 1.0
 

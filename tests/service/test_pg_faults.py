@@ -48,6 +48,8 @@ from tests.helpers import (
 )
 from tests.stack import server_databases, stack_factory
 
+pytestmark = pytest.mark.alone("statement and pool timeouts are asserted against the clock")
+
 T = TypeVar("T")
 
 HOLD_SECONDS = 900.0

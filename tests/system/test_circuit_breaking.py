@@ -25,6 +25,8 @@ from shopmesh.system import start as start_system
 from tests.helpers import Ledger, assert_invariants, record_fault, wait_for
 from tests.system_helpers import ACCOUNTS, PRODUCTS, bearer, direct_client, rest, write_system_seed
 
+pytestmark = pytest.mark.alone("a breaker's refusal is asserted at once (< 2 s)")
+
 PARALLEL_ORDERS = 12
 
 

@@ -94,6 +94,7 @@ def test_envoy_killed_and_restarted_under_traffic(make_system: SystemFactory) ->
     settle(system, traffic, "Envoy killed (kill -9) and restarted under traffic")
 
 
+@pytest.mark.alone("a failure rate under 1% under flapping")
 def test_a_flapping_instance_costs_under_one_percent(make_system: SystemFactory) -> None:
     """One of two inventory instances is stopped and resumed every 2 s under traffic."""
     system = make_system(instances=2)
@@ -150,6 +151,7 @@ def test_a_locked_database_gives_a_clean_retryable_status(make_system: SystemFac
     record_fault("inventory database locked past the busy timeout", {"ok": 1, "failed": 1})
 
 
+@pytest.mark.alone("latency against a slow instance")
 def test_a_slow_payment_instance_is_routed_around(make_system: SystemFactory) -> None:
     """One of two payment instances takes 1.5 s per call, past the internal hop's 0.8 s
     per-try timeout: Envoy retries on the other instance; every order completes once."""
@@ -167,6 +169,7 @@ def test_a_slow_payment_instance_is_routed_around(make_system: SystemFactory) ->
     settle(system, traffic, "payment instance slow (1.5 s per call, 1 of 2)")
 
 
+@pytest.mark.alone("retries counted against Envoy's budget in time")
 def test_a_retry_storm_stays_within_the_retry_budget(make_system: SystemFactory) -> None:
     """Eight clients at once while payment fails half its first 120 calls: Envoy never has
     more than max_retries (2) retries outstanding, the saga's own retries absorb the rest,

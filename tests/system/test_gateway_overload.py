@@ -26,6 +26,8 @@ from shopmesh.system import System
 from tests.helpers import record_fault, wait_for
 from tests.system_helpers import SystemFactory, bearer, rest
 
+pytestmark = pytest.mark.alone("rate limits and refusals are asserted against the clock")
+
 SLOW_STREAMS = 600
 
 
