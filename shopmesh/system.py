@@ -6,7 +6,8 @@ Envoy.
 the services keep their state in; then NATS, the events' broker, the SMTP sink (unless
 `smtp` names a real server) and Consul, since
 everything registers with it, side by side; then the control plane, every service
-instance and Envoy at once) and returns when each is healthy: NATS has JetStream up,
+instance and Envoy at once; with `events` off no NATS, sink, notification or reporting,
+and the services write no outbox row) and returns when each is healthy: NATS has JetStream up,
 Consul has a leader, each service serves, and Envoy reports a healthy endpoint for every
 instance. Readiness is polled, never assumed after a sleep. The
 parent must stay alive: Envoy asks the kernel to stop it when its parent exits
@@ -113,6 +114,12 @@ class Settings:
         "host:port of the SMTP server the notification service sends through; unset: a"
         " local sink that writes each message to WORKDIR/mail (a Maildir)",
     )
+    events: bool = setting(
+        True,
+        "deliver events: NATS, the SMTP sink, notification and reporting, and the"
+        " services' outbox relays; off, none of them runs and the services write no"
+        " outbox row (the order log stays), as the benchmark's events-off system",
+    )
 
 
 def store_flags(location: Location) -> dict[str, str]:
@@ -142,7 +149,8 @@ class System:
     payment: list[ServiceProcess]
     order: list[ServiceProcess]
     envoy: Process
-    nats: NatsServer
+    broker: NatsServer | None
+    """NATS; None with `Settings.events` off."""
     keys: tokens.Keys
     databases: dict[str, Location]
     """Each service's database (shopmesh.check reads them)."""
@@ -158,6 +166,13 @@ class System:
     def maildir(self) -> pathlib.Path:
         """Where the local sink delivers the notifications (one file each under new/)."""
         return self.settings.workdir / "mail"
+
+    @property
+    def nats(self) -> NatsServer:
+        """NATS, which runs unless `Settings.events` is off."""
+        if self.broker is None:
+            raise RuntimeError("this system runs with events off: no NATS")
+        return self.broker
 
     @property
     def ports(self) -> Ports:
@@ -179,7 +194,7 @@ class System:
         server = [self.cluster.process] if self.cluster is not None else []
         return [
             *server,
-            self.nats,
+            *([self.broker] if self.broker is not None else []),
             *([self.smtp_sink] if self.smtp_sink is not None else []),
             self.consul,
             self.controlplane,
@@ -211,9 +226,15 @@ class System:
     def envoy_ready(self) -> bool:
         counts = self.healthy_endpoints()
         return all(
-            counts.get(name, 0) >= self.settings.instances
-            for name in ("inventory", "payment", "order", "notification")
-        ) and counts.get("reporting", 0) >= len(self.reporting)
+            counts.get(name, 0) >= len(group)
+            for name, group in (
+                ("inventory", self.inventory),
+                ("payment", self.payment),
+                ("order", self.order),
+                ("notification", self.notification),
+                ("reporting", self.reporting),
+            )
+        )
 
     def stats(self, prefix: str) -> dict[str, int]:
         """Envoy's counters and gauges whose names start with `prefix`."""
@@ -235,7 +256,11 @@ class System:
         for tier in (
             [*self.order, *self.reporting],
             [*self.inventory, *self.payment, *self.notification],
-            [self.nats, *server, *([self.smtp_sink] if self.smtp_sink is not None else [])],
+            [
+                *([self.broker] if self.broker is not None else []),
+                *server,
+                *([self.smtp_sink] if self.smtp_sink is not None else []),
+            ],
             [self.controlplane, self.envoy],
             [self.consul],
         ):
@@ -343,7 +368,8 @@ def envoy_process(settings: Settings, keys: tokens.Keys) -> Process:
 def service_flags(
     name: str, settings: Settings, database: Location, nats_url: str, smtp: str
 ) -> dict[str, str]:
-    """The flags of each instance of service `name` (but Consul's)."""
+    """The flags of each instance of service `name` (but Consul's); `nats_url` "" with
+    events off."""
     extra: dict[str, str] = {"seed_file": str(settings.seed_file)}
     if name == "order":
         internal = f"127.0.0.1:{settings.ports.internal}"
@@ -353,13 +379,16 @@ def service_flags(
     # One database per service, shared by all its instances, so a restart keeps state.
     extra.update(store_flags(database))
     extra["nats_url"] = nats_url
+    if not settings.events:
+        extra["events"] = "false"
     extra.update(settings.service_settings.get(name, {}))
     return extra
 
 
 def smtp_sink(settings: Settings) -> ServiceProcess | None:
-    """The local SMTP sink, started, writing to `<workdir>/mail`; None with `smtp` set."""
-    if settings.smtp:
+    """The local SMTP sink, started, writing to `<workdir>/mail`; None with `smtp` set or
+    events off."""
+    if settings.smtp or not settings.events:
         return None
     return sink_process(settings.workdir, settings.workdir / "mail").start()
 
@@ -403,14 +432,15 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             databases.update({name: cluster.service_database(name) for name in databases})
         databases.update(settings.databases)
 
-        progress("starting nats and consul")
-        nats = nats_process(settings).start()
-        started.append(nats)
+        progress("starting nats and consul" if settings.events else "starting consul")
+        nats = nats_process(settings).start() if settings.events else None
+        started.extend([nats] if nats is not None else [])
         consul = consul_process(settings).start()
         started.append(consul)
         sink = smtp_sink(settings)
         started.extend([sink] if sink is not None else [])
-        nats.wait_until(nats.is_ready, "JetStream starting", READY_TIMEOUT_SECONDS)
+        if nats is not None:
+            nats.wait_until(nats.is_ready, "JetStream starting", READY_TIMEOUT_SECONDS)
         consul.wait_until(consul.is_ready, "Consul electing itself leader", READY_TIMEOUT_SECONDS)
 
         progress("starting the control plane, the services and envoy")
@@ -425,8 +455,11 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
         started.append(controlplane)
         groups: dict[str, list[ServiceProcess]] = {}
         smtp = sink.wait_ready().target if sink is not None else settings.smtp
-        for name in ("inventory", "payment", "order", "notification"):
-            extra = service_flags(name, settings, databases[name], nats.url, smtp)
+        nats_url = nats.url if nats is not None else ""
+        # With events off, nothing consumes events: no notification, no reporting.
+        consumers = ("notification",) if settings.events else ()
+        for name in ("inventory", "payment", "order", *consumers):
+            extra = service_flags(name, settings, databases[name], nats_url, smtp)
             groups[name] = []
             for n in range(1, settings.instances + 1):
                 instance = spawn_service(
@@ -434,10 +467,8 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
                 )
                 groups[name].append(instance)
                 started.append(instance)
-        started += [
-            reporting := reporting_process(settings, databases["reporting"], nats.url),
-            envoy := envoy_process(settings, keys).start(),
-        ]
+        reporting = [reporting_process(settings, databases["reporting"], nats_url)] if nats else []
+        started += [*reporting, envoy := envoy_process(settings, keys).start()]
         for process in started:
             if isinstance(process, ServiceProcess):
                 process.wait_ready()
@@ -453,9 +484,9 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             keys,
             databases,
             cluster,
-            groups["notification"],
+            groups.get("notification", []),
             sink,
-            [reporting],
+            reporting,
         )
         progress("waiting until envoy sees every instance healthy")
         envoy.wait_until(

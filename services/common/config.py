@@ -142,6 +142,11 @@ class StoreConfig(ServerConfig):
     seed_file: pathlib.Path | None = setting(
         None, "JSON file of demo data loaded at start (existing rows are kept)"
     )
+    events: bool = setting(
+        True,
+        "append each state change's event to the outbox (false: no outbox row is written;"
+        " the order log stays, it is the order's history; for the benchmark's events off)",
+    )
     nats_url: str = setting(
         "",
         "NATS server the outbox relay publishes events to, nats://HOST:PORT; unset: no relay"

@@ -345,6 +345,9 @@ class Store:
 
     service: ClassVar[str] = ""
     """Opening the store applies services/<service>/migrations; "" applies none."""
+    events_enabled: bool = True
+    """Whether its writes append their events to the outbox (StoreConfig.events); off,
+    `write_events` runs them with none (outbox.EventsOff)."""
 
     def __init__(
         self,
@@ -370,16 +373,21 @@ class Store:
         password_file: pathlib.Path | None = None,
         synchronous: str = SYNCHRONOUS,
         pool: postgresql.PoolSettings | None = None,
+        events_enabled: bool = True,
     ) -> Self:
         """Opens the store at `location`: a SQLite file's path (in `synchronous` mode), or
         a PostgreSQL URL (its password, if not in the URL, read from `password_file`; its
-        pool as `pool` says), applying pending migrations either way."""
+        pool as `pool` says), applying pending migrations either way; `events_enabled` is
+        the store's."""
         if is_server_url(location):
             database = await postgresql.connect(
                 str(location), cls.service, password_file=password_file, settings=pool
             )
-            return cls(database)
-        return await asyncio.to_thread(cls, pathlib.Path(location), synchronous)
+            store = cls(database)
+        else:
+            store = await asyncio.to_thread(cls, pathlib.Path(location), synchronous)
+        store.events_enabled = events_enabled
+        return store
 
     @functools.cached_property
     def outbox(self) -> outbox.Outbox:
@@ -389,7 +397,10 @@ class Store:
 
     async def write_events(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         """`self.db.write(fn)` for a write that may append events (services.common.events):
-        once it has committed, this process's relay is woken to publish them."""
+        once it has committed, this process's relay is woken to publish them. With
+        `events_enabled` off, `fn` appends none (outbox.EventsOff)."""
+        if not self.events_enabled:
+            return await self.db.write(lambda tx: fn(outbox.EventsOff(tx)))
         result = await self.db.write(fn)
         self.outbox.notify()
         return result

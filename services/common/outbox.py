@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from services.common.database import Database, Tx, clock
+from services.common.database import Database, Row, Tx, clock
 
 EnvelopeFor = Callable[[str, int, float], bytes]
 """Builds an event's envelope bytes from its (event_id, sequence, occurred_at)."""
@@ -106,6 +106,8 @@ async def append(
     database's. After the write commits, the caller wakes the relay (`Outbox.notify`)."""
     event_id = event_id or str(uuid.uuid4())
     at = await clock(tx, now)
+    if isinstance(tx, EventsOff):
+        return Appended(event_id, aggregate_id, 0, at)
     row = await tx.fetchone(
         "INSERT INTO outbox_sequences (aggregate_id, last_sequence) VALUES (?, 1)"
         " ON CONFLICT (aggregate_id) DO UPDATE"
@@ -141,11 +143,42 @@ async def put(
     aggregate numbers its own log: services/order/store.py), in the transaction `tx`.
     The caller's transaction must hold a lock of the aggregate until it commits, as
     `append`'s counter row is held, so that the aggregate's rowids follow its commits."""
+    if isinstance(tx, EventsOff):
+        return
     await tx.execute(
         "INSERT INTO outbox (event_id, aggregate_id, sequence, subject, envelope, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         (event_id, aggregate_id, sequence, subject, envelope, at),
     )
+
+
+class EventsOff:
+    """A write transaction of a store whose events are switched off (StoreConfig.events,
+    `Store.write_events`): its own statements run as they are, but `append` and `put`
+    write no outbox row (`append` returns sequence 0). The benchmark's "events off"."""
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+        self.for_share = tx.for_share
+        self.skip_locked = tx.skip_locked
+
+    async def lock(self, key: str) -> None:
+        await self._tx.lock(key)
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        return await self._tx.execute(sql, params)
+
+    async def executemany(self, sql: str, params: Iterable[Sequence[object]]) -> None:
+        await self._tx.executemany(sql, params)
+
+    async def fetchone(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        return await self._tx.fetchone(sql, params)
+
+    async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        return await self._tx.fetchall(sql, params)
+
+    async def now(self) -> float:
+        return await self._tx.now()
 
 
 class Outbox:

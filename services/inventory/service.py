@@ -86,5 +86,6 @@ async def create(
         password_file=config.db_password_file,
         synchronous=config.db_synchronous,
         pool=config.db_pool,
+        events_enabled=config.events,
     )
     return InventoryService(config, store, publishers)

@@ -106,5 +106,6 @@ async def create(
         password_file=config.db_password_file,
         synchronous=config.db_synchronous,
         pool=config.db_pool,
+        events_enabled=config.events,
     )
     return OrderService(config, store, publishers)

@@ -66,6 +66,18 @@ async def test_each_logged_event_is_also_in_the_outbox_byte_for_byte(
     )
 
 
+async def test_with_events_off_the_log_is_kept_and_the_outbox_stays_empty(
+    open_store: StoreOpener,
+) -> None:
+    store = await open_store(OrderStore)
+    store.events_enabled = False  # StoreConfig.events, as `Store.open` sets it
+    await confirmed(store)
+    assert [e.type for e in await store.events("o1")] == CONFIRMED
+    assert [e.sequence for e in await store.events("o1")] == [1, 2, 3, 4]
+    assert await rows(store, "SELECT event_id FROM outbox") == []
+    assert (await store.outbox.backlog()).pending == 0
+
+
 async def replayed(store: OrderStore, order_id: str) -> list[str]:
     """What the rebuild finds wrong with the order: nothing if its log replays to it."""
     saga = await store.saga(order_id)

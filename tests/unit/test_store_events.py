@@ -169,3 +169,21 @@ def test_every_fact_names_its_subject_and_aggregate_from_the_contract() -> None:
     assert events.aggregate_id(fact) == "SKU-MUG"
     with pytest.raises(TypeError, match="not an event"):
         events.spec(envelope_pb2.EventEnvelope())
+
+
+async def test_with_events_off_stock_and_money_moves_append_nothing(
+    open_store: StoreOpener, seed_file: pathlib.Path
+) -> None:
+    stock = await open_store(InventoryStore)
+    money = await open_store(PaymentStore)
+    stock.events_enabled = money.events_enabled = False  # StoreConfig.events
+    await stock.seed(seed_file)
+    sold = (await stock.product("SKU-TEA")).sold
+    await stock.reserve("o1", "alice", [Item("SKU-TEA", 1)], HOLD)
+    await stock.commit("o1", "alice")
+    assert (await stock.product("SKU-TEA")).sold == sold + 1  # the moves themselves happen
+    await money.seed(seed_file)
+    await money.authorize("o1", "alice", 450, "USD", authorization_seconds=HOLD)
+    assert (await money.capture("o1", "alice")).state.value == "CAPTURED"
+    assert await outbox(stock) == [] and await outbox(money) == []
+    assert await rows(stock, "SELECT * FROM outbox_sequences") == []
