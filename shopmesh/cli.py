@@ -44,7 +44,7 @@ shopmesh is running ({elapsed:.1f} s to healthy; logs and data in {workdir}/):
   Consul             http://127.0.0.1:{consul}
                      DNS :{consul_dns}, server RPC :{consul_server}, serf LAN :{consul_serf}
   control plane      127.0.0.1:{xds}
-  NATS JetStream     {nats_url} (monitoring {nats_monitor}/jsz; store in {nats_store})
+  NATS JetStream     {nats}
   SMTP               {smtp}
   services           {services}
   databases          {databases}
@@ -203,7 +203,7 @@ PORT_FLAGS = {f.name: f"--{f.name.replace('_', '-')}-port" for f in fields(syste
     "consul_http": "--consul-port"
 }
 # Settings that `shopmesh run` has a flag for, named after the field.
-RUN_FLAGS = ("instances", "workdir", "envoy_concurrency", "postgres", "smtp")
+RUN_FLAGS = ("instances", "workdir", "envoy_concurrency", "postgres", "smtp", "events")
 
 
 def add_setting_flag(
@@ -219,11 +219,12 @@ def add_setting_flag(
     field = next(f for f in fields(settings) if f.name == name)
     flag = flag or f"--{name.replace('_', '-')}"
     kind = typing.get_type_hints(settings)[name]
-    if kind is bool:  # a switch: given, it turns the setting on
+    if kind is bool:  # a switch: given, it turns the setting on (--no-NAME: off)
+        on_by_default = field.default is True
         parser.add_argument(
-            flag,
+            f"--no-{flag.removeprefix('--')}" if on_by_default else flag,
             dest=name,
-            action="store_true",
+            action="store_false" if on_by_default else "store_true",
             default=field.default,
             help=f"{field.metadata['help']} [{shown or field.default}]",
         )
@@ -267,8 +268,18 @@ def databases_line(running: system.System) -> str:
     )
 
 
+def nats_line(running: system.System) -> str:
+    """Where NATS is, for the banner."""
+    if running.broker is None:
+        return "off (--no-events: no NATS, SMTP sink, notification or reporting)"
+    nats = running.broker
+    return f"{nats.url} (monitoring {nats.monitor_url}/jsz; store in {nats.store_dir})"
+
+
 def smtp_line(running: system.System) -> str:
     """Where the notifications go, for the banner."""
+    if not running.settings.events:
+        return "none (--no-events)"
     if running.smtp_sink is None:
         return f"{running.settings.smtp} (--smtp)"
     return f"sink {running.smtp_sink.target}, writing each message to {running.maildir}/new"
@@ -325,16 +336,16 @@ def _run(args: argparse.Namespace) -> int:
             consul_server=ports.consul_server,
             consul_serf=ports.consul_serf,
             xds=ports.xds,
-            nats_url=running.nats.url,
-            nats_monitor=running.nats.monitor_url,
-            nats_store=running.nats.store_dir,
+            nats=nats_line(running),
             services=", ".join(
                 f"{s.label} :{s.port}" for s in [*running.instances(), *running.reporting]
             ),
             databases=databases_line(running),
             smtp=smtp_line(running),
             mail_hint=(
-                f"ls {running.maildir}/new"
+                "(not with --no-events)"
+                if not settings.events
+                else f"ls {running.maildir}/new"
                 if running.smtp_sink is not None
                 else f"(sent to {settings.smtp}; read them there)"
             ),

@@ -224,6 +224,9 @@ class System:
         return counts
 
     def envoy_ready(self) -> bool:
+        """Envoy LIVE (its listeners up) and a healthy endpoint for every instance."""
+        if not self.envoy.is_ready():
+            return False
         counts = self.healthy_endpoints()
         return all(
             counts.get(name, 0) >= len(group)

@@ -65,6 +65,7 @@ class ServiceWatch:
         self._service = service
         self._publish = publish
         self.last_good: list[Endpoint] = []
+        self._published = False
 
     async def run(self) -> None:
         index: int | None = None
@@ -114,6 +115,10 @@ class ServiceWatch:
                 len(self.last_good),
             )
             return
-        if endpoints != self.last_good:
+        # The first answer is published even when empty: Envoy waits for every cluster's
+        # first assignment (up to its 15 s initial fetch timeout) before it serves, and a
+        # service nobody runs (the consumers, with events off) would hold it that long.
+        if endpoints != self.last_good or not self._published:
             self.last_good = endpoints
+            self._published = True
             self._publish(self._service, endpoints)

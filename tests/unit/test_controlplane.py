@@ -79,6 +79,20 @@ def test_the_watch_never_replaces_endpoints_with_nothing() -> None:
     assert published[-1][0].health == UNHEALTHY
 
 
+def test_a_service_nobody_runs_is_published_once_as_empty() -> None:
+    """Envoy serves only once every cluster has had its first assignment: an empty one
+    for a service with no instance (the consumers, with events off) lets it start at once."""
+    published: list[list[Endpoint]] = []
+    watch = ServiceWatch(
+        "127.0.0.1:1", "reporting", lambda _, endpoints: published.append(endpoints)
+    )
+    watch.accept([])
+    watch.accept([])
+    assert published == [[]]
+    watch.accept([entry(1, "passing")])
+    assert [e.port for e in published[-1]] == [1]
+
+
 @pytest.fixture
 async def ads() -> AsyncIterator[tuple[Snapshot, ads_pb2_grpc.AggregatedDiscoveryServiceStub]]:
     snapshot = Snapshot()
