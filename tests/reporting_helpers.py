@@ -120,3 +120,10 @@ def order_events(
 
 def messages(datas: Sequence[bytes], first: int = 1) -> list[FakeMessage]:
     return [FakeMessage(d, first + i) for i, d in enumerate(datas)]
+
+
+def read_model_query(table: str) -> str:
+    """A query of every row of `table` as the read model holds it, for comparing a rebuild
+    with the live tables: applied_events' `applied_at` (when, not what) left out."""
+    columns = "event_id, stream_sequence, type" if table == "applied_events" else "*"
+    return f"SELECT {columns} FROM {table} ORDER BY 1, 2"

@@ -117,12 +117,13 @@ class ReportingStore(db.Store):
             counts = {outcome: 0 for outcome in Outcome}
             duplicates = 0
             await _remember_names(tx, names)
+            applied_at = await tx.now()
             for event in events:
                 if event.outcome is not Outcome.PARK:
                     fresh = await tx.execute(
-                        "INSERT INTO applied_events (event_id, stream_sequence, type)"
-                        " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                        (event.event_id, event.stream_sequence, event.type),
+                        "INSERT INTO applied_events (event_id, stream_sequence, type, applied_at)"
+                        " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (event.event_id, event.stream_sequence, event.type, applied_at),
                     )
                     if not fresh:
                         duplicates += 1

@@ -26,7 +26,7 @@ from shop.reporting.v1.reporting_service_pb2_grpc import ReportingServiceStub
 from shopmesh.nats_server import NatsServer
 from tests.helpers import ADMIN, Served, run_command, serving
 from tests.nats_harness import running_nats
-from tests.reporting_helpers import DAY1, order_events
+from tests.reporting_helpers import DAY1, order_events, read_model_query
 from tests.stores import rows
 
 SKUS = ("SKU-MUG", "SKU-TEA")
@@ -126,7 +126,7 @@ async def test_the_consumer_applies_dedups_parks_and_rebuilds(
     rebuilt = ReportingStore(rebuilt_config.db_path)
     try:
         for table in TABLES:
-            query = f"SELECT * FROM {table} ORDER BY 1, 2"
+            query = read_model_query(table)
             assert await rows(rebuilt, query) == await rows(live, query), table
     finally:
         live.close()

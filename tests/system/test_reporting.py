@@ -21,6 +21,7 @@ from shopmesh.check import Location
 from shopmesh.postgres import Cluster
 from shopmesh.system import System, store_flags
 from tests.helpers import PRODUCTS, run_command, wait_for
+from tests.reporting_helpers import read_model_query
 from tests.stack import read_rows
 from tests.system_helpers import rest
 
@@ -65,7 +66,7 @@ def ended(system: System, order: dict[str, Any]) -> dict[str, Any]:
 
 
 def table(location: Location, name: str) -> list[tuple[Any, ...]]:
-    rows = read_rows(location, f"SELECT * FROM {name} ORDER BY 1, 2")
+    rows = read_rows(location, read_model_query(name))
     return [tuple(cast(Iterable[Any], row)) for row in rows]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -25,6 +26,7 @@ from tests.reporting_helpers import (
     FakeSource,
     messages,
     order_events,
+    read_model_query,
     wire,
 )
 from tests.stores import StoreOpener, rows
@@ -44,7 +46,7 @@ TABLES = (
 
 
 async def tables(store: ReportingStore) -> dict[str, list[tuple[object, ...]]]:
-    return {t: sorted(await rows(store, f"SELECT * FROM {t}"), key=repr) for t in TABLES}
+    return {t: sorted(await rows(store, read_model_query(t)), key=repr) for t in TABLES}
 
 
 async def test_a_confirmed_and_a_cancelled_order_fill_every_report(
@@ -57,9 +59,13 @@ async def test_a_confirmed_and_a_cancelled_order_fill_every_report(
         order_events("o1", "alice", DAY1 + 10, confirm=True)
         + order_events("o2", "alice", DAY1 + 20, confirm=False)
     )
+    before = time.time()
     applied = await projector.handle(batch)
     assert applied is not None and applied.applied == 5
     assert all(m.settled == ["ack"] for m in batch)
+    # When each was applied (the bench's lag from commit to the read model).
+    stamped = await rows(store, "SELECT applied_at FROM applied_events")
+    assert len(stamped) == 5 and all(before - 1 <= at <= time.time() + 1 for (at,) in stamped)
 
     day = utc_day(DAY1)
     assert day == "2026-01-01"
