@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 
+from bench import events
 from gateway.envoy_config import UNTHROTTLED
 from shopmesh.system import Ports, Settings
 from shopmesh.tools import REPO
@@ -39,6 +40,10 @@ BASELINE = "baseline REST (FastAPI)"
 SHOP_REST = "shopmesh REST+JWT via Envoy"
 SHOP_PG = "shopmesh REST+JWT via Envoy, on PostgreSQL"
 SHOP_PG_SYSTEM = "shopmesh on PostgreSQL"
+SHOP_OFF = "shopmesh REST+JWT via Envoy, events off"
+SHOP_OFF_SYSTEM = "shopmesh, events off"
+BACKLOG_SECONDS = 30
+"""The saturation round over which the outbox backlog must not grow without bound."""
 POSTGRES = "postgres"
 """The part of the PostgreSQL system that is the server: the postmaster and every process
 it forked (backends, checkpointer, WAL writer, autovacuum), exited ones included."""
@@ -50,6 +55,7 @@ def shop_settings(
     *,
     postgres: bool = False,
     keys_dir: pathlib.Path | None = None,
+    events: bool = True,
 ) -> Settings:
     """shopmesh as the benchmark runs it. One user ("bench") sends every order, so the
     gateway's rate limits are lifted out of the way (their filters still run), or the
@@ -64,6 +70,7 @@ def shop_settings(
         service_settings={"order": BENCH_ORDER_SETTINGS},
         postgres=postgres,
         keys_dir=keys_dir,
+        events=events,
     )
 
 
@@ -99,6 +106,9 @@ class Run:
     failures: dict[str, int]
     new_orders: int
     rate: float | None = None
+    started_at: float = 0.0
+    """Wall-clock time the run began and ended (the events' lag is measured over it)."""
+    ended_at: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -128,6 +138,8 @@ class MeasuredSystem:
     """Parts whose CPU is their processes' with every descendant's (PostgreSQL's server)."""
     durability: dict[str, str] = field(default_factory=dict)
     """How its commits are made durable, as read from the running system."""
+    databases: dict[str, pathlib.Path] = field(default_factory=dict)
+    """Its services' SQLite files, for the events' figures (bench/events.py)."""
 
     def orders(self) -> int:
         """Orders in the order database (read-only): each confirmed order of a run must be
@@ -163,6 +175,11 @@ class Results:
     pg_per_order: dict[str, float] = field(default_factory=dict)
     """The PostgreSQL server's counters (`pg_counters`) per order on it, over every
     measured run; "orders" is how many orders that was."""
+    lag: dict[str, float] = field(default_factory=dict)
+    """The events' lag from commit to the read model at the fixed rate (bench/events.py)."""
+    backlog: dict[str, float] = field(default_factory=dict)
+    """The outbox backlog over a BACKLOG_SECONDS saturation round (bench/events.py)."""
+    backlog_run: Run | None = None
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -276,7 +293,9 @@ def measure(
 ) -> Run:
     orders = system.orders()
     before = system.cpu_by_part()
+    started_at = time.time()
     out = drive(path, f"{prefix}-{path.slug}", seconds, connections, rate)
+    ended_at = time.time()
     after = system.cpu_by_part()
     return Run(
         path=path.name,
@@ -290,6 +309,8 @@ def measure(
         failures=out["failures"],
         new_orders=system.orders() - orders,
         rate=rate,
+        started_at=started_at,
+        ended_at=ended_at,
     )
 
 
@@ -392,9 +413,12 @@ def benchmark(
     seconds: int,
     connections: int,
     pg_admin: Callable[[], psycopg.Connection[Any]] | None = None,
+    backlog_seconds: int = BACKLOG_SECONDS,
 ) -> Results:
     """The whole sequence: negative controls, warm-up, saturation rounds, fixed-rate rounds
-    at half the baseline's saturation rate, the wrk cross-check, and Envoy's CPU per GET.
+    at half the baseline's saturation rate, the events' lag over the fixed-rate rounds of
+    shopmesh's REST path, its outbox backlog over a `backlog_seconds` saturation round, the
+    wrk cross-check, and Envoy's CPU per GET.
     With `pg_admin` (the PostgreSQL system's server), its counters per order over every
     measured run on it (`Results.pg_per_order`)."""
     by_name = {path.name: path for path in paths}
@@ -431,6 +455,26 @@ def benchmark(
         rate=rate,
     )
 
+    shop = systems["shopmesh"]
+    windows = [(r.started_at, r.ended_at) for r in paced if r.path == SHOP_REST]
+    print("the events' lag from commit to the read model at the fixed rate...", flush=True)
+    lag = events.lag_summary(events.event_lags(shop.databases, windows))
+    print(
+        f"lag over {lag['events']:.0f} events: p50 {lag['p50_ms']:.0f} ms,"
+        f" p99 {lag['p99_ms']:.0f} ms",
+        flush=True,
+    )
+    print(f"the outbox backlog over a {backlog_seconds} s saturation round...", flush=True)
+    with events.BacklogSampler(shop.databases) as sampler:
+        backlog_run = measure(by_name[SHOP_REST], shop, f"b-{stamp}", backlog_seconds, connections)
+    made = events.events_between(shop.databases, backlog_run.started_at, backlog_run.ended_at)
+    backlog = sampler.figures(len(made) / backlog_run.seconds)
+    print(
+        f"backlog: {backlog['start']:.0f} at the start, peak {backlog['peak']:.0f},"
+        f" {backlog['end']:.0f} at the end ({backlog_run.per_second:.0f} orders/s)",
+        flush=True,
+    )
+
     print("cross-check with wrk (REST, orders)...", flush=True)
     cross = {}
     for path in (by_name[SHOP_REST], by_name[BASELINE]):
@@ -458,4 +502,7 @@ def benchmark(
         wrk=cross,
         envoy_get={"requests": requests, "failed": failed, "cpu_us_per_request": envoy_us},
         pg_per_order=pg_per_order,
+        lag=lag,
+        backlog=backlog,
+        backlog_run=backlog_run,
     )

@@ -29,19 +29,24 @@ transport) prove that check can fail. Results go to bench/results/ as JSON and m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import shutil
 import sys
 import time
+from collections.abc import Callable
 
 from bench import durability, report
 from bench.baseline.run import Baseline
 from bench.baseline.run import start as start_baseline
 from bench.measure import (
+    BACKLOG_SECONDS,
     BASELINE,
     POSTGRES,
     SEED_ACCOUNTS,
     SEED_PRODUCTS,
+    SHOP_OFF,
+    SHOP_OFF_SYSTEM,
     SHOP_PG,
     SHOP_PG_SYSTEM,
     SHOP_REST,
@@ -65,6 +70,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10, help="per run")
     parser.add_argument("--connections", type=int, default=16, help="at saturation")
+    parser.add_argument(
+        "--backlog-seconds",
+        type=int,
+        default=BACKLOG_SECONDS,
+        help="the saturation round the outbox backlog is watched over",
+    )
     parser.add_argument("--out", type=pathlib.Path, default=REPO / "bench" / "results")
     parser.add_argument("--workdir", type=pathlib.Path, default=REPO / "var" / "bench")
     args = parser.parse_args(argv)
@@ -73,12 +84,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_paths(shop: System, shop_pg: System, base: Baseline, token: str) -> list[LoadPath]:
-    """The five paths, shopmesh's on SQLite first and the baseline's last (the tables show
-    them in this order)."""
+def load_paths(
+    shop: System, shop_off: System, shop_pg: System, base: Baseline, token: str
+) -> list[LoadPath]:
+    """The six paths, shopmesh's on SQLite first (events on, then off) and the baseline's
+    last (the tables show them in this order)."""
     via_envoy = ("--token", token)
     return [
         LoadPath(SHOP_REST, "shopmesh", "rest", f"http://{shop.public_target}", via_envoy),
+        LoadPath(
+            SHOP_OFF,
+            SHOP_OFF_SYSTEM,
+            "rest",
+            f"http://{shop_off.public_target}",
+            via_envoy,
+            short="shopmesh off rest",
+        ),
         LoadPath("shopmesh gRPC via Envoy", "shopmesh", "grpc", shop.public_target, via_envoy),
         LoadPath(
             "shopmesh gRPC direct to order",
@@ -108,10 +129,24 @@ def measured(name: str, shop: System, cold_start_s: float) -> MeasuredSystem:
         "payment": [s.pid for s in shop.payment],
         "consul+controlplane": [shop.consul.pid, shop.controlplane.pid],
     }
+    # The consuming side (bench/events.py CONSUMING), with events on.
+    consuming = {
+        "nats": [shop.broker.pid] if shop.broker is not None else [],
+        "notification": [s.pid for s in shop.notification],
+        "reporting": [s.pid for s in shop.reporting],
+        "smtp sink": [shop.smtp_sink.pid] if shop.smtp_sink is not None else [],
+    }
+    processes.update({part: pids for part, pids in consuming.items() if pids})
     if shop.cluster is None:
         order_db = shop.order[0].workdir / "order.db"
+        files = {n: at for n, at in shop.databases.items() if isinstance(at, pathlib.Path)}
         return MeasuredSystem(
-            name, cold_start_s, processes, order_db, durability=durability.sqlite(order_db)
+            name,
+            cold_start_s,
+            processes,
+            order_db,
+            durability=durability.sqlite(order_db),
+            databases=files,
         )
     return MeasuredSystem(
         name,
@@ -129,61 +164,72 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     seed = write_seed(args.workdir / "seed.json", SEED_PRODUCTS, SEED_ACCOUNTS)
-
-    print("starting shopmesh (Consul, control plane, services, Envoy)...", flush=True)
-    started = time.monotonic()
     keys = args.workdir / "jwt"
-    shop = start_system(shop_settings(args.workdir / "shopmesh", seed, keys_dir=keys))
-    try:
-        shop_system = measured("shopmesh", shop, time.monotonic() - started)
-        print("starting shopmesh on PostgreSQL (its cluster first)...", flush=True)
-        started = time.monotonic()
-        pg_settings = shop_settings(
-            args.workdir / "shopmesh-pg", seed, postgres=True, keys_dir=keys
+    # Every system started is stopped at the end, the last started first.
+    with contextlib.ExitStack() as running:
+
+        def started(what: str, start: Callable[[], System]) -> tuple[System, float]:
+            print(f"starting {what}...", flush=True)
+            began = time.monotonic()
+            system = start()
+            running.callback(system.stop)
+            return system, time.monotonic() - began
+
+        shop, took = started(
+            "shopmesh (NATS, Consul, control plane, services, Envoy)",
+            lambda: start_system(shop_settings(args.workdir / "shopmesh", seed, keys_dir=keys)),
         )
-        shop_pg = start_system(pg_settings)
-        try:
-            pg_system = measured(SHOP_PG_SYSTEM, shop_pg, time.monotonic() - started)
-            assert shop_pg.cluster is not None
-            print(f"PostgreSQL: {durability.shown(pg_system.durability)}", flush=True)
-            print("starting the baseline (FastAPI + httpx)...", flush=True)
-            started = time.monotonic()
-            base = start_baseline(args.workdir / "baseline", seed, shop.keys.jwks)
-            try:
-                base_db = args.workdir / "baseline" / "baseline-order.db"
-                base_system = MeasuredSystem(
-                    "baseline",
-                    time.monotonic() - started,
-                    {name: [p.pid] for name, p in base.processes.items()},
-                    base_db,
-                    durability=durability.sqlite(base_db),
-                )
-                # One key pair for both shopmesh systems' gateways and the baseline: the
-                # same token is good on every path.
-                token = tokens.issue("bench", directory=shop.keys.private_pem.parent)
-                systems = {
-                    "shopmesh": shop_system,
-                    SHOP_PG_SYSTEM: pg_system,
-                    "baseline": base_system,
-                }
-                results = benchmark(
-                    load_paths(shop, shop_pg, base, token),
-                    systems,
-                    token,
-                    f"http://{shop.public_target}",
-                    rounds=args.rounds,
-                    seconds=args.seconds,
-                    connections=args.connections,
-                    pg_admin=shop_pg.cluster.admin,
-                )
-                for system in systems.values():
-                    system.peak_rss_mb = memory_mb(system)
-            finally:
-                base.stop()
-        finally:
-            shop_pg.stop()
-    finally:
-        shop.stop()
+        shop_system = measured("shopmesh", shop, took)
+        shop_off, took = started(
+            "shopmesh with events off (no NATS, SMTP sink, notification or reporting)",
+            lambda: start_system(
+                shop_settings(args.workdir / "shopmesh-off", seed, keys_dir=keys, events=False)
+            ),
+        )
+        off_system = measured(SHOP_OFF_SYSTEM, shop_off, took)
+        shop_pg, took = started(
+            "shopmesh on PostgreSQL (its cluster first)",
+            lambda: start_system(
+                shop_settings(args.workdir / "shopmesh-pg", seed, postgres=True, keys_dir=keys)
+            ),
+        )
+        pg_system = measured(SHOP_PG_SYSTEM, shop_pg, took)
+        assert shop_pg.cluster is not None
+        print(f"PostgreSQL: {durability.shown(pg_system.durability)}", flush=True)
+        print("starting the baseline (FastAPI + httpx)...", flush=True)
+        began = time.monotonic()
+        base = start_baseline(args.workdir / "baseline", seed, shop.keys.jwks)
+        running.callback(base.stop)
+        base_db = args.workdir / "baseline" / "baseline-order.db"
+        base_system = MeasuredSystem(
+            "baseline",
+            time.monotonic() - began,
+            {name: [p.pid] for name, p in base.processes.items()},
+            base_db,
+            durability=durability.sqlite(base_db),
+        )
+        # One key pair for every shopmesh system's gateway and the baseline: the same
+        # token is good on every path.
+        token = tokens.issue("bench", directory=shop.keys.private_pem.parent)
+        systems = {
+            "shopmesh": shop_system,
+            SHOP_OFF_SYSTEM: off_system,
+            SHOP_PG_SYSTEM: pg_system,
+            "baseline": base_system,
+        }
+        results = benchmark(
+            load_paths(shop, shop_off, shop_pg, base, token),
+            systems,
+            token,
+            f"http://{shop.public_target}",
+            rounds=args.rounds,
+            seconds=args.seconds,
+            connections=args.connections,
+            pg_admin=shop_pg.cluster.admin,
+            backlog_seconds=args.backlog_seconds,
+        )
+        for system in systems.values():
+            system.peak_rss_mb = memory_mb(system)
     return report.write(results, systems, args.out)
 
 
