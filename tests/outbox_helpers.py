@@ -3,6 +3,7 @@ JetStream, events appended in transactions of their own, and the outbox's rows."
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 
@@ -28,23 +29,37 @@ def envelope(event_id: str, sequence: int, occurred_at: float) -> bytes:
 
 class FakePublisher:
     """Records what it is sent, in order, as (subject, msg_id, data); while `down`,
-    refuses every publish as a NATS that is away would; `before(msg_id)` runs before
-    each publish (a test's hook into the middle of a batch)."""
+    refuses every publish as a NATS that is away would; a publish of an id in `fail_on`
+    fails, one in `hang_on` never answers; `before(msg_id)` runs before each publish (a
+    test's hook into the middle of a batch). Each publish yields to the loop once before
+    it answers, as a round trip would, so publishes made at once are in flight together:
+    `most_in_flight` counts them."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, bytes]] = []
         self.tried: list[str] = []
         self.down = False
         self.fail_on: set[str] = set()
+        self.hang_on: set[str] = set()
         self.before: Callable[[str], Awaitable[None]] | None = None
+        self.in_flight = 0
+        self.most_in_flight = 0
 
     async def publish(self, subject: str, msg_id: str, data: bytes) -> None:
         self.tried.append(msg_id)
-        if self.before is not None:
-            await self.before(msg_id)
-        if self.down or msg_id in self.fail_on:
-            raise ConnectionError("no PubAck: NATS is unreachable")
-        self.sent.append((subject, msg_id, data))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.before is not None:
+                await self.before(msg_id)
+            await asyncio.sleep(0)  # the round trip
+            if msg_id in self.hang_on:
+                await asyncio.Event().wait()
+            if self.down or msg_id in self.fail_on:
+                raise ConnectionError("no PubAck: NATS is unreachable")
+            self.sent.append((subject, msg_id, data))
+        finally:
+            self.in_flight -= 1
 
     @property
     def ids(self) -> list[str]:

@@ -10,10 +10,15 @@ least the publish timeout left; a publish that takes longer is abandoned. So the
 publish of a relay that stopped renewing (paused, cut off from its database) has ended
 before any other relay can take the lease.
 
-Each event's PubAck is awaited before the next is published; the first failure stops the
-batch (a later event of the same aggregate must not overtake it), the events acked
-before it are marked sent in one statement fenced by the lease's epoch, and the relay
-backs off (jittered, bounded) before it tries again; the events wait in the outbox
+A batch is published in waves: the first pending event of every aggregate in it at once,
+then, once those are acked, each aggregate's next, and so on (`waves`). So one round trip
+to the server carries many events (a third of the CPU per event of publishing one at a
+time, and far more events a second: docs/events-delivery.md), while an aggregate's event
+is published only after its previous one was acked, so each aggregate's events reach the
+stream in sequence order. An aggregate whose publish failed publishes nothing more in
+the batch (its later events must not overtake it); the others go on. The acked events
+are marked sent in one statement fenced by the lease's epoch, and after a failure the
+relay backs off (jittered, bounded) before it tries again; the events wait in the outbox
 meanwhile. A relay killed between an ack and the mark publishes the same event (same
 id) again next time: at-least-once, with `Nats-Msg-Id` (the event id) letting the server
 drop a repeat inside its duplicates window, and consumers dedup by event id after it.
@@ -179,34 +184,78 @@ class Relay:
         return self.settings.poll_interval_seconds, True
 
     async def _publish(self, batch: list[Pending]) -> tuple[list[str], bool]:
-        """Publishes `batch` in order, each after the previous one's ack, each only while
-        the lease is trusted for the publish timeout; stops at the first failure. Returns
-        the acked event ids and whether a publish failed."""
+        """Publishes `batch` wave by wave (see `waves`), each wave only while the lease is
+        trusted for the publish timeout, each publish bounded by that timeout; an
+        aggregate whose publish failed is left out of the later waves. Returns the acked
+        event ids and whether a publish failed."""
         acked: list[str] = []
+        failed: set[str] = set()  # aggregates
         timeout = self.settings.publish_timeout_seconds
-        for event in batch:
+        for whole in waves(batch):
+            wave = [event for event in whole if event.aggregate_id not in failed]
+            if not wave:
+                break  # every aggregate left has failed (a later wave holds no others)
             if self._stopping.is_set():
-                return acked, False  # what was acked is marked; the rest waits
+                break  # what was acked is marked; the rest waits
             if self._trusted_left() < timeout and await self._hold() is None:
-                return acked, False  # the lease is gone: its holder goes on
-            try:
-                await asyncio.wait_for(
-                    self.publisher.publish(event.subject, event.event_id, event.envelope),
-                    timeout,
-                )
-            except Exception as error:
-                log.warning(
-                    "outbox relay: publishing event %s (%s #%d) failed: %s: %s; %d of the"
-                    " batch published",
-                    event.event_id,
-                    event.aggregate_id,
-                    event.sequence,
-                    type(error).__name__,
-                    error,
-                    len(acked),
-                )
-                return acked, True
-            acked.append(event.event_id)
+                break  # the lease is gone: its holder goes on
+            errors = await self._publish_wave(wave)
+            for event, error in zip(wave, errors, strict=True):
+                if error is None:
+                    acked.append(event.event_id)
+                else:
+                    failed.add(event.aggregate_id)
+            if any(errors):
+                self._log_failures(wave, errors, len(acked))
+            self._count_publishes(wave, errors)
+        return acked, bool(failed)
+
+    async def _publish_wave(self, wave: list[Pending]) -> list[BaseException | None]:
+        """Publishes `wave` at once (they are sent in order on the publisher's one
+        connection) and waits up to the publish timeout for their acks; each one's error,
+        None if acked. A publish still waiting at the timeout is abandoned (cancelled)."""
+        timeout = self.settings.publish_timeout_seconds
+        tasks = [
+            asyncio.ensure_future(self.publisher.publish(e.subject, e.event_id, e.envelope))
+            for e in wave
+        ]
+        try:
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+        finally:  # also when the relay itself is cancelled: no publish is left running
+            for task in tasks:
+                task.cancel()
+        await asyncio.wait(tasks)  # the cancelled ones have ended too
+        return [
+            TimeoutError(f"no PubAck within {timeout} s") if task in late else task.exception()
+            for task in tasks
+        ]
+
+    def _log_failures(
+        self, wave: list[Pending], errors: list[BaseException | None], acked: int
+    ) -> None:
+        """One line per wave, naming its first failure (with NATS away, every publish
+        of the wave fails alike)."""
+        failures = [(e, error) for e, error in zip(wave, errors, strict=True) if error]
+        event, error = failures[0]
+        log.warning(
+            "outbox relay: publishing event %s (%s #%d) failed: %s: %s; %d of the wave's"
+            " %d failed, %d of the batch acked so far",
+            event.event_id,
+            event.aggregate_id,
+            event.sequence,
+            type(error).__name__,
+            error,
+            len(failures),
+            len(wave),
+            acked,
+        )
+
+    def _count_publishes(self, wave: list[Pending], errors: list[BaseException | None]) -> None:
+        """Counts the acked publishes; the TEST ONLY crash (exit_after_publishes) exits
+        once the count reaches it, after those acks and before their mark."""
+        for event, error in zip(wave, errors, strict=True):
+            if error is not None:
+                continue
             self._publishes += 1
             if self._publishes == self.settings.exit_after_publishes:
                 log.warning(
@@ -215,7 +264,6 @@ class Relay:
                 )
                 logging.shutdown()
                 os._exit(CRASH_EXIT_CODE)
-        return acked, False
 
     async def _hold(self) -> RelayLease | None:
         """The lease, renewed once a quarter of it is left to trust, or taken if free."""
@@ -276,6 +324,22 @@ class Relay:
                 each.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await each
+
+
+def waves(batch: list[Pending]) -> list[list[Pending]]:
+    """`batch` (oldest first) as waves: wave i holds the i-th event of each aggregate in
+    the batch, in the batch's order. Publishing a wave only once the one before it was
+    acked keeps each aggregate's order; events of different aggregates have none to keep.
+    """
+    found: list[list[Pending]] = []
+    seen: dict[str, int] = {}
+    for event in batch:
+        nth = seen.get(event.aggregate_id, 0)
+        seen[event.aggregate_id] = nth + 1
+        if nth == len(found):
+            found.append([])
+        found[nth].append(event)
+    return found
 
 
 async def started(

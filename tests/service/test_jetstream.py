@@ -21,10 +21,14 @@ from typing import Any
 import pytest
 from nats.js.api import StorageType
 
+from services.common import outbox
+from services.common.config import StoreConfig
+from services.common.database import Tx
 from services.common.jetstream import (
     STREAM,
     ConsumerSpec,
     Declared,
+    Delivery,
     JetStreamConnection,
     JetStreamPublisher,
     JetStreamSettings,
@@ -35,6 +39,8 @@ from services.common.jetstream import (
     open_publisher,
     with_jetstream,
 )
+from services.common.relay import Relay, RelaySettings
+from services.inventory.store import InventoryStore
 from shopmesh.nats_server import NatsServer
 from tests.nats_harness import restart, running_nats
 
@@ -395,3 +401,55 @@ async def test_with_jetstream_gives_a_service_publishers_on_its_stream_settings(
     await publisher.publish(on, str(uuid.uuid4()), b"x")
     assert await stored(connection, on) == 1
     await publisher.close()
+
+
+async def test_a_relay_stores_each_aggregates_events_in_sequence_order_once(
+    nats: NatsServer, tmp_path: pathlib.Path
+) -> None:
+    """The outbox relay (services/common/relay.py) on this server: 40 aggregates' three
+    events each, committed interleaved, published a wave at a time (the aggregates'
+    firsts at once, then their seconds...): the stream holds every event once, and each
+    aggregate's in sequence order."""
+    on = subject("Relayed")
+    store = InventoryStore(tmp_path / "inventory.db")
+    aggregates = [f"order-{n}" for n in range(40)]
+    for _ in range(3):
+
+        async def write(tx: Tx) -> None:
+            for aggregate in aggregates:
+                await outbox.append(
+                    tx, aggregate_id=aggregate, subject=on, envelope_for=naming(aggregate)
+                )
+
+        await store.db.write(write)
+    spec = ConsumerSpec(f"relayed-{uuid.uuid4().hex[:8]}", filter_subject=on)
+    connection = JetStreamConnection(settings_for(nats), [spec])
+    await connection.start()
+    assert await connection.wait_ready(READY_SECONDS)
+    publisher = JetStreamPublisher(connection)
+    relay = Relay(store.outbox, publisher, RelaySettings.of(StoreConfig()), owner="test")
+    try:
+        steps = [await relay.step() for _ in range(2)]  # batches of 100
+        assert steps[0] == (0.0, False) and await store.outbox.backlog() == outbox.Backlog(0, 0.0)
+        consumer = PullConsumer(connection, spec.durable)
+        got: list[Delivery] = []
+        while len(got) < 120:
+            fetched = await consumer.fetch(120, wait_seconds=5.0)
+            assert fetched, f"the stream held {len(got)} of the 120 events"
+            got += fetched
+        by_aggregate: dict[str, list[int]] = {}
+        for delivery in got:
+            _, aggregate, sequence = delivery.data.decode().split("|")
+            by_aggregate.setdefault(aggregate, []).append(int(sequence))
+        assert by_aggregate == {aggregate: [1, 2, 3] for aggregate in aggregates}
+        assert len({delivery.msg_id for delivery in got}) == 120 and publisher.duplicates == 0
+        await consumer.close()
+    finally:
+        await relay.stop()
+        await connection.close()
+        store.close()
+
+
+def naming(aggregate: str) -> outbox.EnvelopeFor:
+    """What the relay test's events carry: enough to check their order in the stream."""
+    return lambda event_id, sequence, occurred_at: f"{event_id}|{aggregate}|{sequence}".encode()

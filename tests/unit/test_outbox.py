@@ -17,7 +17,7 @@ import pytest
 from services.common import outbox
 from services.common.config import ConfigError, StoreConfig, load
 from services.common.database import Tx
-from services.common.relay import Relay, RelaySettings
+from services.common.relay import Relay, RelaySettings, waves
 from services.inventory.config import InventoryConfig
 from services.inventory.service import create as create_inventory
 from services.inventory.store import InventoryStore
@@ -155,19 +155,35 @@ async def test_each_aggregate_counts_its_own_sequence(open_store: StoreOpener) -
     ]
 
 
-async def test_a_relay_publishes_oldest_first_with_the_event_id_and_marks_them_sent(
+async def test_a_relay_publishes_each_aggregates_events_in_order_the_firsts_together(
     open_store: StoreOpener,
 ) -> None:
     store = await open_store(InventoryStore)
-    appended = await append(store, "A", "B", "A") + await append(store, "C")
+    a1, b1, a2 = await append(store, "A", "B", "A")
+    (c1,) = await append(store, "C")
     publisher = FakePublisher()
     assert await relay(store, publisher, "one").step() == (SETTINGS.poll_interval_seconds, True)
-    assert publisher.ids == [e.event_id for e in appended]
+    # A's, B's and C's first events in one wave, A's second once A's first was acked.
+    assert publisher.ids == [a1.event_id, b1.event_id, c1.event_id, a2.event_id]
+    assert publisher.most_in_flight == 3
     assert {subject for subject, _, _ in publisher.sent} == {SUBJECT}
     first = publisher.sent[0][2].decode().split("|")
-    assert first[:2] == [appended[0].event_id, "1"]
+    assert first[:2] == [a1.event_id, "1"]
     assert [sent for *_, sent in await events(store)] == [True] * 4
     assert await outbox.Outbox(store.db).backlog() == outbox.Backlog(0, 0.0)
+
+
+def test_waves_hold_the_nth_event_of_each_aggregate_in_the_batchs_order() -> None:
+    batch = [
+        outbox.Pending(f"{aggregate}{n}", aggregate, n, SUBJECT, b"")
+        for aggregate, n in [("A", 1), ("B", 1), ("A", 2), ("A", 3), ("C", 1), ("B", 2)]
+    ]
+    assert [[e.event_id for e in wave] for wave in waves(batch)] == [
+        ["A1", "B1", "C1"],
+        ["A2", "B2"],
+        ["A3"],
+    ]
+    assert waves([]) == []
 
 
 async def test_batches_follow_each_other_until_the_outbox_is_empty(
@@ -222,13 +238,14 @@ async def test_a_relay_that_lost_its_lease_mid_batch_marks_nothing(
 
     a_sent.before = taken_over
     await a.step()
-    assert a_sent.ids == [e.event_id for e in appended]  # trusted its lease throughout
+    published = [appended[0].event_id, appended[2].event_id, appended[1].event_id]  # A1 B A2
+    assert a_sent.ids == published  # trusted its lease throughout
     assert a.lease is None  # the mark found another epoch
     assert [sent for *_, sent in await events(a_store)] == [False] * 3
 
     b_sent.down = False
     await b.step()
-    assert b_sent.ids == [e.event_id for e in appended]
+    assert b_sent.ids == published
     assert [sent for *_, sent in await events(b_store)] == [True] * 3
 
 
@@ -256,23 +273,39 @@ async def test_a_relay_killed_between_the_ack_and_the_mark_republishes_the_same_
     assert [sent for *_, sent in await events(store)] == [True, True]
 
 
-async def test_a_failing_publish_stops_the_batch_and_keeps_each_aggregates_order(
+async def test_a_failing_publish_holds_back_its_aggregates_later_events_only(
     open_store: StoreOpener,
 ) -> None:
     store = await open_store(InventoryStore)
-    appended = await append(store, "A", "B", "A", "C", "A")
+    a1, b1, a2, c1, a3 = await append(store, "A", "B", "A", "C", "A")
     publisher = FakePublisher()
-    publisher.fail_on = {appended[2].event_id}  # A #2
+    publisher.fail_on = {a2.event_id}
     one = relay(store, publisher, "one")
     pause, wake = await one.step()
     assert 0 < pause <= SETTINGS.max_backoff_seconds and not wake  # backing off
-    assert publisher.ids == [appended[0].event_id, appended[1].event_id]
-    assert publisher.tried[-1] == appended[2].event_id  # and nothing after it
-    assert [sent for *_, sent in await events(store)] == [True, True, False, False, False]
+    assert publisher.ids == [a1.event_id, b1.event_id, c1.event_id]
+    assert publisher.tried[-1] == a2.event_id  # and not A #3 after it
+    assert [sent for *_, sent in await events(store)] == [True, True, False, True, False]
 
     publisher.fail_on = set()
     await one.step()
-    assert publisher.ids == [e.event_id for e in appended]  # A #2 before C and A #3
+    assert publisher.ids[3:] == [a2.event_id, a3.event_id]  # A #2 before A #3
+
+
+async def test_a_publish_that_never_answers_is_abandoned_at_the_timeout(
+    open_store: StoreOpener,
+) -> None:
+    store = await open_store(InventoryStore)
+    a1, b1, a2 = await append(store, "A", "B", "A")
+    publisher = FakePublisher()
+    publisher.hang_on = {a1.event_id}
+    one = relay(store, publisher, "one", publish_timeout_seconds=0.2)
+    started = time.monotonic()
+    pause, _ = await one.step()
+    assert time.monotonic() - started < 5.0 and pause > 0  # backing off, not waiting
+    assert publisher.ids == [b1.event_id] and a2.event_id not in publisher.tried
+    assert publisher.in_flight == 0  # the abandoned publish was cancelled
+    assert [sent for *_, sent in await events(store)] == [False, True, False]
 
 
 async def test_prune_removes_only_sent_events_older_than_the_retention(
@@ -360,7 +393,7 @@ async def test_a_relay_publishes_only_while_its_lease_is_trusted_for_the_publish
     """With less than the publish timeout of trust left it renews first; if it cannot
     (another relay holds the lease) it publishes nothing more."""
     a_store, b_store = await open_store(InventoryStore), await open_store(InventoryStore)
-    appended = await append(a_store, "A", "B")
+    appended = await append(a_store, "A", "A")  # two waves
     publisher = FakePublisher()
     a = relay(a_store, publisher, "a")
     b_box = outbox.Outbox(b_store.db)
@@ -373,7 +406,7 @@ async def test_a_relay_publishes_only_while_its_lease_is_trusted_for_the_publish
 
     publisher.before = lease_runs_out
     await a.step()
-    assert publisher.tried == [appended[0].event_id]  # the second was not tried
+    assert publisher.tried == [appended[0].event_id]  # the second wave was not tried
     assert a.lease is None
     assert [sent for *_, sent in await events(a_store)] == [False, False]
 
