@@ -170,6 +170,12 @@ class StoreConfig(ServerConfig):
         "how often the relay looks for events committed by other instances (its own"
         " process's wake it at once), and a standby relay for a free lease",
     )
+    outbox_linger_seconds: float = setting(
+        0.02,
+        "how long the relay waits after a commit woke it before it reads a batch, so that"
+        " the commits of that time share one read, one wave and one mark (less CPU per"
+        " event under load, at most that much more lag); 0: at once",
+    )
     outbox_retention_seconds: float = setting(
         3600.0, "how long sent events stay in the outbox before they are pruned"
     )
@@ -254,6 +260,11 @@ class StoreConfig(ServerConfig):
         ):
             if getattr(self, name) <= 0:
                 found.append(f"{name} must be > 0, got {getattr(self, name):g}")
+        if not 0 <= self.outbox_linger_seconds < self.outbox_poll_interval_seconds:
+            found.append(
+                "outbox_linger_seconds must be >= 0 and below outbox_poll_interval_seconds,"
+                f" got {self.outbox_linger_seconds:g}"
+            )
         if self.outbox_lease_seconds <= 4 * self.outbox_publish_timeout_seconds:
             # A relay trusts its lease for half of it and publishes only while a publish
             # timeout of that is left: a lease of 4x leaves room for a batch between renewals.

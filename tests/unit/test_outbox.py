@@ -387,6 +387,37 @@ async def test_a_commit_wakes_the_relay_without_waiting_for_its_poll(
         await running.stop()
 
 
+async def test_a_woken_relay_lingers_so_the_next_moments_commits_share_its_batch(
+    open_store: StoreOpener,
+) -> None:
+    """Two commits in quick succession share one batch: one wave of both, one mark.
+    (With `linger_seconds=0` the relay, woken by the first, reads it before the second
+    commits: two batches, as this test then finds.)"""
+    store = await open_store(InventoryStore)
+    publisher = FakePublisher()
+    running = relay(
+        store,
+        publisher,
+        "one",
+        poll_interval_seconds=60.0,
+        lease_seconds=600.0,
+        linger_seconds=0.5,
+    )
+    running.start()
+    try:
+        await until(lambda: running.lease is not None, "the relay to take its lease")
+        appended = []
+        for aggregate in "AB":
+            appended += await append(store, aggregate)
+            running.outbox.notify()
+        await until(lambda: len(publisher.sent) == 2, "the relay to publish both", 5.0)
+    finally:
+        await running.stop()
+    assert publisher.ids == [e.event_id for e in appended]
+    marks = await rows(store, "SELECT DISTINCT sent_at FROM outbox")
+    assert (publisher.most_in_flight, len(marks)) == (2, 1)
+
+
 async def test_a_relay_publishes_only_while_its_lease_is_trusted_for_the_publish_timeout(
     open_store: StoreOpener,
 ) -> None:
@@ -441,6 +472,9 @@ def test_the_relays_settings_come_from_the_service_config_and_are_checked() -> N
     )
     with pytest.raises(ConfigError, match="outbox_batch_size must be > 0"):
         load(StoreConfig, ["--outbox-batch-size", "0"])
+    assert RelaySettings.of(load(StoreConfig, ["--outbox-linger-seconds", "0"])).linger_seconds == 0
+    with pytest.raises(ConfigError, match="outbox_linger_seconds must be >= 0 and below"):
+        load(StoreConfig, ["--outbox-linger-seconds", "1", "--outbox-poll-interval-seconds", "1"])
 
 
 async def test_a_service_runs_a_relay_only_with_a_nats_url_and_a_publisher(
