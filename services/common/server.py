@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import grpc
-import psycopg
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -157,9 +156,20 @@ def main(
 
     try:
         uvloop.run(run())
-    # Its database unreachable, refusing the login or unmigratable (the migrations run on
-    # psycopg, the pool on asyncpg, whose errors are raised as ConnectionError, an OSError).
-    except (OSError, sqlite3.Error, psycopg.Error, migrations.MigrationError) as error:
+    except Exception as error:
+        if not isinstance(error, startup_errors()):
+            raise
         log.error("%s cannot start: %s", name, error)
         return 1
     return 0
+
+
+def startup_errors() -> tuple[type[Exception], ...]:
+    """What a service that cannot start raises: its database unreachable, refusing the
+    login or unmigratable. The migrations run on psycopg (on PostgreSQL), the pool on
+    asyncpg, whose errors are raised as ConnectionError, an OSError. psycopg's error is
+    named only if psycopg was loaded: a process on SQLite never imports it (about 8 MB of
+    memory per process)."""
+    kinds: tuple[type[Exception], ...] = (OSError, sqlite3.Error, migrations.MigrationError)
+    psycopg = sys.modules.get("psycopg")
+    return (*kinds, psycopg.Error) if psycopg is not None else kinds

@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import pathlib
+import sqlite3
+import sys
 
 import grpc
+import psycopg
 import pytest
 
+from services.common import migrations
 from services.common.config import ConfigError, load
+from services.common.server import startup_errors
 from services.common.validation import MAX_AUTHORIZATION_SECONDS, MAX_HOLD_SECONDS
 from services.inventory.config import InventoryConfig
 from services.inventory.service import create as create_inventory
@@ -142,3 +147,13 @@ async def test_an_unexpected_exception_becomes_a_generic_internal(
     )
     assert "secret" not in repr(error)
     assert "secret" in caplog.text  # the operator still sees it, in the log
+
+
+def test_a_service_that_cannot_start_names_psycopgs_error_only_once_it_is_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The start's clean exit (services.common.server.main) catches psycopg's errors, of
+    the migrations on PostgreSQL, without importing psycopg in a process on SQLite."""
+    assert psycopg.Error in startup_errors() and migrations.MigrationError in startup_errors()
+    monkeypatch.delitem(sys.modules, "psycopg")
+    assert startup_errors() == (OSError, sqlite3.Error, migrations.MigrationError)
