@@ -134,6 +134,9 @@ class MeasuredSystem:
     processes: dict[str, list[int]]  # part (envoy, order, ...) -> PIDs
     order_db: pathlib.Path | str
     peak_rss_mb: float = 0.0
+    pss_mb: float = 0.0
+    """All its processes' PSS at the end: each shared page (the Python processes'
+    libraries) counted once over them all, where the summed RSS counts it per process."""
     trees: frozenset[str] = frozenset()
     """Parts whose CPU is their processes' with every descendant's (PostgreSQL's server)."""
     durability: dict[str, str] = field(default_factory=dict)
@@ -247,6 +250,11 @@ def memory_mb(system: MeasuredSystem) -> float:
     flat = [p for part, pids in system.processes.items() if part not in system.trees for p in pids]
     trees = [p for part in system.trees for p in system.processes[part]]
     return peak_rss_mb(flat) + sum(tree_pss_mb(pid) for pid in trees)
+
+
+def pss_mb(system: MeasuredSystem) -> float:
+    """The PSS of all the system's processes (and their descendants) now."""
+    return sum(tree_pss_mb(pid) for pids in system.processes.values() for pid in pids)
 
 
 def drive(

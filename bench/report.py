@@ -305,11 +305,11 @@ def render(
         "|---" * (len(PATH_COLUMNS) + 1) + "|",
         *rows,
         "",
-        "| system | peak RSS MB (all processes; a server's PSS) | cold start to healthy s"
-        " | durability |",
-        "|---|---|---|---|",
+        "| system | peak RSS MB (all processes; a server's PSS) | PSS MB at the end"
+        " | cold start to healthy s | durability |",
+        "|---|---|---|---|---|",
         *(
-            f"| {s.name} | {s.peak_rss_mb:.0f} | {s.cold_start_s:.1f}"
+            f"| {s.name} | {s.peak_rss_mb:.0f} | {s.pss_mb:.0f} | {s.cold_start_s:.1f}"
             f" | {shown_durability(s.durability)} |"
             for s in systems.values()
         ),

@@ -54,6 +54,7 @@ from bench.measure import (
     MeasuredSystem,
     benchmark,
     memory_mb,
+    pss_mb,
     shop_settings,
 )
 from shopmesh import tokens
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for system in systems.values():
             system.peak_rss_mb = memory_mb(system)
+            system.pss_mb = pss_mb(system)
     return report.write(results, systems, args.out)
 
 
