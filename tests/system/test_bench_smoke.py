@@ -1,7 +1,8 @@
-"""`make bench` in miniature: the three systems (shopmesh on SQLite, shopmesh on
-PostgreSQL, the baseline) start, every path answers real orders (each a new order,
-CONFIRMED) with no failed request, and the results are written. Speed targets belong to
-`make bench`."""
+"""`make bench` in miniature: the four systems (shopmesh on SQLite with events on and
+off, shopmesh on PostgreSQL, the baseline) start, every path answers real orders (each a
+new order, CONFIRMED) with no failed request, the events' figures (lag, backlog, the
+split of CPU) are measured, and the results are written. Speed targets belong to `make
+bench`."""
 
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ def run_bench(out: pathlib.Path, workdir: pathlib.Path) -> None:
             str(out),
             "--workdir",
             str(workdir),
+            "--backlog-seconds",
+            "2",
         ],
-        timeout=240,
+        timeout=300,
     )
 
 
@@ -40,6 +43,7 @@ def test_the_benchmark_runs_and_every_system_answers(tmp_path: pathlib.Path) -> 
     results = json.loads((tmp_path / "results" / "latest.json").read_text())
     paths = [
         "shopmesh REST+JWT via Envoy",
+        "shopmesh REST+JWT via Envoy, events off",
         "shopmesh gRPC via Envoy",
         "shopmesh gRPC direct to order",
         "shopmesh REST+JWT via Envoy, on PostgreSQL",
@@ -56,6 +60,15 @@ def test_the_benchmark_runs_and_every_system_answers(tmp_path: pathlib.Path) -> 
     assert results["systems"]["shopmesh"]["durability"]["journal_mode"] == "wal"
     assert results["pg_per_order"]["order.xact_commit"] >= 1, results["pg_per_order"]
     assert "postgres" in results["cpu_us_per_order_by_process"]["shopmesh on PostgreSQL"]
+    # The events: every event of the paced rounds reached the read model; with events
+    # off, no consumer's CPU; the backlog round ran.
+    events = results["events"]
+    assert events["lag_events"] > 0 and events["lag_p50_ms"] > 0, events
+    assert events["consuming_on_us"] > 0 and events["producing_off_us"] > 0, events
+    assert "nats" not in results["cpu_us_per_order_by_process"]["shopmesh, events off"]
+    assert results["backlog_run"]["ok"] > 0 and events["backlog_end"] >= 0, events
+    for system in ("shopmesh", "shopmesh, events off"):
+        assert results["systems"][system]["pss_mb"] > 0
     table = (tmp_path / "results" / "latest.md").read_text()
     for path in paths:
         assert f"| {path} |" in table
