@@ -260,6 +260,11 @@ async def test_two_running_relays_never_publish_at_once_and_hand_over_on_stop(
                 appended += await append(store, f"order-{round_ % 3}", f"order-{round_ % 4}")
                 running.outbox.notify()
             if round_ == 5:
+                # The holder has published (it lingers after a wake), then it stops.
+                deadline = time.monotonic() + 10.0
+                while not spans:
+                    assert time.monotonic() < deadline, "no relay published"
+                    await asyncio.sleep(0.01)
                 holder = next(r for r in relays if r.lease is not None)
                 await holder.stop()
                 stopped.append(holder)
