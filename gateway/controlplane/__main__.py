@@ -2,6 +2,9 @@
 
 import sys
 
+from services.common import lean  # noqa: F401  (first: see its docstring)
+
+# isort: split
 from gateway.controlplane.config import ControlPlaneConfig
 from gateway.controlplane.service import create
 from services.common.server import main

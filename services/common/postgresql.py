@@ -45,9 +45,10 @@ import re
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
-import asyncpg
+if TYPE_CHECKING:
+    import asyncpg
 
 from services.common import migrations
 from services.common.database import Row, Tx
@@ -247,6 +248,11 @@ async def connect(
 ) -> PostgresDatabase:
     """A pool on the service's database at `url` (its password in the URL, or in
     `password_file`), with the service's pending migrations applied."""
+    # Imported here, not above: a service on SQLite never loads the driver (about 5 MB
+    # of each process's memory). Everything else here that names it runs on the pool.
+    global asyncpg  # noqa: PLW0603
+    import asyncpg  # noqa: PLC0415
+
     settings = settings or PoolSettings()
     password = read_password(password_file) if password_file is not None else None
     await asyncio.to_thread(migrations.apply, url, service, password=password)

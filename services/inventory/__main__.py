@@ -2,6 +2,7 @@
 
 import sys
 
+from services.common import lean  # noqa: F401  (first: see its docstring)
 from services.common.jetstream import with_jetstream
 from services.common.server import main
 from services.inventory.config import InventoryConfig

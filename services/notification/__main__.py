@@ -2,6 +2,7 @@
 
 import sys
 
+from services.common import lean  # noqa: F401  (first: see its docstring)
 from services.common.server import main
 from services.notification.config import NotificationConfig
 from services.notification.stream import create_on_jetstream

@@ -4,6 +4,7 @@ start into that database and exit (services.reporting.rebuild)."""
 
 import sys
 
+from services.common import lean  # noqa: F401  (first: see its docstring)
 from services.common.server import main
 from services.reporting import rebuild
 from services.reporting.config import ReportingConfig

@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
 import sys
 import uuid
 from collections.abc import Sequence
 
-import psycopg
 import uvloop
 
-from services.common import logs, migrations
+from services.common import logs
 from services.common.config import ConfigError, load
+from services.common.server import startup_errors
 from services.reporting import consumer
 from services.reporting.config import ReportingConfig
 from services.reporting.names import InventoryNames
@@ -98,7 +97,9 @@ def main(argv: Sequence[str]) -> int:
     logs.setup("reporting-rebuild", config.log_level)
     try:
         uvloop.run(rebuild(config))
-    except (OSError, NotEmpty, sqlite3.Error, psycopg.Error, migrations.MigrationError) as error:
+    except Exception as error:
+        if not isinstance(error, (NotEmpty, *startup_errors())):  # the database, migrations
+            raise
         log.error("rebuild failed: %s", error)
         return 1
     return 0

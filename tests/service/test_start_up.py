@@ -79,3 +79,49 @@ def test_a_busy_port_fails_the_start_with_a_clear_message(tmp_path: pathlib.Path
         in started.stderr
     )
     assert "Traceback" not in started.stderr
+
+
+ENTRY_POINTS = (
+    "services.order",
+    "services.inventory",
+    "services.payment",
+    "services.notification",
+    "services.reporting",
+    "gateway.controlplane",
+)
+UNUSED_ON_SQLITE = ("aiohttp", "asyncpg", "psycopg")
+"""Modules a process on SQLite with nats:// never uses: each costs its memory (5-47 MB;
+docs/performance.md) in every process (services.common.lean, postgresql.connect)."""
+
+
+LOADED = """
+import runpy, sys
+sys.argv = [sys.argv[1], "--help"]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+print(" ".join(name for name, module in sys.modules.items() if module is not None))
+"""
+"""Runs a `python -m` entry point with --help (it imports all it runs with, then exits)
+and prints the modules loaded (a module marked absent, None, is not)."""
+
+
+def test_a_process_on_sqlite_loads_neither_aiohttp_nor_the_postgresql_drivers() -> None:
+    runs = {
+        module: subprocess.Popen(
+            [sys.executable, "-c", LOADED, module],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for module in ENTRY_POINTS
+    }
+    loaded: dict[str, list[str]] = {}
+    for module, run in runs.items():
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err[-2000:]
+        names = out.split()
+        assert "nats" in names and "grpc" in names  # it ran the entry point's imports
+        loaded[module] = sorted(n for n in names if n.split(".")[0] in UNUSED_ON_SQLITE)
+    assert loaded == {module: [] for module in ENTRY_POINTS}
