@@ -7,10 +7,11 @@ races of two connections on PostgreSQL are in tests/service/test_outbox_races.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import pathlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -52,6 +53,20 @@ async def until(condition: Callable[[], bool], what: str, seconds: float = 10.0)
 def relay(store: InventoryStore, publisher: FakePublisher, owner: str, **changes: object) -> Relay:
     settings = dataclasses.replace(SETTINGS, **changes)  # type: ignore[arg-type]
     return Relay(outbox.Outbox(store.db), publisher, settings, owner=owner)
+
+
+@contextlib.asynccontextmanager
+async def leased(
+    store: InventoryStore, publisher: FakePublisher, **changes: object
+) -> AsyncIterator[Relay]:
+    """A relay (settings as `relay`'s), started and holding its lease; stopped after."""
+    running = relay(store, publisher, "one", **changes)
+    running.start()
+    try:
+        await until(lambda: running.lease is not None, "the relay to take its lease")
+        yield running
+    finally:
+        await running.stop()
 
 
 async def products(store: InventoryStore) -> list[str]:
@@ -367,24 +382,18 @@ async def test_a_commit_wakes_the_relay_without_waiting_for_its_poll(
 ) -> None:
     store = await open_store(InventoryStore)
     publisher = FakePublisher()
-    running = relay(
+    async with leased(
         store,
         publisher,
-        "one",
         poll_interval_seconds=60.0,
         lease_seconds=600.0,
         publish_timeout_seconds=2.0,
-    )
-    running.start()
-    try:
-        await until(lambda: running.lease is not None, "the relay to take its lease")
+    ) as running:
         (event,) = await append(store, "A")
         running.outbox.notify()
         # Well inside the poll interval, and inside an eighth of the lease (its longest
         # sleep): the notify woke it.
         await until(lambda: publisher.ids == [event.event_id], "the relay to publish", 5.0)
-    finally:
-        await running.stop()
 
 
 async def test_a_woken_relay_lingers_so_the_next_moments_commits_share_its_batch(
@@ -395,24 +404,14 @@ async def test_a_woken_relay_lingers_so_the_next_moments_commits_share_its_batch
     commits: two batches, as this test then finds.)"""
     store = await open_store(InventoryStore)
     publisher = FakePublisher()
-    running = relay(
-        store,
-        publisher,
-        "one",
-        poll_interval_seconds=60.0,
-        lease_seconds=600.0,
-        linger_seconds=0.5,
-    )
-    running.start()
-    try:
-        await until(lambda: running.lease is not None, "the relay to take its lease")
+    async with leased(
+        store, publisher, poll_interval_seconds=60.0, lease_seconds=600.0, linger_seconds=0.5
+    ) as running:
         appended = []
         for aggregate in "AB":
             appended += await append(store, aggregate)
             running.outbox.notify()
         await until(lambda: len(publisher.sent) == 2, "the relay to publish both", 5.0)
-    finally:
-        await running.stop()
     assert publisher.ids == [e.event_id for e in appended]
     marks = await rows(store, "SELECT DISTINCT sent_at FROM outbox")
     assert (publisher.most_in_flight, len(marks)) == (2, 1)
