@@ -171,7 +171,7 @@ class StoreConfig(ServerConfig):
         " process's wake it at once), and a standby relay for a free lease",
     )
     outbox_linger_seconds: float = setting(
-        0.02,
+        0.05,
         "how long the relay waits after a commit woke it before it reads a batch, so that"
         " the commits of that time share one read, one wave and one mark (less CPU per"
         " event under load, at most that much more lag); 0: at once",

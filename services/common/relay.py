@@ -24,7 +24,7 @@ id) again next time: at-least-once, with `Nats-Msg-Id` (the event id) letting th
 drop a repeat inside its duplicates window, and consumers dedup by event id after it.
 
 A commit that appended events wakes the relay (`Outbox.notify`, in-process), which then
-lingers a moment (`linger_seconds`, 20 ms by default) so that the commits of that moment
+lingers a moment (`linger_seconds`, 50 ms by default) so that the commits of that moment
 share its next batch; it also polls, for the rows other instances of the service
 commit. Now and then it prunes sent events past the retention. No library does this: an
 outbox relay is a loop over the service's own tables (Debezium reads the database's log
