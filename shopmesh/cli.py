@@ -30,7 +30,7 @@ from services.common import db, migrations
 from services.common.config import is_host_port, password_file_problems, url_problems
 from services.common.database import is_server_url
 from services.common.postgresql import read_password
-from shopmesh import check, postgres, system, tokens
+from shopmesh import ca, check, postgres, system, tokens
 from shopmesh.processes import CrashLoop, RestartPolicy, StartError, Supervisor
 from shopmesh.tools import WORKDIR, MissingTool
 
@@ -183,6 +183,27 @@ def _migrate(args: argparse.Namespace) -> int:
 def _keys(args: argparse.Namespace) -> int:
     keys = tokens.ensure_keys(args.keys_dir)
     print(f"JWKS {keys.jwks} (kid {keys.kid}); private key {keys.private_pem}")
+    return 0
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    authority = ca.ensure_ca(args.ca_dir, force=args.force)
+    expires = authority.certificate.not_valid_after_utc
+    print(f"CA {authority.cert_path} (key owner-only beside it), valid until {expires:%Y-%m-%d}")
+    return 0
+
+
+def _ca_issue(args: argparse.Namespace) -> int:
+    try:
+        authority = ca.load_ca(args.ca_dir)
+        issued = ca.issue(authority, args.name, args.out, ttl_seconds=args.ttl_seconds)
+    except ca.CAError as error:
+        print(f"shopmesh ca issue: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{issued.spiffe_id}: {issued.cert_path} (with the CA's), key {issued.key_path},"
+        f" valid until {issued.not_after:%Y-%m-%d %H:%M:%S} UTC"
+    )
     return 0
 
 
@@ -426,6 +447,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.handler(args))
 
 
+def add_ca_commands(commands: Any) -> None:
+    """`shopmesh ca init` and `shopmesh ca issue` (shopmesh/ca.py)."""
+    authority = commands.add_parser(
+        "ca",
+        help="the local CA: service identities (SPIFFE IDs) for mutual TLS",
+        description=ca.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ca_dir = ca.DEFAULT_CA_DIR
+    ca_commands = authority.add_subparsers(dest="ca_command", required=True)
+    init = ca_commands.add_parser("init", help="make the CA if it is not there")
+    init.add_argument("--ca-dir", type=pathlib.Path, default=ca_dir, help=f"[{ca_dir}]")
+    init.add_argument(
+        "--force", action="store_true", help="make a new CA: the old one's certificates stop"
+    )
+    init.set_defaults(handler=_ca_init)
+    issuing = ca_commands.add_parser(
+        "issue", help="issue a holder a key and certificate (again: a renewal)"
+    )
+    issuing.add_argument(
+        "name", help=f"the holder: a service, or envoy ({ca.NAME_PATTERN.pattern})"
+    )
+    issuing.add_argument(
+        "--out", type=pathlib.Path, required=True, help="directory for cert.pem and key.pem"
+    )
+    issuing.add_argument(
+        "--ttl-seconds",
+        type=int,
+        default=ca.DEFAULT_TTL_SECONDS,
+        help=f"the certificate's lifetime, 60..{ca.MAX_TTL_SECONDS} [{ca.DEFAULT_TTL_SECONDS}]",
+    )
+    issuing.add_argument("--ca-dir", type=pathlib.Path, default=ca_dir, help=f"[{ca_dir}]")
+    issuing.set_defaults(handler=_ca_issue)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopmesh", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -506,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="create the dev key pair and JWKS if missing")
     keys.add_argument("--keys-dir", type=pathlib.Path, default=keys_dir, help=f"[{keys_dir}]")
     keys.set_defaults(handler=_keys)
+
+    add_ca_commands(commands)
 
     restart = RestartPolicy()
     run = commands.add_parser(
