@@ -2,10 +2,10 @@
 
 A CA key pair under var/ca/ (the key owner-only), and short-lived certificates it issues
 to each service instance and each Envoy, naming the holder by a SPIFFE ID in a URI SAN
-(`spiffe://shopmesh.local/<name>`), the identity a peer checks, not a host name. Each
-certificate is for server and client use alike: a service serves with it and calls
-with it. Files are written whole and then renamed into place, so a reader picking up a
-renewed certificate never sees half of one.
+(`spiffe://shopmesh.local/<name>`), and by `<name>.shopmesh.local` for the clients that
+check only DNS names (`dns_name`). Each certificate is for server and client use alike:
+a service serves with it and calls with it. Files are written whole and then renamed
+into place, so a reader picking up a renewed certificate never sees half of one.
 
 For development and the test hosts only: a real deployment would hold the CA key in a
 KMS or Vault and issue through SPIRE or Vault's PKI engine (docs/architecture.md). The
@@ -73,6 +73,15 @@ def spiffe_id(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
         raise CAError(f"a holder's name must match {NAME_PATTERN.pattern}, got {name!r}")
     return f"spiffe://{TRUST_DOMAIN}/{name}"
+
+
+def dns_name(name: str) -> str:
+    """The DNS name a holder's certificate names besides its SPIFFE ID: for the clients
+    that can check only a host name (grpcio's Python channels, whose
+    `ssl_target_name_override` compares DNS SANs, never URI ones; nats-py; Consul), which
+    dial with it as the name to verify. Never resolved: it only names the identity."""
+    spiffe_id(name)  # the same rule for the name
+    return f"{name}.{TRUST_DOMAIN}"
 
 
 def ensure_ca(directory: pathlib.Path = DEFAULT_CA_DIR, *, force: bool = False) -> CA:
@@ -161,7 +170,9 @@ def issue(
         .not_valid_before(now - datetime.timedelta(seconds=BACKDATE_SECONDS))
         .not_valid_after(not_after)
         .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]),
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(identity), x509.DNSName(dns_name(name))]
+            ),
             critical=True,  # the subject is not the identity: a verifier must read this
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

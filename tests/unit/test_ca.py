@@ -165,3 +165,39 @@ def test_shopmesh_ca_init_then_issue_prints_the_identity_and_refuses_a_bad_name(
     missing = ("--ca-dir", str(tmp_path / "none"))
     assert cli.main(["ca", "issue", "order", "--out", str(tmp_path / "y"), *missing]) == 2
     assert "run `shopmesh ca init`" in capsys.readouterr().err
+
+
+def test_a_client_that_checks_host_names_accepts_only_the_holders_dns_name(
+    tmp_path: pathlib.Path,
+) -> None:
+    """What grpcio's Python channels can check (`ssl_target_name_override`): the DNS SAN."""
+    authority = ca.ensure_ca(tmp_path / "ca")
+    order = ca.issue(authority, "order", tmp_path / "order")
+    payment = ca.issue(authority, "payment", tmp_path / "payment")
+    outcomes = []
+    for expected in ("payment", "order"):
+        client = client_context(order, authority.cert_path)
+        client.check_hostname = True
+        server = server_context(payment, authority.cert_path)
+        left, right = socket.socketpair()
+        thread = threading.Thread(target=accept, args=(server, left))
+        thread.start()
+        try:
+            with client.wrap_socket(right, server_hostname=ca.dns_name(expected)):
+                outcomes.append("ok")
+        except ssl.SSLCertVerificationError as error:
+            outcomes.append(error.verify_message)
+        finally:
+            right.close()
+            thread.join(10)
+    assert outcomes[0] == "ok"
+    assert "Hostname mismatch" in outcomes[1]
+
+
+def accept(server: ssl.SSLContext, sock: socket.socket) -> None:
+    sock.settimeout(10)
+    try:
+        with server.wrap_socket(sock, server_side=True):
+            pass
+    except (ssl.SSLError, OSError):
+        sock.close()
