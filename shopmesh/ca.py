@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import os
 import pathlib
-import re
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -26,17 +25,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from services.common import tls
 from shopmesh.tools import WORKDIR
 
-TRUST_DOMAIN = "shopmesh.local"
+TRUST_DOMAIN = tls.TRUST_DOMAIN
 DEFAULT_CA_DIR = WORKDIR / "ca"
 CA_TTL_SECONDS = 365 * 86400
 """The CA's own lifetime: a development CA, made again by `shopmesh ca init --force`."""
 DEFAULT_TTL_SECONDS = 3600
 """A leaf certificate's lifetime: short, so that rotation is routine, not an event."""
 MAX_TTL_SECONDS = 7 * 86400
-NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,62}")
-"""A holder's name (a service's, or `envoy`): the last segment of its SPIFFE ID."""
+NAME_PATTERN = tls.NAME_PATTERN
 BACKDATE_SECONDS = 60
 """notBefore this far in the past: a peer whose clock is a little behind still accepts."""
 
@@ -72,7 +71,7 @@ def spiffe_id(name: str) -> str:
     """The SPIFFE ID of the holder `name`."""
     if not NAME_PATTERN.fullmatch(name):
         raise CAError(f"a holder's name must match {NAME_PATTERN.pattern}, got {name!r}")
-    return f"spiffe://{TRUST_DOMAIN}/{name}"
+    return tls.spiffe_id(name)
 
 
 def dns_name(name: str) -> str:
@@ -81,7 +80,7 @@ def dns_name(name: str) -> str:
     `ssl_target_name_override` compares DNS SANs, never URI ones; nats-py; Consul), which
     dial with it as the name to verify. Never resolved: it only names the identity."""
     spiffe_id(name)  # the same rule for the name
-    return f"{name}.{TRUST_DOMAIN}"
+    return tls.dns_name(name)
 
 
 def ensure_ca(directory: pathlib.Path = DEFAULT_CA_DIR, *, force: bool = False) -> CA:
@@ -103,20 +102,7 @@ def ensure_ca(directory: pathlib.Path = DEFAULT_CA_DIR, *, force: bool = False) 
             .not_valid_before(now - datetime.timedelta(seconds=BACKDATE_SECONDS))
             .not_valid_after(now + datetime.timedelta(seconds=CA_TTL_SECONDS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(signs_certificates=True), critical=True)
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
@@ -150,8 +136,9 @@ def issue(
     now: datetime.datetime | None = None,
 ) -> Issued:
     """Issues the holder `name` a new key and certificate for `ttl_seconds`, written to
-    `out`/cert.pem (the certificate, then the CA's: the chain a peer needs) and
-    `out`/key.pem (owner-only). Issuing again replaces both: a renewal."""
+    `out`/cert.pem (the certificate, then the CA's: the chain a peer needs),
+    `out`/key.pem (owner-only) and `out`/ca.pem (whom to trust): a certificate directory
+    (services/common/tls.py). Issuing again replaces them: a renewal."""
     identity = spiffe_id(name)
     if not 60 <= ttl_seconds <= MAX_TTL_SECONDS:
         raise CAError(f"ttl_seconds must be 60..{MAX_TTL_SECONDS}, got {ttl_seconds}")
@@ -176,20 +163,7 @@ def issue(
             critical=True,  # the subject is not the identity: a verifier must read this
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(signs_certificates=False), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -204,6 +178,7 @@ def issue(
     )
     out.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = out / "cert.pem", out / "key.pem"
+    _write(out / "ca.pem", ca.certificate.public_bytes(serialization.Encoding.PEM))
     # The key first: a reader that sees the new certificate finds its key already there.
     _write_private(key_path, _key_pem(key))
     chain = certificate.public_bytes(serialization.Encoding.PEM) + ca.certificate.public_bytes(
@@ -223,6 +198,21 @@ def identity_of(pem: bytes) -> str | None:
     uris = sans.value.get_values_for_type(x509.UniformResourceIdentifier)
     found = [u for u in uris if u.startswith(f"spiffe://{TRUST_DOMAIN}/")]
     return found[0] if len(found) == 1 else None
+
+
+def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
+    """Signatures only (EC keys sign the TLS handshake); the CA's also sign certificates."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _now() -> datetime.datetime:

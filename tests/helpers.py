@@ -3,7 +3,9 @@ running a command."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import pathlib
 import signal
@@ -100,6 +102,24 @@ def wait_for(condition: Callable[[], T | None], what: str, timeout: float = WAIT
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+async def eventually(
+    condition: Callable[[], Any],
+    what: str,
+) -> Any:
+    """Polls `condition` (on this event loop, so the calls under test go on; it may be a
+    coroutine function) until it returns something truthy; fails after WAIT_SECONDS."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {WAIT_SECONDS}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 class Reachable(Protocol):

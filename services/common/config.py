@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from services.common import db
+from services.common import db, tls
 from services.common.database import is_server_url
 from services.common.jetstream import JetStreamSettings
 from services.common.postgresql import PoolSettings, redacted
@@ -67,10 +67,40 @@ class ServerConfig:
         2.0, "how often to check that Consul still has this instance, and re-register if not"
     )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    tls_dir: pathlib.Path | None = setting(
+        None,
+        "mutual TLS: serve (and call) with the certificate in this directory (cert.pem,"
+        " key.pem, ca.pem: `shopmesh ca issue`), renewed files picked up without a restart;"
+        " unset: plaintext, which listens on loopback only",
+    )
+    allowed_callers: str = setting(
+        "gateway",
+        "under mutual TLS, the identities (names, comma-separated) whose calls are served;"
+        " any certificate from the CA may call the health service",
+    )
+
+    @property
+    def tls_files(self) -> tls.CertificateFiles | None:
+        """The certificate to serve and call with; None: plaintext."""
+        return tls.CertificateFiles(self.tls_dir) if self.tls_dir is not None else None
 
     def problems(self) -> list[str]:
         """Every problem with these settings; services add their own checks."""
         found = []
+        if self.tls_dir is None and not is_loopback(self.host):
+            found.append(
+                f"host {self.host!r} is not a loopback address: plaintext trusts every caller"
+                " that can connect, so it listens on loopback only (set tls_dir to serve"
+                " mutual TLS on other addresses)"
+            )
+        elif self.tls_dir is not None and not self.tls_dir.is_dir():
+            found.append(f"tls_dir {self.tls_dir} is not a directory")
+        callers = [n.strip() for n in self.allowed_callers.split(",")]
+        if not all(tls.NAME_PATTERN.fullmatch(n) for n in callers):
+            found.append(
+                f"allowed_callers must be names ({tls.NAME_PATTERN.pattern}) separated by"
+                f" commas, got {self.allowed_callers!r}"
+            )
         if not 0 <= self.port <= 65535:
             found.append(f"port must be 0..65535, got {self.port}")
         if self.grace_seconds < 0:
@@ -380,6 +410,13 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names only this machine: a loopback IP address, or localhost."""
+    if host == "localhost":
+        return True
+    return _is_ip(host) and ipaddress.ip_address(host).is_loopback
 
 
 def is_host_port(text: str) -> bool:

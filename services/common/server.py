@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import pathlib
 import signal
 import sqlite3
 import sys
@@ -22,9 +23,10 @@ import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import logs, migrations, reflection
+from services.common import logs, migrations, reflection, tls
 from services.common.config import ConfigError, ServerConfig, load
 from services.common.interceptor import ErrorInterceptor
+from services.common.peers import PeerInterceptor, parse_names
 from services.common.registration import Instance, Registration
 
 log = logging.getLogger(__name__)
@@ -59,14 +61,26 @@ class Service(Protocol):
 
 
 async def build_server(
-    service: Service, host: str = "127.0.0.1", port: int = 0
+    service: Service,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls_dir: pathlib.Path | None = None,
+    allowed_callers: str = "gateway",
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A server with the service, health and reflection, bound but not started."""
+    """A server with the service, health and reflection, bound but not started; mutual
+    TLS only with the certificate in `tls_dir` (services/common/tls.py), serving the
+    `allowed_callers` (services/common/peers.py), else plaintext."""
+    admission = [] if tls_dir is None else [PeerInterceptor(parse_names(allowed_callers))]
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(f"{service.name}.shopmesh"), *service.interceptors],
+        interceptors=[
+            ErrorInterceptor(f"{service.name}.shopmesh"),
+            *admission,
+            *service.interceptors,
+        ],
         options=[
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+            *(tls.SERVER_OPTIONS if tls_dir is not None else ()),
         ],
     )
     service.register(server)
@@ -74,7 +88,11 @@ async def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable((*service.service_names, health.SERVICE_NAME), server)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if tls_dir is None:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        else:
+            credentials = tls.server_credentials(tls.CertificateFiles(tls_dir))
+            bound = server.add_secure_port(f"{host}:{port}", credentials)
     except RuntimeError as error:  # grpc's way of saying the bind failed
         raise OSError(f"cannot listen on {host}:{port} (is the port in use?)") from error
     return server, bound, health_servicer
@@ -91,11 +109,20 @@ async def serve(service: Service, config: ServerConfig) -> None:
     Stopping: deregister from Consul (the control plane stops sending traffic here),
     health NOT_SERVING, then let in-flight calls finish for up to `grace_seconds`.
     """
-    server, port, health_servicer = await build_server(service, config.host, config.port)
+    server, port, health_servicer = await build_server(
+        service, config.host, config.port, config.tls_dir, config.allowed_callers
+    )
     await server.start()
     await service.start()
     await set_serving(health_servicer, service)
-    log.info("%s serving on %s:%d (pid %d)", service.name, config.host, port, os.getpid())
+    log.info(
+        "%s serving %s on %s:%d (pid %d)",
+        service.name,
+        "mutual TLS" if config.tls_dir else "plaintext",
+        config.host,
+        port,
+        os.getpid(),
+    )
     registration, keeper = None, None
     if config.consul_http:
         instance = Instance(service.name, config.advertise_address or config.host, port, _version())
@@ -166,10 +193,15 @@ def main(
 
 def startup_errors() -> tuple[type[Exception], ...]:
     """What a service that cannot start raises: its database unreachable, refusing the
-    login or unmigratable. The migrations run on psycopg (on PostgreSQL), the pool on
-    asyncpg, whose errors are raised as ConnectionError, an OSError. psycopg's error is
-    named only if psycopg was loaded: a process on SQLite never imports it (about 8 MB of
-    memory per process)."""
-    kinds: tuple[type[Exception], ...] = (OSError, sqlite3.Error, migrations.MigrationError)
+    login or unmigratable, or its certificate unusable. The migrations run on psycopg (on
+    PostgreSQL), the pool on asyncpg, whose errors are raised as ConnectionError, an
+    OSError. psycopg's error is named only if psycopg was loaded: a process on SQLite
+    never imports it (about 8 MB of memory per process)."""
+    kinds: tuple[type[Exception], ...] = (
+        OSError,
+        sqlite3.Error,
+        migrations.MigrationError,
+        tls.TLSError,
+    )
     psycopg = sys.modules.get("psycopg")
     return (*kinds, psycopg.Error) if psycopg is not None else kinds

@@ -40,6 +40,11 @@ class OrderConfig(StoreConfig):
     inventory_target: str = setting("127.0.0.1:50051", "gRPC address of the inventory service")
     payment_target: str = setting("127.0.0.1:50052", "gRPC address of the payment service")
     call_timeout_seconds: float = setting(2.0, "deadline of each call to inventory or payment")
+    upstream_name: str = setting(
+        "gateway",
+        "under mutual TLS, the identity the certificate of inventory_target and"
+        " payment_target must name (Envoy's internal listener: gateway)",
+    )
     step_retry_seconds: float = setting(
         10.0,
         "how long a saga step before the pivot retries UNAVAILABLE/DEADLINE_EXCEEDED "

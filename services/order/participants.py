@@ -14,6 +14,7 @@ from google.protobuf import duration_pb2
 from services.common.errors import ErrorKind, ServiceError
 from services.common.identity import outbound_metadata
 from services.common.status import error_details
+from services.common.tls import CertificateFiles, ReloadingChannel
 from services.order.domain import LineItem, Order
 from services.order.saga import StepError
 from shop.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory_service_pb2_grpc
@@ -42,16 +43,34 @@ class GrpcParticipants:
         inventory_target: str,
         payment_target: str,
         timeout: float,
+        *,
         authorization_seconds: float | None = None,
+        tls_files: CertificateFiles | None = None,
+        upstream_name: str = "gateway",
     ) -> None:
         """`authorization_seconds`: how long payment is asked to hold an order's money
-        (OrderConfig.authorization_seconds); None leaves it to payment's default."""
+        (OrderConfig.authorization_seconds); None leaves it to payment's default.
+        `tls_files`: call with mutual TLS, with this certificate, and accept only a server
+        whose certificate names `upstream_name`; None: plaintext."""
         self._authorization_seconds = authorization_seconds
-        self._inventory_channel = grpc.aio.insecure_channel(inventory_target)
-        self._payment_channel = grpc.aio.insecure_channel(payment_target)
-        self._inventory = inventory_service_pb2_grpc.InventoryServiceStub(self._inventory_channel)
-        self._payment = payment_service_pb2_grpc.PaymentServiceStub(self._payment_channel)
+        self._inventory_channel = ReloadingChannel(
+            inventory_target,
+            inventory_service_pb2_grpc.InventoryServiceStub,
+            tls_files,
+            upstream_name,
+        )
+        self._payment_channel = ReloadingChannel(
+            payment_target, payment_service_pb2_grpc.PaymentServiceStub, tls_files, upstream_name
+        )
         self._timeout = timeout
+
+    @property
+    def _inventory(self) -> inventory_service_pb2_grpc.InventoryServiceStub:
+        return self._inventory_channel.stub()
+
+    @property
+    def _payment(self) -> payment_service_pb2_grpc.PaymentServiceStub:
+        return self._payment_channel.stub()
 
     async def close(self) -> None:
         await self._inventory_channel.close()

@@ -39,6 +39,8 @@ class OrderService:
             config.payment_target,
             config.call_timeout_seconds,
             authorization_seconds=config.authorization_seconds,
+            tls_files=config.tls_files,
+            upstream_name=config.upstream_name,
         )
         self.saga = SagaRunner(
             self.store,

@@ -19,6 +19,11 @@ class ReportingConfig(StoreConfig):
         "127.0.0.1:50051", "gRPC address of the inventory service (product names)"
     )
     call_timeout_seconds: float = setting(2.0, "deadline of each GetProduct call to inventory")
+    upstream_name: str = setting(
+        "gateway",
+        "under mutual TLS, the identity inventory_target's certificate must name (Envoy's internal"
+        " listener: gateway)",
+    )
     consumer_name: str = setting(
         "reporting", "the durable JetStream consumer whose position the read model keeps"
     )

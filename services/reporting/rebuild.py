@@ -43,7 +43,9 @@ async def rebuild(config: ReportingConfig, ready_seconds: float = 30.0) -> int:
     if (await store.state()).applied_sequence:
         await store.aclose()
         raise NotEmpty(f"{config.db_location} already holds a read model: rebuild into a new one")
-    names = InventoryNames(config.inventory_target, config.call_timeout_seconds)
+    names = InventoryNames(
+        config.inventory_target, config.call_timeout_seconds, config.tls_files, config.upstream_name
+    )
     # Deleted at the end; if the rebuild dies first, the server removes it once unused.
     source = await open_source(
         config,

@@ -46,7 +46,12 @@ class ReportingService:
         self.store = store
         self._sources = sources
         self.source: ClosableSource | None = None
-        self._names = InventoryNames(config.inventory_target, config.call_timeout_seconds)
+        self._names = InventoryNames(
+            config.inventory_target,
+            config.call_timeout_seconds,
+            config.tls_files,
+            config.upstream_name,
+        )
         self._stop = asyncio.Event()
         self._consumer: asyncio.Task[None] | None = None
 

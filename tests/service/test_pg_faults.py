@@ -43,6 +43,7 @@ from tests.helpers import (
     Ledger,
     assert_calls_resolved,
     assert_invariants,
+    eventually,
     record_fault,
     wait_for,
 )
@@ -65,19 +66,6 @@ LOAD_ACCOUNTS = {"rich": 100_000_000}
 STORAGE_CLASS = {"STORAGE_UNAVAILABLE", "INVENTORY_UNAVAILABLE", "PAYMENT_UNAVAILABLE"}
 """The UNAVAILABLE reasons a CreateOrder may come back with while a database is down:
 the order service's own store's, or a saga cancelled by a participant's."""
-
-
-async def eventually(condition: Callable[[], T | None], what: str) -> T:
-    """Polls `condition` (on this event loop, so the calls under test go on) until it
-    returns something truthy; fails after WAIT_SECONDS."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {WAIT_SECONDS}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def refusal(call: Awaitable[object]) -> tuple[ServiceError, float]:

@@ -1,5 +1,5 @@
-"""A service started with bad settings, or on a port in use, exits at once with a clear
-message; `--help` lists every setting."""
+"""A service started with bad settings, on a port in use or with an unusable certificate,
+exits at once with a clear message; `--help` lists every setting."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from services.order.config import GATEWAY_TRY_TIMEOUT_SECONDS
+from shopmesh import ca
 from tests.helpers import run_command
 
 
@@ -76,6 +77,36 @@ def test_a_busy_port_fails_the_start_with_a_clear_message(tmp_path: pathlib.Path
         )
     assert (
         f"inventory cannot start: cannot listen on 127.0.0.1:{port} (is the port in use?)"
+        in started.stderr
+    )
+    assert "Traceback" not in started.stderr
+
+
+def test_a_service_whose_certificate_is_unusable_exits_1_saying_why(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A key that is not the certificate's (a renewal half done, or files mixed up)."""
+    authority = ca.ensure_ca(tmp_path / "ca")
+    ca.issue(authority, "inventory", tmp_path / "inventory")
+    ca.issue(authority, "payment", tmp_path / "payment")
+    (tmp_path / "inventory" / "key.pem").write_bytes(
+        (tmp_path / "payment" / "key.pem").read_bytes()
+    )
+    started = run_command(
+        [
+            sys.executable,
+            "-m",
+            "services.inventory",
+            "--tls-dir",
+            str(tmp_path / "inventory"),
+            "--db-path",
+            str(tmp_path / "inventory.db"),
+        ],
+        expect=1,
+        timeout=30,
+    )
+    assert (
+        f"inventory cannot start: {tmp_path / 'inventory'}: key.pem is not cert.pem's key"
         in started.stderr
     )
     assert "Traceback" not in started.stderr

@@ -14,6 +14,7 @@ import pytest
 from services.common import migrations
 from services.common.config import ConfigError, load
 from services.common.server import startup_errors
+from services.common.tls import TLSError
 from services.common.validation import MAX_AUTHORIZATION_SECONDS, MAX_HOLD_SECONDS
 from services.inventory.config import InventoryConfig
 from services.inventory.service import create as create_inventory
@@ -156,4 +157,32 @@ def test_a_service_that_cannot_start_names_psycopgs_error_only_once_it_is_loaded
     the migrations on PostgreSQL, without importing psycopg in a process on SQLite."""
     assert psycopg.Error in startup_errors() and migrations.MigrationError in startup_errors()
     monkeypatch.delitem(sys.modules, "psycopg")
-    assert startup_errors() == (OSError, sqlite3.Error, migrations.MigrationError)
+    assert startup_errors() == (OSError, sqlite3.Error, migrations.MigrationError, TLSError)
+
+
+def test_plaintext_listens_on_loopback_only_and_mutual_tls_needs_its_directory(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Plaintext trusts whoever connects, so it never listens beyond this machine."""
+    with pytest.raises(ConfigError) as raised:
+        load(InventoryConfig, ["--host", "169.254.7.1"], {})
+    assert raised.value.problems == (
+        "host '169.254.7.1' is not a loopback address: plaintext trusts every caller that can"
+        " connect, so it listens on loopback only (set tls_dir to serve mutual TLS on other"
+        " addresses)",
+    )
+    with pytest.raises(ConfigError) as raised:
+        load(
+            InventoryConfig,
+            ["--host", "169.254.7.1", "--tls-dir", str(tmp_path / "none")],
+            {"SHOP_ALLOWED_CALLERS": "gateway,Order"},
+        )
+    assert raised.value.problems == (
+        f"tls_dir {tmp_path / 'none'} is not a directory",
+        "allowed_callers must be names ([a-z][a-z0-9-]{0,62}) separated by commas,"
+        " got 'gateway,Order'",
+    )
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert load(InventoryConfig, ["--host", host], {}).tls_files is None
+    served = load(InventoryConfig, ["--host", "169.254.7.1", "--tls-dir", str(tmp_path)], {})
+    assert served.tls_files is not None and served.tls_files.directory == tmp_path

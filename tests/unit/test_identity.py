@@ -22,6 +22,9 @@ class Context:
     def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
         return self._metadata
 
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}  # a plaintext port
+
 
 REFUSED = ["", "zoë", "a b", "a\nb", "a\x00b", "a,b", "a/b", "a:b", "é", "u" * 129]
 

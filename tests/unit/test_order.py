@@ -171,6 +171,9 @@ class CallerContext:
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return ALICE
 
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}  # a plaintext port
+
     def time_remaining(self) -> float | None:
         return None
 
