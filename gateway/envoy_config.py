@@ -7,14 +7,18 @@ the rest of the policy lives in the YAML. Rendering fails if a placeholder is le
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 import string
 from dataclasses import asdict, dataclass, field
 
+import yaml
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
+from gateway import mutual_tls
+from services.common.config import is_loopback
 from services.common.identity import USER_ID_PATTERN, USER_ID_RULE
 
 TEMPLATE = pathlib.Path(__file__).with_name("envoy.yaml")
@@ -120,6 +124,19 @@ class EnvoySettings:
     order_try_timeout_seconds: float
     """Per-try timeout of the OrderService route; CreateOrder's wait stays below it."""
     limits: Limits = field(default_factory=Limits)
+    mutual_tls: bool = False
+    """Call the services over mutual TLS and serve it on the internal listener, with the
+    certificates the control plane sends over SDS (gateway/mutual_tls.py)."""
+    internal_address: str = "127.0.0.1"
+    """Where the internal listener listens: loopback in plaintext; a host's address is
+    for mutual TLS only (whoever reaches a plaintext listener is believed)."""
+
+    def __post_init__(self) -> None:
+        if not self.mutual_tls and not is_loopback(self.internal_address):
+            raise ValueError(
+                f"the internal listener may listen on {self.internal_address} only under"
+                " mutual TLS: in plaintext it believes every caller's x-shop-user"
+            )
 
 
 def render(settings: EnvoySettings) -> str:
@@ -137,7 +154,11 @@ def render(settings: EnvoySettings) -> str:
     names = sorted(path_parameters(descriptor))
     json_names = [re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), n) for n in names]
     values["PATH_PARAMETERS_LUA"] = ", ".join(f'["{n}"] = true' for n in {*names, *json_names})
-    return string.Template(TEMPLATE.read_text()).substitute(values)
+    rendered = string.Template(TEMPLATE.read_text()).substitute(values)
+    if not settings.mutual_tls:
+        return rendered
+    # JSON is YAML to Envoy, and has no anchors for the shared pieces to alias.
+    return json.dumps(mutual_tls.apply(yaml.safe_load(rendered)), indent=1)
 
 
 def http_rules(descriptor_set: bytes) -> dict[str, list[http_pb2.HttpRule]]:

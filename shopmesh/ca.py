@@ -16,8 +16,10 @@ SAN) are ours.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import pathlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -134,11 +136,14 @@ def issue(
     *,
     ttl_seconds: int = DEFAULT_TTL_SECONDS,
     now: datetime.datetime | None = None,
+    addresses: Sequence[str] = (),
 ) -> Issued:
     """Issues the holder `name` a new key and certificate for `ttl_seconds`, written to
     `out`/cert.pem (the certificate, then the CA's: the chain a peer needs),
     `out`/key.pem (owner-only) and `out`/ca.pem (whom to trust): a certificate directory
-    (services/common/tls.py). Issuing again replaces them: a renewal."""
+    (services/common/tls.py). Issuing again replaces them: a renewal. `addresses`: IP
+    addresses the certificate names too, for a server its clients dial by address and
+    verify as a host (Consul's HTTPS API, whose clients are HTTP libraries)."""
     identity = spiffe_id(name)
     if not 60 <= ttl_seconds <= MAX_TTL_SECONDS:
         raise CAError(f"ttl_seconds must be 60..{MAX_TTL_SECONDS}, got {ttl_seconds}")
@@ -158,7 +163,11 @@ def issue(
         .not_valid_after(not_after)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(identity), x509.DNSName(dns_name(name))]
+                [
+                    x509.UniformResourceIdentifier(identity),
+                    x509.DNSName(dns_name(name)),
+                    *(x509.IPAddress(ipaddress.ip_address(a)) for a in addresses),
+                ]
             ),
             critical=True,  # the subject is not the identity: a verifier must read this
         )

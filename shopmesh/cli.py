@@ -224,7 +224,15 @@ PORT_FLAGS = {f.name: f"--{f.name.replace('_', '-')}-port" for f in fields(syste
     "consul_http": "--consul-port"
 }
 # Settings that `shopmesh run` has a flag for, named after the field.
-RUN_FLAGS = ("instances", "workdir", "envoy_concurrency", "postgres", "smtp", "events")
+RUN_FLAGS = (
+    "instances",
+    "workdir",
+    "envoy_concurrency",
+    "postgres",
+    "smtp",
+    "events",
+    "mutual_tls",
+)
 
 
 def add_setting_flag(
@@ -378,8 +386,18 @@ def _run(args: argparse.Namespace) -> int:
     # The supervisor lives here, in the parent that stays: it restarts a part that exits
     # (Envoy also needs a live parent: it asks the kernel to stop it when its parent exits).
     code = 0
+    renewed = time.monotonic()
+
+    def stop_or_renew() -> bool:
+        nonlocal renewed
+        if settings.mutual_tls and time.monotonic() - renewed > system.RENEW_EVERY_SECONDS:
+            running.renew_certificates()
+            renewed = time.monotonic()
+            log.info("renewed every certificate under %s", settings.workdir / "certs")
+        return stopping
+
     try:
-        Supervisor(running.parts()).run(lambda: stopping)
+        Supervisor(running.parts()).run(stop_or_renew)
     except CrashLoop as loop:
         log.error("%s. Stopping.", loop)
         code = 1

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import signal
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -28,8 +30,9 @@ from dataclasses import dataclass, field, fields, replace
 from gateway.controlplane.config import ADS_PORT, CONSUL_HTTP_PORT
 from gateway.envoy_config import EnvoySettings, Limits, write
 from services.common.config import setting
+from services.common.registration import ConsulAccess
 from services.order.config import GATEWAY_TRY_TIMEOUT_SECONDS
-from shopmesh import postgres, tokens
+from shopmesh import ca, consul_security, postgres, tokens
 from shopmesh.check import Location
 from shopmesh.nats_server import NatsServer
 from shopmesh.postgres import ServiceDatabase
@@ -120,6 +123,16 @@ class Settings:
         " services' outbox relays; off, none of them runs and the services write no"
         " outbox row (the order log stays), as the benchmark's events-off system",
     )
+    mutual_tls: bool = setting(
+        False,
+        "mutual TLS between Envoy and the services, each with a certificate from a CA under"
+        " WORKDIR/ca naming it by SPIFFE ID (WORKDIR/certs/NAME; renew one with `shopmesh"
+        " ca issue NAME --out WORKDIR/certs/NAME --ca-dir WORKDIR/ca`, no restart)",
+    )
+
+    def certificate_dir(self, name: str) -> pathlib.Path:
+        """The certificate directory of holder `name` under mutual TLS."""
+        return self.workdir / "certs" / name
 
 
 def store_flags(location: Location) -> dict[str, str]:
@@ -129,10 +142,12 @@ def store_flags(location: Location) -> dict[str, str]:
     return {"db_path": str(location)}
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    """(status, body) of a GET, (0, "") if nothing answers."""
+def http_get(
+    url: str, timeout: float = 2.0, context: ssl.SSLContext | None = None
+) -> tuple[int, str]:
+    """(status, body) of a GET, (0, "") if nothing answers; `context` for https://."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode(errors="replace")
@@ -269,6 +284,15 @@ class System:
         ):
             stop_together(tier)
 
+    def renew_certificates(self) -> None:
+        """Under mutual TLS, a new certificate for every holder: the services and the
+        control plane (for Envoy, over SDS) pick theirs up by themselves; Consul's agent
+        re-reads its files on SIGHUP (`consul reload`)."""
+        if not self.settings.mutual_tls:
+            return
+        issue_certificates(self.settings, lambda _: None)
+        self.consul.signal(signal.SIGHUP)
+
     # Restarts, for operators and fault tests.
 
     def restart_consul(self, kill: bool = False) -> None:
@@ -283,8 +307,14 @@ class System:
         )
 
 
-def consul_has_leader(http_address: str) -> bool:
-    status, body = http_get(f"http://{http_address}/v1/status/leader")
+def consul_has_leader(http_address: str, tls_dir: pathlib.Path | None = None) -> bool:
+    """Whether the agent knows a leader; over HTTPS with `tls_dir`'s certificate if set."""
+    context = None
+    if tls_dir is not None:
+        context = ssl.create_default_context(cafile=tls_dir / "ca.pem")
+        context.load_cert_chain(tls_dir / "cert.pem", tls_dir / "key.pem")
+    scheme = "https" if context is not None else "http"
+    status, body = http_get(f"{scheme}://{http_address}/v1/status/leader", context=context)
     return status == 200 and body.strip() not in ("", '""')
 
 
@@ -294,6 +324,7 @@ def consul_process(settings: Settings) -> Process:
     data = settings.workdir / "consul"
     data.mkdir(parents=True, exist_ok=True)
     http_address = f"127.0.0.1:{ports.consul_http}"
+    operator = settings.certificate_dir("operator") if settings.mutual_tls else None
     return Process(
         "consul",
         settings.workdir / "consul.log",
@@ -307,7 +338,7 @@ def consul_process(settings: Settings) -> Process:
             "-advertise=127.0.0.1",
             "-client=127.0.0.1",
             f"-data-dir={data}",
-            f"-http-port={ports.consul_http}",
+            *consul_http_flags(settings),
             f"-dns-port={ports.consul_dns}",
             f"-server-port={ports.consul_server}",
             f"-serf-lan-port={ports.consul_serf}",
@@ -317,8 +348,65 @@ def consul_process(settings: Settings) -> Process:
             "-hcl",
             "performance { raft_multiplier = 1 }",
         ],
-        ready=lambda: consul_has_leader(http_address),
+        ready=lambda: consul_has_leader(http_address, operator),
     )
+
+
+def consul_http_flags(settings: Settings) -> list[str]:
+    """Plain HTTP on the Consul port; under mutual TLS the locked-down agent's config file
+    instead (shopmesh/consul_security.py: HTTPS there, ACLs, gossip encryption)."""
+    if not settings.mutual_tls:
+        return [f"-http-port={settings.ports.consul_http}"]
+    config = consul_security.agent_config(
+        consul_secrets(settings), settings.certificate_dir("consul"), settings.ports.consul_http
+    )
+    path = consul_security.write_agent_config(settings.workdir / "consul-agent.json", config)
+    return [f"-config-file={path}"]
+
+
+def consul_secrets(settings: Settings) -> consul_security.ConsulSecrets:
+    return consul_security.ConsulSecrets(settings.workdir / "consul-secrets")
+
+
+def operator_access(settings: Settings) -> ConsulAccess:
+    """shopmesh's own access to the locked-down Consul: the bootstrap token, over HTTPS."""
+    return ConsulAccess(
+        f"127.0.0.1:{settings.ports.consul_http}",
+        consul_secrets(settings).token_file("master"),
+        settings.certificate_dir("operator"),
+    )
+
+
+def create_consul_tokens(settings: Settings) -> None:
+    """Under mutual TLS, the agent's and every Consul client's token (once: kept)."""
+    if settings.mutual_tls:
+        consul_security.create_tokens(
+            operator_access(settings), consul_secrets(settings), "shopmesh", CONSUL_CLIENTS
+        )
+
+
+CONSUL_CLIENTS = ("controlplane", *postgres.SERVICES)
+"""Who registers in Consul (and so has a Consul token of its own)."""
+HOLDERS = ("gateway", "consul", "operator", *CONSUL_CLIENTS)
+"""Who gets a certificate under mutual TLS: Envoy, Consul's agent, shopmesh's own calls
+to Consul (readiness, creating tokens), the control plane and each service."""
+RENEW_EVERY_SECONDS = ca.DEFAULT_TTL_SECONDS / 3
+"""How often `shopmesh run --mutual-tls` renews every certificate: a third of a lifetime,
+so one missed renewal still leaves a valid certificate."""
+
+
+def issue_certificates(settings: Settings, progress: Callable[[str], None]) -> None:
+    """Under mutual TLS, a CA under WORKDIR/ca (made once) and a fresh certificate for
+    every holder."""
+    if not settings.mutual_tls:
+        return
+    progress("issuing certificates")
+    authority = ca.ensure_ca(settings.workdir / "ca")
+    for name in HOLDERS:
+        # Consul's clients are HTTP libraries that dial it by address and check it.
+        addresses = ("127.0.0.1",) if name == "consul" else ()
+        ca.issue(authority, name, settings.certificate_dir(name), addresses=addresses)
+    consul_secrets(settings).ensure(CONSUL_CLIENTS)
 
 
 def nats_process(settings: Settings) -> NatsServer:
@@ -346,6 +434,7 @@ def envoy_settings(settings: Settings, keys: tokens.Keys) -> EnvoySettings:
         # The order service checks its create wait against the same constant at start.
         order_try_timeout_seconds=GATEWAY_TRY_TIMEOUT_SECONDS,
         limits=settings.envoy_limits,
+        mutual_tls=settings.mutual_tls,
     )
 
 
@@ -384,8 +473,38 @@ def service_flags(
     extra["nats_url"] = nats_url
     if not settings.events:
         extra["events"] = "false"
+    extra.update(tls_flags(name, settings))
     extra.update(settings.service_settings.get(name, {}))
     return extra
+
+
+def controlplane_flags(settings: Settings, consul_http: str) -> dict[str, str]:
+    """What the control plane watches, and (under mutual TLS) the certificate it sends
+    Envoy over SDS."""
+    flags = {"watch_consul_http": consul_http}
+    if settings.mutual_tls:
+        flags["envoy_tls_dir"] = str(settings.certificate_dir("gateway"))
+        flags.update(consul_flags("controlplane", settings))
+    return flags
+
+
+def tls_flags(name: str, settings: Settings) -> dict[str, str]:
+    """A service's certificate under mutual TLS, and its Consul token and HTTPS; none in
+    plaintext."""
+    if not settings.mutual_tls:
+        return {}
+    return {
+        "tls_dir": str(settings.certificate_dir(name)),
+        **consul_flags(name, settings),
+    }
+
+
+def consul_flags(name: str, settings: Settings) -> dict[str, str]:
+    """How holder `name` reaches the locked-down Consul: its token, its certificate."""
+    return {
+        "consul_token_file": str(consul_secrets(settings).token_file(name)),
+        "consul_tls_dir": str(settings.certificate_dir(name)),
+    }
 
 
 def smtp_sink(settings: Settings) -> ServiceProcess | None:
@@ -407,9 +526,29 @@ def reporting_process(settings: Settings, database: Location, nats_url: str) -> 
             **store_flags(database),
             "nats_url": nats_url,
             "inventory_target": f"127.0.0.1:{settings.ports.internal}",
+            **tls_flags("reporting", settings),
             **settings.service_settings.get("reporting", {}),
         },
     )
+
+
+def start_databases(
+    settings: Settings, started: list[Process], progress: Callable[[str], None]
+) -> tuple[postgres.Cluster | None, dict[str, Location]]:
+    """Each service's database: a SQLite file under the workdir, a database in the
+    PostgreSQL cluster started now (`Settings.postgres`, added to `started`), or the one
+    `Settings.databases` names."""
+    cluster = None
+    databases: dict[str, Location] = {
+        name: settings.workdir / f"{name}.db" for name in postgres.SERVICES
+    }
+    if settings.postgres:
+        progress("starting postgresql")
+        cluster = postgres.Cluster(settings.workdir)
+        started.append(cluster.start().process)
+        databases.update({name: cluster.service_database(name) for name in databases})
+    databases.update(settings.databases)
+    return cluster, databases
 
 
 def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> System:
@@ -424,17 +563,9 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
     consul_http = f"127.0.0.1:{ports.consul_http}"
     started: list[Process] = []
     try:
-        cluster = None
-        databases: dict[str, Location] = {
-            name: workdir / f"{name}.db" for name in postgres.SERVICES
-        }
-        if settings.postgres:
-            progress("starting postgresql")
-            cluster = postgres.Cluster(workdir)
-            started.append(cluster.start().process)
-            databases.update({name: cluster.service_database(name) for name in databases})
-        databases.update(settings.databases)
+        cluster, databases = start_databases(settings, started, progress)
 
+        issue_certificates(settings, progress)
         progress("starting nats and consul" if settings.events else "starting consul")
         nats = nats_process(settings).start() if settings.events else None
         started.extend([nats] if nats is not None else [])
@@ -445,6 +576,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
         if nats is not None:
             nats.wait_until(nats.is_ready, "JetStream starting", READY_TIMEOUT_SECONDS)
         consul.wait_until(consul.is_ready, "Consul electing itself leader", READY_TIMEOUT_SECONDS)
+        create_consul_tokens(settings)
 
         progress("starting the control plane, the services and envoy")
         registered = {"consul_http": consul_http}
@@ -453,7 +585,7 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
             workdir,
             port=ports.xds,
             module="gateway.controlplane",
-            settings={**registered, "watch_consul_http": consul_http},
+            settings={**registered, **controlplane_flags(settings, consul_http)},
         )
         started.append(controlplane)
         groups: dict[str, list[ServiceProcess]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 from dataclasses import dataclass
 
 from services.common.config import ServerConfig, is_host_port, setting
@@ -23,11 +24,18 @@ class ControlPlaneConfig(ServerConfig):
     clusters: str = setting(
         "inventory,payment,order,notification,reporting", "comma-separated Consul services to serve"
     )
+    envoy_tls_dir: pathlib.Path | None = setting(
+        None,
+        "the certificate directory Envoy serves and calls with (`shopmesh ca issue gateway`),"
+        " sent to it over SDS and again after each renewal; unset: none (Envoy in plaintext)",
+    )
 
     def problems(self) -> list[str]:
         found = super().problems()
         if not self.cluster_names:
             found.append("clusters must name at least one service")
+        if self.envoy_tls_dir is not None and not self.envoy_tls_dir.is_dir():
+            found.append(f"envoy_tls_dir {self.envoy_tls_dir} is not a directory")
         if not is_host_port(self.watch_consul_http):
             found.append(f"watch_consul_http must be host:port, got {self.watch_consul_http!r}")
         return found

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from gateway.controlplane.resources import Endpoint, endpoints_from_health
-from services.common.registration import CONSUL_ERRORS, consul_client
+from services.common.registration import CONSUL_ERRORS, ConsulAccess, consul_client
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,11 @@ def in_daemon_thread(call: Callable[[], T]) -> asyncio.Future[T]:
 class ServiceWatch:
     def __init__(
         self,
-        consul_http: str,
+        consul: ConsulAccess | str,
         service: str,
         publish: Callable[[str, list[Endpoint]], None],
     ) -> None:
-        self._client = consul_client(consul_http)
+        self._client = consul_client(consul)
         self._service = service
         self._publish = publish
         self.last_good: list[Endpoint] = []

@@ -20,8 +20,10 @@ from typing import Any
 
 from envoy.config.core.v3 import address_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from google.protobuf import message
 
 EDS_TYPE_URL = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SDS_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 HEALTHY = health_check_pb2.HealthStatus.HEALTHY
 UNHEALTHY = health_check_pb2.HealthStatus.UNHEALTHY
@@ -99,7 +101,11 @@ def load_assignment(
     )
 
 
-def version_of(assignment: endpoint_pb2.ClusterLoadAssignment) -> str:
-    """A version derived from the content: the same endpoints always give the same version,
+def type_url_of(body: message.Message) -> str:
+    return f"type.googleapis.com/{body.DESCRIPTOR.full_name}"
+
+
+def version_of(body: message.Message) -> str:
+    """A version derived from the content: the same resource always gives the same version,
     across control-plane restarts too."""
-    return hashlib.sha256(assignment.SerializeToString(deterministic=True)).hexdigest()[:16]
+    return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()[:16]

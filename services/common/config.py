@@ -24,6 +24,7 @@ from services.common import db, tls
 from services.common.database import is_server_url
 from services.common.jetstream import JetStreamSettings
 from services.common.postgresql import PoolSettings, redacted
+from services.common.registration import ConsulAccess
 
 ENV_PREFIX = "SHOP_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -63,6 +64,14 @@ class ServerConfig:
     advertise_address: str = setting(
         "", "IP address other hosts reach this instance at (registered in Consul); unset: host"
     )
+    consul_token_file: pathlib.Path | None = setting(
+        None, "file holding this process's Consul ACL token (owner-only); unset: no token"
+    )
+    consul_tls_dir: pathlib.Path | None = setting(
+        None,
+        "call Consul's HTTP API over HTTPS with the certificate in this directory (an agent"
+        " that verifies incoming certificates); unset: plain HTTP",
+    )
     registration_interval_seconds: float = setting(
         2.0, "how often to check that Consul still has this instance, and re-register if not"
     )
@@ -78,6 +87,10 @@ class ServerConfig:
         "under mutual TLS, the identities (names, comma-separated) whose calls are served;"
         " any certificate from the CA may call the health service",
     )
+
+    def consul_access(self, http_address: str) -> ConsulAccess:
+        """How this process reaches the agent at `http_address` (its token, its HTTPS)."""
+        return ConsulAccess(http_address, self.consul_token_file, self.consul_tls_dir)
 
     @property
     def tls_files(self) -> tls.CertificateFiles | None:
@@ -95,6 +108,10 @@ class ServerConfig:
             )
         elif self.tls_dir is not None and not self.tls_dir.is_dir():
             found.append(f"tls_dir {self.tls_dir} is not a directory")
+        for name in ("consul_token_file", "consul_tls_dir"):
+            path = getattr(self, name)
+            if path is not None and not path.exists():
+                found.append(f"{name} {path} does not exist")
         callers = [n.strip() for n in self.allowed_callers.split(",")]
         if not all(tls.NAME_PATTERN.fullmatch(n) for n in callers):
             found.append(

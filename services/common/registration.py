@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pathlib
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -41,16 +42,45 @@ class Instance:
     address: str
     port: int
     version: str
+    tls: bool = False
+    """Whether it serves mutual TLS (Consul's check must then speak TLS)."""
 
     @property
     def service_id(self) -> str:
         return f"{self.name}-{self.address}-{self.port}"
 
 
-def consul_client(http_address: str) -> consul.Consul:
-    """A client for the agent at `host:port` (its HTTP API)."""
-    host, _, port = http_address.rpartition(":")
-    return consul.Consul(host=host, port=int(port), connections_timeout=CONSUL_TIMEOUT_SECONDS)
+@dataclass(frozen=True)
+class ConsulAccess:
+    """How to reach an agent's HTTP API: `host:port`, and where Consul is locked down
+    (shopmesh/consul_security.py) the caller's ACL token and the certificate directory it
+    calls HTTPS with (the agent verifies incoming certificates)."""
+
+    http_address: str
+    token_file: pathlib.Path | None = None
+    tls_dir: pathlib.Path | None = None
+
+
+def consul_client(access: ConsulAccess | str) -> consul.Consul:
+    """A client for the agent (a ConsulAccess, or just its plaintext `host:port`)."""
+    if isinstance(access, str):
+        access = ConsulAccess(access)
+    host, _, port = access.http_address.rpartition(":")
+    token = access.token_file.read_text().strip() if access.token_file is not None else None
+    secure: dict[str, Any] = {}
+    if access.tls_dir is not None:
+        secure = {
+            "scheme": "https",
+            "verify": str(access.tls_dir / "ca.pem"),
+            "cert": (str(access.tls_dir / "cert.pem"), str(access.tls_dir / "key.pem")),
+        }
+    return consul.Consul(
+        host=host,
+        port=int(port),
+        token=token,
+        connections_timeout=CONSUL_TIMEOUT_SECONDS,
+        **secure,
+    )
 
 
 def check_definition(instance: Instance) -> dict[str, Any]:
@@ -65,14 +95,21 @@ def check_definition(instance: Instance) -> dict[str, Any]:
     # We register only once health is SERVING, so start passing rather than critical:
     # traffic can come at once instead of after the first check interval.
     check["Status"] = "passing"
+    if instance.tls:
+        # The agent presents its own certificate (its cert_file, from our CA), which any
+        # certified caller may use on the health service (services/common/peers.py). It
+        # skips verifying the instance's: it dials an IP address, which our certificates
+        # do not name, and Envoy verifies every instance's identity before calling it.
+        check["GRPCUseTLS"] = True
+        check["TLSSkipVerify"] = True
     return check
 
 
 class Registration:
     """The registration of one instance with the local Consul agent."""
 
-    def __init__(self, http_address: str, instance: Instance) -> None:
-        self._client = consul_client(http_address)
+    def __init__(self, access: ConsulAccess | str, instance: Instance) -> None:
+        self._client = consul_client(access)
         self.instance = instance
         # Cancelling keep_registered does not stop a register() already running in its
         # thread; the lock and flag make sure it cannot land after the deregistration.

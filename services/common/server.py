@@ -125,8 +125,10 @@ async def serve(service: Service, config: ServerConfig) -> None:
     )
     registration, keeper = None, None
     if config.consul_http:
-        instance = Instance(service.name, config.advertise_address or config.host, port, _version())
-        registration = Registration(config.consul_http, instance)
+        address = config.advertise_address or config.host
+        tls_on = config.tls_dir is not None
+        instance = Instance(service.name, address, port, _version(), tls_on)
+        registration = Registration(config.consul_access(config.consul_http), instance)
         keeper = asyncio.create_task(
             registration.keep_registered(config.registration_interval_seconds)
         )

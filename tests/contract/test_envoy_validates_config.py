@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import pytest
@@ -31,3 +32,22 @@ def test_the_rendered_gateway_config_is_valid(tmp_path: pathlib.Path, limits: Li
         [tool("envoy"), "--mode", "validate", "-c", str(config), "--disable-hot-restart"]
     )
     assert f"configuration '{config}' OK" in checked.stdout + checked.stderr
+
+
+def test_the_mutual_tls_config_is_valid(tmp_path: pathlib.Path) -> None:
+    """The plaintext config with gateway/mutual_tls.py's TLS, SDS and RBAC added, its
+    internal listener on a host's address."""
+    keys = tokens.ensure_keys(tmp_path / "jwt")
+    plain = envoy_settings(Settings(workdir=tmp_path), keys)
+    settings = dataclasses.replace(plain, mutual_tls=True, internal_address="169.254.7.1")
+    config = write(settings, tmp_path / "envoy.yaml")
+    checked = run_command(
+        [tool("envoy"), "--mode", "validate", "-c", str(config), "--disable-hot-restart"]
+    )
+    assert f"configuration '{config}' OK" in checked.stdout + checked.stderr
+
+
+def test_a_plaintext_internal_listener_stays_on_loopback(tmp_path: pathlib.Path) -> None:
+    plain = envoy_settings(Settings(workdir=tmp_path), tokens.ensure_keys(tmp_path / "jwt"))
+    with pytest.raises(ValueError, match="only under mutual TLS"):
+        dataclasses.replace(plain, internal_address="169.254.7.1")

@@ -48,7 +48,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool, message_factory
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
