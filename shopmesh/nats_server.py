@@ -19,6 +19,7 @@ how JetStream syncs to disk (`sync_interval` arrived in 2.10 and 2.9.10 refuses 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import signal
 import socket
@@ -59,35 +60,67 @@ def accepts(port: int) -> bool:
         return False
 
 
+def write_private_json(path: pathlib.Path, value: dict[str, Any]) -> pathlib.Path:
+    """Writes `value` owner-only (a config that names who may do what), then renames it
+    into place. nats-server reads JSON as its own format."""
+    staged = path.with_suffix(".tmp")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(value, out, indent=1)
+    staged.replace(path)
+    return path
+
+
 class NatsServer(Process):
     """nats-server with JetStream, its store in `store_dir`, on `port` (clients) and
     `monitor_port` (HTTP monitoring); started again, it takes the same ports and store."""
 
     def __init__(
-        self, store_dir: pathlib.Path, log_path: pathlib.Path, port: int, monitor_port: int
+        self,
+        store_dir: pathlib.Path,
+        log_path: pathlib.Path,
+        port: int,
+        monitor_port: int,
+        security: dict[str, Any] | None = None,
     ) -> None:
+        """`security`: TLS and authorization blocks (shopmesh/nats_security.py); clients
+        then connect with tls:// and a certificate. The server then reads everything from
+        an owner-only config file beside its log, so that SIGHUP reloads it (2.9.10
+        refuses a reload whose file leaves out what flags had set, the server name)."""
         self.store_dir = store_dir.resolve()
         self.port = port
         self.monitor_port = monitor_port
-        super().__init__(
-            "nats",
-            log_path,
-            [
-                tool("nats-server"),
+        self.secure = security is not None
+        options = {
+            "server_name": SERVER_NAME,
+            "host": HOST,
+            "port": port,
+            "http": f"{HOST}:{monitor_port}",
+            "jetstream": {"store_dir": str(self.store_dir)},
+        }
+        if security is None:
+            flags = [
                 "--jetstream",
                 *("--store_dir", str(self.store_dir)),
                 *("--addr", HOST),
                 *("--port", str(port)),
                 *("--http_port", str(monitor_port)),
                 *("--server_name", SERVER_NAME),
-            ],
+            ]
+        else:
+            config = log_path.with_name(log_path.stem + ".conf")
+            flags = ["-c", str(write_private_json(config, {**options, **security}))]
+        super().__init__(
+            "nats",
+            log_path,
+            [tool("nats-server"), *flags],
             ready=lambda: jetstream_enabled(monitor_port) and accepts(port),
         )
 
     @property
     def url(self) -> str:
         """What a client connects to."""
-        return f"nats://{HOST}:{self.port}"
+        return f"{'tls' if self.secure else 'nats'}://{HOST}:{self.port}"
 
     @property
     def monitor_url(self) -> str:

@@ -32,7 +32,7 @@ from gateway.envoy_config import EnvoySettings, Limits, write
 from services.common.config import setting
 from services.common.registration import ConsulAccess
 from services.order.config import GATEWAY_TRY_TIMEOUT_SECONDS
-from shopmesh import ca, consul_security, postgres, tokens
+from shopmesh import ca, consul_security, nats_security, postgres, tokens
 from shopmesh.check import Location
 from shopmesh.nats_server import NatsServer
 from shopmesh.postgres import ServiceDatabase
@@ -287,11 +287,13 @@ class System:
     def renew_certificates(self) -> None:
         """Under mutual TLS, a new certificate for every holder: the services and the
         control plane (for Envoy, over SDS) pick theirs up by themselves; Consul's agent
-        re-reads its files on SIGHUP (`consul reload`)."""
+        and the NATS server re-read their files on SIGHUP."""
         if not self.settings.mutual_tls:
             return
         issue_certificates(self.settings, lambda _: None)
         self.consul.signal(signal.SIGHUP)
+        if self.broker is not None:
+            self.broker.signal(signal.SIGHUP)  # nats-server reloads its config and files
 
     # Restarts, for operators and fault tests.
 
@@ -387,9 +389,10 @@ def create_consul_tokens(settings: Settings) -> None:
 
 CONSUL_CLIENTS = ("controlplane", *postgres.SERVICES)
 """Who registers in Consul (and so has a Consul token of its own)."""
-HOLDERS = ("gateway", "consul", "operator", *CONSUL_CLIENTS)
-"""Who gets a certificate under mutual TLS: Envoy, Consul's agent, shopmesh's own calls
-to Consul (readiness, creating tokens), the control plane and each service."""
+HOLDERS = ("gateway", "consul", "nats", "operator", *CONSUL_CLIENTS)
+"""Who gets a certificate under mutual TLS: Envoy, Consul's agent, the NATS server,
+shopmesh's own calls (Consul's readiness and tokens; the tests' NATS clients), the
+control plane and each service."""
 RENEW_EVERY_SECONDS = ca.DEFAULT_TTL_SECONDS / 3
 """How often `shopmesh run --mutual-tls` renews every certificate: a third of a lifetime,
 so one missed renewal still leaves a valid certificate."""
@@ -412,8 +415,15 @@ def issue_certificates(settings: Settings, progress: Callable[[str], None]) -> N
 def nats_process(settings: Settings) -> NatsServer:
     """The NATS server with JetStream, its store in `<workdir>/nats`."""
     workdir = settings.workdir
+    security = None
+    if settings.mutual_tls:  # TLS only, and each service its own subjects
+        security = nats_security.server_config(settings.certificate_dir("nats"))
     return NatsServer(
-        workdir / "nats", workdir / "nats.log", settings.ports.nats, settings.ports.nats_monitor
+        workdir / "nats",
+        workdir / "nats.log",
+        settings.ports.nats,
+        settings.ports.nats_monitor,
+        security,
     )
 
 

@@ -196,8 +196,9 @@ class StoreConfig(ServerConfig):
     )
     nats_url: str = setting(
         "",
-        "NATS server the outbox relay publishes events to, nats://HOST:PORT; unset: no relay"
-        " runs (events wait in the outbox); `shopmesh run` sets it",
+        "NATS server the outbox relay publishes events to, nats://HOST:PORT (tls://HOST:PORT:"
+        " TLS with tls_dir's certificate); unset: no relay runs (events wait in the outbox);"
+        " `shopmesh run` sets it",
     )
     outbox_lease_seconds: float = setting(
         10.0,
@@ -271,6 +272,7 @@ class StoreConfig(ServerConfig):
             duplicate_window_seconds=self.events_duplicate_window_seconds,
             publish_timeout_seconds=self.outbox_publish_timeout_seconds,
             reconnect_max_seconds=self.nats_reconnect_max_seconds,
+            tls_dir=self.tls_dir if self.nats_url.startswith("tls://") else None,
         )
 
     @property
@@ -345,6 +347,8 @@ def jetstream_problems(config: StoreConfig) -> list[str]:
         shaped = parts.scheme in ("nats", "tls") and parts.hostname and port
         if not shaped or parts.path not in ("", "/"):
             found.append(f"nats_url must be nats://HOST:PORT, got {config.nats_url!r}")
+        elif parts.scheme == "tls" and config.tls_dir is None:
+            found.append("nats_url tls://... needs tls_dir: the certificate NATS maps to a user")
     for name in (
         "nats_reconnect_max_seconds",
         "events_max_age_seconds",

@@ -37,6 +37,8 @@ import enum
 import functools
 import logging
 import math
+import pathlib
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -57,6 +59,8 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+
+from services.common import tls
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,10 @@ class JetStreamSettings:
     consumer it will not change, say): one log line each time, so not too often."""
     name: str = ""
     """The client's name, shown in the server's monitoring (`/connz`)."""
+    tls_dir: pathlib.Path | None = None
+    """With a tls:// url: the certificate directory the client presents (its identity,
+    which the server maps to its permissions: shopmesh/nats_security.py); the server's
+    certificate must name `nats`."""
 
     def stream_config(self) -> StreamConfig:
         return StreamConfig(
@@ -241,6 +249,37 @@ async def declare_consumer(js: nats.js.JetStreamContext, spec: ConsumerSpec) -> 
     return Declared.UPDATED
 
 
+NATS_IDENTITY = "nats"
+"""The name the NATS server's certificate must carry (its DNS SAN, which nats-py checks)."""
+
+
+class ClientCertificate:
+    """The TLS context a connection presents its certificate with. The connection keeps
+    the certificate it began with; a reconnection takes the renewed one (the context is
+    loaded again when the files changed)."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        self._files = tls.CertificateFiles(directory)
+        self._stamp = self._files.stamp()
+        self.context = ssl.create_default_context(cafile=directory / "ca.pem")
+        self._load()
+
+    def _load(self) -> None:
+        directory = self._files.directory
+        self.context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+
+    def reload_if_renewed(self) -> None:
+        try:
+            stamp = self._files.stamp()
+            if stamp != self._stamp:
+                self._files.read()  # whole (the key is the certificate's), or skipped
+                self._load()
+                self._stamp = stamp
+                log.info("NATS: reconnecting with the renewed certificate")
+        except (tls.TLSError, OSError, ssl.SSLError) as error:
+            log.warning("NATS: keeping the certificate in use: %s", error)
+
+
 class JetStreamConnection:
     """One connection to NATS for a service, kept up in the background, with the stream
     and the service's consumers declared on it after every (re)connection."""
@@ -255,6 +294,7 @@ class JetStreamConnection:
         self._declared = asyncio.Event()
         self._redeclare = asyncio.Event()
         self._outage_logged = False
+        self._tls = ClientCertificate(settings.tls_dir) if settings.tls_dir is not None else None
 
     @property
     def ready(self) -> bool:
@@ -301,8 +341,12 @@ class JetStreamConnection:
                 await self.client.close()
 
     async def _run(self) -> None:
+        secure: dict[str, Any] = {}
+        if self._tls is not None:
+            secure = {"tls": self._tls.context, "tls_hostname": tls.dns_name(NATS_IDENTITY)}
         await self.client.connect(
             self.settings.url,
+            **secure,
             name=self.settings.name or None,
             allow_reconnect=True,
             max_reconnect_attempts=-1,  # for ever
@@ -348,7 +392,9 @@ class JetStreamConnection:
         self, servers: list[PoolServer], info: dict[str, Any]
     ) -> tuple[PoolServer | None, float]:
         # The client calls this before each reconnect attempt: the one server, after a
-        # bounded exponential backoff.
+        # bounded exponential backoff; with the certificate renewed since, if it was.
+        if self._tls is not None:
+            self._tls.reload_if_renewed()
         server = servers[0]
         return server, self.settings.reconnect_delay(server.reconnects)
 

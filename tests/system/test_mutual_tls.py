@@ -14,11 +14,15 @@ from typing import Any
 
 import consul
 import grpc
+import nats
+import nats.aio.client
+import nats.errors
 import pytest
 import requests
 from cryptography import x509
 
 from services.common import tls
+from services.common.jetstream import STREAM
 from services.common.registration import ConsulAccess, consul_client
 from shop.inventory.v1 import inventory_pb2
 from shop.inventory.v1 import inventory_service_pb2 as inv
@@ -31,6 +35,7 @@ from shop.payment.v1.payment_service_pb2_grpc import PaymentServiceStub
 from shopmesh import ca
 from shopmesh.system import HOLDERS, System, consul_secrets, http_get, operator_access
 from tests.helpers import fails, wait_for
+from tests.notification_helpers import messages
 from tests.stack import DatabaseFactory
 from tests.system_helpers import Traffic, bearer, start_test_system
 
@@ -82,6 +87,13 @@ def test_an_order_is_confirmed_through_envoy_over_mutual_tls(secure: System) -> 
             timeout=15,
         )
     assert created.order.state == order_pb2.ORDER_STATE_CONFIRMED
+    # Its OrderConfirmed went through NATS over TLS, published as the order service and
+    # consumed as notification: alice is told.
+    order_id = created.order.order_id
+    wait_for(
+        lambda: any(f"Order: {order_id}" in str(m.get_payload()) for m in messages(secure.maildir)),
+        "alice's notification of the order",
+    )
 
 
 def test_no_port_serves_a_caller_without_our_certificate(secure: System) -> None:
@@ -279,3 +291,72 @@ def test_consul_answers_only_holders_of_our_certificate_and_hides_the_catalog_wi
     assert services == {}  # default deny: a caller without a token sees no service
     _, services = consul_as(secure, "controlplane").catalog.services()
     assert {"inventory", "payment", "order"} <= set(services)
+
+
+def nats_context(system: System, name: str | None) -> ssl.SSLContext:
+    """TLS to the system's NATS, trusting our CA, presenting `name`'s certificate."""
+    context = ssl.create_default_context(cafile=holder(system, "operator") / "ca.pem")
+    if name is not None:
+        mine = holder(system, name)
+        context.load_cert_chain(mine / "cert.pem", mine / "key.pem")
+    return context
+
+
+async def nats_as(system: System, name: str | None) -> Any:
+    """A NATS client connected as `name` (None: with no certificate); raises if refused."""
+
+    async def quiet(error: Exception) -> None:
+        del error  # refusals are what the tests assert: no need for nats-py to log them
+
+    client = nats.aio.client.Client()
+    await client.connect(
+        system.nats.url,
+        tls=nats_context(system, name),
+        tls_hostname=tls.dns_name("nats"),
+        allow_reconnect=False,
+        connect_timeout=5,
+        error_cb=quiet,
+    )
+    return client
+
+
+CONFIRMED = "shop.order.v1.OrderConfirmed"
+
+
+async def test_nats_refuses_a_forged_order_confirmed_from_any_other_identity(
+    secure: System,
+) -> None:
+    """Inventory's certificate may publish inventory's events, not the order's."""
+    inventory = await nats_as(secure, "inventory")
+    try:
+        with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+            await inventory.jetstream(timeout=2).publish(CONFIRMED, b"forged")
+        # The server says why (nats-py reports it lower-cased).
+        refusal = str(inventory.last_error)
+    finally:
+        await inventory.close()
+    assert f'permissions violation for publish to "{CONFIRMED.lower()}"' in refusal, refusal
+    operator = await nats_as(secure, "operator")
+    try:
+        last = await operator.jetstream().get_last_msg(STREAM, CONFIRMED)
+        assert last.data != b"forged"  # the stream holds only the order service's
+    finally:
+        await operator.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "refusal"),
+    [(None, "client didn't provide a certificate"), ("intruder", 'authentication error - User ""')],
+    ids=["no-certificate", "unmapped"],
+)
+async def test_nats_refuses_a_connection_without_a_mapped_certificate(
+    secure: System, name: str | None, refusal: str
+) -> None:
+    """No certificate: no TLS handshake (under TLS 1.3 the client may see the refusal as
+    a bad-certificate alert or as a reset). One from our CA naming no NATS user:
+    Authorization Violation. The server's log says which."""
+    with pytest.raises((nats.errors.Error, ssl.SSLError, ConnectionError)):
+        client = await nats_as(secure, name)
+        await client.close()
+    log = secure.settings.workdir / "nats.log"
+    wait_for(lambda: refusal in log.read_text(), f"NATS to log {refusal!r}")
