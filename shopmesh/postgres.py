@@ -76,6 +76,10 @@ class Settings:
     ready_timeout_seconds: float = setting(
         30.0, "how long a start may take to accept connections (crash recovery included)"
     )
+    tls_dir: pathlib.Path | None = None
+    """The server's certificate directory (`shopmesh ca issue postgres`): TLS only, every
+    login with a client certificate from the same CA whose name is the role's, as well
+    as its password. None: plaintext on loopback."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ class Cluster:
             self._initdb(superuser_password)
             self.initdb_seconds = time.monotonic() - began
         self._write_hba()
+        tls_flags = self._install_certificate()
         self.port = self.settings.port or free_ports(1)[0]
         process = PostgresProcess(
             "postgres",
@@ -168,6 +173,7 @@ class Cluster:
                 *("-c", f"listen_addresses={HOST}"),
                 *("-c", f"unix_socket_directories={self.run_dir}"),
                 *("-c", f"password_encryption={SCRAM}"),
+                *tls_flags,
             ],
             ready=self._accepts,
         )
@@ -341,11 +347,42 @@ class Cluster:
             f"local  sameuser  all  {SCRAM}",
             f"host  sameuser  all  {HOST}/32  {SCRAM}",
         ]
+        if self.settings.tls_dir is not None:
+            # TLS only (no `host` line matches a plaintext login), and the certificate's
+            # name must be the role's (verify-full compares its CN with the user).
+            rules[-1] = f"hostssl  sameuser  all  {HOST}/32  {SCRAM}  clientcert=verify-full"
         hba = self.data / "pg_hba.conf"
         hba.write_text("\n".join(rules) + "\n")
         hba.chmod(0o600)
         if self._owner is not None:
             os.chown(hba, *self._owner)
+
+    def _install_certificate(self) -> list[str]:
+        """Copies the server's certificate into the data directory, owned by the server
+        user (it refuses a key another user owns), and the flags that serve it."""
+        if self.settings.tls_dir is None:
+            return []
+        copies = {"server.crt": "cert.pem", "server.key": "key.pem", "root.crt": "ca.pem"}
+        for copy, original in copies.items():
+            # Staged and renamed: a reload never reads half a file.
+            staged = self.data / f"{copy}.tmp"
+            staged.unlink(missing_ok=True)
+            _write_secret(staged, (self.settings.tls_dir / original).read_text().rstrip("\n"))
+            if self._owner is not None:
+                os.chown(staged, *self._owner)
+            staged.replace(self.data / copy)
+        return [
+            *("-c", "ssl=on"),
+            *("-c", "ssl_cert_file=server.crt"),
+            *("-c", "ssl_key_file=server.key"),
+            *("-c", "ssl_ca_file=root.crt"),
+        ]
+
+    def reload_certificate(self) -> None:
+        """Serves the renewed certificate in `tls_dir`: copied again, then SIGHUP (the
+        server re-reads its TLS files on a reload; open connections keep theirs)."""
+        self._install_certificate()
+        self.process.signal(signal.SIGHUP)
 
     def _close_system_databases(self) -> None:
         # Like a new one, `postgres` and `template1` let PUBLIC connect and make temporary
@@ -385,6 +422,20 @@ class Cluster:
         if mode & 0o077:
             raise StartError(f"{path} is open to others (mode {mode:o}): chmod 600 it")
         return path.read_text().strip()
+
+
+def tls_url(url: str, client_tls_dir: pathlib.Path) -> str:
+    """`url` on TLS only, checking the server's certificate (and that it names the host)
+    and presenting the client's from `client_tls_dir` (libpq's and asyncpg's names)."""
+    query = urllib.parse.urlencode(
+        {
+            "sslmode": "verify-full",
+            "sslrootcert": client_tls_dir / "ca.pem",
+            "sslcert": client_tls_dir / "cert.pem",
+            "sslkey": client_tls_dir / "key.pem",
+        }
+    )
+    return f"{url}?{query}"
 
 
 def _write_secret(path: pathlib.Path, text: str) -> None:

@@ -294,6 +294,8 @@ class System:
         self.consul.signal(signal.SIGHUP)
         if self.broker is not None:
             self.broker.signal(signal.SIGHUP)  # nats-server reloads its config and files
+        if self.cluster is not None:
+            self.cluster.reload_certificate()
 
     # Restarts, for operators and fault tests.
 
@@ -389,10 +391,13 @@ def create_consul_tokens(settings: Settings) -> None:
 
 CONSUL_CLIENTS = ("controlplane", *postgres.SERVICES)
 """Who registers in Consul (and so has a Consul token of its own)."""
-HOLDERS = ("gateway", "consul", "nats", "operator", *CONSUL_CLIENTS)
-"""Who gets a certificate under mutual TLS: Envoy, Consul's agent, the NATS server,
-shopmesh's own calls (Consul's readiness and tokens; the tests' NATS clients), the
-control plane and each service."""
+DIALLED_BY_ADDRESS = ("consul", "postgres")
+"""Servers whose clients (HTTP libraries, libpq's verify-full) check the address they
+dial against the certificate: theirs name 127.0.0.1 too."""
+HOLDERS = ("gateway", "consul", "nats", "postgres", "operator", *CONSUL_CLIENTS)
+"""Who gets a certificate under mutual TLS: Envoy, Consul's agent, the NATS and the
+PostgreSQL servers, shopmesh's own calls (Consul's readiness and tokens; the tests' NATS
+clients), the control plane and each service."""
 RENEW_EVERY_SECONDS = ca.DEFAULT_TTL_SECONDS / 3
 """How often `shopmesh run --mutual-tls` renews every certificate: a third of a lifetime,
 so one missed renewal still leaves a valid certificate."""
@@ -407,7 +412,7 @@ def issue_certificates(settings: Settings, progress: Callable[[str], None]) -> N
     authority = ca.ensure_ca(settings.workdir / "ca")
     for name in HOLDERS:
         # Consul's clients are HTTP libraries that dial it by address and check it.
-        addresses = ("127.0.0.1",) if name == "consul" else ()
+        addresses = ("127.0.0.1",) if name in DIALLED_BY_ADDRESS else ()
         ca.issue(authority, name, settings.certificate_dir(name), addresses=addresses)
     consul_secrets(settings).ensure(CONSUL_CLIENTS)
 
@@ -554,9 +559,15 @@ def start_databases(
     }
     if settings.postgres:
         progress("starting postgresql")
-        cluster = postgres.Cluster(settings.workdir)
+        secure = settings.certificate_dir("postgres") if settings.mutual_tls else None
+        cluster = postgres.Cluster(settings.workdir, postgres.Settings(tls_dir=secure))
         started.append(cluster.start().process)
-        databases.update({name: cluster.service_database(name) for name in databases})
+        for name in databases:
+            database = cluster.service_database(name)
+            if secure is not None:  # TLS, with the service's certificate as well
+                url = postgres.tls_url(database.url, settings.certificate_dir(name))
+                database = replace(database, url=url)
+            databases[name] = database
     databases.update(settings.databases)
     return cluster, databases
 
@@ -573,9 +584,9 @@ def start(settings: Settings, progress: Callable[[str], None] = lambda _: None) 
     consul_http = f"127.0.0.1:{ports.consul_http}"
     started: list[Process] = []
     try:
+        issue_certificates(settings, progress)
         cluster, databases = start_databases(settings, started, progress)
 
-        issue_certificates(settings, progress)
         progress("starting nats and consul" if settings.events else "starting consul")
         nats = nats_process(settings).start() if settings.events else None
         started.extend([nats] if nats is not None else [])

@@ -17,6 +17,7 @@ import grpc
 import nats
 import nats.aio.client
 import nats.errors
+import psycopg
 import pytest
 import requests
 from cryptography import x509
@@ -36,17 +37,18 @@ from shopmesh import ca
 from shopmesh.system import HOLDERS, System, consul_secrets, http_get, operator_access
 from tests.helpers import fails, wait_for
 from tests.notification_helpers import messages
-from tests.stack import DatabaseFactory
+from tests.postgres_harness import postgres_workdir
 from tests.system_helpers import Traffic, bearer, start_test_system
 
 
 @pytest.fixture(scope="module")
-def secure(
-    tmp_path_factory: pytest.TempPathFactory, new_databases: DatabaseFactory
-) -> Iterator[System]:
-    started = start_test_system(tmp_path_factory.mktemp("mtls"), new_databases, mutual_tls=True)
-    yield started
-    started.stop()
+def secure() -> Iterator[System]:
+    """The system under mutual TLS with its own PostgreSQL (on TLS too), whichever
+    backend the session runs on; in a directory the server's OS user can pass through."""
+    with postgres_workdir() as workdir:
+        started = start_test_system(workdir, mutual_tls=True, postgres=True)
+        yield started
+        started.stop()
 
 
 def holder(system: System, name: str) -> pathlib.Path:
@@ -360,3 +362,61 @@ async def test_nats_refuses_a_connection_without_a_mapped_certificate(
         await client.close()
     log = secure.settings.workdir / "nats.log"
     wait_for(lambda: refusal in log.read_text(), f"NATS to log {refusal!r}")
+
+
+def pg_login(system: System, role: str, **tls_options: Any) -> None:
+    """A login as `role` with its password over TCP; raises psycopg's error if refused."""
+    cluster = system.cluster
+    assert cluster is not None
+    password = cluster.password_file(role).read_text().strip()
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=cluster.port,
+        user=role,
+        dbname=role,
+        password=password,
+        connect_timeout=5,
+        **tls_options,
+    ) as conn:
+        conn.execute("SELECT 1")
+
+
+def pg_tls(system: System, certificate: str | None) -> dict[str, str]:
+    """libpq's options for TLS that checks the server and presents `certificate`'s."""
+    mine = holder(system, "operator")
+    options = {"sslmode": "verify-full", "sslrootcert": str(mine / "ca.pem")}
+    if certificate is not None:
+        theirs = holder(system, certificate)
+        options |= {"sslcert": str(theirs / "cert.pem"), "sslkey": str(theirs / "key.pem")}
+    return options
+
+
+def test_postgresql_admits_only_tls_logins_with_the_roles_own_certificate(secure: System) -> None:
+    """Password and certificate both: no plaintext login, none without a certificate,
+    none with another service's (its name must be the role's), and every service's
+    pooled connection is on TLS."""
+    refusals = {
+        "plaintext": ({"sslmode": "disable"}, "no encryption"),
+        "no certificate": (pg_tls(secure, None), "requires a valid client certificate"),
+        # The server tells the client only that the login failed (its method's
+        # message), and its log why: 'clientcert=verify-full ... CN mismatch'.
+        "payment's certificate": (
+            pg_tls(secure, "payment"),
+            'password authentication failed for user "inventory"',
+        ),
+    }
+    for how, (options, why) in refusals.items():
+        with pytest.raises(psycopg.OperationalError) as refused:
+            pg_login(secure, "inventory", **options)
+        assert why in str(refused.value), (how, str(refused.value))
+    assert secure.cluster is not None
+    log = secure.cluster.log_path.read_text()
+    assert 'certificate validation (clientcert=verify-full) failed for user "inventory"' in log
+    pg_login(secure, "inventory", **pg_tls(secure, "inventory"))
+    with secure.cluster.admin() as conn:
+        rows = conn.execute(
+            "SELECT a.usename, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)"
+            " WHERE a.application_name LIKE 'shopmesh-%'"
+        ).fetchall()
+    assert {user for user, _ in rows} >= {"inventory", "payment", "order"}
+    assert all(ssl_on for _, ssl_on in rows), rows
