@@ -18,7 +18,7 @@ help:
 	@echo "make postgresql install PostgreSQL 15 (Debian's package; make test needs it)"
 	@echo "make breaking   check proto/ against the last released contract (buf breaking + REST routes)"
 	@echo "make chaos      the whole suite with the long fault profiles (about 14 min with WORKERS=2, stopped at 30), fault table at the end; then its PostgreSQL pass (about 6 min, stopped at 20)"
-	@echo "make bench      shopmesh on SQLite (events on and off) and on PostgreSQL against the FastAPI baseline, side by side (bench/results/, about 10 min)"
+	@echo "make bench      shopmesh on SQLite (events on and off, mutual TLS) and on PostgreSQL against the FastAPI baseline, side by side (bench/results/, about 12 min)"
 	@echo "make bench-validation  CPU per CreateOrder of checking the request, in process (about 10 s)"
 	@echo "make bench-pg-drivers  asyncpg vs psycopg 3 on one order's transactions, real PostgreSQL (about 20 min)"
 	@echo "make bench-pg-functions  the same order, each write one PL/pgSQL call, vs today's shape (about 3 min)"

@@ -42,6 +42,8 @@ SHOP_PG = "shopmesh REST+JWT via Envoy, on PostgreSQL"
 SHOP_PG_SYSTEM = "shopmesh on PostgreSQL"
 SHOP_OFF = "shopmesh REST+JWT via Envoy, events off"
 SHOP_OFF_SYSTEM = "shopmesh, events off"
+SHOP_TLS = "shopmesh REST+JWT via Envoy, mutual TLS"
+SHOP_TLS_SYSTEM = "shopmesh, mutual TLS"
 BACKLOG_SECONDS = 30
 """The saturation round over which the outbox backlog must not grow without bound."""
 POSTGRES = "postgres"
@@ -56,12 +58,14 @@ def shop_settings(
     postgres: bool = False,
     keys_dir: pathlib.Path | None = None,
     events: bool = True,
+    mutual_tls: bool = False,
 ) -> Settings:
     """shopmesh as the benchmark runs it. One user ("bench") sends every order, so the
     gateway's rate limits are lifted out of the way (their filters still run), or the
     benchmark would measure the limiter; likewise the order service's per-user quota.
     With `postgres`, every store is in a PostgreSQL cluster of its own under `workdir`;
-    `keys_dir` (else `<workdir>/jwt`) holds the JWT keys, so two systems can share them."""
+    `keys_dir` (else `<workdir>/jwt`) holds the JWT keys, so two systems can share them;
+    with `mutual_tls`, every part is on mutual TLS (docs/architecture.md)."""
     return Settings(
         workdir=workdir,
         ports=Ports.free(),
@@ -71,6 +75,7 @@ def shop_settings(
         postgres=postgres,
         keys_dir=keys_dir,
         events=events,
+        mutual_tls=mutual_tls,
     )
 
 

@@ -27,6 +27,8 @@ from bench.measure import (
     SHOP_PG,
     SHOP_PG_SYSTEM,
     SHOP_REST,
+    SHOP_TLS,
+    SHOP_TLS_SYSTEM,
     MeasuredSystem,
     Results,
     Run,
@@ -65,6 +67,7 @@ class Figures:
     envoy_us: float
     rate: int
     events: dict[str, float]  # events on against off (`events_figures`), lag and backlog
+    tls: dict[str, float]  # mutual TLS against plaintext (`tls_figures`)
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,13 @@ TARGETS = (
         operator.le,
         "{value:.0f}",
     ),
+    Target(
+        "mutual TLS: CPU per order <= {limit}x plaintext",
+        lambda f: f.tls["cpu_ratio"],
+        lambda f: 1.15,
+        operator.le,
+        "{value:.2f}x",
+    ),
     # 400 MB before the events: NATS, the SMTP sink, notification and reporting joined
     # the default stack (the events issue set the new budget).
     Target(
@@ -224,6 +234,38 @@ def events_figures(results: Results) -> dict[str, float]:
     return figures
 
 
+def tls_figures(results: Results) -> dict[str, float]:
+    """Mutual TLS (every part of a second shopmesh) against plaintext, on the same REST
+    path, per saturation round (the rounds interleave, so a round's pair shares the
+    machine's state): CPU per order of the whole system and orders/s, medians."""
+    plain = [r for r in results.saturation if r.path == SHOP_REST]
+    secure = [r for r in results.saturation if r.path == SHOP_TLS]
+    pairs = list(zip(secure, plain, strict=True))
+    return {
+        "tls_cpu_us": statistics.median(r.cpu_us_per_order for r in secure),
+        "plain_cpu_us": statistics.median(r.cpu_us_per_order for r in plain),
+        "cpu_ratio": statistics.median(t.cpu_us_per_order / p.cpu_us_per_order for t, p in pairs),
+        "tls_per_second": statistics.median(r.per_second for r in secure),
+        "plain_per_second": statistics.median(r.per_second for r in plain),
+        "rate_ratio": statistics.median(t.per_second / p.per_second for t, p in pairs),
+    }
+
+
+def tls_lines(f: dict[str, float]) -> list[str]:
+    return [
+        "",
+        "| transport | orders/s at saturation | CPU µs/order (whole system) |",
+        "|---|---|---|",
+        f"| plaintext | {f['plain_per_second']:.0f} | {f['plain_cpu_us']:.0f} |",
+        f"| mutual TLS | {f['tls_per_second']:.0f} | {f['tls_cpu_us']:.0f} |",
+        "",
+        f"Mutual TLS against plaintext (REST+JWT via Envoy, per-round medians): CPU per order"
+        f" {f['cpu_ratio']:.2f}x, orders/s {f['rate_ratio']:.2f}x. Under mutual TLS every hop"
+        " is TLS: Envoy to each service, the saga's calls through the internal listener, the"
+        " services to NATS and to Consul.",
+    ]
+
+
 def events_lines(f: dict[str, float], rate: int) -> list[str]:
     return [
         "",
@@ -293,6 +335,7 @@ def render(
         results.envoy_get["cpu_us_per_request"],
         results.rate,
         events_figures(results),
+        tls_figures(results),
     )
     targets = []
     for target in TARGETS:
@@ -322,6 +365,7 @@ def render(
         ),
         *pg_lines(results.pg_per_order),
         *events_lines(figures.events, results.rate),
+        *tls_lines(figures.tls),
         "",
         f"Envoy CPU per REST GET with JWT + transcoder: {figures.envoy_us:.0f} µs.",
         f"wrk cross-check (REST orders/s): shopmesh {wrk_shop:.0f},"
@@ -367,6 +411,7 @@ def write(results: Results, systems: dict[str, MeasuredSystem], out: pathlib.Pat
     splits = {
         "shopmesh": cpu_by_process(results, systems["shopmesh"], SHOP_REST),
         SHOP_OFF_SYSTEM: cpu_by_process(results, systems[SHOP_OFF_SYSTEM], SHOP_OFF),
+        SHOP_TLS_SYSTEM: cpu_by_process(results, systems[SHOP_TLS_SYSTEM], SHOP_TLS),
         SHOP_PG_SYSTEM: cpu_by_process(results, systems[SHOP_PG_SYSTEM], SHOP_PG),
     }
     failed = failed_requests(results)
@@ -393,6 +438,7 @@ def write(results: Results, systems: dict[str, MeasuredSystem], out: pathlib.Pat
         "cpu_us_per_order_by_process": splits,
         "pg_per_order": results.pg_per_order,
         "events": events_figures(results),
+        "tls": tls_figures(results),
         "backlog_run": _without_latencies(results.backlog_run) if results.backlog_run else None,
         "failed": failed,
     }

@@ -1,7 +1,8 @@
 """`make bench`: shopmesh against the classic FastAPI design (bench/baseline), side by side.
 
-Five paths get the same load from the same driver (bench/load.py; every request a new
-request id, so each runs a real order saga): shopmesh REST+JWT via Envoy, shopmesh gRPC
+Seven paths get the same load from the same driver (bench/load.py; every request a new
+request id, so each runs a real order saga): shopmesh REST+JWT via Envoy (events on,
+events off, and every part under mutual TLS), shopmesh gRPC
 via Envoy (JWT), shopmesh gRPC straight to the order service, shopmesh REST+JWT via Envoy
 with every store on PostgreSQL (a second shopmesh, its own cluster, a role and database
 per service), and the baseline's REST. Rounds interleave (A B C D E A B C D E ...) so
@@ -50,6 +51,8 @@ from bench.measure import (
     SHOP_PG,
     SHOP_PG_SYSTEM,
     SHOP_REST,
+    SHOP_TLS,
+    SHOP_TLS_SYSTEM,
     LoadPath,
     MeasuredSystem,
     benchmark,
@@ -85,11 +88,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_paths(
-    shop: System, shop_off: System, shop_pg: System, base: Baseline, token: str
-) -> list[LoadPath]:
-    """The six paths, shopmesh's on SQLite first (events on, then off) and the baseline's
-    last (the tables show them in this order)."""
+def load_paths(shops: dict[str, System], base: Baseline, token: str) -> list[LoadPath]:
+    """The seven paths, shopmesh's on SQLite first (events on, then off, then under mutual
+    TLS) and the baseline's last (the tables show them in this order). `shops`: each
+    shopmesh system by its name (bench/measure.py's *_SYSTEM)."""
+    shop, shop_off = shops["shopmesh"], shops[SHOP_OFF_SYSTEM]
+    shop_tls, shop_pg = shops[SHOP_TLS_SYSTEM], shops[SHOP_PG_SYSTEM]
     via_envoy = ("--token", token)
     return [
         LoadPath(SHOP_REST, "shopmesh", "rest", f"http://{shop.public_target}", via_envoy),
@@ -100,6 +104,14 @@ def load_paths(
             f"http://{shop_off.public_target}",
             via_envoy,
             short="shopmesh off rest",
+        ),
+        LoadPath(
+            SHOP_TLS,
+            SHOP_TLS_SYSTEM,
+            "rest",
+            f"http://{shop_tls.public_target}",
+            via_envoy,
+            short="shopmesh tls rest",
         ),
         LoadPath("shopmesh gRPC via Envoy", "shopmesh", "grpc", shop.public_target, via_envoy),
         LoadPath(
@@ -188,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         off_system = measured(SHOP_OFF_SYSTEM, shop_off, took)
+        shop_tls, took = started(
+            "shopmesh under mutual TLS (every part: Envoy, services, Consul, NATS)",
+            lambda: start_system(
+                shop_settings(args.workdir / "shopmesh-tls", seed, keys_dir=keys, mutual_tls=True)
+            ),
+        )
+        tls_system = measured(SHOP_TLS_SYSTEM, shop_tls, took)
         shop_pg, took = started(
             "shopmesh on PostgreSQL (its cluster first)",
             lambda: start_system(
@@ -215,11 +234,21 @@ def main(argv: list[str] | None = None) -> int:
         systems = {
             "shopmesh": shop_system,
             SHOP_OFF_SYSTEM: off_system,
+            SHOP_TLS_SYSTEM: tls_system,
             SHOP_PG_SYSTEM: pg_system,
             "baseline": base_system,
         }
         results = benchmark(
-            load_paths(shop, shop_off, shop_pg, base, token),
+            load_paths(
+                {
+                    "shopmesh": shop,
+                    SHOP_OFF_SYSTEM: shop_off,
+                    SHOP_TLS_SYSTEM: shop_tls,
+                    SHOP_PG_SYSTEM: shop_pg,
+                },
+                base,
+                token,
+            ),
             systems,
             token,
             f"http://{shop.public_target}",

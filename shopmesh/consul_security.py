@@ -23,6 +23,7 @@ import base64
 import json
 import os
 import pathlib
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import consul
 from services.common.registration import ConsulAccess, consul_client
 
 DATACENTER = "dc1"
+LEGACY_MODE_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -91,18 +93,19 @@ def write_agent_config(path: pathlib.Path, config: dict[str, Any]) -> pathlib.Pa
 
 
 def create_tokens(
-    access: ConsulAccess, secrets: ConsulSecrets, node: str, holders: Iterable[str]
+    access: ConsulAccess, secrets: ConsulSecrets, nodes: Iterable[str], holders: Iterable[str]
 ) -> None:
-    """Creates the agent's token and one per holder, each with the secret in its file;
-    one that exists already (a restarted agent keeps them in its raft data) is kept."""
+    """Creates the agents' token (one, for every node of `nodes`) and one per holder,
+    each with the secret in its file; one that exists already (a restarted agent keeps
+    them in its raft data) is kept."""
     client = consul_client(access)
     master = secrets.token("master")
     _create(
         client,
         master,
         secrets.token("agent"),
-        "the agent's own node",
-        node_identities=[f"{node}:{DATACENTER}"],
+        "the agents' own nodes",
+        node_identities=[f"{node}:{DATACENTER}" for node in nodes],
     )
     for holder in holders:
         _create(
@@ -117,13 +120,21 @@ def create_tokens(
 def _create(
     client: consul.Consul, master: str, secret: str, description: str, **identities: Any
 ) -> None:
-    try:
-        client.acl.token.create(
-            token=master, secret_id=secret, description=description, **identities
-        )
-    except consul.ConsulException as error:
-        if "already" not in str(error).lower():  # "SecretID is already in use"
-            raise
+    # A new cluster's leader answers "The ACL system is currently in legacy mode" for a
+    # few seconds after its election, until it has moved the ACLs to their current form.
+    deadline = time.monotonic() + LEGACY_MODE_WAIT_SECONDS
+    while True:
+        try:
+            client.acl.token.create(
+                token=master, secret_id=secret, description=description, **identities
+            )
+            return
+        except consul.ConsulException as error:
+            if "already" in str(error).lower():  # "SecretID is already in use"
+                return
+            if "legacy mode" not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.25)
 
 
 def _write_once(path: pathlib.Path, text: str) -> None:

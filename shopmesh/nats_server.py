@@ -51,10 +51,10 @@ def jetstream_enabled(monitor_port: int) -> bool:
     return info is not None and "config" in info and not info.get("disabled", False)
 
 
-def accepts(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:`port`."""
+def accepts(port: int, address: str = HOST) -> bool:
+    """Whether something listens on `address`:`port`."""
     try:
-        with socket.create_connection((HOST, port), timeout=1.0):
+        with socket.create_connection((address, port), timeout=1.0):
             return True
     except OSError:
         return False
@@ -82,22 +82,32 @@ class NatsServer(Process):
         port: int,
         monitor_port: int,
         security: dict[str, Any] | None = None,
+        *,
+        address: str = HOST,
+        server_name: str = SERVER_NAME,
+        cluster: dict[str, Any] | None = None,
     ) -> None:
         """`security`: TLS and authorization blocks (shopmesh/nats_security.py); clients
         then connect with tls:// and a certificate. The server then reads everything from
         an owner-only config file beside its log, so that SIGHUP reloads it (2.9.10
-        refuses a reload whose file leaves out what flags had set, the server name)."""
+        refuses a reload whose file leaves out what flags had set, the server name).
+        `address`: where clients connect (monitoring stays on 127.0.0.1); `cluster`: the
+        config's cluster block (a node of several: shopmesh/cluster.py), which needs
+        `security`."""
         self.store_dir = store_dir.resolve()
         self.port = port
         self.monitor_port = monitor_port
+        self.address = address
         self.secure = security is not None
-        options = {
-            "server_name": SERVER_NAME,
-            "host": HOST,
+        options: dict[str, Any] = {
+            "server_name": server_name,
+            "host": address,
             "port": port,
             "http": f"{HOST}:{monitor_port}",
             "jetstream": {"store_dir": str(self.store_dir)},
         }
+        if cluster is not None:
+            options["cluster"] = cluster
         if security is None:
             flags = [
                 "--jetstream",
@@ -114,13 +124,13 @@ class NatsServer(Process):
             "nats",
             log_path,
             [tool("nats-server"), *flags],
-            ready=lambda: jetstream_enabled(monitor_port) and accepts(port),
+            ready=lambda: jetstream_enabled(monitor_port) and accepts(port, address),
         )
 
     @property
     def url(self) -> str:
         """What a client connects to."""
-        return f"{'tls' if self.secure else 'nats'}://{HOST}:{self.port}"
+        return f"{'tls' if self.secure else 'nats'}://{self.address}:{self.port}"
 
     @property
     def monitor_url(self) -> str:

@@ -54,6 +54,9 @@ class Process:
         self._ready = ready
         self.env: dict[str, str] = {}
         """Environment variables to add at the next start (e.g. a test's LD_PRELOAD)."""
+        self.runner: list[str] = []
+        """What the command runs under: on a test host, `ip netns exec <host>`
+        (shopmesh/hosts.py), which becomes the command (the PID stays the part's)."""
         self._process: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
@@ -68,7 +71,7 @@ class Process:
         """Starts the command without waiting for it to be ready; appends to the log."""
         with self.log_path.open("ab") as log_file:
             self._process = subprocess.Popen(
-                self.argv(),
+                [*self.runner, *self.argv()],
                 cwd=REPO,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -168,7 +171,7 @@ class ServiceProcess(Process):
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.settings.get('host', '127.0.0.1')}:{self.port}"
 
     def argv(self) -> list[str]:
         # Started again after it served, it takes the port it had: its Consul registration

@@ -385,7 +385,7 @@ def create_consul_tokens(settings: Settings) -> None:
     """Under mutual TLS, the agent's and every Consul client's token (once: kept)."""
     if settings.mutual_tls:
         consul_security.create_tokens(
-            operator_access(settings), consul_secrets(settings), "shopmesh", CONSUL_CLIENTS
+            operator_access(settings), consul_secrets(settings), ["shopmesh"], CONSUL_CLIENTS
         )
 
 

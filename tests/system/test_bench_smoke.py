@@ -1,8 +1,8 @@
-"""`make bench` in miniature: the four systems (shopmesh on SQLite with events on and
-off, shopmesh on PostgreSQL, the baseline) start, every path answers real orders (each a
-new order, CONFIRMED) with no failed request, the events' figures (lag, backlog, the
-split of CPU) are measured, and the results are written. Speed targets belong to `make
-bench`."""
+"""`make bench` in miniature: the five systems (shopmesh on SQLite with events on and
+off and under mutual TLS, shopmesh on PostgreSQL, the baseline) start, every path
+answers real orders (each a new order, CONFIRMED) with no failed request, the events'
+figures (lag, backlog, the split of CPU) and mutual TLS's cost are measured, and the
+results are written. Speed targets belong to `make bench`."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def test_the_benchmark_runs_and_every_system_answers(tmp_path: pathlib.Path) -> 
     paths = [
         "shopmesh REST+JWT via Envoy",
         "shopmesh REST+JWT via Envoy, events off",
+        "shopmesh REST+JWT via Envoy, mutual TLS",
         "shopmesh gRPC via Envoy",
         "shopmesh gRPC direct to order",
         "shopmesh REST+JWT via Envoy, on PostgreSQL",
@@ -67,8 +68,9 @@ def test_the_benchmark_runs_and_every_system_answers(tmp_path: pathlib.Path) -> 
     assert events["consuming_on_us"] > 0 and events["producing_off_us"] > 0, events
     assert "nats" not in results["cpu_us_per_order_by_process"]["shopmesh, events off"]
     assert results["backlog_run"]["ok"] > 0 and events["backlog_end"] >= 0, events
-    for system in ("shopmesh", "shopmesh, events off"):
+    for system in ("shopmesh", "shopmesh, events off", "shopmesh, mutual TLS"):
         assert results["systems"][system]["pss_mb"] > 0
+    assert results["tls"]["tls_cpu_us"] > 0 and results["tls"]["cpu_ratio"] > 0, results["tls"]
     table = (tmp_path / "results" / "latest.md").read_text()
     for path in paths:
         assert f"| {path} |" in table

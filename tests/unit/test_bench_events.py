@@ -1,5 +1,6 @@
 """What `make bench` computes of the events (bench/events.py, bench/report.py): the CPU
-split into the producing and the consuming side, events on against off, the lag from an
+split into the producing and the consuming side, events on against off (and mutual TLS
+against plaintext), the lag from an
 outbox row's commit to its applying, and the backlog bound. On SQLite files made by the
 services' own migrations; starts no process."""
 
@@ -11,8 +12,8 @@ import sqlite3
 import pytest
 
 from bench import events
-from bench.measure import SHOP_OFF, SHOP_REST, Results, Run
-from bench.report import events_figures
+from bench.measure import SHOP_OFF, SHOP_REST, SHOP_TLS, Results, Run
+from bench.report import events_figures, tls_figures
 from services.inventory.store import InventoryStore
 from services.order.store import OrderStore
 from services.payment.store import PaymentStore
@@ -49,6 +50,30 @@ def test_events_on_against_off_per_round() -> None:
     assert figures["producing_ratio"] == pytest.approx(1.25)
     assert figures["consuming_on_us"] == pytest.approx(5_000)
     assert (figures["lag_p50_ms"], figures["backlog_end"]) == (2.0, 5.0)
+
+
+def test_mutual_tls_against_plaintext_per_round() -> None:
+    """The ratio is of each round's pair (the rounds interleave), then the median."""
+    results = Results(
+        saturation=[
+            run(SHOP_REST, 100, {"envoy": 1.0}),  # 10 ms per order
+            run(SHOP_TLS, 80, {"envoy": 1.0}),  # 12.5 ms: 1.25x
+            run(SHOP_REST, 100, {"envoy": 2.0}),  # a slow round: 20 ms
+            run(SHOP_TLS, 90, {"envoy": 2.0}),  # 22.2 ms: 1.11x
+            run(SHOP_REST, 100, {"envoy": 1.0}),
+            run(SHOP_TLS, 100, {"envoy": 1.1}),  # 1.10x
+        ],
+        paced=[],
+        rate=10,
+        wrk={},
+        envoy_get={},
+        lag={},
+        backlog={},
+    )
+    figures = tls_figures(results)
+    assert figures["cpu_ratio"] == pytest.approx(2.0 / 1.8)
+    assert figures["rate_ratio"] == pytest.approx(0.9)
+    assert (figures["plain_cpu_us"], figures["tls_cpu_us"]) == pytest.approx((10_000, 12_500))
 
 
 @pytest.fixture
