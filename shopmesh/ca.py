@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.common import tls
-from shopmesh.tools import WORKDIR
+from shopmesh.tools import WORKDIR, write_private
 
 TRUST_DOMAIN = tls.TRUST_DOMAIN
 DEFAULT_CA_DIR = WORKDIR / "ca"
@@ -112,7 +112,7 @@ def ensure_ca(directory: pathlib.Path = DEFAULT_CA_DIR, *, force: bool = False) 
             # Envoy's BoringSSL honours URI constraints is unchecked; peers check the SAN.
             .sign(key, hashes.SHA256())
         )
-        _write_private(key_path, _key_pem(key))
+        write_private(key_path, _key_pem(key))
         _write(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
     return load_ca(directory)
 
@@ -189,7 +189,7 @@ def issue(
     cert_path, key_path = out / "cert.pem", out / "key.pem"
     _write(out / "ca.pem", ca.certificate.public_bytes(serialization.Encoding.PEM))
     # The key first: a reader that sees the new certificate finds its key already there.
-    _write_private(key_path, _key_pem(key))
+    write_private(key_path, _key_pem(key))
     chain = certificate.public_bytes(serialization.Encoding.PEM) + ca.certificate.public_bytes(
         serialization.Encoding.PEM
     )
@@ -232,15 +232,6 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def _write_private(path: pathlib.Path, data: bytes) -> None:
-    """Writes `data` owner-only from its first byte, then renames it into place."""
-    staged = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    staged.replace(path)
 
 
 def _write(path: pathlib.Path, data: bytes) -> None:

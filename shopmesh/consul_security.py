@@ -32,6 +32,7 @@ from typing import Any
 import consul
 
 from services.common.registration import ConsulAccess, consul_client
+from shopmesh.tools import write_private
 
 DATACENTER = "dc1"
 LEGACY_MODE_WAIT_SECONDS = 30.0
@@ -88,7 +89,7 @@ def agent_config(
 
 
 def write_agent_config(path: pathlib.Path, config: dict[str, Any]) -> pathlib.Path:
-    _write_private(path, json.dumps(config, indent=1))
+    write_private(path, json.dumps(config, indent=1))
     return path
 
 
@@ -139,12 +140,4 @@ def _create(
 
 def _write_once(path: pathlib.Path, text: str) -> None:
     if not path.exists():
-        _write_private(path, text)
-
-
-def _write_private(path: pathlib.Path, text: str) -> None:
-    staged = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    staged.replace(path)
+        write_private(path, text)

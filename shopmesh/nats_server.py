@@ -19,7 +19,6 @@ how JetStream syncs to disk (`sync_interval` arrived in 2.10 and 2.9.10 refuses 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import signal
 import socket
@@ -28,7 +27,7 @@ import urllib.request
 from typing import Any, Self
 
 from shopmesh.processes import STOP_TIMEOUT_SECONDS, Process
-from shopmesh.tools import tool
+from shopmesh.tools import tool, write_private
 
 HOST = "127.0.0.1"
 SERVER_NAME = "shopmesh"
@@ -58,17 +57,6 @@ def accepts(port: int, address: str = HOST) -> bool:
             return True
     except OSError:
         return False
-
-
-def write_private_json(path: pathlib.Path, value: dict[str, Any]) -> pathlib.Path:
-    """Writes `value` owner-only (a config that names who may do what), then renames it
-    into place. nats-server reads JSON as its own format."""
-    staged = path.with_suffix(".tmp")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(value, out, indent=1)
-    staged.replace(path)
-    return path
 
 
 class NatsServer(Process):
@@ -119,7 +107,9 @@ class NatsServer(Process):
             ]
         else:
             config = log_path.with_name(log_path.stem + ".conf")
-            flags = ["-c", str(write_private_json(config, {**options, **security}))]
+            # nats-server reads JSON as its own format.
+            written = write_private(config, json.dumps({**options, **security}, indent=1))
+            flags = ["-c", str(written)]
         super().__init__(
             "nats",
             log_path,

@@ -3,6 +3,7 @@ are, and free ports."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import socket
@@ -66,3 +67,15 @@ def _udp_free(port: int, probes: list[socket.socket]) -> bool:
     except OSError:
         return False
     return True
+
+
+def write_private(path: pathlib.Path, data: bytes | str) -> pathlib.Path:
+    """Writes `data` owner-only from its first byte (a key, a token, a config that names
+    who may do what) to a staged file, then renames it into place, so a reader never
+    sees half of it."""
+    staged = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data.encode() if isinstance(data, str) else data)
+    staged.replace(path)
+    return path

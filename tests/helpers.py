@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from services.common import tls
 from services.common.identity import ADMIN_SCOPE, SCOPES_HEADER, USER_HEADER
 from services.common.server import Service, build_server, set_serving
 from services.common.status import ErrorDetails, error_details
@@ -120,6 +121,34 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {WAIT_SECONDS}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class TLSDial:
+    """How a test client dials a mutual-TLS port: trusting `trust`'s CA, presenting the
+    certificate in `mine` (None: none), accepting only a server whose certificate names
+    `peer` (its DNS SAN: grpcio's Python channels check no URI SAN)."""
+
+    mine: pathlib.Path | None
+    trust: pathlib.Path
+    peer: str
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        root = (self.trust / "ca.pem").read_bytes()
+        if self.mine is None:
+            return grpc.ssl_channel_credentials(root)
+        files = tls.CertificateFiles(self.mine).read()
+        return grpc.ssl_channel_credentials(root, files.key, files.chain)
+
+    @property
+    def options(self) -> tuple[tuple[str, str], ...]:
+        return (("grpc.ssl_target_name_override", tls.dns_name(self.peer)),)
+
+    def channel(self, target: str) -> grpc.Channel:
+        return grpc.secure_channel(target, self.credentials(), options=self.options)
+
+    def aio_channel(self, target: str) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(target, self.credentials(), options=self.options)
 
 
 class Reachable(Protocol):

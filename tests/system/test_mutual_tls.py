@@ -35,7 +35,7 @@ from shop.payment.v1 import payment_service_pb2 as pay
 from shop.payment.v1.payment_service_pb2_grpc import PaymentServiceStub
 from shopmesh import ca
 from shopmesh.system import HOLDERS, System, consul_secrets, http_get, operator_access
-from tests.helpers import fails, wait_for
+from tests.helpers import TLSDial, fails, wait_for
 from tests.notification_helpers import messages
 from tests.postgres_harness import postgres_workdir
 from tests.system_helpers import Traffic, bearer, start_test_system
@@ -63,14 +63,7 @@ def holder(system: System, name: str) -> pathlib.Path:
 def channel(target: str, mine: pathlib.Path | None, peer: str, trust: pathlib.Path) -> grpc.Channel:
     """A channel trusting `trust`'s CA, presenting `mine`'s certificate (None: none),
     accepting only a server whose certificate names `peer`."""
-    root = (trust / "ca.pem").read_bytes()
-    if mine is None:
-        credentials = grpc.ssl_channel_credentials(root)
-    else:
-        files = tls.CertificateFiles(mine).read()
-        credentials = grpc.ssl_channel_credentials(root, files.key, files.chain)
-    options = (("grpc.ssl_target_name_override", tls.dns_name(peer)),)
-    return grpc.secure_channel(target, credentials, options=options)
+    return TLSDial(mine, trust, peer).channel(target)
 
 
 def internal(system: System) -> str:

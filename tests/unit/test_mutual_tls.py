@@ -26,7 +26,7 @@ from shop.inventory.v1 import inventory_pb2
 from shop.inventory.v1 import inventory_service_pb2 as rpc
 from shop.inventory.v1.inventory_service_pb2_grpc import InventoryServiceStub
 from shopmesh import ca
-from tests.helpers import eventually, rejected
+from tests.helpers import TLSDial, eventually, rejected
 
 NAMES = ("gateway", "order", "reporting", "inventory", "payment")
 
@@ -91,14 +91,7 @@ async def inventory_on_tls(
 def channel(target: str, holder: pathlib.Path | None, ca_dir: pathlib.Path, peer: str) -> Any:
     """A channel to `target` trusting `ca_dir`'s CA, presenting `holder`'s certificate
     (None: no certificate), accepting only a server naming `peer`."""
-    root = (ca_dir / "ca.pem").read_bytes()
-    if holder is None:
-        credentials = grpc.ssl_channel_credentials(root)
-    else:
-        mine = tls.CertificateFiles(holder).read()
-        credentials = grpc.ssl_channel_credentials(root, mine.key, mine.chain)
-    options = (("grpc.ssl_target_name_override", tls.dns_name(peer)),)
-    return grpc.aio.secure_channel(target, credentials, options=options)
+    return TLSDial(holder, ca_dir, peer).aio_channel(target)
 
 
 async def product(stub: InventoryServiceStub, metadata: tuple[tuple[str, str], ...] = ()) -> Any:
